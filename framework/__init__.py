@@ -1,0 +1,61 @@
+"""Composable socket servers: a Server is a Transport, a Dispatcher and a handler factory.
+
+Assemble one from parts, by name or from objects::
+
+    from sockwork import Server
+    with Server(transport="tcp", transport_options={"address": ("127.0.0.1", 8000)},
+                dispatcher="pool", handler="echo") as server:
+        server.serve_forever()
+
+Plugins contribute parts through the hooks in :mod:`sockwork.hookspecs`.
+"""
+
+from ._server import ACCEPT_CAPACITY_ERRNOS as ACCEPT_CAPACITY_ERRNOS
+from ._server import Server as Server
+from .errors import BindError as BindError
+from .errors import ConfigError as ConfigError
+from .errors import OptionError as OptionError
+from .errors import PluginError as PluginError
+from .errors import ServerError as ServerError
+from .errors import UnknownPluginError as UnknownPluginError
+from .handlers import Connection as Connection
+from .handlers import datagram_handler as datagram_handler
+from .handlers import stream_handler as stream_handler
+from .hookspecs import hookimpl as hookimpl
+from .interfaces import Dispatcher as Dispatcher
+from .interfaces import DispatcherHost as DispatcherHost
+from .interfaces import HandlerFactory as HandlerFactory
+from .interfaces import Transport as Transport
+from .registry import DispatcherEntry as DispatcherEntry
+from .registry import HandlerEntry as HandlerEntry
+from .registry import NoOptions as NoOptions
+from .registry import Registry as Registry
+from .registry import TransportEntry as TransportEntry
+from .registry import make_plugin_manager as make_plugin_manager
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACCEPT_CAPACITY_ERRNOS",
+    "BindError",
+    "ConfigError",
+    "Connection",
+    "Dispatcher",
+    "DispatcherEntry",
+    "DispatcherHost",
+    "HandlerEntry",
+    "HandlerFactory",
+    "NoOptions",
+    "OptionError",
+    "PluginError",
+    "Registry",
+    "Server",
+    "ServerError",
+    "Transport",
+    "TransportEntry",
+    "UnknownPluginError",
+    "datagram_handler",
+    "hookimpl",
+    "make_plugin_manager",
+    "stream_handler",
+]

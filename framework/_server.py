@@ -1,0 +1,463 @@
+"""Server = Transport + Dispatcher + HandlerFactory, and the accept loop that joins them.
+
+Rule 1: an accepted request belongs to the Dispatcher until its handler
+returns; the Server then closes it, even if the handler raised. A request
+that cannot be handed to the Dispatcher is closed at once and logged.
+Rule 2: the loop never busy-waits. It sleeps in one selector that also
+watches a wake-up socket, so shutdown() and freed capacity wake it at once.
+Rule 3: nothing on the per-request path calls a hook no plugin implements.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, final
+
+from .errors import ConfigError
+from .interfaces import Address, Dispatcher, Request, Transport
+from .registry import Kind, Registry
+
+__all__ = ["ACCEPT_CAPACITY_ERRNOS", "Server"]
+
+logger = logging.getLogger("sockwork")
+
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+"""accept() errors that mean "out of resources right now": back off and retry."""
+
+ACCEPT_BATCH = 16
+"""Most requests accepted per wake-up, so one busy listener cannot starve the loop."""
+
+SATURATED_RECHECK = 0.05
+"""While the dispatcher is saturated, look again at least this often (seconds),
+in case a plugin dispatcher frees capacity without calling ``wake()``."""
+
+BACKOFF_MIN, BACKOFF_MAX = 0.01, 1.0
+"""Pause after a failed accept (seconds); doubles on each failure in a row."""
+
+LOG_EVERY = 5.0
+"""Accept failures are logged at most once per this many seconds."""
+
+FORCE_GRACE = 1.0
+"""After the drain deadline, how long handlers get to notice their
+connections were shut down before the Server gives up on them."""
+
+_LISTENER = "listener"
+_WAKE = "wake"
+
+
+@final
+class _Host:
+    """What a Dispatcher sees of its Server (see ``DispatcherHost``)."""
+
+    __slots__ = ("add_reader", "after_fork", "release", "remove_reader", "serve", "wake")
+
+    def __init__(self, server: Server) -> None:
+        self.serve = server._serve
+        self.release = server._release
+        self.after_fork = server._after_fork
+        self.wake = server._wake
+        self.add_reader = server._add_reader
+        self.remove_reader = server._remove_reader
+
+
+@final
+class Server:
+    """A network server assembled from a Transport, a Dispatcher and a handler factory.
+
+    Each part may be given as a registered name (with a mapping of options),
+    as an options object of a registered component, or as a ready component::
+
+        Server(transport="tcp", transport_options={"address": ("127.0.0.1", 0)},
+               dispatcher="pool", handler=EchoHandler)
+        Server(transport=TCPOptions(address=("127.0.0.1", 8000)), handler=EchoHandler)
+
+    The transport is bound before ``__init__`` returns; anything invalid fails
+    first, with a :class:`~sockwork.ConfigError`, and leaves no socket open.
+
+    Resource handling: ``close()`` (or leaving a ``with`` block) stops
+    accepting, lets running requests finish for up to ``drain_timeout``
+    seconds, shuts down the connections of those still running after that,
+    and closes everything the server opened.
+    """
+
+    def __init__(
+        self,
+        transport: str | object,
+        handler: str | Callable[..., object],
+        dispatcher: str | object = "thread",
+        *,
+        transport_options: Mapping[str, Any] | None = None,
+        dispatcher_options: Mapping[str, Any] | None = None,
+        handler_options: Mapping[str, Any] | None = None,
+        drain_timeout: float | None = 10.0,
+        registry: Registry | None = None,
+        handler_server: object = None,
+    ) -> None:
+        if drain_timeout is not None and (
+            isinstance(drain_timeout, bool)
+            or not isinstance(drain_timeout, (int, float))
+            or drain_timeout < 0
+        ):
+            raise ConfigError(f"'drain_timeout' must be a number >= 0 or None: {drain_timeout!r}")
+        self.registry = registry if registry is not None else Registry()
+        self.drain_timeout = drain_timeout
+        self.transport: Transport = _component(self.registry, "transport", transport, transport_options, Transport)
+        self.dispatcher: Dispatcher = _component(
+            self.registry, "dispatcher", dispatcher, dispatcher_options, Dispatcher
+        )
+        self.handler = _handler(self.registry, handler, handler_options)
+        # The object handlers receive as ``server``; the legacy module passes itself.
+        self._handler_server = self if handler_server is None else handler_server
+        hook = self.registry.plugin_manager.hook
+        self._hook = hook
+        self._failure_hook = hook.sockwork_request_failed if hook.sockwork_request_failed.get_hookimpls() else None
+
+        self._in_flight: dict[int, Request] = {}
+        self._state_lock = threading.Lock()
+        self._serving_thread: int | None = None
+        self._not_serving = threading.Event()
+        self._not_serving.set()
+        self._shutdown_requested = False
+        self._started = False
+        self._closed = False
+        self._listening = False
+        self._paused_until = 0.0
+        self._backoff = BACKOFF_MIN
+        self._failures_unlogged = 0
+        self._last_failure_log = float("-inf")
+
+        self.transport.open()  # last: everything above fails without a socket open
+        try:
+            self._wake_r, self._wake_w = socket.socketpair()
+            for end in (self._wake_r, self._wake_w):
+                end.setblocking(False)
+            self._selector = selectors.DefaultSelector()
+            self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+        except BaseException:
+            self.transport.close()
+            raise
+        self._listener_fd = self.transport.fileno()
+
+    def __repr__(self) -> str:
+        return (
+            f"<Server {type(self.transport).__name__} {self.address!r} "
+            f"{type(self.dispatcher).__name__} handler={self.handler!r}>"
+        )
+
+    @property
+    def address(self) -> Address:
+        """The bound address (the real port when port 0 was asked for)."""
+        return self.transport.address
+
+    # ---- Serving ---------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        """Accept and dispatch requests until :meth:`shutdown` is called.
+
+        Error handling: handler errors are logged and reported to the
+        ``sockwork_request_failed`` hook; failed accepts (out of descriptors
+        and the like) are logged at most every few seconds and retried with
+        a growing pause; the loop never spins.
+        """
+        self._begin_serving()
+        try:
+            while not self._shutdown_requested:
+                self._run_once(None, ACCEPT_BATCH)
+        finally:
+            self._end_serving()
+
+    def handle_request(self, timeout: float | None = None) -> bool:
+        """Accept and dispatch one request, waiting at most ``timeout`` seconds.
+
+        Returns True if a request was handed to the dispatcher (with ``inline``
+        it has also been served), False if the timeout passed first or
+        :meth:`shutdown` was called.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._begin_serving()
+        try:
+            while not self._shutdown_requested:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                if self._run_once(remaining, 1):
+                    return True
+            return False
+        finally:
+            self._end_serving()
+
+    def shutdown(self) -> None:
+        """Stop :meth:`serve_forever` and wait until it has returned.
+
+        Returns as soon as the loop notices (no polling interval). Called from
+        the serving thread itself (by an inline handler), it does not wait.
+        A shutdown requested while nothing serves makes the next
+        ``serve_forever`` return at once, so it is never lost.
+        """
+        self._shutdown_requested = True
+        self._wake()
+        if self._serving_thread != threading.get_ident():
+            self._not_serving.wait()
+
+    def close(self) -> None:
+        """Stop accepting, drain the dispatcher, close everything. Idempotent."""
+        with self._state_lock:
+            if self._closed:
+                return
+            if self._serving_thread == threading.get_ident():
+                raise RuntimeError("close() called from the serving thread; call shutdown() instead")
+            self._closed = True
+        self.shutdown()
+        self._set_listening(False)
+        stream = self.transport.kind == "stream"
+        if stream:
+            # Close the listener before draining: a worker stuck on a slow client
+            # must not leave new clients waiting in a backlog nobody will accept.
+            self.transport.close()
+        try:
+            if self._started:
+                self._drain()
+            self.dispatcher.close()
+        finally:
+            if not stream:  # a datagram socket is also the reply channel of running requests
+                self.transport.close()
+            self._selector.close()
+            self._wake_r.close()
+            self._wake_w.close()
+        if self._started:
+            self._call_lifecycle_hook(self._hook.sockwork_server_stopped)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ---- The loop --------------------------------------------------------
+
+    def _begin_serving(self) -> None:
+        with self._state_lock:
+            if self._closed:
+                raise RuntimeError("the server is closed")
+            if self._serving_thread is not None:
+                raise RuntimeError("the server is already serving in another thread")
+            self._serving_thread = threading.get_ident()
+            self._not_serving.clear()
+            first = not self._started
+            self._started = True
+        if first:
+            self.dispatcher.start(_Host(self))
+            self._call_lifecycle_hook(self._hook.sockwork_server_started)
+
+    def _end_serving(self) -> None:
+        with self._state_lock:
+            self._shutdown_requested = False
+            self._serving_thread = None
+            self._not_serving.set()
+
+    def _run_once(self, timeout: float | None, limit: int) -> int:
+        """Wait for one round of events and handle them; return requests dispatched."""
+        now = time.monotonic()
+        paused = now < self._paused_until
+        saturated = self.dispatcher.saturated()
+        self._set_listening(not (paused or saturated))
+        if paused:
+            timeout = _shorter(timeout, self._paused_until - now)
+        elif saturated:
+            timeout = _shorter(timeout, SATURATED_RECHECK)
+        dispatched = 0
+        for key, _ in self._selector.select(timeout):
+            what = key.data
+            if what is _LISTENER:
+                dispatched += self._accept_batch(limit - dispatched)
+            elif what is _WAKE:
+                _drain_socket(self._wake_r)
+            else:
+                what()
+        return dispatched
+
+    def _accept_batch(self, limit: int) -> int:
+        accept = self.transport.accept
+        submit = self.dispatcher.submit
+        saturated = self.dispatcher.saturated
+        in_flight = self._in_flight
+        dispatched = 0
+        while dispatched < limit and not self._shutdown_requested:
+            try:
+                accepted = accept()
+            except OSError as exc:
+                self._pause_accepting(exc)
+                break
+            if accepted is None:
+                break
+            request, client_address = accepted
+            in_flight[id(request)] = request
+            try:
+                submit(request, client_address)
+            except Exception as exc:
+                # Never lose an accepted request silently: close it and say so.
+                self._release(request, close=True)
+                self._pause_accepting(exc)
+                break
+            dispatched += 1
+            if saturated():
+                break
+        if dispatched:
+            self._backoff = BACKOFF_MIN
+        return dispatched
+
+    def _pause_accepting(self, exc: Exception) -> None:
+        """Stop accepting for a growing pause and log it, at most every LOG_EVERY seconds."""
+        now = time.monotonic()
+        self._paused_until = now + self._backoff
+        pause, self._backoff = self._backoff, min(self._backoff * 2, BACKOFF_MAX)
+        self._set_listening(False)
+        if now - self._last_failure_log < LOG_EVERY:
+            self._failures_unlogged += 1
+            return
+        capacity = isinstance(exc, OSError) and exc.errno in ACCEPT_CAPACITY_ERRNOS
+        more = f" ({self._failures_unlogged} more since the last report)" if self._failures_unlogged else ""
+        logger.error(
+            "%s on %s: %s; pausing accept for %.0f ms%s",
+            "out of resources accepting" if capacity else "accept/dispatch failed",
+            self.address, exc, pause * 1000, more,
+        )
+        self._last_failure_log = now
+        self._failures_unlogged = 0
+
+    def _set_listening(self, listening: bool) -> None:
+        if listening == self._listening or self._closed and listening:
+            return
+        if listening:
+            self._selector.register(self._listener_fd, selectors.EVENT_READ, _LISTENER)
+        else:
+            self._selector.unregister(self._listener_fd)
+        self._listening = listening
+
+    # ---- Host services for the dispatcher ----------------------------------
+
+    def _serve(self, request: Request, client_address: Address) -> bool:
+        try:
+            self.handler(request, client_address, self._handler_server)
+            return True
+        except Exception as exc:
+            self._report_failure(client_address, exc)
+            return False
+        finally:
+            self._in_flight.pop(id(request), None)
+            self.transport.close_request(request)
+
+    def _report_failure(self, client_address: Address, exc: Exception) -> None:
+        logger.error("error while serving %s", client_address, exc_info=exc)
+        if self._failure_hook is not None:
+            try:
+                self._failure_hook(server=self, client_address=client_address, exc=exc)
+            except Exception:
+                logger.exception("sockwork_request_failed hook raised")
+
+    def _release(self, request: Request, close: bool = False) -> None:
+        self._in_flight.pop(id(request), None)
+        if close:
+            self.transport.close_request(request)
+        else:
+            self.transport.release_request(request)
+
+    def _after_fork(self) -> None:
+        # In a child: drop the parent's loop; the child serves one request and exits.
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        self.transport.after_fork()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            # Full: a wake-up is already pending. Closed: nobody is left to wake.
+            pass
+
+    def _add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        self._selector.register(fd, selectors.EVENT_READ, callback)
+
+    def _remove_reader(self, fd: int) -> None:
+        self._selector.unregister(fd)
+
+    # ---- Stopping ----------------------------------------------------------
+
+    def _drain(self) -> None:
+        if self.dispatcher.drain(self.drain_timeout):
+            return
+        stuck = list(self._in_flight.values())
+        logger.warning(
+            "%d request(s) still running after the %ss drain timeout; shutting their connections down",
+            len(stuck), self.drain_timeout,
+        )
+        for request in stuck:
+            if isinstance(request, socket.socket):
+                try:
+                    request.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # already closed by its handler or the peer
+        if not self.dispatcher.drain(FORCE_GRACE):
+            logger.error(
+                "%d request(s) did not finish after their connections were shut down; abandoning them",
+                len(self._in_flight),
+            )
+
+    def _call_lifecycle_hook(self, hook: Any) -> None:
+        try:
+            hook(server=self)
+        except Exception:
+            logger.exception("%s hook raised", hook.name)
+
+
+def _shorter(timeout: float | None, other: float) -> float:
+    return other if timeout is None else min(timeout, other)
+
+
+def _drain_socket(sock: socket.socket) -> None:
+    try:
+        while sock.recv(4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _component(registry: Registry, kind: Kind, spec: object, options: Mapping[str, Any] | None, role: type) -> Any:
+    """Turn a name, an options object or a ready component into a component."""
+    if isinstance(spec, str):
+        return registry.build(kind, spec, options)
+    entry = registry.entry_for_options(kind, spec)
+    if entry is not None:
+        if options is not None:
+            raise ConfigError(f"{kind} options were given twice: as {spec!r} and as {options!r}")
+        return registry.build(kind, entry.name, spec)
+    if options is not None:
+        raise ConfigError(f"{kind}_options only apply to a {kind} given by name, not to {spec!r}")
+    if not isinstance(spec, role):
+        names = ", ".join(e.name for e in registry.entries(kind))
+        raise ConfigError(
+            f"{kind} must be a registered name ({names}), the options object of one, "
+            f"or a {role.__name__}; got {spec!r}"
+        )
+    return spec
+
+
+def _handler(registry: Registry, spec: object, options: Mapping[str, Any] | None) -> Callable[..., object]:
+    if isinstance(spec, str):
+        return registry.build("handler", spec, options)
+    if options is not None:
+        raise ConfigError(f"handler_options only apply to a handler given by name, not to {spec!r}")
+    if not callable(spec):
+        names = ", ".join(e.name for e in registry.entries("handler"))
+        raise ConfigError(
+            f"handler must be callable as handler(request, client_address, server) "
+            f"or a registered handler name ({names}); got {spec!r}"
+        )
+    return spec

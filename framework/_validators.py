@@ -1,0 +1,22 @@
+"""attrs validators shared by the options classes of the built-in components."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+__all__ = ["boolean", "optional_positive_int", "positive_int"]
+
+boolean = attrs.validators.instance_of(bool)
+
+
+def positive_int(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"'{attribute.name}' must be an int >= 1: {value!r}")
+
+
+def optional_positive_int(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"'{attribute.name}' must be None (no limit) or an int >= 1: {value!r}")

@@ -1,0 +1,75 @@
+"""Exceptions raised by sockwork.
+
+Hierarchy::
+
+    ServerError
+    ├── ConfigError (also a ValueError)     bad value given when assembling
+    │   ├── UnknownPluginError (also LookupError)   no component by that name
+    │   └── OptionError                     an option a component rejected
+    ├── PluginError                         a plugin broke its contract
+    └── BindError (also an OSError)         the transport could not bind/listen
+
+Every message names the bad value and what is allowed instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = [
+    "BindError",
+    "ConfigError",
+    "OptionError",
+    "PluginError",
+    "ServerError",
+    "UnknownPluginError",
+]
+
+
+class ServerError(Exception):
+    """Base class of every exception sockwork raises on purpose."""
+
+
+class ConfigError(ServerError, ValueError):
+    """A value given to assemble a server is unusable; nothing was opened."""
+
+
+class UnknownPluginError(ConfigError, LookupError):
+    """No component of this kind is registered under this name."""
+
+    def __init__(self, kind: str, name: object, available: Iterable[str]) -> None:
+        self.kind = kind
+        self.name = name
+        self.available = tuple(sorted(available))
+        listing = ", ".join(self.available) or "(none)"
+        super().__init__(
+            f"no {kind} named {name!r}; registered: {listing}.\n"
+            "Is the plugin that provides it installed (entry point group 'sockwork')?"
+        )
+
+
+class OptionError(ConfigError):
+    """A component rejected one of its options.
+
+    ``kind`` and ``component`` say whose option it is ("dispatcher", "pool"),
+    ``field`` which option (None when the problem is not one field's), and
+    ``problem`` what is wrong with it.
+    """
+
+    def __init__(self, kind: str, component: str, field: str | None, problem: str) -> None:
+        self.kind = kind
+        self.component = component
+        self.field = field
+        self.problem = problem
+        where = f"{kind} {component!r}"
+        if field is not None:
+            where += f" option {field!r}"
+        super().__init__(f"{where}: {problem}")
+
+
+class PluginError(ServerError):
+    """A plugin returned something that breaks the hook's contract."""
+
+
+class BindError(ServerError, OSError):
+    """The transport could not bind or listen on the requested address."""

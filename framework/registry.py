@@ -1,0 +1,254 @@
+"""Finding components by name: plugin manager, registry entries, option building.
+
+Rule 1: every component, built-in or third-party, arrives through a
+registration hook; there is no other table of names.
+Rule 2: there is no global plugin manager; each Registry owns one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal, final
+
+import attrs
+import pluggy
+
+from . import hookspecs
+from .errors import ConfigError, OptionError, PluginError, UnknownPluginError
+
+__all__ = [
+    "BUILTIN_PLUGINS",
+    "DispatcherEntry",
+    "Entry",
+    "HandlerEntry",
+    "NoOptions",
+    "Registry",
+    "TransportEntry",
+    "make_plugin_manager",
+]
+
+logger = logging.getLogger("sockwork")
+
+Kind = Literal["transport", "dispatcher", "handler"]
+KINDS: tuple[Kind, ...] = ("transport", "dispatcher", "handler")
+
+BUILTIN_PLUGINS = (
+    "sockwork.transports.tcp",
+    "sockwork.transports.udp",
+    "sockwork.transports.unix",
+    "sockwork.strategies.inline",
+    "sockwork.strategies.thread",
+    "sockwork.strategies.fork",
+    "sockwork.strategies.pool",
+    "sockwork.handlers",
+)
+
+_NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
+
+
+@final
+@attrs.frozen
+class NoOptions:
+    """The options class of a component that takes none."""
+
+
+def _check_name(entry: Entry, attribute: attrs.Attribute[str], value: str) -> None:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise PluginError(
+            f"component name {value!r} is not usable: use lower-case letters, digits, '-', '_' or '.'"
+        )
+
+
+def _check_options_class(entry: Entry, attribute: attrs.Attribute[type], value: type) -> None:
+    if not (isinstance(value, type) and attrs.has(value)):
+        raise PluginError(f"{entry.name!r}: options must be an attrs class, got {value!r}")
+
+
+@attrs.frozen
+class Entry:
+    """One component a plugin contributes: a name, a factory and its options class.
+
+    ``factory(options)`` builds the component from an instance of ``options``
+    (an attrs class; the component's own validation lives there).
+    ``unavailable_reason`` marks a component that cannot work on this platform;
+    asking for it by name fails with that reason. ``plugin`` is filled in by
+    the Registry with the name of the plugin that contributed the entry.
+    """
+
+    name: str = attrs.field(validator=_check_name)
+    factory: Callable[[Any], Any] = attrs.field(validator=attrs.validators.is_callable())
+    options: type = attrs.field(default=NoOptions, validator=_check_options_class)
+    description: str = ""
+    unavailable_reason: str | None = None
+    plugin: str = ""
+
+
+@final
+@attrs.frozen
+class TransportEntry(Entry):
+    """A transport: ``factory(options)`` returns an unopened :class:`~sockwork.Transport`.
+
+    ``loopback_options(directory)`` returns options that listen on loopback
+    (or, for file-based transports, inside ``directory``); the conformance
+    suite and :mod:`sockwork.testing` use it to test the transport.
+    """
+
+    loopback_options: Callable[[Path], Any] | None = None
+
+
+@final
+@attrs.frozen
+class DispatcherEntry(Entry):
+    """A dispatcher: ``factory(options)`` returns a :class:`~sockwork.Dispatcher`."""
+
+
+@final
+@attrs.frozen
+class HandlerEntry(Entry):
+    """A named handler: ``factory(options)`` returns a handler factory."""
+
+
+_ENTRY_TYPES: dict[Kind, type[Entry]] = {
+    "transport": TransportEntry,
+    "dispatcher": DispatcherEntry,
+    "handler": HandlerEntry,
+}
+_HOOK_NAMES: dict[Kind, str] = {
+    "transport": "sockwork_add_transports",
+    "dispatcher": "sockwork_add_dispatchers",
+    "handler": "sockwork_add_handlers",
+}
+
+
+def make_plugin_manager(*, entry_points: bool = True) -> pluggy.PluginManager:
+    """A new plugin manager with the built-ins and (by default) installed plugins.
+
+    Installed plugins are found through the ``sockwork`` entry-point group.
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    for name in BUILTIN_PLUGINS:
+        pm.register(importlib.import_module(name), name=name)
+    if entry_points:
+        pm.load_setuptools_entrypoints(hookspecs.PROJECT)
+    pm.check_pending()  # a misspelled hook name fails here, not silently later
+    return pm
+
+
+@final
+class Registry:
+    """The transports, dispatchers and handlers a plugin manager knows, by name.
+
+    A plugin whose registration hook raises or returns something else than a
+    list of entries is recorded in :attr:`failures` (and logged); every other
+    plugin keeps working.
+    """
+
+    def __init__(self, plugin_manager: pluggy.PluginManager | None = None) -> None:
+        self.plugin_manager = plugin_manager if plugin_manager is not None else make_plugin_manager()
+        self.failures: list[tuple[str, Kind, Exception]] = []
+        self._entries: dict[Kind, dict[str, Entry]] = {
+            kind: self._collect(kind) for kind in KINDS
+        }
+
+    def _collect(self, kind: Kind) -> dict[str, Entry]:
+        found: dict[str, Entry] = {}
+        caller = getattr(self.plugin_manager.hook, _HOOK_NAMES[kind])
+        # pluggy calls implementations last-registered first, trylast ones
+        # (the built-ins) at the end; we keep that order and the first name wins.
+        for impl in reversed(caller.get_hookimpls()):
+            try:
+                entries = _checked_entries(kind, impl.function())
+            except Exception as exc:  # a broken plugin must not take the others down
+                logger.error("plugin %r failed to register %ss: %s", impl.plugin_name, kind, exc)
+                self.failures.append((impl.plugin_name, kind, exc))
+                continue
+            for entry in entries:
+                if entry.name in found:
+                    logger.warning(
+                        "%s %r from plugin %r is shadowed by the one from plugin %r",
+                        kind, entry.name, impl.plugin_name, found[entry.name].plugin,
+                    )
+                    continue
+                found[entry.name] = attrs.evolve(entry, plugin=impl.plugin_name)
+        return found
+
+    def entries(self, kind: Kind) -> list[Entry]:
+        """Every registered entry of ``kind``, sorted by name."""
+        return sorted(self._entries[kind].values(), key=lambda e: e.name)
+
+    def get(self, kind: Kind, name: str) -> Entry:
+        """The entry called ``name``; fails listing the names that exist."""
+        entry = self._entries[kind].get(name)
+        if entry is None:
+            raise UnknownPluginError(kind, name, self._entries[kind])
+        if entry.unavailable_reason is not None:
+            raise ConfigError(f"{kind} {name!r} is not available here: {entry.unavailable_reason}")
+        return entry
+
+    def entry_for_options(self, kind: Kind, options: object) -> Entry | None:
+        """The entry whose options class ``options`` is an instance of, if any."""
+        for entry in self._entries[kind].values():
+            if type(options) is entry.options:
+                return entry
+        return None
+
+    def build(self, kind: Kind, name: str, options: Mapping[str, Any] | object | None = None) -> Any:
+        """Build component ``name`` from ``options`` (a mapping or an options instance)."""
+        entry = self.get(kind, name)
+        return entry.factory(make_options(kind, entry, options))
+
+
+def _checked_entries(kind: Kind, returned: object) -> list[Entry]:
+    expected = _ENTRY_TYPES[kind]
+    if returned is None:
+        return []
+    if not isinstance(returned, Iterable) or isinstance(returned, (str, bytes)):
+        raise PluginError(f"{_HOOK_NAMES[kind]} must return a list of {expected.__name__}, got {returned!r}")
+    entries = list(returned)
+    for entry in entries:
+        if not isinstance(entry, expected):
+            raise PluginError(f"{_HOOK_NAMES[kind]} must return {expected.__name__} objects, got {entry!r}")
+    return entries
+
+
+_ATTRS_FIELD_MESSAGE = re.compile(r"^'(?P<field>\w+)' ")
+_MISSING_ARGUMENT = re.compile(r"missing \d+ required .*argument[s]?: (?P<fields>.*)$")
+
+
+def make_options(kind: Kind, entry: Entry, values: Mapping[str, Any] | object | None) -> object:
+    """Validate ``values`` into an instance of ``entry.options``.
+
+    ``values`` may be None (all defaults), a mapping of option names, or
+    already an instance of the options class. Errors name the component and
+    the option: ``dispatcher 'pool' option 'workers': 'workers' must be >= 1: 0``.
+    """
+    cls = entry.options
+    if isinstance(values, cls):
+        return values
+    if values is None:
+        values = {}
+    if not isinstance(values, Mapping):
+        raise OptionError(
+            kind, entry.name, None,
+            f"options must be a mapping or a {cls.__name__}, got {type(values).__name__}",
+        )
+    allowed = sorted(f.alias for f in attrs.fields(cls) if f.init)
+    for key in values:
+        if key not in allowed:
+            listing = ", ".join(allowed) or "(it takes none)"
+            raise OptionError(kind, entry.name, str(key), f"unknown option; allowed: {listing}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        message = str(exc.args[0]) if exc.args else str(exc)
+        missing = _MISSING_ARGUMENT.search(message)
+        if missing:
+            fields = missing.group("fields").replace("'", "")
+            raise OptionError(kind, entry.name, None, f"missing required option(s): {fields}") from None
+        field = _ATTRS_FIELD_MESSAGE.match(message)
+        raise OptionError(kind, entry.name, field.group("field") if field else None, message) from None

@@ -1,0 +1,21 @@
+"""The built-in dispatchers (concurrency strategies): inline, thread, fork, pool.
+
+Each module is a sockwork plugin registering its dispatcher through the
+``sockwork_add_dispatchers`` hook, like any third-party plugin.
+"""
+
+from .fork import ForkDispatcher, ForkOptions
+from .inline import InlineDispatcher, InlineOptions
+from .pool import PoolDispatcher, PoolOptions
+from .thread import ThreadDispatcher, ThreadOptions
+
+__all__ = [
+    "ForkDispatcher",
+    "ForkOptions",
+    "InlineDispatcher",
+    "InlineOptions",
+    "PoolDispatcher",
+    "PoolOptions",
+    "ThreadDispatcher",
+    "ThreadOptions",
+]

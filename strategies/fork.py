@@ -1,0 +1,173 @@
+"""The ``fork`` dispatcher: a child process per request.
+
+Rule 1: every child is reaped by its parent, as soon as it exits (the accept
+loop watches a pidfd per child), so none is ever left a zombie.
+Rule 2: the parent owns its children's lifetime: children ignore SIGINT and
+SIGTERM (a Ctrl-C or a supervisor's SIGTERM to the process group lets them
+finish their request); ``close()`` kills those still running after the drain.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import select
+import signal
+import sys
+import time
+from typing import Any, final
+
+import attrs
+
+from sockwork._validators import positive_int
+from sockwork.hookspecs import hookimpl
+from sockwork.interfaces import DispatcherHost
+from sockwork.registry import DispatcherEntry
+
+__all__ = ["ForkDispatcher", "ForkOptions"]
+
+logger = logging.getLogger("sockwork")
+
+_UNAVAILABLE = None if hasattr(os, "fork") else "os.fork() is missing on this platform"
+_HAVE_PIDFD = hasattr(os, "pidfd_open")
+_POLL_INTERVAL = 0.01  # where there are no pidfds, how often drain() looks for exits
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ForkOptions:
+    """Options of the ``fork`` dispatcher."""
+
+    max_children: int = attrs.field(default=40, validator=positive_int)
+    """Most child processes at once; at the limit the server stops accepting
+    until one exits. 40 is socketserver's ``ForkingMixIn.max_children``."""
+
+
+@final
+class ForkDispatcher:
+    """Serves each request in a forked child (what ``ForkingMixIn`` did).
+
+    Isolates requests from each other completely, at the cost of a fork per
+    request. The child closes the listening socket and serves one request.
+    A child that exits with a non-zero status or by a signal is logged.
+    """
+
+    def __init__(self, options: ForkOptions | None = None) -> None:
+        self.options = options or ForkOptions()
+        self.concurrency = self.options.max_children
+        self._limit = self.options.max_children
+        self._children: dict[int, tuple[int | None, Any]] = {}  # pid -> (pidfd, client address)
+
+    def start(self, host: DispatcherHost) -> None:
+        self._host = host
+
+    def submit(self, request: Any, client_address: Any) -> None:
+        pid = os.fork()
+        if pid == 0:
+            self._serve_in_child(request, client_address)
+        self._host.release(request)
+        pidfd = os.pidfd_open(pid) if _HAVE_PIDFD else None
+        self._children[pid] = (pidfd, client_address)
+        if pidfd is not None:
+            self._host.add_reader(pidfd, functools.partial(self._reap, pid))
+
+    def _serve_in_child(self, request: Any, client_address: Any) -> None:
+        status = 1
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            self._host.after_fork()
+            for pidfd, _ in self._children.values():  # the siblings are not ours to watch
+                if pidfd is not None:
+                    os.close(pidfd)
+            self._children.clear()
+            status = 0 if self._host.serve(request, client_address) else 1
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:
+                    pass  # nothing sensible to do about a broken stdout in a child
+            os._exit(status)
+
+    def saturated(self) -> bool:
+        if not _HAVE_PIDFD:
+            self._reap_all()
+        return len(self._children) >= self._limit
+
+    def _reap(self, pid: int) -> bool:
+        """Collect child ``pid`` if it has exited; True if it is gone."""
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # somebody else's waitpid(-1) collected it
+            done, status = pid, None
+        if not done:
+            return False
+        client_address = self._forget(pid)
+        if status:
+            logger.warning(
+                "child %d serving %s %s", pid, client_address, _describe_status(status),
+            )
+        return True
+
+    def _reap_all(self) -> None:
+        for pid in list(self._children):
+            self._reap(pid)
+
+    def drain(self, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self._reap_all()
+            if not self._children:
+                return True
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            pidfds = [fd for fd, _ in self._children.values() if fd is not None]
+            if pidfds:
+                select.select(pidfds, [], [], remaining)
+            else:
+                time.sleep(_POLL_INTERVAL if remaining is None else min(_POLL_INTERVAL, remaining))
+
+    def close(self) -> None:
+        if not self._children:
+            return
+        logger.warning("killing %d child process(es) still running after the drain", len(self._children))
+        for pid in list(self._children):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # exited meanwhile; reaped below
+        for pid in list(self._children):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+            self._forget(pid)
+
+    def _forget(self, pid: int) -> Any:
+        """Stop watching a reaped child; return the client it served."""
+        pidfd, client_address = self._children.pop(pid)
+        if pidfd is not None:
+            self._host.remove_reader(pidfd)
+            os.close(pidfd)
+        return client_address
+
+
+def _describe_status(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        return f"was killed by signal {signal.Signals(-code).name}"
+    return f"exited with status {code}"
+
+
+@hookimpl(trylast=True)
+def sockwork_add_dispatchers() -> list[DispatcherEntry]:
+    return [
+        DispatcherEntry(
+            "fork", ForkDispatcher, ForkOptions,
+            description="a child process per request, up to max_children at once",
+            unavailable_reason=_UNAVAILABLE,
+        )
+    ]

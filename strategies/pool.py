@@ -1,0 +1,106 @@
+"""The ``pool`` dispatcher: a fixed set of worker threads fed by a bounded queue."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from typing import Any, final
+
+import attrs
+
+from sockwork._validators import positive_int
+from sockwork.hookspecs import hookimpl
+from sockwork.interfaces import DispatcherHost
+from sockwork.registry import DispatcherEntry
+
+__all__ = ["PoolDispatcher", "PoolOptions"]
+
+
+def _default_workers() -> int:
+    return min(32, 4 * (os.cpu_count() or 1))
+
+
+@final
+@attrs.frozen(kw_only=True)
+class PoolOptions:
+    """Options of the ``pool`` dispatcher."""
+
+    workers: int = attrs.field(factory=_default_workers, validator=positive_int)
+    """Worker threads, started with the server: the most requests served at
+    once. Default: 4 per CPU, at most 32."""
+    queue_size: int = attrs.field(default=64, validator=positive_int)
+    """Accepted requests that may wait for a free worker. When the queue is
+    full the server stops accepting (new clients wait in the kernel's
+    backlog) until a worker frees up; nothing is dropped."""
+
+
+@final
+class PoolDispatcher:
+    """Hands requests to long-lived worker threads: no thread start per request.
+
+    ``drain`` lets the workers finish everything already queued, then joins them.
+    """
+
+    def __init__(self, options: PoolOptions | None = None) -> None:
+        self.options = options or PoolOptions()
+        self.concurrency = self.options.workers
+        self._limit = self.options.workers + self.options.queue_size
+        self._queue: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._pending = 0  # queued + running
+        self._workers: list[threading.Thread] = []
+        self._stopping = False
+
+    def start(self, host: DispatcherHost) -> None:
+        self._serve = host.serve
+        self._wake = host.wake
+        for number in range(self.options.workers):
+            worker = threading.Thread(target=self._work, name=f"sockwork-pool-{number}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
+
+    def submit(self, request: Any, client_address: Any) -> None:
+        with self._lock:
+            self._pending += 1
+        self._queue.put((request, client_address))
+
+    def saturated(self) -> bool:
+        return self._pending >= self._limit
+
+    def _work(self) -> None:
+        get, serve, lock = self._queue.get, self._serve, self._lock
+        limit_reached = self._limit
+        while (item := get()) is not None:
+            try:
+                serve(*item)
+            finally:
+                with lock:
+                    self._pending -= 1
+                    if self._pending == limit_reached - 1:
+                        self._wake()  # the accept loop may be waiting for this slot
+
+    def drain(self, timeout: float | None) -> bool:
+        if not self._stopping:
+            self._stopping = True
+            for _ in self._workers:
+                self._queue.put(None)  # after everything queued: queued work is served
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for worker in self._workers:
+            worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self._workers = [w for w in self._workers if w.is_alive()]
+        return not self._workers
+
+    def close(self) -> None:
+        pass  # threads cannot be stopped from outside; drain() reported any left
+
+
+@hookimpl(trylast=True)
+def sockwork_add_dispatchers() -> list[DispatcherEntry]:
+    return [
+        DispatcherEntry(
+            "pool", PoolDispatcher, PoolOptions,
+            description="a fixed set of worker threads and a bounded queue",
+        )
+    ]

@@ -1,0 +1,104 @@
+"""The ``thread`` dispatcher: a new thread per request."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, final
+
+import attrs
+
+from sockwork._validators import boolean, optional_positive_int
+from sockwork.hookspecs import hookimpl
+from sockwork.interfaces import DispatcherHost
+from sockwork.registry import DispatcherEntry
+
+__all__ = ["ThreadDispatcher", "ThreadOptions"]
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ThreadOptions:
+    """Options of the ``thread`` dispatcher."""
+
+    max_threads: int | None = attrs.field(default=256, validator=optional_positive_int)
+    """Most requests served at once; at the limit the server stops accepting
+    until a thread finishes. None means no limit (socketserver's behaviour)."""
+    daemon: bool = attrs.field(default=False, validator=boolean)
+    """Daemon threads do not keep the interpreter alive at exit."""
+
+
+@final
+class ThreadDispatcher:
+    """Starts a thread for every request (what ``ThreadingMixIn`` did).
+
+    Good for handlers that block for long (slow clients, long-lived
+    connections); each running request costs a thread and its stack.
+    ``drain`` joins every thread it started.
+    """
+
+    def __init__(self, options: ThreadOptions | None = None) -> None:
+        self.options = options or ThreadOptions()
+        self.concurrency = self.options.max_threads
+        self._limit = self.options.max_threads or float("inf")
+        self._daemon = self.options.daemon
+        self._lock = threading.Lock()
+        self._active = 0
+        # Every thread started and maybe not yet joined; dead ones are pruned
+        # when the list doubles, so appending stays O(1) on average.
+        self._threads: list[threading.Thread] = []
+        self._prune_at = 64
+
+    def start(self, host: DispatcherHost) -> None:
+        self._serve = host.serve
+        self._wake = host.wake
+
+    def submit(self, request: Any, client_address: Any) -> None:
+        thread = threading.Thread(target=self._run, args=(request, client_address), daemon=self._daemon)
+        with self._lock:
+            self._active += 1
+        try:
+            thread.start()
+        except BaseException:
+            self._finished()
+            raise
+        threads = self._threads
+        threads.append(thread)
+        if len(threads) >= self._prune_at:
+            self._threads = threads = [t for t in threads if t.is_alive()]
+            self._prune_at = 2 * len(threads) + 64
+
+    def _run(self, request: Any, client_address: Any) -> None:
+        try:
+            self._serve(request, client_address)
+        finally:
+            self._finished()
+
+    def _finished(self) -> None:
+        with self._lock:
+            self._active -= 1
+            if self._active == self._limit - 1:
+                self._wake()  # the accept loop may be waiting for this slot
+
+    def saturated(self) -> bool:
+        return self._active >= self._limit
+
+    def drain(self, timeout: float | None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in list(self._threads):
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        self._threads = [t for t in self._threads if t.is_alive()]
+        return not self._threads
+
+    def close(self) -> None:
+        pass  # threads cannot be stopped from outside; drain() reported any left
+
+
+@hookimpl(trylast=True)
+def sockwork_add_dispatchers() -> list[DispatcherEntry]:
+    return [
+        DispatcherEntry(
+            "thread", ThreadDispatcher, ThreadOptions,
+            description="a new thread per request, up to max_threads at once",
+        )
+    ]

@@ -1,0 +1,20 @@
+"""The built-in transports: tcp, udp, unix (stream) and unix-dgram.
+
+Each module is a sockwork plugin registering its transports through the
+``sockwork_add_transports`` hook, like any third-party plugin.
+"""
+
+from .tcp import TCPOptions, TCPTransport
+from .udp import UDPOptions, UDPTransport
+from .unix import UnixDatagramOptions, UnixDatagramTransport, UnixOptions, UnixStreamTransport
+
+__all__ = [
+    "TCPOptions",
+    "TCPTransport",
+    "UDPOptions",
+    "UDPTransport",
+    "UnixDatagramOptions",
+    "UnixDatagramTransport",
+    "UnixOptions",
+    "UnixStreamTransport",
+]

@@ -1,0 +1,329 @@
+"""What the built-in transports share: open/close, accepting, option validation.
+
+A transport is two choices: how the address is bound (internet host/port or
+a Unix path) and how requests arrive (stream: accepted connections;
+datagram: packets). Each concrete transport combines one of each.
+
+Rule 1: ``open()`` either leaves a bound, activated socket or no socket at all.
+Rule 2: ``accept()`` never blocks and never raises for a peer's mistake.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+import stat
+import sys
+from typing import Any, ClassVar, Literal
+
+import attrs
+
+from sockwork.errors import BindError
+
+# accept() errors that concern one aborted connection, not the listener; Linux
+# also reports pending network errors of the new connection here (accept(2)).
+_PEER_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ECONNABORTED", "ECONNRESET", "EPROTO", "EPERM", "ENETDOWN", "ENOPROTOOPT",
+        "EHOSTDOWN", "ENONET", "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH", "ECONNREFUSED",
+    )
+    if hasattr(errno, name)
+)
+
+# Linux copies TCP_NODELAY from the listening socket to accepted ones; elsewhere
+# it has to be set on every connection.
+NODELAY_INHERITED = sys.platform.startswith("linux")
+
+
+# ---- Option validators shared by the options classes -----------------------
+
+def check_port_address(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and isinstance(value[1], int)
+        and not isinstance(value[1], bool)
+    ):
+        raise ValueError(f"'{attribute.name}' must be (host, port) with a str host and an int port: {value!r}")
+    if not 0 <= value[1] <= 65535:
+        raise ValueError(f"'{attribute.name}' port must be in 0..65535 (use 0 to let the OS pick): {value[1]!r}")
+
+
+def to_port_address(value: object) -> object:
+    """Accept a list (as TOML and JSON give it) where a (host, port) tuple is meant."""
+    return tuple(value) if isinstance(value, list) else value
+
+
+def to_path(value: object) -> object:
+    return os.fsdecode(value) if isinstance(value, (bytes, os.PathLike)) else value
+
+
+def check_path(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"'{attribute.name}' must be a non-empty filesystem path: {value!r}")
+
+
+def check_mode(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not (isinstance(value, int) and 0 <= value <= 0o7777):
+        raise ValueError(f"'{attribute.name}' must be None or a permission mode such as 0o660: {value!r}")
+
+
+
+
+# ---- The base ----------------------------------------------------------------
+
+class SocketTransport:
+    """Binds one socket; subclasses say how to resolve and how to accept."""
+
+    name: ClassVar[str]
+    kind: ClassVar[Literal["stream", "datagram"]]
+    socket_type: ClassVar[int]
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+        self.family: int = self.default_family
+        self.socket: socket.socket | None = None
+        self._address: Any = None
+
+    def __repr__(self) -> str:
+        state = repr(self._address) if self.socket is not None else "closed"
+        return f"<{type(self).__name__} {state}>"
+
+    @property
+    def address(self) -> Any:
+        if self._address is None:
+            raise RuntimeError(f"{self.name} transport is not open")
+        return self._address
+
+    def fileno(self) -> int:
+        if self.socket is None:
+            raise RuntimeError(f"{self.name} transport is not open")
+        return self.socket.fileno()
+
+    def open(self) -> None:
+        if self.socket is not None:
+            raise RuntimeError(f"{self.name} transport is already open")
+        family, bind_address = self.resolve()
+        sock = socket.socket(family, self.socket_type)
+        try:
+            self.configure(sock)
+            self.bind(sock, bind_address)
+            self.activate(sock)
+        except BindError:
+            sock.close()
+            raise
+        except OSError as exc:
+            sock.close()
+            self.forget_bind()
+            raise BindError(
+                exc.errno, f"couldn't bind {self.name} transport to {self.describe()}: {exc.strerror or exc}"
+            ) from exc
+        self.family = family
+        self.socket = sock
+        self._address = sock.getsockname()
+
+    def close(self) -> None:
+        sock, self.socket = self.socket, None
+        if sock is not None:
+            sock.close()
+            self.forget_bind()
+
+    # Overridden by the address and request mix-ins below.
+    default_family: ClassVar[int]
+
+    def resolve(self) -> tuple[int, Any]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def configure(self, sock: socket.socket) -> None:
+        pass
+
+    def bind(self, sock: socket.socket, address: Any) -> None:
+        sock.bind(address)
+
+    def activate(self, sock: socket.socket) -> None:
+        pass
+
+    def forget_bind(self) -> None:
+        """Undo what binding left outside the socket (a Unix socket file)."""
+
+
+# ---- How requests arrive -----------------------------------------------------
+
+class StreamRequests(SocketTransport):
+    """A request is an accepted connection; ending it shuts it down and closes it."""
+
+    kind = "stream"
+    socket_type = socket.SOCK_STREAM
+
+    def activate(self, sock: socket.socket) -> None:
+        sock.listen(self.options.backlog)
+        sock.setblocking(False)  # accepted connections stay blocking
+
+    def accept(self) -> tuple[socket.socket, Any] | None:
+        try:
+            return self.socket.accept()  # type: ignore[union-attr]
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno in _PEER_ERRNOS:
+                return None
+            raise
+
+    def close_request(self, request: socket.socket) -> None:
+        try:
+            request.shutdown(socket.SHUT_WR)  # send FIN now, whoever else holds the fd
+        except OSError:
+            pass  # the peer is gone already; closing is all that is left
+        request.close()
+
+    def release_request(self, request: socket.socket) -> None:
+        request.close()  # without shutdown: the connection lives on in the other process
+
+    def after_fork(self) -> None:
+        if self.socket is not None:
+            # Only close our descriptor: the parent still listens on the same socket.
+            self.socket.close()
+            self.socket = None
+
+
+class DatagramRequests(SocketTransport):
+    """A request is ``(payload, socket)``; there is nothing to end afterwards.
+
+    The socket stays blocking so that replies (``sendto``) never fail with
+    EAGAIN; receiving uses MSG_DONTWAIT so the accept loop never blocks.
+    """
+
+    kind = "datagram"
+    socket_type = socket.SOCK_DGRAM
+
+    def accept(self) -> tuple[tuple[bytes, socket.socket], Any] | None:
+        sock = self.socket
+        try:
+            data, client_address = sock.recvfrom(self.options.max_packet_size, socket.MSG_DONTWAIT)  # type: ignore[union-attr]
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            if exc.errno in _PEER_ERRNOS:  # an ICMP error about an earlier reply
+                return None
+            raise
+        return (data, sock), client_address
+
+    def close_request(self, request: tuple[bytes, socket.socket]) -> None:
+        pass
+
+    def release_request(self, request: tuple[bytes, socket.socket]) -> None:
+        pass
+
+    def after_fork(self) -> None:
+        pass  # the child answers on this very socket
+
+
+# ---- How the address is bound ------------------------------------------------
+
+class InternetAddress(SocketTransport):
+    """``(host, port)``: IPv4 or IPv6, chosen from the host."""
+
+    default_family = socket.AF_INET
+
+    def describe(self) -> str:
+        host, port = self.options.address
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def resolve(self) -> tuple[int, Any]:
+        host, port = self.options.address
+        if host == "":
+            return socket.AF_INET, ("", port)
+        try:
+            literal = ipaddress.ip_address(host.partition("%")[0])
+        except ValueError:
+            literal = None
+        if literal is not None:
+            return (socket.AF_INET6 if literal.version == 6 else socket.AF_INET), (host, port)
+        try:
+            infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, self.socket_type, 0, socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise BindError(
+                exc.errno, f"couldn't resolve host {host!r} for the {self.name} transport: {exc.strerror}"
+            ) from exc
+        family, _, _, _, sockaddr = infos[0]
+        return family, sockaddr
+
+    def configure(self, sock: socket.socket) -> None:
+        if self.options.reuse_address:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.options.reuse_port:
+            if not hasattr(socket, "SO_REUSEPORT"):
+                raise BindError(errno.ENOPROTOOPT, "reuse_port: SO_REUSEPORT is not supported on this platform")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+
+
+class UnixAddress(SocketTransport):
+    """A filesystem path (or, on Linux, an abstract name starting with NUL).
+
+    A socket file left behind by a server that died is replaced; a path where
+    a server still listens, or that is not a socket, is refused. ``close()``
+    removes the socket file, unless another server has replaced it since.
+    """
+
+    default_family = socket.AF_UNIX
+    _bound_file: tuple[int, int] | None = None
+
+    def describe(self) -> str:
+        return repr(self.options.path)
+
+    def resolve(self) -> tuple[int, Any]:
+        return socket.AF_UNIX, self.options.path
+
+    def bind(self, sock: socket.socket, path: str) -> None:
+        abstract = path.startswith("\0")
+        try:
+            sock.bind(path)
+        except OSError as exc:
+            if abstract or exc.errno != errno.EADDRINUSE or not self._remove_stale(path):
+                raise
+            sock.bind(path)
+        if not abstract:
+            info = os.stat(path)
+            self._bound_file = (info.st_dev, info.st_ino)  # before anything else can fail
+            if self.options.mode is not None:
+                os.chmod(path, self.options.mode)
+
+    def _remove_stale(self, path: str) -> bool:
+        """True if ``path`` was a dead server's socket file and is gone now."""
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            return True
+        if not stat.S_ISSOCK(info.st_mode):
+            raise BindError(errno.EADDRINUSE, f"couldn't bind {self.name} transport to {path!r}: "
+                            "the path exists and is not a socket; remove it or choose another path")
+        probe = socket.socket(socket.AF_UNIX, self.socket_type)
+        try:
+            probe.connect(path)
+        except ConnectionRefusedError:
+            os.unlink(path)  # nobody listens: a dead server's leftover
+            return True
+        except FileNotFoundError:
+            return True
+        finally:
+            probe.close()
+        raise BindError(errno.EADDRINUSE, f"couldn't bind {self.name} transport to {path!r}: "
+                        "another server is listening there")
+
+    def forget_bind(self) -> None:
+        bound, self._bound_file = self._bound_file, None
+        if bound is None:
+            return
+        try:
+            info = os.stat(self.options.path)
+        except FileNotFoundError:
+            return
+        if (info.st_dev, info.st_ino) == bound:
+            os.unlink(self.options.path)

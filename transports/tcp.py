@@ -1,0 +1,82 @@
+"""The ``tcp`` transport: TCP over IPv4 or IPv6, chosen from the host."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import final
+
+import attrs
+
+from sockwork._validators import boolean, positive_int
+from sockwork.hookspecs import hookimpl
+from sockwork.registry import TransportEntry
+
+from ._socket import (
+    NODELAY_INHERITED,
+    InternetAddress,
+    StreamRequests,
+    check_port_address,
+    to_port_address,
+)
+
+__all__ = ["TCPOptions", "TCPTransport"]
+
+
+@final
+@attrs.frozen(kw_only=True)
+class TCPOptions:
+    """Options of the ``tcp`` transport."""
+
+    address: tuple[str, int] = attrs.field(converter=to_port_address, validator=check_port_address)
+    """``(host, port)``. An IPv6 host (``"::1"``) selects IPv6; ``""`` means every
+    IPv4 interface; port 0 lets the OS pick (read it back from ``server.address``)."""
+    backlog: int = attrs.field(default=1024, validator=positive_int)
+    """Connections the kernel may hold before they are accepted (capped by the
+    kernel's somaxconn). The standard library uses 5, which drops connection
+    attempts under even light load."""
+    reuse_address: bool = attrs.field(default=True, validator=boolean)
+    """SO_REUSEADDR: restart on a port with connections still in TIME_WAIT."""
+    reuse_port: bool = attrs.field(default=False, validator=boolean)
+    """SO_REUSEPORT: let several processes bind the same port (kernel load balancing)."""
+    nodelay: bool = attrs.field(default=True, validator=boolean)
+    """TCP_NODELAY on connections: small replies go out at once instead of
+    waiting for Nagle's algorithm (which stalls request/response protocols)."""
+
+
+@final
+class TCPTransport(InternetAddress, StreamRequests):
+    """Accepts TCP connections; a request is the connected socket."""
+
+    name = "tcp"
+
+    def __init__(self, options: TCPOptions) -> None:
+        super().__init__(options)
+        if options.nodelay and not NODELAY_INHERITED:
+            self.accept = self._accept_nodelay  # type: ignore[method-assign]
+
+    def configure(self, sock: socket.socket) -> None:
+        super().configure(sock)
+        if self.options.nodelay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _accept_nodelay(self) -> tuple[socket.socket, object] | None:
+        accepted = StreamRequests.accept(self)
+        if accepted is not None:
+            accepted[0].setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return accepted
+
+
+def _loopback(directory: Path) -> TCPOptions:
+    return TCPOptions(address=("127.0.0.1", 0))
+
+
+@hookimpl(trylast=True)
+def sockwork_add_transports() -> list[TransportEntry]:
+    return [
+        TransportEntry(
+            "tcp", TCPTransport, TCPOptions,
+            description="TCP over IPv4 or IPv6; a request is a connected socket",
+            loopback_options=_loopback,
+        )
+    ]

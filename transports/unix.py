@@ -1,0 +1,81 @@
+"""The ``unix`` (stream) and ``unix-dgram`` transports: Unix domain sockets."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import final
+
+import attrs
+
+from sockwork._validators import positive_int
+from sockwork.hookspecs import hookimpl
+from sockwork.registry import TransportEntry
+
+from ._socket import DatagramRequests, StreamRequests, UnixAddress, check_mode, check_path, to_path
+
+__all__ = ["UnixDatagramOptions", "UnixDatagramTransport", "UnixOptions", "UnixStreamTransport"]
+
+_REASON = None if hasattr(socket, "AF_UNIX") else "this platform has no Unix domain sockets"
+
+
+@final
+@attrs.frozen(kw_only=True)
+class UnixOptions:
+    """Options of the ``unix`` (stream) transport."""
+
+    path: str = attrs.field(converter=to_path, validator=check_path)
+    """Socket file to create (removed again on close); a leading NUL byte
+    means a Linux abstract name, which leaves no file."""
+    backlog: int = attrs.field(default=1024, validator=positive_int)
+    """Connections the kernel may hold before they are accepted."""
+    mode: int | None = attrs.field(default=None, validator=check_mode)
+    """Permission bits for the socket file (e.g. ``0o660``); None keeps the umask's."""
+
+
+@final
+@attrs.frozen(kw_only=True)
+class UnixDatagramOptions:
+    """Options of the ``unix-dgram`` transport."""
+
+    path: str = attrs.field(converter=to_path, validator=check_path)
+    """Socket file to create (removed again on close)."""
+    max_packet_size: int = attrs.field(default=65535, validator=positive_int)
+    """Receive buffer per datagram."""
+    mode: int | None = attrs.field(default=None, validator=check_mode)
+    """Permission bits for the socket file; None keeps the umask's."""
+
+
+@final
+class UnixStreamTransport(UnixAddress, StreamRequests):
+    """Accepts Unix stream connections; a request is the connected socket."""
+
+    name = "unix"
+
+
+@final
+class UnixDatagramTransport(UnixAddress, DatagramRequests):
+    """Receives Unix datagrams; a request is ``(payload, socket)``.
+
+    A client must bind its own socket to a path to receive replies.
+    """
+
+    name = "unix-dgram"
+
+
+@hookimpl(trylast=True)
+def sockwork_add_transports() -> list[TransportEntry]:
+    return [
+        TransportEntry(
+            "unix", UnixStreamTransport, UnixOptions,
+            description="Unix domain stream socket; a request is a connected socket",
+            unavailable_reason=_REASON,
+            loopback_options=lambda directory: UnixOptions(path=str(directory / "server.sock")),
+        ),
+        TransportEntry(
+            "unix-dgram", UnixDatagramTransport, UnixDatagramOptions,
+            description="Unix domain datagram socket; a request is (payload, socket)",
+            unavailable_reason=_REASON,
+            loopback_options=lambda directory: UnixDatagramOptions(path=str(directory / "server.sock")),
+        ),
+    ]
