@@ -22,6 +22,7 @@ from typing import Any, final
 from .errors import ConfigError
 from .interfaces import Address, Dispatcher, Request, Transport
 from .registry import Kind, Registry
+from .urls import format_address, parse_transport_url
 
 __all__ = ["ACCEPT_CAPACITY_ERRNOS", "Server"]
 
@@ -71,11 +72,13 @@ class Server:
     """A network server assembled from a Transport, a Dispatcher and a handler factory.
 
     Each part may be given as a registered name (with a mapping of options),
-    as an options object of a registered component, or as a ready component::
+    as an options object of a registered component, or as a ready component;
+    a transport also as a URL (see :mod:`sockwork.urls`)::
 
-        Server(transport="tcp", transport_options={"address": ("127.0.0.1", 0)},
-               dispatcher="pool", handler=EchoHandler)
-        Server(transport=TCPOptions(address=("127.0.0.1", 8000)), handler=EchoHandler)
+        Server(transport="tcp://127.0.0.1:0", dispatcher="pool", handler=EchoHandler)
+        Server(transport="tcp", transport_options={"address": ("127.0.0.1", 0)}, handler="echo")
+        Server(transport=TCPOptions(address=("127.0.0.1", 8000), backlog=4096),
+               dispatcher=PoolOptions(workers=8), handler=EchoHandler)
 
     The transport is bound before ``__init__`` returns; anything invalid fails
     first, with a :class:`~sockwork.ConfigError`, and leaves no socket open.
@@ -145,10 +148,12 @@ class Server:
         self._listener_fd = self.transport.fileno()
 
     def __repr__(self) -> str:
-        return (
-            f"<Server {type(self.transport).__name__} {self.address!r} "
-            f"{type(self.dispatcher).__name__} handler={self.handler!r}>"
-        )
+        return f"<Server {self.url} {type(self.dispatcher).__name__} handler={self.handler!r}>"
+
+    @property
+    def url(self) -> str:
+        """The bound address as a transport URL, e.g. ``tcp://127.0.0.1:40123``."""
+        return format_address(getattr(self.transport, "name", "transport"), self.address)
 
     @property
     def address(self) -> Address:
@@ -206,27 +211,28 @@ class Server:
             self._not_serving.wait()
 
     def close(self) -> None:
-        """Stop accepting, drain the dispatcher, close everything. Idempotent."""
+        """Stop accepting, drain the dispatcher, close everything. Idempotent.
+
+        Running requests get ``drain_timeout`` seconds (counted from this
+        call) to finish; after that their connections are shut down, which
+        ends any handler blocked on its client, and the dispatcher ends what
+        it can (child processes are killed). What still runs is logged.
+        """
         with self._state_lock:
             if self._closed:
                 return
             if self._serving_thread == threading.get_ident():
                 raise RuntimeError("close() called from the serving thread; call shutdown() instead")
             self._closed = True
-        self.shutdown()
-        self._set_listening(False)
-        stream = self.transport.kind == "stream"
-        if stream:
-            # Close the listener before draining: a worker stuck on a slow client
-            # must not leave new clients waiting in a backlog nobody will accept.
-            self.transport.close()
+        deadline = None if self.drain_timeout is None else time.monotonic() + self.drain_timeout
+        self._shutdown_requested = True
+        self._wake()
         try:
-            if self._started:
-                self._drain()
+            if not self._stop_and_drain(deadline):
+                self._force_stop()
             self.dispatcher.close()
         finally:
-            if not stream:  # a datagram socket is also the reply channel of running requests
-                self.transport.close()
+            self.transport.close()
             self._selector.close()
             self._wake_r.close()
             self._wake_w.close()
@@ -390,9 +396,22 @@ class Server:
 
     # ---- Stopping ----------------------------------------------------------
 
-    def _drain(self) -> None:
-        if self.dispatcher.drain(self.drain_timeout):
-            return
+    def _stop_and_drain(self, deadline: float | None) -> bool:
+        """Wait for the loop to stop, stop listening, drain; True if all finished in time."""
+        if not self._not_serving.wait(_until(deadline)):
+            return False  # an inline handler holds the loop; _force_stop deals with it
+        self._stop_listening()
+        return not self._started or self.dispatcher.drain(_until(deadline))
+
+    def _stop_listening(self) -> None:
+        self._set_listening(False)
+        if self.transport.kind == "stream":
+            # Close the listener before draining: a worker stuck on a slow client
+            # must not leave new clients waiting in a backlog nobody will accept.
+            # (A datagram socket is also the reply channel of running requests.)
+            self.transport.close()
+
+    def _force_stop(self) -> None:
         stuck = list(self._in_flight.values())
         logger.warning(
             "%d request(s) still running after the %ss drain timeout; shutting their connections down",
@@ -404,7 +423,7 @@ class Server:
                     request.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass  # already closed by its handler or the peer
-        if not self.dispatcher.drain(FORCE_GRACE):
+        if not self._stop_and_drain(time.monotonic() + FORCE_GRACE):
             logger.error(
                 "%d request(s) did not finish after their connections were shut down; abandoning them",
                 len(self._in_flight),
@@ -415,6 +434,10 @@ class Server:
             hook(server=self)
         except Exception:
             logger.exception("%s hook raised", hook.name)
+
+
+def _until(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _shorter(timeout: float | None, other: float) -> float:
@@ -432,6 +455,10 @@ def _drain_socket(sock: socket.socket) -> None:
 def _component(registry: Registry, kind: Kind, spec: object, options: Mapping[str, Any] | None, role: type) -> Any:
     """Turn a name, an options object or a ready component into a component."""
     if isinstance(spec, str):
+        if kind == "transport" and ":" in spec:
+            if options is not None:
+                raise ConfigError(f"transport_options cannot be combined with the URL {spec!r}")
+            spec, options = parse_transport_url(spec)
         return registry.build(kind, spec, options)
     entry = registry.entry_for_options(kind, spec)
     if entry is not None:

@@ -1,0 +1,60 @@
+"""Transport addresses written as URLs: ``tcp://127.0.0.1:8000``, ``unix:///run/app.sock``.
+
+====================  ====================================================
+URL                   means
+====================  ====================================================
+tcp://HOST:PORT       transport ``tcp``, ``address=(HOST, PORT)``
+tcp://[::1]:PORT      IPv6 hosts go in brackets
+udp://HOST:PORT       transport ``udp``
+unix:///PATH          transport ``unix``, ``path=/PATH`` (absolute)
+unix:PATH             a relative path
+unix-dgram:///PATH    transport ``unix-dgram``
+====================  ====================================================
+
+Any other scheme is taken as the name of a (plugin) transport whose options
+are ``address=(HOST, PORT)`` or ``path=PATH`` in the same way.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["format_address", "parse_transport_url"]
+
+_PATH_SCHEMES = frozenset({"unix", "unix-dgram"})
+
+
+def parse_transport_url(url: str) -> tuple[str, dict[str, Any]]:
+    """``"tcp://127.0.0.1:0"`` -> ``("tcp", {"address": ("127.0.0.1", 0)})``."""
+    scheme, sep, rest = url.partition(":")
+    if not sep or not scheme:
+        raise ConfigError(f"transport URL {url!r} has no scheme; write e.g. tcp://127.0.0.1:8000 or unix:///run/app.sock")
+    scheme = scheme.lower()
+    if scheme in _PATH_SCHEMES:
+        path = rest[2:] if rest.startswith("//") else rest
+        if not path:
+            raise ConfigError(f"transport URL {url!r} has no path; write e.g. {scheme}:///run/app.sock")
+        return scheme, {"path": urllib.parse.unquote(path)}
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"transport URL {url!r}: the port must be a number in 0..65535") from None
+    if port is None or parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(f"transport URL {url!r} must look like {scheme}://HOST:PORT (IPv6: {scheme}://[::1]:PORT)")
+    return scheme, {"address": (parts.hostname or "", port)}
+
+
+def format_address(transport_name: str, address: Any) -> str:
+    """The URL of a bound address, as :func:`parse_transport_url` reads it."""
+    if isinstance(address, tuple):
+        host, port = address[0], address[1]
+        return f"{transport_name}://[{host}]:{port}" if ":" in host else f"{transport_name}://{host}:{port}"
+    if isinstance(address, bytes):
+        address = address.decode(errors="backslashreplace")
+    if address.startswith("/"):
+        return f"{transport_name}://{address}"
+    return f"{transport_name}:{address}"
