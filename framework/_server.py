@@ -467,13 +467,21 @@ def _component(registry: Registry, kind: Kind, spec: object, options: Mapping[st
         return registry.build(kind, entry.name, spec)
     if options is not None:
         raise ConfigError(f"{kind}_options only apply to a {kind} given by name, not to {spec!r}")
-    if not isinstance(spec, role):
+    missing = [name for name in _REQUIRED_METHODS[kind] if not callable(getattr(spec, name, None))]
+    if missing:
         names = ", ".join(e.name for e in registry.entries(kind))
         raise ConfigError(
             f"{kind} must be a registered name ({names}), the options object of one, "
-            f"or a {role.__name__}; got {spec!r}"
+            f"or a {role.__name__} object; got {spec!r}, which lacks {', '.join(missing)}()"
         )
     return spec
+
+
+# What a ready component must have; the Protocols in sockwork.interfaces document them.
+_REQUIRED_METHODS: dict[str, tuple[str, ...]] = {
+    "transport": ("open", "fileno", "accept", "close_request", "release_request", "after_fork", "close"),
+    "dispatcher": ("start", "submit", "saturated", "drain", "close"),
+}
 
 
 def _handler(registry: Registry, spec: object, options: Mapping[str, Any] | None) -> Callable[..., object]:

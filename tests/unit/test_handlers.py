@@ -1,0 +1,104 @@
+"""Function handlers and the Connection they receive."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from sockwork import Connection, Server, datagram_handler, stream_handler
+from sockwork.testing import client, exchange, serving
+
+pytestmark = pytest.mark.timeout(10)
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[Connection, socket.socket]]:
+    server_side, peer = socket.socketpair()
+    yield Connection(server_side, "peer"), peer
+    server_side.close()
+    peer.close()
+
+
+def test_readline_read_and_iteration(pair: tuple[Connection, socket.socket]) -> None:
+    conn, peer = pair
+    peer.sendall(b"first\nsecond\nrest of it")
+    peer.shutdown(socket.SHUT_WR)
+    assert conn.readline() == b"first\n"
+    assert conn.read(3) == b"sec"
+    assert list(conn) == [b"ond\n", b"rest of it"]
+    assert conn.read() == b"" and conn.readline() == b""
+
+
+def test_readline_limit_bounds_the_buffer(pair: tuple[Connection, socket.socket]) -> None:
+    """A line longer than the limit comes back in pieces of the limit."""
+    conn, peer = pair
+    peer.sendall(b"x" * 10 + b"\n")
+    assert conn.readline(limit=4) == b"xxxx"
+    assert conn.readline(limit=4) == b"xxxx"
+    assert conn.readline(limit=4) == b"xx\n"
+
+
+def test_recv_returns_buffered_bytes_first(pair: tuple[Connection, socket.socket]) -> None:
+    conn, peer = pair
+    peer.sendall(b"line\ntail")
+    assert conn.readline() == b"line\n"
+    assert conn.recv(100) == b"tail"
+    conn.write(b"reply")
+    assert peer.recv(100) == b"reply"
+
+
+def test_stream_function_serves_a_tcp_server() -> None:
+    @stream_handler
+    def shout(conn: Connection) -> None:
+        for line in conn:
+            conn.write(line.upper())
+
+    assert shout.__name__ == "shout"
+    with serving(Server(transport="tcp://127.0.0.1:0", handler=shout)) as server:
+        assert exchange(server, b"hello\nworld\n") == b"HELLO\nWORLD\n"
+
+
+def test_datagram_function_replies_or_stays_silent() -> None:
+    @datagram_handler
+    def answer(payload: bytes, client_address: object) -> bytes | None:
+        return None if payload == b"quiet" else payload[::-1]
+
+    with serving(Server(transport="udp://127.0.0.1:0", handler=answer)) as server:
+        with client(server, timeout=0.2) as sock:
+            sock.send(b"quiet")
+            with pytest.raises(TimeoutError):
+                sock.recv(100)
+        assert exchange(server, b"abc") == b"cba"
+
+
+def test_function_used_with_the_wrong_kind_of_transport_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    @datagram_handler
+    def answer(payload: bytes, client_address: object) -> bytes:
+        return payload
+
+    with caplog.at_level(logging.ERROR, logger="sockwork"):
+        with serving(Server(transport="tcp://127.0.0.1:0", handler=answer)) as server:
+            assert exchange(server, b"x") == b""
+    assert "answer is a datagram handler; it cannot serve streams" in caplog.text
+
+
+def test_helpers_refuse_non_callables() -> None:
+    with pytest.raises(TypeError, match="stream_handler"):
+        stream_handler("not a function")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="datagram_handler"):
+        datagram_handler(None)  # type: ignore[arg-type]
+
+
+def test_standard_library_handler_classes_work_unchanged() -> None:
+    """socketserver.StreamRequestHandler subclasses are handler factories as they are."""
+    import socketserver
+
+    class Upper(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(self.rfile.readline().upper())
+
+    with serving(Server(transport="tcp://127.0.0.1:0", handler=Upper)) as server:
+        assert exchange(server, b"classic\n") == b"CLASSIC\n"

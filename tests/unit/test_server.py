@@ -1,0 +1,240 @@
+"""The accept loop: shutdown, backpressure, failed accepts, hooks, error reports."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import resource
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import pytest
+
+from sockwork import Registry, Server, hookimpl, make_plugin_manager
+from sockwork.handlers import echo
+from sockwork.testing import client, exchange, serving
+
+pytestmark = pytest.mark.timeout(20)
+
+TCP = "tcp://127.0.0.1:0"
+
+
+def count_accepts(server: Server) -> list[int]:
+    """Wrap the transport's accept; returns [attempts, requests accepted], kept current."""
+    counts = [0, 0]
+    real_accept = server.transport.accept
+
+    def accept() -> Any:
+        counts[0] += 1
+        accepted = real_accept()
+        if accepted is not None:
+            counts[1] += 1
+        return accepted
+
+    server.transport.accept = accept  # type: ignore[method-assign]
+    return counts
+
+
+def test_shutdown_requested_before_serving_is_not_lost() -> None:
+    """shutdown() before serve_forever() makes it return at once (socketserver semantics)."""
+    with Server(transport=TCP, handler=echo) as server:
+        server.shutdown()
+        server.serve_forever()  # returns immediately instead of hanging
+
+
+def test_shutdown_from_an_inline_handler_does_not_deadlock() -> None:
+    """A handler running in the loop's own thread may call shutdown()."""
+    def stop(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
+        server.shutdown()
+
+    with Server(transport=TCP, dispatcher="inline", handler=stop) as server:
+        with client(server):
+            server.serve_forever()  # returns after the one request
+
+
+def test_misuse_of_the_loop_is_refused() -> None:
+    """Serving twice at once, serving after close, closing from the loop: clear errors."""
+    failures: list[BaseException] = []
+
+    def close_from_handler(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
+        try:
+            server.close()
+        except RuntimeError as exc:
+            failures.append(exc)
+        server.shutdown()
+
+    server = Server(transport=TCP, dispatcher="inline", handler=close_from_handler)
+    with serving(server):
+        with pytest.raises(RuntimeError, match="already serving"):
+            server.serve_forever()
+    with pytest.raises(RuntimeError, match="closed"):
+        server.serve_forever()
+
+    server = Server(transport=TCP, dispatcher="inline", handler=close_from_handler)
+    with client(server):
+        server.serve_forever()
+    server.close()
+    assert "call shutdown() instead" in str(failures[0])
+
+
+def test_handler_error_is_logged_with_the_client_address(caplog: pytest.LogCaptureFixture) -> None:
+    """The sockwork logger gets the traceback and the client's address."""
+    def fail(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
+        raise ValueError("bad request line")
+
+    with caplog.at_level(logging.ERROR, logger="sockwork"):
+        with serving(Server(transport=TCP, dispatcher="thread", handler=fail)) as server:
+            with client(server) as sock:
+                peer = sock.getsockname()
+                assert sock.recv(10) == b""
+    [record] = [r for r in caplog.records if r.name == "sockwork"]
+    assert record.getMessage() == f"error while serving {peer}"
+    assert record.exc_info and "bad request line" in str(record.exc_info[1])
+
+
+def test_lifecycle_hooks_and_no_unimplemented_hook_per_request() -> None:
+    """started/stopped fire once; serving requests calls no hook nobody implements."""
+    calls: list[str] = []
+
+    class Lifecycle:
+        @hookimpl
+        def sockwork_server_started(self, server: Server) -> None:
+            calls.append("started")
+
+        @hookimpl
+        def sockwork_server_stopped(self, server: Server) -> None:
+            calls.append("stopped")
+
+    pm = make_plugin_manager(entry_points=False)
+    pm.register(Lifecycle())
+    registry = Registry(pm)
+    pm.add_hookcall_monitoring(lambda name, impls, kwargs: calls.append(f"call {name}"), lambda *a: None)
+
+    def fail_sometimes(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
+        if request.recv(10) == b"fail":
+            raise RuntimeError("expected in this test")
+        request.sendall(b"ok")
+
+    logging.getLogger("sockwork").disabled = True  # the failure below is expected
+    try:
+        with serving(Server(transport=TCP, handler=fail_sometimes, registry=registry)) as server:
+            for payload in (b"a", b"fail", b"b"):
+                exchange(server, payload)
+    finally:
+        logging.getLogger("sockwork").disabled = False
+    assert calls == ["call sockwork_server_started", "started", "call sockwork_server_stopped", "stopped"]
+
+
+@pytest.mark.parametrize(
+    ("dispatcher", "options", "capacity"),
+    [
+        ("pool", {"workers": 1, "queue_size": 1}, 2),
+        ("thread", {"max_threads": 1}, 1),
+        pytest.param("fork", {"max_children": 1}, 1,
+                     marks=pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")),
+    ],
+)
+def test_saturated_dispatcher_stops_accepting_until_capacity_frees(
+    dispatcher: str, options: dict, capacity: int
+) -> None:
+    """At its limit a dispatcher makes the loop stop accepting; clients wait in the backlog."""
+    gate_r, gate_w = socket.socketpair()
+
+    def hold(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
+        gate_r.recv(1)
+        request.sendall(b"served")
+
+    try:
+        server = Server(transport=TCP, dispatcher=dispatcher, dispatcher_options=options, handler=hold)
+        counts = count_accepts(server)
+        with serving(server), ExitStack() as stack:
+            clients = [stack.enter_context(client(server)) for _ in range(4)]
+            deadline = time.monotonic() + 10
+            while counts[1] < capacity and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.3)  # had the loop kept accepting, it would have by now
+            assert counts[1] == capacity
+            gate_w.sendall(b"x" * 4)
+            assert [sock.recv(10) for sock in clients] == [b"served"] * 4
+            assert counts[1] == 4
+    finally:
+        gate_r.close()
+        gate_w.close()
+
+
+@contextmanager
+def descriptors_exhausted() -> Iterator[Callable[[], None]]:
+    """Take every free descriptor number; yields a function that gives them back."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers: list[int] = []
+
+    def release() -> None:
+        while fillers:
+            os.close(fillers.pop())
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 8, hard))
+    try:
+        while True:
+            try:
+                fillers.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError as exc:
+                assert exc.errno == errno.EMFILE
+                break
+        yield release
+    finally:
+        release()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and RLIMIT_NOFILE")
+def test_out_of_descriptors_backs_off_logs_once_and_recovers(caplog: pytest.LogCaptureFixture) -> None:
+    """EMFILE on accept: the loop pauses (no spinning), logs once, and serves once fds free up."""
+    server = Server(transport=TCP, dispatcher="inline", handler=echo)
+    counts = count_accepts(server)
+    reply: list[bytes] = []
+    with caplog.at_level(logging.ERROR, logger="sockwork"), serving(server):
+        sock = socket.socket()  # made before exhaustion; connecting needs no new fd
+        try:
+            with descriptors_exhausted() as release:
+                sock.connect(server.address)
+                time.sleep(0.5)
+                attempts_while_exhausted = counts[0]
+                release()
+            sock.sendall(b"after recovery")
+            sock.shutdown(socket.SHUT_WR)
+            sock.settimeout(10)
+            reply.append(sock.recv(100))
+        finally:
+            sock.close()
+    assert reply == [b"after recovery"]
+    # Backoff doubles from 10 ms: about 6 attempts in 0.5 s; spinning would be thousands.
+    assert 1 <= attempts_while_exhausted <= 20
+    messages = [r.getMessage() for r in caplog.records if r.name == "sockwork"]
+    assert len(messages) == 1 and "out of resources accepting" in messages[0], messages
+    assert "Too many open files" in messages[0]
+
+
+def test_dispatcher_refusing_work_closes_the_request(caplog: pytest.LogCaptureFixture) -> None:
+    """If submit() fails, the accepted client is closed (not left hanging) and it is logged."""
+    server = Server(transport=TCP, dispatcher="thread", handler=echo)
+    real_submit = server.dispatcher.submit
+    failures = [RuntimeError("can't start new thread")]
+
+    def submit(request: Any, client_address: Any) -> None:
+        if failures:
+            raise failures.pop()
+        real_submit(request, client_address)
+
+    server.dispatcher.submit = submit  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR, logger="sockwork"), serving(server):
+        with client(server) as sock:
+            assert sock.recv(10) == b""  # closed by the server
+        assert exchange(server, b"next") == b"next"
+    assert "can't start new thread" in caplog.text
+

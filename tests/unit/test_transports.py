@@ -1,0 +1,169 @@
+"""Transport specifics: address families, Unix socket files, socket options, accept errors."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from pathlib import Path
+from unittest import mock
+
+import pytest
+
+from sockwork import BindError, Server
+from sockwork.handlers import echo
+from sockwork.testing import exchange, serving
+from sockwork.transports import TCPOptions, TCPTransport, UDPOptions, UDPTransport
+
+pytestmark = pytest.mark.timeout(10)
+
+
+def ipv6_loopback_works() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback_works(), reason="no IPv6 loopback on this machine")
+@pytest.mark.parametrize("scheme", ["tcp", "udp"])
+def test_ipv6_is_chosen_from_the_address(scheme: str) -> None:
+    """An IPv6 host binds an AF_INET6 socket; the URL shows it in brackets."""
+    with serving(Server(transport=f"{scheme}://[::1]:0", handler=echo)) as server:
+        assert server.transport.family == socket.AF_INET6
+        assert server.url.startswith(f"{scheme}://[::1]:")
+        assert exchange(server, b"six") == b"six"
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "udp"])
+def test_port_zero_reports_the_real_port(scheme: str) -> None:
+    with Server(transport=f"{scheme}://127.0.0.1:0", handler=echo) as server:
+        host, port = server.address
+        assert host == "127.0.0.1" and port > 0
+        assert server.url == f"{scheme}://127.0.0.1:{port}"
+
+
+def test_hostname_is_resolved() -> None:
+    """A host name is resolved; the family follows what it resolves to."""
+    with Server(transport="tcp://localhost:0", handler=echo) as server:
+        assert server.address[0] in ("127.0.0.1", "::1")
+
+
+def test_nodelay_is_on_for_accepted_connections_unless_turned_off() -> None:
+    """TCP_NODELAY is set on accepted connections by default (option nodelay)."""
+    def report(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
+        request.sendall(b"%d" % bool(request.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)))
+
+    for nodelay, expected in ((True, b"1"), (False, b"0")):
+        options = TCPOptions(address=("127.0.0.1", 0), nodelay=nodelay)
+        with serving(Server(transport=options, handler=report)) as server:
+            assert exchange(server, b"") == expected
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="no SO_REUSEPORT")
+@pytest.mark.parametrize("transport", [TCPTransport, UDPTransport])
+def test_reuse_port_lets_two_servers_share_a_port(transport: type) -> None:
+    options_class = TCPOptions if transport is TCPTransport else UDPOptions
+    first = transport(options_class(address=("127.0.0.1", 0), reuse_port=True))
+    first.open()
+    try:
+        second = transport(options_class(address=first.address, reuse_port=True))
+        second.open()
+        second.close()
+        without = transport(options_class(address=first.address))
+        with pytest.raises(BindError, match="Address already in use"):
+            without.open()
+    finally:
+        first.close()
+
+
+def test_backlog_option_is_validated() -> None:
+    with pytest.raises(ValueError, match="'backlog' must be an int >= 1: 0"):
+        TCPOptions(address=("127.0.0.1", 0), backlog=0)
+
+
+def test_accept_returns_none_for_an_aborted_connection_and_raises_for_emfile() -> None:
+    """A peer's abort is no error; running out of descriptors is (the Server backs off)."""
+    transport = TCPTransport(TCPOptions(address=("127.0.0.1", 0)))
+    transport.open()
+    try:
+        with mock.patch.object(socket.socket, "accept", side_effect=ConnectionAbortedError(errno.ECONNABORTED, "x")):
+            assert transport.accept() is None
+        with mock.patch.object(socket.socket, "accept", side_effect=OSError(errno.EMFILE, "Too many open files")):
+            with pytest.raises(OSError) as info:
+                transport.accept()
+            assert info.value.errno == errno.EMFILE
+        assert transport.accept() is None  # nothing pending: no blocking
+    finally:
+        transport.close()
+
+
+# ---- Unix socket files ------------------------------------------------------
+
+unix_only = pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no Unix sockets")
+
+
+@unix_only
+@pytest.mark.parametrize("scheme", ["unix", "unix-dgram"])
+def test_socket_file_is_removed_on_close(scheme: str, short_tmp: Path) -> None:
+    path = short_tmp / "s.sock"
+    with Server(transport=f"{scheme}://{path}", handler=echo):
+        assert stat.S_ISSOCK(path.stat().st_mode)
+    assert not path.exists()
+
+
+@unix_only
+@pytest.mark.parametrize(("scheme", "kind"), [("unix", socket.SOCK_STREAM), ("unix-dgram", socket.SOCK_DGRAM)])
+def test_stale_socket_file_of_a_dead_server_is_replaced(scheme: str, kind: int, short_tmp: Path) -> None:
+    path = short_tmp / "s.sock"
+    dead = socket.socket(socket.AF_UNIX, kind)
+    dead.bind(str(path))
+    dead.close()  # the file stays behind, as after a crash
+    with serving(Server(transport=f"{scheme}://{path}", handler=echo)) as server:
+        assert exchange(server, b"alive") == b"alive"
+
+
+@unix_only
+@pytest.mark.parametrize(("scheme", "kind"), [("unix", socket.SOCK_STREAM), ("unix-dgram", socket.SOCK_DGRAM)])
+def test_a_live_server_socket_is_not_stolen(scheme: str, kind: int, short_tmp: Path) -> None:
+    path = short_tmp / "s.sock"
+    with socket.socket(socket.AF_UNIX, kind) as live:
+        live.bind(str(path))
+        if kind == socket.SOCK_STREAM:
+            live.listen()
+        with pytest.raises(BindError, match="another server is listening there"):
+            Server(transport=f"{scheme}://{path}", handler=echo)
+        assert path.exists()
+
+
+@unix_only
+def test_a_path_that_is_not_a_socket_is_refused(short_tmp: Path) -> None:
+    path = short_tmp / "precious.txt"
+    path.write_text("user data")
+    with pytest.raises(BindError, match="exists and is not a socket"):
+        Server(transport=f"unix://{path}", handler=echo)
+    assert path.read_text() == "user data"
+
+
+@unix_only
+def test_close_leaves_a_socket_file_that_another_server_replaced(short_tmp: Path) -> None:
+    """Only our own socket file is removed on close."""
+    path = short_tmp / "s.sock"
+    server = Server(transport=f"unix://{path}", handler=echo)
+    os.unlink(path)
+    with socket.socket(socket.AF_UNIX) as other:
+        other.bind(str(path))
+        server.close()
+        assert path.exists()
+
+
+@unix_only
+def test_mode_option_sets_socket_file_permissions(short_tmp: Path) -> None:
+    path = short_tmp / "s.sock"
+    with Server(transport="unix", transport_options={"path": str(path), "mode": 0o600}, handler=echo):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
