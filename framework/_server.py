@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, final
 
+from ._deadline import deadline_after, remaining
 from .errors import ConfigError
 from .interfaces import Address, Dispatcher, Request, Transport
 from .registry import Kind, Registry
@@ -184,14 +185,14 @@ class Server:
         it has also been served), False if the timeout passed first or
         :meth:`shutdown` was called.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = deadline_after(timeout)
         self._begin_serving()
         try:
             while not self._shutdown_requested:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                left = remaining(deadline)
+                if left == 0:
                     return False
-                if self._run_once(remaining, 1):
+                if self._run_once(left, 1):
                     return True
             return False
         finally:
@@ -224,7 +225,7 @@ class Server:
             if self._serving_thread == threading.get_ident():
                 raise RuntimeError("close() called from the serving thread; call shutdown() instead")
             self._closed = True
-        deadline = None if self.drain_timeout is None else time.monotonic() + self.drain_timeout
+        deadline = deadline_after(self.drain_timeout)
         self._shutdown_requested = True
         self._wake()
         try:
@@ -398,10 +399,10 @@ class Server:
 
     def _stop_and_drain(self, deadline: float | None) -> bool:
         """Wait for the loop to stop, stop listening, drain; True if all finished in time."""
-        if not self._not_serving.wait(_until(deadline)):
+        if not self._not_serving.wait(remaining(deadline)):
             return False  # an inline handler holds the loop; _force_stop deals with it
         self._stop_listening()
-        return not self._started or self.dispatcher.drain(_until(deadline))
+        return not self._started or self.dispatcher.drain(remaining(deadline))
 
     def _stop_listening(self) -> None:
         self._set_listening(False)
@@ -423,7 +424,7 @@ class Server:
                     request.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass  # already closed by its handler or the peer
-        if not self._stop_and_drain(time.monotonic() + FORCE_GRACE):
+        if not self._stop_and_drain(deadline_after(FORCE_GRACE)):
             logger.error(
                 "%d request(s) did not finish after their connections were shut down; abandoning them",
                 len(self._in_flight),
@@ -434,10 +435,6 @@ class Server:
             hook(server=self)
         except Exception:
             logger.exception("%s hook raised", hook.name)
-
-
-def _until(deadline: float | None) -> float | None:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _shorter(timeout: float | None, other: float) -> float:

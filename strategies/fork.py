@@ -20,6 +20,7 @@ from typing import Any, final
 
 import attrs
 
+from sockwork._deadline import deadline_after, remaining
 from sockwork._validators import positive_int
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
@@ -116,19 +117,19 @@ class ForkDispatcher:
             self._reap(pid)
 
     def drain(self, timeout: float | None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = deadline_after(timeout)
         while True:
             self._reap_all()
             if not self._children:
                 return True
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
+            left = remaining(deadline)
+            if left == 0:
                 return False
             pidfds = [fd for fd, _ in self._children.values() if fd is not None]
             if pidfds:
-                select.select(pidfds, [], [], remaining)
+                select.select(pidfds, [], [], left)
             else:
-                time.sleep(_POLL_INTERVAL if remaining is None else min(_POLL_INTERVAL, remaining))
+                time.sleep(_POLL_INTERVAL if left is None else min(_POLL_INTERVAL, left))
 
     def close(self) -> None:
         if not self._children:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import queue
 import threading
-import time
 from typing import Any, final
 
 import attrs
 
+from sockwork._deadline import join_all
 from sockwork._validators import positive_int
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
@@ -86,10 +86,7 @@ class PoolDispatcher:
             self._stopping = True
             for _ in self._workers:
                 self._queue.put(None)  # after everything queued: queued work is served
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for worker in self._workers:
-            worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        self._workers = [w for w in self._workers if w.is_alive()]
+        self._workers = join_all(self._workers, timeout)
         return not self._workers
 
     def close(self) -> None:

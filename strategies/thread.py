@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import threading
-import time
 from typing import Any, final
 
 import attrs
 
+from sockwork._deadline import join_all
 from sockwork._validators import boolean, optional_positive_int
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
@@ -84,10 +84,7 @@ class ThreadDispatcher:
         return self._active >= self._limit
 
     def drain(self, timeout: float | None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        for thread in list(self._threads):
-            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        self._threads = [t for t in self._threads if t.is_alive()]
+        self._threads = join_all(self._threads, timeout)
         return not self._threads
 
     def close(self) -> None:
