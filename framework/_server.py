@@ -84,6 +84,11 @@ class Server:
     The transport is bound before ``__init__`` returns; anything invalid fails
     first, with a :class:`~sockwork.ConfigError`, and leaves no socket open.
 
+    ``on_error(request, client_address, exc)``, if given, is called (inside
+    the ``except`` block) instead of logging a handler's exception.
+    ``service_actions()``, if given, runs after every round of the loop, and
+    at least every ``poll_interval`` seconds when ``serve_forever`` gets one.
+
     Resource handling: ``close()`` (or leaving a ``with`` block) stops
     accepting, lets running requests finish for up to ``drain_timeout``
     seconds, shuts down the connections of those still running after that,
@@ -101,6 +106,8 @@ class Server:
         handler_options: Mapping[str, Any] | None = None,
         drain_timeout: float | None = 10.0,
         registry: Registry | None = None,
+        on_error: Callable[[Request, Address, Exception], object] | None = None,
+        service_actions: Callable[[], object] | None = None,
         handler_server: object = None,
     ) -> None:
         if drain_timeout is not None and (
@@ -118,6 +125,8 @@ class Server:
         self.handler = _handler(self.registry, handler, handler_options)
         # The object handlers receive as ``server``; the legacy module passes itself.
         self._handler_server = self if handler_server is None else handler_server
+        self._on_error = on_error
+        self._service_actions = service_actions
         hook = self.registry.plugin_manager.hook
         self._hook = hook
         self._failure_hook = hook.sockwork_request_failed if hook.sockwork_request_failed.get_hookimpls() else None
@@ -163,8 +172,11 @@ class Server:
 
     # ---- Serving ---------------------------------------------------------
 
-    def serve_forever(self) -> None:
+    def serve_forever(self, poll_interval: float | None = None) -> None:
         """Accept and dispatch requests until :meth:`shutdown` is called.
+
+        ``poll_interval`` only matters with ``service_actions``: how often they
+        run when nothing happens. Shutdown never waits for it.
 
         Error handling: handler errors are logged and reported to the
         ``sockwork_request_failed`` hook; failed accepts (out of descriptors
@@ -173,27 +185,37 @@ class Server:
         """
         self._begin_serving()
         try:
-            while not self._shutdown_requested:
-                self._run_once(None, ACCEPT_BATCH)
+            batch = getattr(self.transport, "accept_batch", ACCEPT_BATCH)
+            service_actions = self._service_actions
+            if service_actions is None:
+                while not self._shutdown_requested:
+                    self._run_once(None, batch)
+            else:
+                while not self._shutdown_requested:
+                    self._run_once(poll_interval, batch)
+                    service_actions()
         finally:
             self._end_serving()
 
     def handle_request(self, timeout: float | None = None) -> bool:
-        """Accept and dispatch one request, waiting at most ``timeout`` seconds.
+        """Wait at most ``timeout`` seconds for a request and dispatch it.
 
         Returns True if a request was handed to the dispatcher (with ``inline``
-        it has also been served), False if the timeout passed first or
-        :meth:`shutdown` was called.
+        it has also been served). Returns False if the timeout passed, if
+        :meth:`shutdown` was called, or if the pending request vanished before
+        it could be taken (a connection the client aborted, one the transport
+        refused) — as ``socketserver``'s ``handle_request`` does. ``timeout=0``
+        takes a request only if one is already waiting.
         """
         deadline = deadline_after(timeout)
         self._begin_serving()
         try:
             while not self._shutdown_requested:
-                left = remaining(deadline)
-                if left == 0:
+                dispatched = self._run_once(remaining(deadline), 1)
+                if dispatched is not None:
+                    return dispatched > 0
+                if deadline is not None and time.monotonic() >= deadline:
                     return False
-                if self._run_once(left, 1):
-                    return True
             return False
         finally:
             self._end_serving()
@@ -268,8 +290,12 @@ class Server:
             self._serving_thread = None
             self._not_serving.set()
 
-    def _run_once(self, timeout: float | None, limit: int) -> int:
-        """Wait for one round of events and handle them; return requests dispatched."""
+    def _run_once(self, timeout: float | None, limit: int) -> int | None:
+        """Wait for one round of events and handle them.
+
+        Returns the number of requests dispatched, or None if the listener was
+        not ready in this round.
+        """
         now = time.monotonic()
         paused = now < self._paused_until
         saturated = self.dispatcher.saturated()
@@ -278,11 +304,11 @@ class Server:
             timeout = _shorter(timeout, self._paused_until - now)
         elif saturated:
             timeout = _shorter(timeout, SATURATED_RECHECK)
-        dispatched = 0
+        dispatched = None
         for key, _ in self._selector.select(timeout):
             what = key.data
             if what is _LISTENER:
-                dispatched += self._accept_batch(limit - dispatched)
+                dispatched = self._accept_batch(limit)
             elif what is _WAKE:
                 _drain_socket(self._wake_r)
             else:
@@ -308,10 +334,16 @@ class Server:
             try:
                 submit(request, client_address)
             except Exception as exc:
-                # Never lose an accepted request silently: close it and say so.
-                self._release(request, close=True)
+                if id(request) not in in_flight:
+                    raise  # served and reported already: it is on_error that raised
+                # Never lose an accepted request silently: report it, end it, pause.
+                self._report_failure(request, client_address, exc)
+                self._end_request(request)
                 self._pause_accepting(exc)
                 break
+            except BaseException:
+                self._end_request(request)
+                raise
             dispatched += 1
             if saturated():
                 break
@@ -354,26 +386,30 @@ class Server:
             self.handler(request, client_address, self._handler_server)
             return True
         except Exception as exc:
-            self._report_failure(client_address, exc)
+            self._report_failure(request, client_address, exc)
             return False
         finally:
-            self._in_flight.pop(id(request), None)
+            self._end_request(request)
+
+    def _end_request(self, request: Request) -> None:
+        """Close a request, once: later calls for the same request do nothing."""
+        if self._in_flight.pop(id(request), None) is not None:
             self.transport.close_request(request)
 
-    def _report_failure(self, client_address: Address, exc: Exception) -> None:
-        logger.error("error while serving %s", client_address, exc_info=exc)
+    def _report_failure(self, request: Request, client_address: Address, exc: Exception) -> None:
         if self._failure_hook is not None:
             try:
                 self._failure_hook(server=self, client_address=client_address, exc=exc)
             except Exception:
                 logger.exception("sockwork_request_failed hook raised")
-
-    def _release(self, request: Request, close: bool = False) -> None:
-        self._in_flight.pop(id(request), None)
-        if close:
-            self.transport.close_request(request)
+        if self._on_error is not None:
+            self._on_error(request, client_address, exc)
         else:
-            self.transport.release_request(request)
+            logger.error("error while serving %s", client_address, exc_info=exc)
+
+    def _release(self, request: Request) -> None:
+        self._in_flight.pop(id(request), None)
+        self.transport.release_request(request)
 
     def _after_fork(self) -> None:
         # In a child: drop the parent's loop; the child serves one request and exits.

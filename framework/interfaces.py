@@ -36,6 +36,8 @@ class Transport(Protocol):
 
     kind: Literal["stream", "datagram"]
     family: int
+    # Optional: ``accept_batch``, the most requests the loop takes per wake-up
+    # (default 16); a transport whose accept() may block sets it to 1.
     """The socket family of the listening socket (``socket.AF_INET`` ...)."""
 
     @property

@@ -60,11 +60,13 @@ def client(server: Server, timeout: float = 10.0) -> Iterator[socket.socket]:
     sock = socket.socket(transport.family, kind)
     directory = None
     try:
-        sock.settimeout(timeout)
         if transport.family == socket.AF_UNIX and kind == socket.SOCK_DGRAM:
             directory = tempfile.mkdtemp(prefix="sockwork-client-")
             sock.bind(os.path.join(directory, "client.sock"))
+        # Connect blocking, as most clients do: a Unix stream connect with a
+        # timeout fails with EAGAIN instead of waiting when the backlog is full.
         sock.connect(server.address)
+        sock.settimeout(timeout)
         yield sock
     finally:
         sock.close()

@@ -21,7 +21,7 @@ from typing import Any, final
 import attrs
 
 from sockwork._deadline import deadline_after, remaining
-from sockwork._validators import positive_int
+from sockwork._validators import boolean, positive_int
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
 from sockwork.registry import DispatcherEntry
@@ -43,6 +43,10 @@ class ForkOptions:
     max_children: int = attrs.field(default=40, validator=positive_int)
     """Most child processes at once; at the limit the server stops accepting
     until one exits. 40 is socketserver's ``ForkingMixIn.max_children``."""
+    block_on_close: bool = attrs.field(default=True, validator=boolean)
+    """Whether closing the server waits for running children (up to the drain
+    timeout, then kills them). False: close returns at once and leaves them
+    running (socketserver's ``block_on_close = False``)."""
 
 
 @final
@@ -94,8 +98,13 @@ class ForkDispatcher:
 
     def saturated(self) -> bool:
         if not _HAVE_PIDFD:
-            self._reap_all()
+            self.reap()
         return len(self._children) >= self._limit
+
+    @property
+    def children(self) -> frozenset[int]:
+        """Process ids of the children still running (or not yet reaped)."""
+        return frozenset(self._children)
 
     def _reap(self, pid: int) -> bool:
         """Collect child ``pid`` if it has exited; True if it is gone."""
@@ -112,14 +121,18 @@ class ForkDispatcher:
             )
         return True
 
-    def _reap_all(self) -> None:
+    def reap(self) -> None:
+        """Collect every child that has exited, without waiting."""
         for pid in list(self._children):
             self._reap(pid)
 
     def drain(self, timeout: float | None) -> bool:
+        if not self.options.block_on_close:
+            self.reap()
+            return True  # by request: running children finish on their own
         deadline = deadline_after(timeout)
         while True:
-            self._reap_all()
+            self.reap()
             if not self._children:
                 return True
             left = remaining(deadline)
@@ -132,23 +145,23 @@ class ForkDispatcher:
                 time.sleep(_POLL_INTERVAL if left is None else min(_POLL_INTERVAL, left))
 
     def close(self) -> None:
-        if not self._children:
-            return
-        logger.warning("killing %d child process(es) still running after the drain", len(self._children))
-        for pid in list(self._children):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass  # exited meanwhile; reaped below
-        for pid in list(self._children):
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
+        if self._children and self.options.block_on_close:
+            logger.warning("killing %d child process(es) still running after the drain", len(self._children))
+            for pid in self._children:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass  # exited meanwhile; reaped below
+            for pid in self._children:
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+        for pid in list(self._children):  # with block_on_close=False: left running, unwatched
             self._forget(pid)
 
     def _forget(self, pid: int) -> Any:
-        """Stop watching a reaped child; return the client it served."""
+        """Stop watching a child (reaped, or let go); return the client it served."""
         pidfd, client_address = self._children.pop(pid)
         if pidfd is not None:
             self._host.remove_reader(pidfd)

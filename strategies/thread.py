@@ -26,6 +26,10 @@ class ThreadOptions:
     until a thread finishes. None means no limit (socketserver's behaviour)."""
     daemon: bool = attrs.field(default=False, validator=boolean)
     """Daemon threads do not keep the interpreter alive at exit."""
+    block_on_close: bool = attrs.field(default=True, validator=boolean)
+    """Whether closing the server waits for running threads (up to the drain
+    timeout). False: close returns at once and running requests finish on
+    their own (socketserver's ``block_on_close = False``)."""
 
 
 @final
@@ -42,6 +46,7 @@ class ThreadDispatcher:
         self.concurrency = self.options.max_threads
         self._limit = self.options.max_threads or float("inf")
         self._daemon = self.options.daemon
+        self._block_on_close = self.options.block_on_close
         self._lock = threading.Lock()
         self._active = 0
         # Every thread started and maybe not yet joined; dead ones are pruned
@@ -83,7 +88,15 @@ class ThreadDispatcher:
     def saturated(self) -> bool:
         return self._active >= self._limit
 
+    @property
+    def threads(self) -> list[threading.Thread]:
+        """The threads still running requests."""
+        self._threads = [t for t in self._threads if t.is_alive()]
+        return list(self._threads)
+
     def drain(self, timeout: float | None) -> bool:
+        if not self._block_on_close:
+            return True  # by request: running threads finish on their own
         self._threads = join_all(self._threads, timeout)
         return not self._threads
 
