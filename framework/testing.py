@@ -27,7 +27,7 @@ import attrs
 
 from ._server import Server
 
-__all__ = ["ResourceSnapshot", "client", "exchange", "serving"]
+__all__ = ["ResourceSnapshot", "client", "exchange", "exchange_address", "recv_until_eof", "serving"]
 
 
 @contextlib.contextmanager
@@ -87,12 +87,26 @@ def exchange(server: Server, payload: bytes, timeout: float = 10.0) -> bytes:
         if sock.type != socket.SOCK_STREAM:
             sock.send(payload)
             return sock.recv(1 << 17)
-        sender = threading.Thread(target=_send_and_close_write, args=(sock, payload))
-        sender.start()
-        try:
-            return recv_until_eof(sock)
-        finally:
-            sender.join()
+        return _exchange_stream(sock, payload)
+
+
+def exchange_address(address: object, payload: bytes, timeout: float = 10.0) -> bytes:
+    """Like :func:`exchange` for a TCP or Unix stream server known only by its address."""
+    family = socket.AF_UNIX if isinstance(address, (str, bytes)) else (
+        socket.AF_INET6 if ":" in address[0] else socket.AF_INET)  # type: ignore[index]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.connect(address)
+        sock.settimeout(timeout)
+        return _exchange_stream(sock, payload)
+
+
+def _exchange_stream(sock: socket.socket, payload: bytes) -> bytes:
+    sender = threading.Thread(target=_send_and_close_write, args=(sock, payload))
+    sender.start()
+    try:
+        return recv_until_eof(sock)
+    finally:
+        sender.join()
 
 
 def _send_and_close_write(sock: socket.socket, payload: bytes) -> None:
