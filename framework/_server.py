@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import selectors
 import socket
 import threading
@@ -113,9 +114,9 @@ class Server:
         if drain_timeout is not None and (
             isinstance(drain_timeout, bool)
             or not isinstance(drain_timeout, (int, float))
-            or drain_timeout < 0
+            or not 0 <= drain_timeout < math.inf
         ):
-            raise ConfigError(f"'drain_timeout' must be a number >= 0 or None: {drain_timeout!r}")
+            raise ConfigError(f"'drain_timeout' must be a finite number >= 0, or None to wait forever: {drain_timeout!r}")
         self.registry = registry if registry is not None else Registry()
         self.drain_timeout = drain_timeout
         self.transport: Transport = _component(self.registry, "transport", transport, transport_options, Transport)
@@ -123,6 +124,12 @@ class Server:
             self.registry, "dispatcher", dispatcher, dispatcher_options, Dispatcher
         )
         self.handler = _handler(self.registry, handler, handler_options)
+        handles = getattr(self.handler, "sockwork_kind", None)
+        if handles is not None and handles != self.transport.kind:
+            raise ConfigError(
+                f"handler {getattr(self.handler, '__qualname__', self.handler)!r} serves {handles} requests, "
+                f"but the {getattr(self.transport, 'name', 'given')} transport delivers {self.transport.kind} requests"
+            )
         # The object handlers receive as ``server``; the legacy module passes itself.
         self._handler_server = self if handler_server is None else handler_server
         self._on_error = on_error
@@ -137,6 +144,7 @@ class Server:
         self._not_serving = threading.Event()
         self._not_serving.set()
         self._shutdown_requested = False
+        self._forcing = False
         self._started = False
         self._closed = False
         self._listening = False
@@ -404,8 +412,11 @@ class Server:
                 logger.exception("sockwork_request_failed hook raised")
         if self._on_error is not None:
             self._on_error(request, client_address, exc)
+        elif self._forcing and isinstance(exc, OSError):
+            # Expected: we shut this connection down ourselves at the drain deadline.
+            logger.info("connection of %s ended at the drain deadline: %s", _client(client_address), exc)
         else:
-            logger.error("error while serving %s", client_address, exc_info=exc)
+            logger.error("error while serving %s", _client(client_address), exc_info=exc)
 
     def _release(self, request: Request) -> None:
         self._in_flight.pop(id(request), None)
@@ -449,20 +460,26 @@ class Server:
             self.transport.close()
 
     def _force_stop(self) -> None:
-        stuck = list(self._in_flight.values())
+        """After the drain deadline: shut down the connections still served here.
+
+        What runs elsewhere (forked children) is ended by ``dispatcher.close()``.
+        """
+        self._forcing = True
+        connections = [r for r in self._in_flight.values() if isinstance(r, socket.socket)]
         logger.warning(
-            "%d request(s) still running after the %ss drain timeout; shutting their connections down",
-            len(stuck), self.drain_timeout,
+            "requests still running after the %ss drain timeout; %s", self.drain_timeout,
+            f"shutting down their {len(connections)} connection(s)" if connections else "ending them",
         )
-        for request in stuck:
-            if isinstance(request, socket.socket):
-                try:
-                    request.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass  # already closed by its handler or the peer
-        if not self._stop_and_drain(deadline_after(FORCE_GRACE)):
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed by its handler or the peer
+        if connections and self._stop_and_drain(deadline_after(FORCE_GRACE)):
+            return
+        if self._in_flight or not self._not_serving.is_set():
             logger.error(
-                "%d request(s) did not finish after their connections were shut down; abandoning them",
+                "%d request(s) did not finish after the drain deadline; abandoning them",
                 len(self._in_flight),
             )
 
@@ -471,6 +488,11 @@ class Server:
             hook(server=self)
         except Exception:
             logger.exception("%s hook raised", hook.name)
+
+
+def _client(client_address: Address) -> str:
+    # Unix clients that did not bind a name have an empty address.
+    return str(client_address) if client_address else "an unnamed client"
 
 
 def _shorter(timeout: float | None, other: float) -> float:
@@ -505,7 +527,7 @@ def _component(registry: Registry, kind: Kind, spec: object, options: Mapping[st
         names = ", ".join(e.name for e in registry.entries(kind))
         raise ConfigError(
             f"{kind} must be a registered name ({names}), the options object of one, "
-            f"or a {role.__name__} object; got {spec!r}, which lacks {', '.join(missing)}()"
+            f"or a {role.__name__} object; got {spec!r}, which lacks {', '.join(m + '()' for m in missing)}"
         )
     return spec
 

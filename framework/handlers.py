@@ -119,6 +119,7 @@ def stream_handler(fn: Callable[[Connection], object]) -> Callable[[Any, Any, An
             raise TypeError(f"{fn.__qualname__} is a stream handler; it cannot serve datagrams")
         fn(Connection(request, client_address, server))
 
+    handle.sockwork_kind = "stream"  # type: ignore[attr-defined]  # checked when a Server is assembled
     return handle
 
 
@@ -139,6 +140,7 @@ def datagram_handler(fn: Callable[[bytes, Any], bytes | None]) -> Callable[[Any,
         if reply is not None:
             send_datagram(sock, reply, client_address)
 
+    handle.sockwork_kind = "datagram"  # type: ignore[attr-defined]  # checked when a Server is assembled
     return handle
 
 

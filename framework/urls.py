@@ -17,6 +17,7 @@ are ``address=(HOST, PORT)`` or ``path=PATH`` in the same way.
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 from typing import Any
 
@@ -25,19 +26,26 @@ from .errors import ConfigError
 __all__ = ["format_address", "parse_transport_url"]
 
 _PATH_SCHEMES = frozenset({"unix", "unix-dgram"})
+_SCHEME = re.compile(r"^[a-z][a-z0-9_.+-]*$")
 
 
 def parse_transport_url(url: str) -> tuple[str, dict[str, Any]]:
     """``"tcp://127.0.0.1:0"`` -> ``("tcp", {"address": ("127.0.0.1", 0)})``."""
     scheme, sep, rest = url.partition(":")
-    if not sep or not scheme:
-        raise ConfigError(f"transport URL {url!r} has no scheme; write e.g. tcp://127.0.0.1:8000 or unix:///run/app.sock")
     scheme = scheme.lower()
+    if not sep or not _SCHEME.match(scheme) or (scheme not in _PATH_SCHEMES and rest.isdigit()):
+        hint = f" (tcp://{url})" if sep and rest.isdigit() else ""
+        raise ConfigError(
+            f"transport URL {url!r} has no scheme{hint}; write e.g. tcp://127.0.0.1:8000 or unix:///run/app.sock"
+        )
     if scheme in _PATH_SCHEMES:
         path = rest[2:] if rest.startswith("//") else rest
         if not path:
             raise ConfigError(f"transport URL {url!r} has no path; write e.g. {scheme}:///run/app.sock")
-        return scheme, {"path": urllib.parse.unquote(path)}
+        return scheme, {"path": path}  # taken literally: no %-decoding, so every path round-trips
+    netloc = rest[2:].partition("/")[0]
+    if netloc.count(":") > 1 and "[" not in netloc:
+        raise ConfigError(f"transport URL {url!r}: IPv6 hosts go in brackets, e.g. {scheme}://[::1]:8000")
     parts = urllib.parse.urlsplit(url)
     try:
         port = parts.port

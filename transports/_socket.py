@@ -69,7 +69,8 @@ def check_path(instance: object, attribute: attrs.Attribute[Any], value: object)
 
 def check_mode(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and not (isinstance(value, int) and 0 <= value <= 0o7777):
-        raise ValueError(f"'{attribute.name}' must be None or a permission mode such as 0o660: {value!r}")
+        shown = oct(value) if isinstance(value, int) else repr(value)
+        raise ValueError(f"'{attribute.name}' must be None or a permission mode such as 0o660: {shown}")
 
 
 

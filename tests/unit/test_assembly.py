@@ -48,7 +48,11 @@ def test_every_way_of_naming_a_part_works(short_tmp: Path) -> None:
          "port must be in 0..65535 (use 0 to let the OS pick): -1"),
         ({"transport": TCPOptions(address=("127.0.0.1", 0)), "transport_options": {}}, ConfigError,
          "transport options were given twice"),
-        ({"drain_timeout": -1}, ConfigError, "'drain_timeout' must be a number >= 0 or None: -1"),
+        ({"drain_timeout": -1}, ConfigError, "'drain_timeout' must be a finite number >= 0, or None"),
+        ({"drain_timeout": float("inf")}, ConfigError, "'drain_timeout' must be a finite number >= 0"),
+        ({"drain_timeout": float("nan")}, ConfigError, "'drain_timeout' must be a finite number >= 0"),
+        ({"transport": "127.0.0.1:8000"}, ConfigError, "has no scheme (tcp://127.0.0.1:8000)"),
+        ({"transport": "tcp://::1:8000"}, ConfigError, "IPv6 hosts go in brackets, e.g. tcp://[::1]:8000"),
         ({"handler": echo, "handler_options": {"x": 1}}, ConfigError, "handler_options only apply"),
     ],
 )

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import socket
 from collections.abc import Iterator
 
 import pytest
 
-from sockwork import Connection, Server, datagram_handler, stream_handler
+from sockwork import ConfigError, Connection, Server, datagram_handler, stream_handler
 from sockwork.testing import client, exchange, serving
 
 pytestmark = pytest.mark.timeout(10)
@@ -74,15 +73,29 @@ def test_datagram_function_replies_or_stays_silent() -> None:
         assert exchange(server, b"abc") == b"cba"
 
 
-def test_function_used_with_the_wrong_kind_of_transport_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+def test_function_for_the_wrong_kind_of_transport_is_refused_at_assembly() -> None:
     @datagram_handler
     def answer(payload: bytes, client_address: object) -> bytes:
         return payload
 
-    with caplog.at_level(logging.ERROR, logger="sockwork"):
-        with serving(Server(transport="tcp://127.0.0.1:0", handler=answer)) as server:
-            assert exchange(server, b"x") == b""
-    assert "answer is a datagram handler; it cannot serve streams" in caplog.text
+    @stream_handler
+    def talk(conn: Connection) -> None:
+        pass
+
+    with pytest.raises(ConfigError, match="serves datagram requests, but the tcp transport delivers stream"):
+        Server(transport="tcp://127.0.0.1:0", handler=answer)
+    with pytest.raises(ConfigError, match="serves stream requests, but the udp transport delivers datagram"):
+        Server(transport="udp://127.0.0.1:0", handler=talk)
+
+
+def test_function_called_with_the_wrong_kind_of_request_says_so(pair: tuple[Connection, socket.socket]) -> None:
+    """Called directly (outside a Server), the adapters still name the mismatch."""
+    @datagram_handler
+    def answer(payload: bytes, client_address: object) -> bytes:
+        return payload
+
+    with pytest.raises(TypeError, match="answer is a datagram handler; it cannot serve streams"):
+        answer(pair[1], "peer", None)
 
 
 def test_helpers_refuse_non_callables() -> None:

@@ -238,3 +238,37 @@ def test_dispatcher_refusing_work_closes_the_request(caplog: pytest.LogCaptureFi
         assert exchange(server, b"next") == b"next"
     assert "can't start new thread" in caplog.text
 
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_forced_drain_kills_stuck_children_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """With fork, what runs after the drain deadline is killed, and the log says what happened."""
+    def wait_for_client(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
+        request.sendall(b"holding")
+        request.recv(1)  # the client never sends
+
+    server = Server(transport=TCP, dispatcher="fork", handler=wait_for_client, drain_timeout=0.1)
+    with caplog.at_level(logging.INFO, logger="sockwork"), serving(server), client(server) as sock:
+        assert sock.recv(10) == b"holding"
+        server.close()
+        assert sock.recv(10) == b""  # the child is gone, so is its connection
+    text = caplog.text
+    assert "requests still running after the 0.1s drain timeout; ending them" in text
+    assert "killing 1 child process(es) still running after the drain" in text
+    assert "0 request(s)" not in text
+
+
+def test_forced_drain_ends_stuck_connections_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    """A handler whose connection we shut down at the deadline is not reported as an error."""
+    def keep_writing(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
+        request.sendall(b"start")
+        while True:
+            request.sendall(b"x" * 65536)  # the client does not read: blocks, then breaks
+
+    server = Server(transport=TCP, dispatcher="thread", handler=keep_writing, drain_timeout=0.1)
+    with caplog.at_level(logging.INFO, logger="sockwork"), serving(server), client(server) as sock:
+        assert sock.recv(5) == b"start"
+        server.close()
+    assert "shutting down their 1 connection(s)" in caplog.text
+    assert "ended at the drain deadline" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
