@@ -8,15 +8,19 @@ import attrs
 
 __all__ = ["boolean", "optional_positive_int", "positive_int"]
 
-boolean = attrs.validators.instance_of(bool)
+
+
+def boolean(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"'{attribute.name}' must be true or false, got {value!r}")
 
 
 def positive_int(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"'{attribute.name}' must be an int >= 1: {value!r}")
+        raise ValueError(f"'{attribute.name}' must be an int >= 1, got {value!r}")
 
 
 def optional_positive_int(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"'{attribute.name}' must be None (no limit) or an int >= 1: {value!r}")
+            raise ValueError(f"'{attribute.name}' must be None (no limit) or an int >= 1, got {value!r}")

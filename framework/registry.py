@@ -216,39 +216,82 @@ def _checked_entries(kind: Kind, returned: object) -> list[Entry]:
     return entries
 
 
+Problem = tuple[str | None, str]
+"""(option name or None, what is wrong with it), as :func:`validate_options` reports."""
+
 _ATTRS_FIELD_MESSAGE = re.compile(r"^'(?P<field>\w+)' ")
 _MISSING_ARGUMENT = re.compile(r"missing \d+ required .*argument[s]?: (?P<fields>.*)$")
 
 
-def make_options(kind: Kind, entry: Entry, values: Mapping[str, Any] | object | None) -> object:
-    """Validate ``values`` into an instance of ``entry.options``.
+def validate_options(cls: type, values: Mapping[str, Any] | object | None) -> tuple[object | None, list[Problem]]:
+    """Build an instance of the attrs class ``cls`` from ``values``, or say every problem.
 
     ``values`` may be None (all defaults), a mapping of option names, or
-    already an instance of the options class. Errors name the component and
-    the option: ``dispatcher 'pool' option 'workers': 'workers' must be >= 1: 0``.
+    already an instance of ``cls``. Returns ``(instance, [])`` or
+    ``(None, problems)``; each problem names its option where it can, so a
+    file with several mistakes is reported in one go.
     """
-    cls = entry.options
     if isinstance(values, cls):
-        return values
+        return values, []
     if values is None:
         values = {}
     if not isinstance(values, Mapping):
-        raise OptionError(
-            kind, entry.name, None,
-            f"options must be a mapping or a {cls.__name__}, got {type(values).__name__}",
-        )
-    allowed = sorted(f.alias for f in attrs.fields(cls) if f.init)
-    for key in values:
-        if key not in allowed:
-            listing = ", ".join(allowed) or "(it takes none)"
-            raise OptionError(kind, entry.name, str(key), f"unknown option; allowed: {listing}")
+        return None, [(None, f"options must be a table of option names, got {type(values).__name__}")]
+    fields = {f.alias: f for f in attrs.fields(cls) if f.init}
+    listing = ", ".join(sorted(fields)) or "(it takes none)"
+    problems: list[Problem] = [
+        (str(key), f"unknown option; allowed: {listing}") for key in values if key not in fields
+    ]
+    missing = sorted(name for name, f in fields.items() if f.default is attrs.NOTHING and name not in values)
+    if missing:
+        problems.append((None, f"missing required option(s): {', '.join(missing)}"))
+    for name, value in values.items():
+        if name in fields:
+            problem = _field_problem(fields[name], value)
+            if problem is not None:
+                problems.append((name, problem))
+    if problems:
+        return None, problems
     try:
-        return cls(**values)
+        return cls(**values), []
+    except (TypeError, ValueError) as exc:  # a check across fields, made by the class itself
+        return None, [_as_problem(exc)]
+
+
+def _field_problem(field: attrs.Attribute[Any], value: object) -> str | None:
+    """What is wrong with one option's value, checked on its own."""
+    try:
+        if field.converter is not None:
+            value = field.converter(value)  # type: ignore[operator]
+        if field.validator is not None:
+            field.validator(None, field, value)
     except (TypeError, ValueError) as exc:
-        message = str(exc.args[0]) if exc.args else str(exc)
-        missing = _MISSING_ARGUMENT.search(message)
-        if missing:
-            fields = missing.group("fields").replace("'", "")
-            raise OptionError(kind, entry.name, None, f"missing required option(s): {fields}") from None
-        field = _ATTRS_FIELD_MESSAGE.match(message)
-        raise OptionError(kind, entry.name, field.group("field") if field else None, message) from None
+        return _as_problem(exc)[1]
+    except AttributeError:
+        return None  # a validator that needs the whole object: the class checks it
+    return None
+
+
+def _as_problem(exc: Exception) -> Problem:
+    message = str(exc.args[0]) if exc.args else str(exc)
+    missing = _MISSING_ARGUMENT.search(message)
+    if missing:
+        return None, f"missing required option(s): {missing.group('fields').replace(chr(39), '')}"
+    field = _ATTRS_FIELD_MESSAGE.match(message)
+    if field is None:
+        return None, message
+    # attrs-style messages start with the option's name, which the caller shows already.
+    return field.group("field"), message[field.end():]
+
+
+def make_options(kind: Kind, entry: Entry, values: Mapping[str, Any] | object | None) -> object:
+    """Validate ``values`` into an instance of ``entry.options``; raise on the first problem.
+
+    Errors name the component and the option:
+    ``dispatcher 'pool' option 'workers': must be an int >= 1, got 0``.
+    """
+    options, problems = validate_options(entry.options, values)
+    if problems:
+        field, problem = problems[0]
+        raise OptionError(kind, entry.name, field, problem)
+    return options

@@ -48,9 +48,9 @@ def check_port_address(instance: object, attribute: attrs.Attribute[Any], value:
         and isinstance(value[1], int)
         and not isinstance(value[1], bool)
     ):
-        raise ValueError(f"'{attribute.name}' must be (host, port) with a str host and an int port: {value!r}")
+        raise ValueError(f"'{attribute.name}' must be [host, port] with a str host and an int port, got {value!r}")
     if not 0 <= value[1] <= 65535:
-        raise ValueError(f"'{attribute.name}' port must be in 0..65535 (use 0 to let the OS pick): {value[1]!r}")
+        raise ValueError(f"'{attribute.name}' port must be in 0..65535 (0 lets the OS pick), got {value[1]!r}")
 
 
 def to_port_address(value: object) -> object:
@@ -64,13 +64,13 @@ def to_path(value: object) -> object:
 
 def check_path(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, str) or not value:
-        raise ValueError(f"'{attribute.name}' must be a non-empty filesystem path: {value!r}")
+        raise ValueError(f"'{attribute.name}' must be a non-empty filesystem path, got {value!r}")
 
 
 def check_mode(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and not (isinstance(value, int) and 0 <= value <= 0o7777):
         shown = oct(value) if isinstance(value, int) else repr(value)
-        raise ValueError(f"'{attribute.name}' must be None or a permission mode such as 0o660: {shown}")
+        raise ValueError(f"'{attribute.name}' must be a permission mode such as 0o660 (or none), got {shown}")
 
 
 

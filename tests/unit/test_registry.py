@@ -112,9 +112,9 @@ def test_unavailable_component_says_why() -> None:
     ("options", "message"),
     [
         ({"wrkers": 2}, "dispatcher 'pool' option 'wrkers': unknown option; allowed: queue_size, workers"),
-        ({"workers": 0}, "dispatcher 'pool' option 'workers': 'workers' must be an int >= 1: 0"),
-        ({"workers": "8"}, "dispatcher 'pool' option 'workers': 'workers' must be an int >= 1: '8'"),
-        ([1, 2], "dispatcher 'pool': options must be a mapping or a PoolOptions, got list"),
+        ({"workers": 0}, "dispatcher 'pool' option 'workers': must be an int >= 1, got 0"),
+        ({"workers": "8"}, "dispatcher 'pool' option 'workers': must be an int >= 1, got '8'"),
+        ([1, 2], "dispatcher 'pool': options must be a table of option names, got list"),
     ],
 )
 def test_bad_options_name_the_component_and_the_field(options: object, message: str) -> None:

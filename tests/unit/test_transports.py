@@ -83,7 +83,7 @@ def test_reuse_port_lets_two_servers_share_a_port(transport: type) -> None:
 
 
 def test_backlog_option_is_validated() -> None:
-    with pytest.raises(ValueError, match="'backlog' must be an int >= 1: 0"):
+    with pytest.raises(ValueError, match="'backlog' must be an int >= 1, got 0"):
         TCPOptions(address=("127.0.0.1", 0), backlog=0)
 
 
