@@ -8,6 +8,7 @@ Rule 2: there is no global plugin manager; each Registry owns one.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -26,6 +27,7 @@ __all__ = [
     "Entry",
     "HandlerEntry",
     "NoOptions",
+    "PluginManager",
     "Registry",
     "TransportEntry",
     "make_plugin_manager",
@@ -40,6 +42,7 @@ BUILTIN_PLUGINS = (
     "sockwork.transports.tcp",
     "sockwork.transports.udp",
     "sockwork.transports.unix",
+    "sockwork.transports.fd",
     "sockwork.strategies.inline",
     "sockwork.strategies.thread",
     "sockwork.strategies.fork",
@@ -124,19 +127,62 @@ _HOOK_NAMES: dict[Kind, str] = {
 }
 
 
-def make_plugin_manager(*, entry_points: bool = True) -> pluggy.PluginManager:
+@final
+class PluginManager(pluggy.PluginManager):
+    """pluggy's plugin manager, remembering where plugins came from and which failed.
+
+    ``distributions`` maps a plugin's name to ``"distribution version"``;
+    ``load_failures`` lists ``(entry point name, distribution, exception)``
+    for installed plugins that could not be loaded.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT)
+        self.distributions: dict[str, str] = {}
+        self.load_failures: list[tuple[str, str, Exception]] = []
+
+
+def make_plugin_manager(*, entry_points: bool = True) -> PluginManager:
     """A new plugin manager with the built-ins and (by default) installed plugins.
 
     Installed plugins are found through the ``sockwork`` entry-point group.
+    One that fails to import or to register (a misspelled hook, say) is
+    logged and recorded in ``load_failures``; the others keep working.
     """
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm = PluginManager()
     pm.add_hookspecs(hookspecs)
     for name in BUILTIN_PLUGINS:
         pm.register(importlib.import_module(name), name=name)
+        pm.distributions[name] = f"sockwork {_own_version()}"
+    pm.check_pending()
     if entry_points:
-        pm.load_setuptools_entrypoints(hookspecs.PROJECT)
-    pm.check_pending()  # a misspelled hook name fails here, not silently later
+        for entry_point in importlib.metadata.entry_points(group=hookspecs.PROJECT):
+            _load_entry_point(pm, entry_point)
     return pm
+
+
+def _load_entry_point(pm: PluginManager, entry_point: importlib.metadata.EntryPoint) -> None:
+    if pm.get_plugin(entry_point.name) is not None or pm.is_blocked(entry_point.name):
+        return
+    dist = entry_point.dist
+    origin = f"{dist.name} {dist.version}" if dist is not None else "?"
+    try:
+        pm.register(entry_point.load(), name=entry_point.name)
+        pm.check_pending()  # a misspelled hook name fails here, not silently later
+    except Exception as exc:  # one broken plugin must not take the others down
+        if pm.get_plugin(entry_point.name) is not None:
+            pm.unregister(name=entry_point.name)
+        logger.error("plugin %r from %s could not be loaded: %s", entry_point.name, origin, exc)
+        pm.load_failures.append((entry_point.name, origin, exc))
+        return
+    pm.distributions[entry_point.name] = origin
+
+
+def _own_version() -> str:
+    try:
+        return importlib.metadata.version("sockwork")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 @final
@@ -149,6 +195,7 @@ class Registry:
     """
 
     def __init__(self, plugin_manager: pluggy.PluginManager | None = None) -> None:
+        # A plain pluggy manager works too; it just cannot say where plugins came from.
         self.plugin_manager = plugin_manager if plugin_manager is not None else make_plugin_manager()
         self.failures: list[tuple[str, Kind, Exception]] = []
         self._entries: dict[Kind, dict[str, Entry]] = {

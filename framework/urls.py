@@ -9,6 +9,8 @@ udp://HOST:PORT       transport ``udp``
 unix:///PATH          transport ``unix``, ``path=/PATH`` (absolute)
 unix:PATH             a relative path
 unix-dgram:///PATH    transport ``unix-dgram``
+fd://N                transport ``fd``: adopt inherited descriptor N
+systemd://[NAME]      transport ``fd``: the socket systemd passed (by name)
 ====================  ====================================================
 
 Any other scheme is taken as the name of a (plugin) transport whose options
@@ -38,6 +40,14 @@ def parse_transport_url(url: str) -> tuple[str, dict[str, Any]]:
         raise ConfigError(
             f"transport URL {url!r} has no scheme{hint}; write e.g. tcp://127.0.0.1:8000 or unix:///run/app.sock"
         )
+    if scheme == "fd":
+        number = rest[2:] if rest.startswith("//") else rest
+        if not number.isdigit():
+            raise ConfigError(f"transport URL {url!r}: write fd://N with N the inherited descriptor's number")
+        return "fd", {"fd": int(number)}
+    if scheme == "systemd":
+        name = rest[2:] if rest.startswith("//") else rest
+        return "fd", {"systemd": True, **({"name": name} if name else {})}
     if scheme in _PATH_SCHEMES:
         path = rest[2:] if rest.startswith("//") else rest
         if not path:

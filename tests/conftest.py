@@ -111,16 +111,18 @@ def make_server(
         entry = REGISTRY.get("transport", transport_name)
         if entry.loopback_options is None:
             pytest.skip(f"transport {transport_name!r} has no loopback_options to test it with")
-        options = entry.loopback_options(short_tmp)
         if assembly == "socketserver":
-            server = make_legacy(options, handler, **kwargs)
+            server = make_legacy(lambda: entry.loopback_options(short_tmp), handler, **kwargs)
         else:
             kwargs.setdefault("registry", REGISTRY)
+            options = entry.loopback_options(short_tmp)
             server = Server(transport=options, dispatcher=dispatcher_name, handler=handler, **kwargs)
         created.append(server)
         return server
 
-    def make_legacy(options: Any, handler: Any, registry: Registry | None = None, **kwargs: Any) -> LegacyHarness:
+    def make_legacy(
+        make_options: Callable[[], Any], handler: Any, registry: Registry | None = None, **kwargs: Any
+    ) -> LegacyHarness:
         from sockwork import socketserver
 
         name = LEGACY_CLASSES.get((transport_name, dispatcher_name))
@@ -128,6 +130,7 @@ def make_server(
             pytest.skip(f"socketserver has no class for {transport_name} x {dispatcher_name}")
         if kwargs:
             pytest.skip(f"socketserver classes take no {', '.join(kwargs)} (they wait as socketserver does)")
+        options = make_options()
         address = getattr(options, "address", None) or options.path
         classic = getattr(socketserver, name)(address, handler)
         classic.sockwork_registry = registry

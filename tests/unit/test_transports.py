@@ -167,3 +167,53 @@ def test_mode_option_sets_socket_file_permissions(short_tmp: Path) -> None:
     path = short_tmp / "s.sock"
     with Server(transport="unix", transport_options={"path": str(path), "mode": 0o600}, handler=echo):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+# ---- Inherited sockets (fd://, systemd://) ------------------------------------
+
+def test_inherited_udp_socket_is_served_as_datagrams() -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    with serving(Server(transport=f"fd://{sock.detach()}", handler=echo)) as server:
+        assert server.transport.kind == "datagram"
+        assert server.url.startswith("udp://127.0.0.1:")
+        assert exchange(server, b"inherited") == b"inherited"
+
+
+def test_inherited_stream_socket_must_be_listening() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    try:
+        with pytest.raises(BindError, match="not listening; call listen"):
+            Server(transport=f"fd://{sock.fileno()}", handler=echo)
+    finally:
+        sock.close()
+
+
+def test_a_descriptor_that_is_not_a_socket_is_refused() -> None:
+    from sockwork import ConfigError
+
+    read_end, write_end = os.pipe()
+    try:
+        with pytest.raises(ConfigError, match=f"descriptor {read_end} is not a usable socket"):
+            Server(transport=f"fd://{read_end}", handler=echo)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_systemd_socket_activation_environment() -> None:
+    """sd_listen_fds(3): LISTEN_PID must be us; sockets start at fd 3; names pick one."""
+    from sockwork import ConfigError
+    from sockwork.transports.fd import systemd_listen_fd
+
+    me = str(os.getpid())
+    env = {"LISTEN_PID": me, "LISTEN_FDS": "2", "LISTEN_FDNAMES": "web:admin"}
+    assert systemd_listen_fd(None, env) == 3
+    assert systemd_listen_fd("admin", env) == 4
+    with pytest.raises(ConfigError, match="no socket named 'api'; passed: web, admin"):
+        systemd_listen_fd("api", env)
+    with pytest.raises(ConfigError, match="is not this process"):
+        systemd_listen_fd(None, {**env, "LISTEN_PID": "1"})
+    with pytest.raises(ConfigError, match="LISTEN_PID/LISTEN_FDS are not set"):
+        systemd_listen_fd(None, {})
