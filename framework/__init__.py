@@ -12,6 +12,14 @@ Plugins contribute parts through the hooks in :mod:`sockwork.hookspecs`.
 
 from ._server import ACCEPT_CAPACITY_ERRNOS as ACCEPT_CAPACITY_ERRNOS
 from ._server import Server as Server
+from .config import ConfigErrors as ConfigErrors
+from .config import DispatcherConfig as DispatcherConfig
+from .config import HandlerConfig as HandlerConfig
+from .config import ServerConfig as ServerConfig
+from .config import TransportConfig as TransportConfig
+from .config import build_server as build_server
+from .config import load_config as load_config
+from .config import load_config_file as load_config_file
 from .errors import BindError as BindError
 from .errors import ConfigError as ConfigError
 from .errors import OptionError as OptionError
@@ -29,6 +37,7 @@ from .interfaces import Transport as Transport
 from .registry import DispatcherEntry as DispatcherEntry
 from .registry import HandlerEntry as HandlerEntry
 from .registry import NoOptions as NoOptions
+from .registry import PluginManager as PluginManager
 from .registry import Registry as Registry
 from .registry import TransportEntry as TransportEntry
 from .registry import make_plugin_manager as make_plugin_manager
@@ -39,23 +48,32 @@ __all__ = [
     "ACCEPT_CAPACITY_ERRNOS",
     "BindError",
     "ConfigError",
+    "ConfigErrors",
     "Connection",
     "Dispatcher",
+    "DispatcherConfig",
     "DispatcherEntry",
     "DispatcherHost",
+    "HandlerConfig",
     "HandlerEntry",
     "HandlerFactory",
     "NoOptions",
     "OptionError",
     "PluginError",
+    "PluginManager",
     "Registry",
     "Server",
+    "ServerConfig",
     "ServerError",
     "Transport",
+    "TransportConfig",
     "TransportEntry",
     "UnknownPluginError",
+    "build_server",
     "datagram_handler",
     "hookimpl",
+    "load_config",
+    "load_config_file",
     "make_plugin_manager",
     "stream_handler",
 ]

@@ -1,68 +1,170 @@
-"""``python -m sockwork``: run a server from the command line.
+"""The ``sockwork`` command (also ``python -m sockwork``).
 
-With no arguments it serves the built-in echo handler on tcp://127.0.0.1:9999.
-SIGINT or SIGTERM stops it gracefully (stop accepting, drain, exit 0); a
-second signal during the drain exits at once with status 1.
+    sockwork serve [CONFIG] [--transport URL] [--dispatcher NAME] [--handler REF]
+                   [--option KEY=VALUE ...] [--drain-timeout S] [--log-level LEVEL]
+    sockwork check CONFIG [the same flags]
+    sockwork plugins
+
+With no arguments at all it serves the built-in echo handler on
+tcp://127.0.0.1:9999. SIGINT or SIGTERM stops a server gracefully (stop
+accepting, drain, exit 0); a second signal during the drain exits at once
+with status 1.
+
+Exit status: 0 fine, 1 invalid configuration (``check``), 2 bad usage or a
+server that could not start.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
 import sys
+import tomllib
 from collections.abc import Sequence
 from typing import Any
 
-from ._server import Server
-from .errors import ServerError
+import attrs
+
+from .config import FOREVER, ServerConfig, build_server, load_config, read_config_data
+from .errors import ConfigError, ServerError
+from .registry import KINDS, Registry
 
 __all__ = ["main"]
 
 DEFAULT_TRANSPORT = "tcp://127.0.0.1:9999"
-DEFAULT_DISPATCHER = "thread"
-DEFAULT_HANDLER = "echo"
+COMMANDS = ("serve", "check", "plugins")
 
 logger = logging.getLogger("sockwork")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sockwork", description="Run a sockwork server.")
-    parser.add_argument("--transport", default=DEFAULT_TRANSPORT, metavar="URL",
-                        help=f"where to listen, e.g. tcp://[::1]:8000 or unix:///run/app.sock (default: {DEFAULT_TRANSPORT})")
-    parser.add_argument("--dispatcher", default=DEFAULT_DISPATCHER, metavar="NAME",
-                        help=f"concurrency strategy: inline, thread, fork, pool, ... (default: {DEFAULT_DISPATCHER})")
-    parser.add_argument("--handler", default=DEFAULT_HANDLER, metavar="NAME",
-                        help=f"registered handler to serve (default: {DEFAULT_HANDLER})")
-    parser.add_argument("--drain-timeout", type=float, default=10.0, metavar="SECONDS",
-                        help="how long running requests may finish after a stop signal (default: 10)")
+    parser = argparse.ArgumentParser(prog="sockwork", description="Run and inspect sockwork servers.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def config_flags(command: argparse.ArgumentParser, config_required: bool) -> None:
+        command.add_argument("config", nargs=None if config_required else "?", metavar="CONFIG",
+                             help="a .toml or .json config file" + ("" if config_required else " (optional)"))
+        command.add_argument("--transport", metavar="URL",
+                             help=f"where to listen, e.g. tcp://[::1]:8000, unix:///run/app.sock, fd://3, "
+                                  f"systemd:// (default: {DEFAULT_TRANSPORT})")
+        command.add_argument("--dispatcher", metavar="NAME",
+                             help="concurrency strategy: inline, thread, fork, pool, ... (default: thread)")
+        command.add_argument("--handler", metavar="REF",
+                             help="a registered handler (echo, discard, lines) or package.module:attribute")
+        command.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                             help="a component option, e.g. dispatcher.workers=8 or transport.backlog=4096 "
+                                  "(VALUE is read as TOML: 8, true, \"text\", [\"::1\", 0]); repeatable")
+        command.add_argument("--drain-timeout", metavar="SECONDS",
+                             help=f"how long running requests may finish when stopping (default: 10; '{FOREVER}')")
+        command.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO (default), WARNING, ERROR")
+
+    config_flags(commands.add_parser("serve", help="run a server (the default command)"), config_required=False)
+    config_flags(commands.add_parser("check", help="validate a config and print it resolved"), config_required=True)
+    commands.add_parser("plugins", help="list registered transports, dispatchers and handlers")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv.insert(0, "serve")
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.command == "plugins":
+        return _plugins(Registry())
+    registry = Registry()
     try:
-        server = Server(transport=args.transport, dispatcher=args.dispatcher, handler=args.handler,
-                        drain_timeout=args.drain_timeout)
+        config = _config_from(args, registry)
+    except ConfigError as exc:
+        print(f"sockwork: {exc}", file=sys.stderr)
+        return 1 if args.command == "check" else 2
+    if args.command == "check":
+        print(json.dumps(config.to_dict(), indent=2))
+        return 0
+    return _serve(config, registry)
+
+
+def _config_from(args: argparse.Namespace, registry: Registry) -> ServerConfig:
+    """The config file's settings with the flags on top, validated in one go."""
+    data: dict[str, Any] = read_config_data(args.config) if args.config else {"transport": DEFAULT_TRANSPORT}
+    source = args.config or "command line"
+    if args.transport:
+        data["transport"] = args.transport
+    if args.dispatcher:
+        data["dispatcher"] = _keep_options_if_same(data.get("dispatcher"), "name", args.dispatcher)
+    if args.handler:
+        data["handler"] = _keep_options_if_same(data.get("handler"), "ref", args.handler)
+    if args.drain_timeout is not None:
+        data["drain_timeout"] = args.drain_timeout if args.drain_timeout == FOREVER else _number(args.drain_timeout)
+    if args.log_level:
+        data["log_level"] = args.log_level
+    for option in args.option:
+        _apply_option(data, option)
+    return load_config(data, registry, source=source)
+
+
+def _as_table(value: Any, key: str) -> dict[str, Any]:
+    if isinstance(value, str):
+        return {key: value, "options": {}}
+    return {**value, "options": dict(value.get("options", {}))} if isinstance(value, dict) else {"options": {}}
+
+
+def _keep_options_if_same(current: Any, key: str, new: str) -> dict[str, Any]:
+    table = _as_table(current, key) if current is not None else {"options": {}}
+    same = table.get(key) == new
+    return {key: new, "options": table["options"] if same else {}}
+
+
+def _apply_option(data: dict[str, Any], option: str) -> None:
+    key, sep, text = option.partition("=")
+    part, dot, name = key.strip().partition(".")
+    if not sep or not dot or part not in KINDS or not name:
+        raise ConfigError(f"--option {option!r}: write KIND.NAME=VALUE with KIND one of {', '.join(KINDS)}, "
+                          "e.g. dispatcher.workers=8")
+    defaults = {"transport": DEFAULT_TRANSPORT, "dispatcher": "thread", "handler": "echo"}
+    table = _as_table(data.get(part, defaults[part]), {"transport": "url", "dispatcher": "name", "handler": "ref"}[part])
+    table["options"][name] = _value(text)
+    data[part] = table
+
+
+def _value(text: str) -> Any:
+    """A flag value read as TOML (8, true, "x", [..]); anything else is a plain string."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _number(text: str) -> Any:
+    value = _value(text)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else text
+
+
+def _serve(config: ServerConfig, registry: Registry) -> int:
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        server = build_server(config, registry)
     except (ServerError, OSError) as exc:
         print(f"sockwork: {exc}", file=sys.stderr)
         return 2
     with server:
         _stop_on_signals(server)
+        handler = config.handler.ref if isinstance(config.handler.ref, str) else repr(config.handler.ref)
         print(
-            f"sockwork: serving {args.handler!r} on {server.url} with dispatcher "
-            f"{args.dispatcher!r} (pid {os.getpid()})",
+            f"sockwork: serving {handler!r} on {server.url} with dispatcher "
+            f"{config.dispatcher.name!r} (pid {os.getpid()})",
             flush=True,
         )
         server.serve_forever()
-        logger.info("stopping: draining requests still running (up to %ss)", args.drain_timeout)
+        logger.info("stopping: draining requests still running (up to %s s)",
+                    FOREVER if config.drain_timeout is None else config.drain_timeout)
     logger.info("stopped")
     return 0
 
 
-def _stop_on_signals(server: Server) -> None:
+def _stop_on_signals(server: Any) -> None:
     stopping = False
 
     def stop(signum: int, frame: Any) -> None:
@@ -75,3 +177,30 @@ def _stop_on_signals(server: Server) -> None:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+
+
+def _plugins(registry: Registry) -> int:
+    pm = registry.plugin_manager
+    distributions = getattr(pm, "distributions", {})
+    for kind in KINDS:
+        print(f"{kind}s:")
+        for entry in registry.entries(kind):
+            origin = distributions.get(entry.plugin, "?")
+            status = f"  UNAVAILABLE: {entry.unavailable_reason}" if entry.unavailable_reason else ""
+            print(f"  {entry.name:<12} {entry.description}  [{entry.plugin}, {origin}]{status}")
+            for field in attrs.fields(entry.options):
+                default = "required" if field.default is attrs.NOTHING else _show_default(field.default)
+                print(f"      {field.alias} = {default}")
+    failures = [(name, origin, exc) for name, origin, exc in getattr(pm, "load_failures", [])]
+    failures += [(name, distributions.get(name, "?"), exc) for name, _, exc in registry.failures]
+    if failures:
+        print("plugins that failed:")
+        for name, origin, exc in failures:
+            print(f"  {name} [{origin}]: FAILED: {type(exc).__name__}: {exc}")
+    return 0
+
+
+def _show_default(default: Any) -> str:
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+        return f"{default.factory()!r} (computed)" if not default.takes_self else "(computed)"
+    return repr(default)

@@ -397,10 +397,13 @@ class Server:
             self._report_failure(request, client_address, exc)
             return False
         finally:
-            self._end_request(request)
+            # Always end it: a dispatcher may serve a request rebuilt in another
+            # process, which this process never tracked.
+            self._in_flight.pop(id(request), None)
+            self.transport.close_request(request)
 
     def _end_request(self, request: Request) -> None:
-        """Close a request, once: later calls for the same request do nothing."""
+        """Close a request the dispatcher failed to take, unless it was served already."""
         if self._in_flight.pop(id(request), None) is not None:
             self.transport.close_request(request)
 

@@ -17,10 +17,13 @@ import socket
 from collections.abc import Callable, Iterator
 from typing import Any, final
 
+import attrs
+
+from ._validators import positive_int
 from .hookspecs import hookimpl
 from .registry import HandlerEntry, NoOptions
 
-__all__ = ["Connection", "datagram_handler", "echo", "stream_handler"]
+__all__ = ["Connection", "LinesOptions", "datagram_handler", "discard", "echo", "lines", "stream_handler"]
 
 _CHUNK = 65536
 
@@ -164,11 +167,52 @@ def echo(request: Any, client_address: Any, server: Any) -> None:
         request.sendall(chunk)
 
 
+def discard(request: Any, client_address: Any, server: Any) -> None:
+    """Read and drop everything (stream: until its end); never answer."""
+    if not isinstance(request, tuple):
+        while request.recv(_CHUNK):
+            pass
+
+
+@final
+@attrs.frozen(kw_only=True)
+class LinesOptions:
+    """Options of the ``lines`` handler."""
+
+    max_line: int = attrs.field(default=_CHUNK, validator=positive_int)
+    """Longest line read at once; a longer one is answered in pieces."""
+
+
+def lines(options: LinesOptions) -> Callable[[Any, Any, Any], None]:
+    """A line protocol to try things with: each line is answered ``"<n>: <line>"``.
+
+    The counter is per connection, to show state kept across one client's lines.
+    """
+    max_line = options.max_line
+
+    @stream_handler
+    def number_lines(conn: Connection) -> None:
+        count = 0
+        while line := conn.readline(max_line):
+            count += 1
+            conn.write(b"%d: %s" % (count, line))
+
+    return number_lines
+
+
 @hookimpl(trylast=True)
 def sockwork_add_handlers() -> list[HandlerEntry]:
     return [
         HandlerEntry(
             "echo", lambda options: echo, NoOptions,
             description="send back whatever arrives (streams and datagrams)",
-        )
+        ),
+        HandlerEntry(
+            "discard", lambda options: discard, NoOptions,
+            description="read and drop everything, never answer (streams and datagrams)",
+        ),
+        HandlerEntry(
+            "lines", lines, LinesOptions,
+            description="answer each line with '<n>: <line>' (streams)",
+        ),
     ]

@@ -294,7 +294,7 @@ def validate_options(cls: type, values: Mapping[str, Any] | object | None) -> tu
         problems.append((None, f"missing required option(s): {', '.join(missing)}"))
     for name, value in values.items():
         if name in fields:
-            problem = _field_problem(fields[name], value)
+            problem = field_problem(fields[name], value)
             if problem is not None:
                 problems.append((name, problem))
     if problems:
@@ -305,7 +305,7 @@ def validate_options(cls: type, values: Mapping[str, Any] | object | None) -> tu
         return None, [_as_problem(exc)]
 
 
-def _field_problem(field: attrs.Attribute[Any], value: object) -> str | None:
+def field_problem(field: attrs.Attribute[Any], value: object) -> str | None:
     """What is wrong with one option's value, checked on its own."""
     try:
         if field.converter is not None:

@@ -1,31 +1,21 @@
-"""Fixtures fed by the registry: registering a component enrolls it in the suites."""
+"""sockwork's own test fixtures, on top of its pytest plugin (sockwork.pytest_plugin).
+
+The conformance suite's pairs of transport and dispatcher come from the
+registry (``sockwork_conformance_builtins = true`` in pyproject.toml makes it
+test the built-ins): registering a component enrolls it. Here the suite also
+runs through the legacy socketserver classes.
+"""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _pytest.mark.structures import ParameterSet
 
 from sockwork import Registry, Server
 from sockwork.testing import ResourceSnapshot
-
-REGISTRY = Registry()
-
-
-def registered(kind: str) -> list[ParameterSet]:
-    return [
-        pytest.param(
-            entry.name,
-            id=entry.name,
-            marks=pytest.mark.skipif(entry.unavailable_reason is not None, reason=entry.unavailable_reason or ""),
-        )
-        for entry in REGISTRY.entries(kind)  # type: ignore[arg-type]
-    ]
 
 
 @pytest.fixture(autouse=True)
@@ -38,21 +28,9 @@ def no_leaks() -> Iterator[None]:
 
 
 @pytest.fixture
-def short_tmp() -> Iterator[Path]:
+def short_tmp(sockwork_tmp: Path) -> Path:
     """A short temporary directory: Unix socket paths are limited to ~107 bytes."""
-    directory = tempfile.mkdtemp(prefix="sw-")
-    yield Path(directory)
-    shutil.rmtree(directory)
-
-
-@pytest.fixture(params=registered("transport"))
-def transport_name(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-@pytest.fixture(params=registered("dispatcher"))
-def dispatcher_name(request: pytest.FixtureRequest) -> str:
-    return request.param
+    return sockwork_tmp
 
 
 @pytest.fixture(params=["parts", "socketserver"])
@@ -101,38 +79,36 @@ class LegacyHarness:
 
 
 @pytest.fixture
-def make_server(
-    transport_name: str, dispatcher_name: str, assembly: str, short_tmp: Path
+def sockwork_make_server(
+    sockwork_transport_name: str, sockwork_dispatcher_name: str, assembly: str,
+    sockwork_tmp: Path, sockwork_registry: Registry,
 ) -> Iterator[Callable[..., Any]]:
-    """Build a server on the parametrized transport (loopback) and dispatcher."""
+    """The plugin's fixture, plus a second way to assemble: the legacy classes."""
     created: list[Any] = []
+    pair = (sockwork_transport_name, sockwork_dispatcher_name)
 
     def make(handler: Any, **kwargs: Any) -> Any:
-        entry = REGISTRY.get("transport", transport_name)
-        if entry.loopback_options is None:
-            pytest.skip(f"transport {transport_name!r} has no loopback_options to test it with")
+        entry = sockwork_registry.get("transport", sockwork_transport_name)
         if assembly == "socketserver":
-            server = make_legacy(lambda: entry.loopback_options(short_tmp), handler, **kwargs)
+            if pair not in LEGACY_CLASSES:
+                pytest.skip(f"socketserver has no class for {pair[0]} x {pair[1]}")
+            server: Any = make_legacy(entry.loopback_options(sockwork_tmp), handler, **kwargs)
         else:
-            kwargs.setdefault("registry", REGISTRY)
-            options = entry.loopback_options(short_tmp)
-            server = Server(transport=options, dispatcher=dispatcher_name, handler=handler, **kwargs)
+            kwargs.setdefault("registry", sockwork_registry)
+            server = Server(
+                transport=sockwork_transport_name, transport_options=entry.loopback_options(sockwork_tmp),
+                dispatcher=sockwork_dispatcher_name, handler=handler, **kwargs,
+            )
         created.append(server)
         return server
 
-    def make_legacy(
-        make_options: Callable[[], Any], handler: Any, registry: Registry | None = None, **kwargs: Any
-    ) -> LegacyHarness:
+    def make_legacy(options: Any, handler: Any, registry: Registry | None = None, **kwargs: Any) -> LegacyHarness:
         from sockwork import socketserver
 
-        name = LEGACY_CLASSES.get((transport_name, dispatcher_name))
-        if name is None:
-            pytest.skip(f"socketserver has no class for {transport_name} x {dispatcher_name}")
         if kwargs:
             pytest.skip(f"socketserver classes take no {', '.join(kwargs)} (they wait as socketserver does)")
-        options = make_options()
         address = getattr(options, "address", None) or options.path
-        classic = getattr(socketserver, name)(address, handler)
+        classic = getattr(socketserver, LEGACY_CLASSES[pair])(address, handler)
         classic.sockwork_registry = registry
         classic.max_packet_size = 65535  # socketserver's 8192 would truncate the large-datagram test
         return LegacyHarness(classic)

@@ -115,3 +115,17 @@ def test_standard_library_handler_classes_work_unchanged() -> None:
 
     with serving(Server(transport="tcp://127.0.0.1:0", handler=Upper)) as server:
         assert exchange(server, b"classic\n") == b"CLASSIC\n"
+
+
+def test_builtin_lines_and_discard_handlers() -> None:
+    with serving(Server(transport="tcp://127.0.0.1:0", handler="lines")) as server:
+        assert exchange(server, b"first\nsecond\nlast") == b"1: first\n2: second\n3: last"
+    with serving(Server(transport="tcp://127.0.0.1:0", handler="lines", handler_options={"max_line": 4})) as server:
+        assert exchange(server, b"abcdef\n") == b"1: abcd2: ef\n"
+    with serving(Server(transport="tcp://127.0.0.1:0", handler="discard")) as server:
+        assert exchange(server, b"x" * 100_000) == b""
+    with serving(Server(transport="udp://127.0.0.1:0", handler="discard")) as server:
+        with client(server, timeout=0.2) as sock:
+            sock.send(b"into the void")
+            with pytest.raises(TimeoutError):
+                sock.recv(100)

@@ -1,0 +1,307 @@
+"""sockwork's conformance suite: the promises every transport and dispatcher keeps.
+
+Plugin authors run it against their own component with one line in a test
+module (with sockwork installed, its pytest plugin provides the fixtures)::
+
+    from sockwork.conformance import *  # noqa: F403
+
+Each test runs for every pair of a registered transport and a registered
+dispatcher in which at least one comes from a plugin other than sockwork's
+built-ins (set ``sockwork_conformance_builtins = true`` in the pytest ini
+options to test the built-ins too, as sockwork's own suite does). Every test
+asserts that no thread, descriptor or child process is left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import pytest
+
+from sockwork import Registry, Server, hookimpl, make_plugin_manager
+from sockwork.handlers import echo
+from sockwork.testing import client, exchange, recv_until_eof, serving
+
+__all__ = [
+    "test_close_after_drain_timeout_ends_stuck_connections",
+    "test_close_waits_for_requests_in_flight",
+    "test_concurrency_is_what_the_dispatcher_promises",
+    "test_echo_large",
+    "test_echo_small",
+    "test_handle_request_serves_one_or_times_out",
+    "test_many_clients_each_get_their_own_reply",
+    "test_raising_handler_does_not_stop_the_server",
+    "test_shutdown_while_idle",
+]
+
+
+def _conformance(test: Callable[..., None]) -> Callable[..., None]:
+    """Marks that travel with the test function into the module that imports it."""
+    test = pytest.mark.usefixtures("sockwork_no_leaks")(test)
+    return pytest.mark.timeout(60)(test)
+
+
+MakeServer = Callable[..., Any]
+
+
+def large_payload(server: Server) -> bytes:
+    # 1 MiB through a stream; a datagram cannot be larger than ~64 KiB.
+    size = 1 << 20 if server.transport.kind == "stream" else 60_000
+    return bytes(range(256)) * (size // 256)
+
+
+@_conformance
+def test_echo_small(sockwork_make_server: MakeServer) -> None:
+    """A short payload comes back unchanged, several times over."""
+    with serving(sockwork_make_server(echo)) as server:
+        for i in range(5):
+            assert exchange(server, b"ping %d" % i) == b"ping %d" % i
+
+
+@_conformance
+def test_echo_large(sockwork_make_server: MakeServer) -> None:
+    """A large payload (1 MiB stream, 60 kB datagram) comes back unchanged."""
+    with serving(sockwork_make_server(echo)) as server:
+        payload = large_payload(server)
+        assert exchange(server, payload) == payload
+
+
+@_conformance
+def test_many_clients_each_get_their_own_reply(sockwork_make_server: MakeServer) -> None:
+    """Twenty concurrent clients each get exactly their own payload back."""
+    with serving(sockwork_make_server(echo)) as server:
+        replies: dict[int, bytes] = {}
+
+        def one(i: int) -> None:
+            replies[i] = exchange(server, b"client %02d" % i)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert replies == {i: b"client %02d" % i for i in range(20)}
+
+
+# ---- Concurrency: what the strategy promises --------------------------------
+
+class Gate:
+    """Handlers wait at the gate until the test lets them through, one byte each.
+
+    A socketpair, so that handlers in forked children wait on it as well.
+    """
+
+    def __init__(self) -> None:
+        self.reader, self.writer = socket.socketpair()
+
+    def open(self, count: int) -> None:
+        self.writer.sendall(b"x" * count)
+
+    def close(self) -> None:
+        self.reader.close()
+        self.writer.close()
+
+
+def gated_handler(gate: Gate) -> Callable[..., None]:
+    """Replies "started <payload>", waits at the gate, replies "done <payload>"."""
+    def handle(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
+        if isinstance(request, tuple):
+            payload, sock = request
+            def send(data: bytes) -> None:
+                sock.sendto(data, client_address)
+        else:
+            payload = request.recv(100)
+            send = request.sendall
+        send(b"started " + payload)
+        gate.reader.recv(1)
+        send(b"done " + payload)
+    return handle
+
+
+@contextmanager
+def open_gate() -> Iterator[Gate]:
+    gate = Gate()
+    try:
+        yield gate
+    finally:
+        gate.close()
+
+
+def read_messages(clients: list[socket.socket], prefix: bytes, count: int, timeout: float) -> list[int]:
+    """Indices of clients that got a message ``prefix + b" cN"``, up to ``count``.
+
+    Stream messages are read by their exact length, as two may arrive together.
+    """
+    found: list[int] = []
+    with selectors.DefaultSelector() as selector:
+        for index, sock in enumerate(clients):
+            selector.register(sock, selectors.EVENT_READ, index)
+        deadline = time.monotonic() + timeout
+        while len(found) < count and (remaining := deadline - time.monotonic()) > 0:
+            for key, _ in selector.select(remaining):
+                sock = clients[key.data]
+                if sock.type == socket.SOCK_STREAM:
+                    message = sock.recv(len(prefix) + 3, socket.MSG_WAITALL)
+                else:
+                    message = sock.recv(100)
+                assert message.startswith(prefix + b" c"), message
+                found.append(key.data)
+                selector.unregister(sock)
+    return found
+
+
+def start_clients(stack: ExitStack, server: Server, count: int) -> list[socket.socket]:
+    clients = [stack.enter_context(client(server)) for _ in range(count)]
+    for i, sock in enumerate(clients):
+        sock.send(b"c%d" % i)
+    return clients
+
+
+@_conformance
+def test_concurrency_is_what_the_dispatcher_promises(sockwork_make_server: MakeServer) -> None:
+    """N clients blocking in the handler run at once, up to the dispatcher's concurrency.
+
+    A serial dispatcher (concurrency 1) serves them one at a time.
+    """
+    n = 4
+    with open_gate() as gate, serving(sockwork_make_server(gated_handler(gate))) as server, ExitStack() as stack:
+        limit = server.dispatcher.concurrency
+        at_once = n if limit is None else min(n, limit)
+        clients = start_clients(stack, server, n)
+        started = read_messages(clients, b"started", at_once, timeout=10)
+        assert len(started) == at_once, f"only {len(started)} of {at_once} ran at once"
+        if at_once < n:
+            extra = read_messages(clients, b"started", 1, timeout=0.3)
+            assert not extra, f"dispatcher with concurrency {limit} ran more at once"
+        gate.open(n)
+        waiting = [i for i in range(n) if i not in started]
+        later = read_messages([clients[i] for i in waiting], b"started", len(waiting), timeout=10)
+        assert len(later) == len(waiting)
+        done = read_messages(clients, b"done", n, timeout=10)
+        assert sorted(done) == list(range(n))
+
+
+# ---- Shutdown --------------------------------------------------------------
+
+@_conformance
+def test_shutdown_while_idle(sockwork_make_server: MakeServer) -> None:
+    """An idle server stops and closes promptly, and serves again if asked first."""
+    server = sockwork_make_server(echo)
+    with serving(server):
+        assert exchange(server, b"one") == b"one"
+        server.shutdown()
+        thread = threading.Thread(target=server.serve_forever)
+        thread.start()
+        assert exchange(server, b"two") == b"two"
+        server.shutdown()
+        thread.join()
+
+
+@_conformance
+def test_close_waits_for_requests_in_flight(sockwork_make_server: MakeServer) -> None:
+    """close() stops accepting but lets running requests finish and reply."""
+    n = 2
+    with open_gate() as gate, ExitStack() as stack:
+        server = sockwork_make_server(gated_handler(gate))
+        with serving(server):
+            limit = server.dispatcher.concurrency
+            at_once = n if limit is None else min(n, limit)
+            clients = start_clients(stack, server, at_once)
+            assert len(read_messages(clients, b"started", at_once, timeout=10)) == at_once
+            closer = threading.Thread(target=server.close)
+            closer.start()
+            closer.join(0.3)
+            assert closer.is_alive(), "close() returned while requests were still running"
+            gate.open(at_once)
+            closer.join(10)
+            assert not closer.is_alive()
+        assert sorted(read_messages(clients, b"done", at_once, timeout=10)) == list(range(at_once))
+
+
+@_conformance
+def test_close_after_drain_timeout_ends_stuck_connections(sockwork_make_server: MakeServer) -> None:
+    """A client that never sends cannot hold close() past the drain timeout (plus grace)."""
+    holding_r, holding_w = os.pipe()  # a pipe: the handler may run in a forked child
+
+    def wait_for_client(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
+        os.write(holding_w, b"h")
+        request.recv(1)  # the client never sends
+
+    try:
+        server = sockwork_make_server(wait_for_client, drain_timeout=0.2)
+        if server.transport.kind == "datagram":
+            pytest.skip("a datagram request holds no connection to shut down")
+        with serving(server), client(server) as sock:
+            assert os.read(holding_r, 1) == b"h"
+            started = time.monotonic()
+            server.close()
+            assert time.monotonic() - started < 5
+            assert recv_until_eof(sock) == b""
+    finally:
+        os.close(holding_r)
+        os.close(holding_w)
+
+
+@_conformance
+def test_raising_handler_does_not_stop_the_server(sockwork_make_server: MakeServer) -> None:
+    """A handler that raises is reported to the hook; the next request is served."""
+    reports_r, reports_w = os.pipe()
+
+    class Reporter:  # the hook may run in a forked child: report through a pipe
+        @hookimpl
+        def sockwork_request_failed(self, exc: BaseException) -> None:
+            os.write(reports_w, f"{type(exc).__name__}: {exc}\n".encode())
+
+    pm = make_plugin_manager()  # with installed plugins: the component under test may be one
+    pm.register(Reporter())
+
+    def handle(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
+        payload = request[0] if isinstance(request, tuple) else request.recv(100)
+        if payload == b"boom":
+            raise RuntimeError("handler exploded")
+        echo_reply = payload
+        if isinstance(request, tuple):
+            request[1].sendto(echo_reply, client_address)
+        else:
+            request.sendall(echo_reply)
+
+    try:
+        with serving(sockwork_make_server(handle, registry=Registry(pm))) as server:
+            with client(server) as sock:
+                sock.send(b"boom")
+                if server.transport.kind == "stream":
+                    assert recv_until_eof(sock) == b""  # closed, not left hanging
+            assert os.read(reports_r, 200) == b"RuntimeError: handler exploded\n"
+            with client(server) as sock:
+                sock.send(b"fine")
+                assert sock.recv(100) == b"fine"
+    finally:
+        os.close(reports_r)
+        os.close(reports_w)
+
+
+@_conformance
+def test_handle_request_serves_one_or_times_out(sockwork_make_server: MakeServer) -> None:
+    """handle_request() returns False after its timeout, True once it dispatched a request."""
+    server = sockwork_make_server(echo)
+    started = time.monotonic()
+    assert server.handle_request(timeout=0.05) is False
+    assert time.monotonic() - started >= 0.05
+    with client(server) as sock:
+        sock.send(b"once")
+        stream = server.transport.kind == "stream"
+        if stream:
+            sock.shutdown(socket.SHUT_WR)  # echo reads to the end; inline serves right here
+        assert server.handle_request(timeout=10) is True
+        if stream:
+            assert recv_until_eof(sock) == b"once"
+        else:
+            assert sock.recv(100) == b"once"
+    server.close()

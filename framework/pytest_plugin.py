@@ -1,0 +1,120 @@
+"""sockwork's pytest plugin (entry point ``pytest11``): fixtures for testing components.
+
+Loaded automatically wherever sockwork and pytest are installed. It only adds
+fixtures (all named ``sockwork_*``) and parametrizes tests that ask for them;
+it changes nothing else in a test run.
+
+- ``sockwork_transport_name`` / ``sockwork_dispatcher_name``: every pair of a
+  registered transport and dispatcher in which at least one comes from a
+  plugin (not sockwork's built-ins), or every pair when the ini option
+  ``sockwork_conformance_builtins`` is true;
+- ``sockwork_make_server(handler, **server_kwargs)``: a Server on that pair,
+  listening on loopback (or in a temporary directory), closed after the test;
+- ``sockwork_no_leaks``: fails the test if it leaves a thread, a descriptor
+  or a child process behind;
+- ``sockwork_registry``: the Registry, with installed plugins, built once.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ._server import Server
+from .registry import BUILTIN_PLUGINS, Entry, Registry
+from .testing import ResourceSnapshot
+
+__all__: list[str] = []  # a pytest plugin: everything here is reached through hooks and fixtures
+
+_BUILTINS_INI = "sockwork_conformance_builtins"
+_REGISTRY_KEY = pytest.StashKey[Registry]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(_BUILTINS_INI, type="bool", default=False,
+                  help="sockwork conformance suite: also test sockwork's built-in components")
+
+
+def _registry(config: pytest.Config) -> Registry:
+    if _REGISTRY_KEY not in config.stash:
+        config.stash[_REGISTRY_KEY] = Registry()
+    return config.stash[_REGISTRY_KEY]
+
+
+def _param(entries: tuple[Entry, ...]) -> Any:
+    reasons = [f"{e.name}: {e.unavailable_reason}" for e in entries if e.unavailable_reason]
+    return pytest.param(*(e.name for e in entries), id="-".join(e.name for e in entries),
+                        marks=[pytest.mark.skip(reason="; ".join(reasons))] if reasons else [])
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    wanted = [name for name in ("sockwork_transport_name", "sockwork_dispatcher_name")
+              if name in metafunc.fixturenames]
+    if not wanted:
+        return
+    registry = _registry(metafunc.config)
+    include_builtins = metafunc.config.getini(_BUILTINS_INI)
+    axes = [registry.entries("transport" if name == "sockwork_transport_name" else "dispatcher")
+            for name in wanted]
+    combos: list[tuple[Entry, ...]] = [()]
+    for axis in axes:
+        combos = [(*combo, entry) for combo in combos for entry in axis]
+    if not include_builtins:
+        combos = [c for c in combos if any(e.plugin not in BUILTIN_PLUGINS for e in c)]
+    if not combos:
+        metafunc.parametrize(wanted, [pytest.param(*([None] * len(wanted)), marks=pytest.mark.skip(
+            reason=f"no plugin component to test; set {_BUILTINS_INI} = true to test the built-ins"))])
+        return
+    metafunc.parametrize(wanted, [_param(c) for c in combos])
+
+
+@pytest.fixture(scope="session")
+def sockwork_registry(request: pytest.FixtureRequest) -> Registry:
+    return _registry(request.config)
+
+
+@pytest.fixture
+def sockwork_no_leaks() -> Iterator[None]:
+    """Fail the test if it leaves a thread, descriptor or child process behind."""
+    before = ResourceSnapshot.take()
+    yield
+    leaks = before.leaks()
+    assert not leaks, f"left behind: {leaks}"
+
+
+@pytest.fixture
+def sockwork_tmp() -> Iterator[Path]:
+    """A short temporary directory: Unix socket paths are limited to ~107 bytes."""
+    directory = tempfile.mkdtemp(prefix="sw-")
+    yield Path(directory)
+    shutil.rmtree(directory)
+
+
+@pytest.fixture
+def sockwork_make_server(
+    sockwork_transport_name: str, sockwork_dispatcher_name: str, sockwork_tmp: Path, sockwork_registry: Registry
+) -> Iterator[Callable[..., Server]]:
+    """Build a Server on the parametrized transport (loopback) and dispatcher."""
+    created: list[Server] = []
+
+    def make(handler: Any, **kwargs: Any) -> Server:
+        entry = sockwork_registry.get("transport", sockwork_transport_name)
+        if entry.loopback_options is None:  # type: ignore[attr-defined]
+            pytest.skip(f"transport {sockwork_transport_name!r} has no loopback_options to test it with")
+        kwargs.setdefault("registry", sockwork_registry)
+        server = Server(
+            transport=sockwork_transport_name,
+            transport_options=entry.loopback_options(sockwork_tmp),  # type: ignore[attr-defined]
+            dispatcher=sockwork_dispatcher_name, handler=handler, **kwargs,
+        )
+        created.append(server)
+        return server
+
+    yield make
+    for server in created:
+        server.close()
