@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sockwork import BindError, ConfigError, OptionError, Server, UnknownPluginError
+from sockwork import BindError, ConfigError, OptionError, Registry, Server, UnknownPluginError, make_plugin_manager
 from sockwork.handlers import echo
 from sockwork.strategies import PoolOptions
 from sockwork.transports import TCPOptions, TCPTransport
@@ -15,6 +15,7 @@ from sockwork.transports import TCPOptions, TCPTransport
 pytestmark = pytest.mark.timeout(10)
 
 TCP = "tcp://127.0.0.1:0"
+BUILTINS_ONLY = Registry(make_plugin_manager(entry_points=False))  # the name lists below are the built-ins
 
 
 def test_every_way_of_naming_a_part_works(short_tmp: Path) -> None:
@@ -58,7 +59,7 @@ def test_every_way_of_naming_a_part_works(short_tmp: Path) -> None:
 )
 def test_bad_values_fail_with_a_message_naming_them(kwargs: dict, error: type, message: str) -> None:
     """Each mistake raises a ConfigError (a ValueError) naming the value and what is allowed."""
-    arguments = {"transport": TCP, "handler": echo, **kwargs}
+    arguments = {"transport": TCP, "handler": echo, "registry": BUILTINS_ONLY, **kwargs}
     with pytest.raises(error) as info:
         Server(**arguments)
     assert message in str(info.value)

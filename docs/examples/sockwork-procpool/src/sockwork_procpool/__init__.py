@@ -1,0 +1,208 @@
+"""The ``procpool`` dispatcher: a fixed pool of worker processes.
+
+The server's loop accepts as usual; ``submit`` hands the request to an idle
+worker by passing its socket over a Unix socketpair (``SCM_RIGHTS``), with
+the client address and, for datagrams, the payload. The worker serves it
+with ``host.serve`` and answers ``done``; the parent watches each worker's
+channel in the accept loop's selector (``host.add_reader``), so a worker is
+idle again — or, if it died, logged and replaced — as soon as it says so.
+
+Rule 1: the parent owns the workers' lifetime. Workers ignore SIGINT and
+SIGTERM; ``drain`` waits for the busy ones, then closes their channels
+(they exit on end-of-file); ``close`` kills whatever is left.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import select
+import signal
+import socket
+import sys
+import time
+from typing import Any, final
+
+import attrs
+
+from sockwork import DispatcherEntry, hookimpl
+
+__all__ = ["ProcPoolDispatcher", "ProcPoolOptions"]
+
+logger = logging.getLogger("sockwork.procpool")
+
+_DONE = b"d"
+_MAX_MESSAGE = 1 << 17  # a datagram's payload plus its address
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"'{attribute.name}' must be an int >= 1, got {value!r}")
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ProcPoolOptions:
+    """Options of the ``procpool`` dispatcher."""
+
+    workers: int = attrs.field(default=2, validator=_positive)
+    """Worker processes, started with the server: the most requests served at once."""
+
+
+@final
+class _Worker:
+    __slots__ = ("channel", "pid")
+
+    def __init__(self, pid: int, channel: socket.socket) -> None:
+        self.pid = pid
+        self.channel = channel
+
+
+@final
+class ProcPoolDispatcher:
+    """Serves requests in a fixed set of worker processes (see the module docstring)."""
+
+    def __init__(self, options: ProcPoolOptions | None = None) -> None:
+        self.options = options or ProcPoolOptions()
+        self.concurrency = self.options.workers
+        self._workers: list[_Worker] = []
+        self._idle: list[_Worker] = []
+        self._stopping = False
+
+    # ---- parent side ------------------------------------------------------------
+
+    def start(self, host: Any) -> None:
+        self._host = host
+        for _ in range(self.options.workers):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:
+            parent_end.close()
+            self._work(child_end)  # never returns
+        child_end.close()
+        worker = _Worker(pid, parent_end)
+        self._workers.append(worker)
+        self._idle.append(worker)
+        self._host.add_reader(parent_end.fileno(), lambda: self._on_message(worker))
+
+    def submit(self, request: Any, client_address: Any) -> None:
+        worker = self._idle.pop()
+        if isinstance(request, tuple):  # datagram: (payload, socket to answer on)
+            payload, sock = request
+            message = pickle.dumps(("datagram", client_address, payload))
+        else:
+            sock, message = request, pickle.dumps(("stream", client_address, None))
+        try:
+            socket.send_fds(worker.channel, [message], [sock.fileno()])
+        except OSError:
+            self._idle.append(worker)
+            raise  # the Server closes the request, logs it and pauses accepting
+        self._host.release(request)  # the worker has its own copy now
+
+    def saturated(self) -> bool:
+        return not self._idle
+
+    def _on_message(self, worker: _Worker) -> None:
+        """Runs in the accept loop when a worker says something (or dies)."""
+        if worker.channel.recv(16):
+            self._idle.append(worker)
+            return
+        self._lost(worker)
+        if not self._stopping:
+            self._spawn()
+
+    def _lost(self, worker: _Worker) -> None:
+        self._forget(worker)
+        _, status = os.waitpid(worker.pid, 0)
+        logger.error("procpool worker %d died (%s); replacing it", worker.pid, _describe(status))
+
+    def _forget(self, worker: _Worker) -> None:
+        self._host.remove_reader(worker.channel.fileno())
+        worker.channel.close()
+        self._workers.remove(worker)
+        if worker in self._idle:
+            self._idle.remove(worker)
+
+    def drain(self, timeout: float | None) -> bool:
+        self._stopping = True
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while busy := [w for w in self._workers if w not in self._idle]:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            readable, _, _ = select.select([w.channel for w in busy], [], [], left)
+            for worker in busy:
+                if worker.channel in readable:
+                    if worker.channel.recv(16):
+                        self._idle.append(worker)
+                    else:
+                        self._lost(worker)
+        for worker in list(self._workers):  # all idle: end of file tells them to exit
+            self._forget(worker)
+            os.waitpid(worker.pid, 0)
+        return True
+
+    def close(self) -> None:
+        if self._workers:
+            logger.warning("killing %d procpool worker(s) still busy after the drain", len(self._workers))
+        for worker in list(self._workers):
+            try:
+                os.kill(worker.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._forget(worker)
+            os.waitpid(worker.pid, 0)
+
+    # ---- worker side --------------------------------------------------------------
+
+    def _work(self, channel: socket.socket) -> None:
+        status = 1
+        try:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            self._host.after_fork()
+            for other in self._workers:  # siblings' channels are the parent's business
+                other.channel.close()
+            while True:
+                message, fds, _, _ = socket.recv_fds(channel, _MAX_MESSAGE, 1)
+                if not message:
+                    break  # the parent closed our channel: time to go
+                kind, client_address, payload = pickle.loads(message)
+                sock = socket.socket(fileno=fds[0])
+                if kind == "datagram":
+                    try:
+                        self._host.serve((payload, sock), client_address)
+                    finally:
+                        sock.close()  # our copy of the server's datagram socket
+                else:
+                    self._host.serve(sock, client_address)  # shuts down and closes it
+                channel.send(_DONE)
+            status = 0
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except Exception:
+                    pass
+            os._exit(status)
+
+
+def _describe(status: int) -> str:
+    code = os.waitstatus_to_exitcode(status)
+    return f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+
+
+@hookimpl
+def sockwork_add_dispatchers() -> list[DispatcherEntry]:
+    reason = None if hasattr(os, "fork") and hasattr(socket, "send_fds") else "needs fork() and SCM_RIGHTS"
+    return [
+        DispatcherEntry(
+            "procpool", ProcPoolDispatcher, ProcPoolOptions,
+            description="a fixed pool of worker processes; sockets passed over Unix sockets",
+            unavailable_reason=reason,
+        )
+    ]
