@@ -34,6 +34,9 @@ from .interfaces import Dispatcher as Dispatcher
 from .interfaces import DispatcherHost as DispatcherHost
 from .interfaces import HandlerFactory as HandlerFactory
 from .interfaces import Transport as Transport
+from .limits import Limits as Limits
+from .limits import Outcome as Outcome
+from .limits import ServerStats as ServerStats
 from .registry import DispatcherEntry as DispatcherEntry
 from .registry import HandlerEntry as HandlerEntry
 from .registry import NoOptions as NoOptions
@@ -57,14 +60,17 @@ __all__ = [
     "HandlerConfig",
     "HandlerEntry",
     "HandlerFactory",
+    "Limits",
     "NoOptions",
     "OptionError",
+    "Outcome",
     "PluginError",
     "PluginManager",
     "Registry",
     "Server",
     "ServerConfig",
     "ServerError",
+    "ServerStats",
     "Transport",
     "TransportConfig",
     "TransportEntry",

@@ -21,8 +21,10 @@ from collections.abc import Callable, Mapping
 from typing import Any, final
 
 from ._deadline import deadline_after, remaining
+from ._ratelimit import RateLimitedLog
 from .errors import ConfigError
 from .interfaces import Address, Dispatcher, Request, Transport
+from .limits import Counters, Deadlines, Limits, Outcome, ServerStats
 from .registry import Kind, Registry
 from .urls import format_address, parse_transport_url
 
@@ -58,11 +60,12 @@ _WAKE = "wake"
 class _Host:
     """What a Dispatcher sees of its Server (see ``DispatcherHost``)."""
 
-    __slots__ = ("add_reader", "after_fork", "release", "remove_reader", "serve", "wake")
+    __slots__ = ("add_reader", "after_fork", "finished", "release", "remove_reader", "serve", "wake")
 
     def __init__(self, server: Server) -> None:
         self.serve = server._serve
         self.release = server._release
+        self.finished = server._finished
         self.after_fork = server._after_fork
         self.wake = server._wake
         self.add_reader = server._add_reader
@@ -106,6 +109,7 @@ class Server:
         dispatcher_options: Mapping[str, Any] | None = None,
         handler_options: Mapping[str, Any] | None = None,
         drain_timeout: float | None = 10.0,
+        limits: Limits | None = None,
         registry: Registry | None = None,
         on_error: Callable[[Request, Address, Exception], object] | None = None,
         service_actions: Callable[[], object] | None = None,
@@ -117,6 +121,9 @@ class Server:
             or not 0 <= drain_timeout < math.inf
         ):
             raise ConfigError(f"'drain_timeout' must be a finite number >= 0, or None to wait forever: {drain_timeout!r}")
+        if limits is not None and not isinstance(limits, Limits):
+            raise ConfigError(f"'limits' must be a sockwork.Limits, got {limits!r}")
+        self.limits = limits = limits if limits is not None else Limits()
         self.registry = registry if registry is not None else Registry()
         self.drain_timeout = drain_timeout
         self.transport: Transport = _component(self.registry, "transport", transport, transport_options, Transport)
@@ -137,6 +144,16 @@ class Server:
         hook = self.registry.plugin_manager.hook
         self._hook = hook
         self._failure_hook = hook.sockwork_request_failed if hook.sockwork_request_failed.get_hookimpls() else None
+        self._stats_hook = hook.sockwork_collect_stats if hook.sockwork_collect_stats.get_hookimpls() else None
+        self._next_stats = 0.0
+
+        stream = self.transport.kind == "stream"
+        self._cap = limits.max_connections if limits.over_limit == "wait" else None
+        self._reject_above = limits.max_connections if limits.over_limit == "close" else None
+        self._counters = Counters(wake_below=self._cap)
+        self._idle_timeout = limits.idle_timeout if stream else None
+        self._deadlines = Deadlines(limits.request_timeout) if stream and limits.request_timeout else None
+        self._guard_connections = self._idle_timeout is not None or self._deadlines is not None
 
         self._in_flight: dict[int, Request] = {}
         self._state_lock = threading.Lock()
@@ -150,8 +167,7 @@ class Server:
         self._listening = False
         self._paused_until = 0.0
         self._backoff = BACKOFF_MIN
-        self._failures_unlogged = 0
-        self._last_failure_log = float("-inf")
+        self._log_accept_failure = RateLimitedLog(logger, LOG_EVERY)
 
         self.transport.open()  # last: everything above fails without a socket open
         try:
@@ -172,6 +188,11 @@ class Server:
     def url(self) -> str:
         """The bound address as a transport URL, e.g. ``tcp://127.0.0.1:40123``."""
         return format_address(getattr(self.transport, "name", "transport"), self.address)
+
+    @property
+    def stats(self) -> ServerStats:
+        """A consistent snapshot of the counters, safe to take from any thread."""
+        return self._counters.snapshot(oversized=getattr(self.transport, "oversized", 0))
 
     @property
     def address(self) -> Address:
@@ -263,6 +284,8 @@ class Server:
                 self._force_stop()
             self.dispatcher.close()
         finally:
+            if self._deadlines is not None:
+                self._deadlines.stop()
             self.transport.close()
             self._selector.close()
             self._wake_r.close()
@@ -306,12 +329,14 @@ class Server:
         """
         now = time.monotonic()
         paused = now < self._paused_until
-        saturated = self.dispatcher.saturated()
+        saturated = self._saturated()
         self._set_listening(not (paused or saturated))
         if paused:
             timeout = _shorter(timeout, self._paused_until - now)
         elif saturated:
             timeout = _shorter(timeout, SATURATED_RECHECK)
+        if self._stats_hook is not None:
+            timeout = _shorter(timeout, max(0.0, self._next_stats - now))
         dispatched = None
         for key, _ in self._selector.select(timeout):
             what = key.data
@@ -321,12 +346,21 @@ class Server:
                 _drain_socket(self._wake_r)
             else:
                 what()
+        if self._stats_hook is not None and time.monotonic() >= self._next_stats:
+            self._report_stats()
         return dispatched
+
+    def _saturated(self) -> bool:
+        """Whether to stop accepting: the dispatcher is full, or the connection cap is reached."""
+        cap = self._cap
+        return self.dispatcher.saturated() or (cap is not None and self._counters.active >= cap)
 
     def _accept_batch(self, limit: int) -> int:
         accept = self.transport.accept
         submit = self.dispatcher.submit
-        saturated = self.dispatcher.saturated
+        saturated = self._saturated
+        count_accepted = self._counters.accept
+        reject_above = self._reject_above if self._reject_above is not None else math.inf
         in_flight = self._in_flight
         dispatched = 0
         while dispatched < limit and not self._shutdown_requested:
@@ -338,6 +372,10 @@ class Server:
             if accepted is None:
                 break
             request, client_address = accepted
+            if count_accepted() > reject_above:
+                self._counters.reject()  # over the cap, and told to say so at once
+                self.transport.close_request(request)
+                continue
             in_flight[id(request)] = request
             try:
                 submit(request, client_address)
@@ -361,22 +399,22 @@ class Server:
 
     def _pause_accepting(self, exc: Exception) -> None:
         """Stop accepting for a growing pause and log it, at most every LOG_EVERY seconds."""
-        now = time.monotonic()
-        self._paused_until = now + self._backoff
-        pause, self._backoff = self._backoff, min(self._backoff * 2, BACKOFF_MAX)
+        pause = self._backoff
+        self._paused_until = time.monotonic() + pause
+        self._backoff = min(pause * 2, BACKOFF_MAX)
         self._set_listening(False)
-        if now - self._last_failure_log < LOG_EVERY:
-            self._failures_unlogged += 1
-            return
         capacity = isinstance(exc, OSError) and exc.errno in ACCEPT_CAPACITY_ERRNOS
-        more = f" ({self._failures_unlogged} more since the last report)" if self._failures_unlogged else ""
-        logger.error(
-            "%s on %s: %s; pausing accept for %.0f ms%s",
-            "out of resources accepting" if capacity else "accept/dispatch failed",
-            self.address, exc, pause * 1000, more,
+        self._log_accept_failure(
+            logging.ERROR, "%s on %s: %s; pausing accept for %.0f ms",
+            "out of resources accepting" if capacity else "accept/dispatch failed", self.address, exc, pause * 1000,
         )
-        self._last_failure_log = now
-        self._failures_unlogged = 0
+
+    def _report_stats(self) -> None:
+        self._next_stats = time.monotonic() + self.limits.stats_interval
+        try:
+            self._stats_hook(server=self, stats=self.stats)  # type: ignore[misc]
+        except Exception:
+            logger.exception("sockwork_collect_stats hook raised")
 
     def _set_listening(self, listening: bool) -> None:
         if listening == self._listening or self._closed and listening:
@@ -389,23 +427,51 @@ class Server:
 
     # ---- Host services for the dispatcher ----------------------------------
 
-    def _serve(self, request: Request, client_address: Address) -> bool:
+    def _serve(self, request: Request, client_address: Address) -> Outcome:
+        token = None
+        if self._guard_connections and not isinstance(request, tuple):
+            if self._idle_timeout is not None:
+                request.settimeout(self._idle_timeout)
+            if self._deadlines is not None:
+                token = self._deadlines.add(request)
+        outcome = Outcome.FAILED  # until the handler returns; a BaseException leaves it so
         try:
             self.handler(request, client_address, self._handler_server)
-            return True
+            outcome = Outcome.COMPLETED
         except Exception as exc:
-            self._report_failure(request, client_address, exc)
-            return False
+            outcome = self._handler_failed(request, client_address, exc, token)
         finally:
+            if token is not None and self._deadlines.remove(token):  # type: ignore[union-attr]
+                outcome = Outcome.TIMED_OUT
             # Always end it: a dispatcher may serve a request rebuilt in another
             # process, which this process never tracked.
             self._in_flight.pop(id(request), None)
             self.transport.close_request(request)
+            self._finished(outcome)
+        return outcome
+
+    def _handler_failed(self, request: Request, client_address: Address, exc: Exception, token: int | None) -> Outcome:
+        if isinstance(exc, TimeoutError) and self._idle_timeout is not None:
+            logger.info("closing the connection of %s: idle for more than %ss", _client(client_address),
+                        self._idle_timeout)
+            return Outcome.TIMED_OUT
+        if token is not None and isinstance(exc, OSError) and token in self._deadlines.expired:  # type: ignore[union-attr]
+            logger.info("closed the connection of %s: its request ran longer than %ss", _client(client_address),
+                        self.limits.request_timeout)
+            return Outcome.TIMED_OUT
+        self._report_failure(request, client_address, exc)
+        return Outcome.FAILED
+
+    def _finished(self, outcome: Outcome) -> None:
+        """Count a finished request; wake the loop if that frees a slot under the cap."""
+        if self._counters.finish(outcome):
+            self._wake()
 
     def _end_request(self, request: Request) -> None:
         """Close a request the dispatcher failed to take, unless it was served already."""
         if self._in_flight.pop(id(request), None) is not None:
             self.transport.close_request(request)
+            self._finished(Outcome.FAILED)
 
     def _report_failure(self, request: Request, client_address: Address, exc: Exception) -> None:
         if self._failure_hook is not None:

@@ -61,5 +61,15 @@ def sockwork_request_failed(server: Any, client_address: Any, exc: BaseException
 
 
 @hookspec
+def sockwork_collect_stats(server: Any, stats: Any) -> None:
+    """Every ``limits.stats_interval`` seconds (10 by default): the counters.
+
+    ``stats`` is a :class:`~sockwork.ServerStats` snapshot. Called from the
+    serving thread, and only if some plugin implements it: export quickly.
+    ``server.stats`` gives a fresh snapshot at any time, from any thread.
+    """
+
+
+@hookspec
 def sockwork_server_stopped(server: Any) -> None:
     """The server has drained its dispatcher and closed its transport."""

@@ -66,9 +66,12 @@ class DispatcherHost(Protocol):
     """What a Dispatcher may ask of the Server that started it.
 
     ``serve`` runs the handler on one request, reports its errors, closes the
-    request, and returns False if the handler raised. It never raises an
-    ``Exception``. ``release`` is for dispatchers that serve a request in
-    another process: it drops the local handle without ending the request.
+    request, counts it, and returns its :class:`~sockwork.Outcome`
+    (``COMPLETED`` is 0, so use its value as a child's exit status). It never
+    raises an ``Exception``. ``release`` is for dispatchers that serve a
+    request in another process: it drops the local handle without ending the
+    request, which still counts as active until the dispatcher reports it
+    with ``finished(outcome)``.
     ``after_fork`` must be called first thing in a forked child. ``wake`` asks
     the accept loop to look at :meth:`Dispatcher.saturated` again; call it when
     capacity frees up after ``saturated()`` returned True. ``add_reader`` and
@@ -76,9 +79,11 @@ class DispatcherHost(Protocol):
     the callback runs in the thread that runs the loop.
     """
 
-    def serve(self, request: Request, client_address: Address) -> bool: ...
+    def serve(self, request: Request, client_address: Address) -> Any: ...
 
     def release(self, request: Request) -> None: ...
+
+    def finished(self, outcome: Any) -> None: ...
 
     def after_fork(self) -> None: ...
 

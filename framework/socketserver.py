@@ -39,6 +39,7 @@ import traceback
 
 from sockwork._server import ACCEPT_CAPACITY_ERRNOS as _ACCEPT_CAPACITY_ERRNOS
 from sockwork._server import Server as _Server
+from sockwork.limits import Limits as _Limits
 from sockwork.registry import Registry as _Registry
 from sockwork.strategies import ForkOptions as _ForkOptions
 from sockwork.strategies import InlineOptions as _InlineOptions
@@ -200,6 +201,7 @@ class BaseServer:
             dispatcher=_ClassicDispatch(self, inner),
             handler=self._sockwork_finish_request,
             drain_timeout=None,  # socketserver waits for every thread or child it waits for
+            limits=_Limits.none(),  # no cap, no timeouts: handlers see what they always saw
             registry=registry,
             on_error=self._sockwork_handle_error,
             service_actions=self.service_actions if overridden else None,

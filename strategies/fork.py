@@ -24,6 +24,7 @@ from sockwork._deadline import deadline_after, remaining
 from sockwork._validators import boolean, positive_int
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
+from sockwork.limits import Outcome
 from sockwork.registry import DispatcherEntry
 
 __all__ = ["ForkDispatcher", "ForkOptions"]
@@ -87,7 +88,7 @@ class ForkDispatcher:
                 if pidfd is not None:
                     os.close(pidfd)
             self._children.clear()
-            status = 0 if self._host.serve(request, client_address) else 1
+            status = int(self._host.serve(request, client_address))  # an Outcome: 0 completed
         finally:
             for stream in (sys.stdout, sys.stderr):
                 try:
@@ -115,10 +116,7 @@ class ForkDispatcher:
         if not done:
             return False
         client_address = self._forget(pid)
-        if status:
-            logger.warning(
-                "child %d serving %s %s", pid, client_address, _describe_status(status),
-            )
+        self._host.finished(_outcome(pid, client_address, status))
         return True
 
     def reap(self) -> None:
@@ -157,6 +155,7 @@ class ForkDispatcher:
                     os.waitpid(pid, 0)
                 except ChildProcessError:
                     pass
+                self._host.finished(Outcome.FAILED)
         for pid in list(self._children):  # with block_on_close=False: left running, unwatched
             self._forget(pid)
 
@@ -169,11 +168,17 @@ class ForkDispatcher:
         return client_address
 
 
-def _describe_status(status: int) -> str:
+def _outcome(pid: int, client_address: Any, status: int | None) -> Outcome:
+    """The child's exit status is its request's Outcome; anything else is a crash, logged."""
+    if status is None:
+        logger.warning("child %d serving %s was reaped by someone else; counted as failed", pid, client_address)
+        return Outcome.FAILED
     code = os.waitstatus_to_exitcode(status)
-    if code < 0:
-        return f"was killed by signal {signal.Signals(-code).name}"
-    return f"exited with status {code}"
+    if code in (Outcome.COMPLETED, Outcome.FAILED, Outcome.TIMED_OUT):
+        return Outcome(code)  # a failure was logged by the child itself
+    how = f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+    logger.error("child %d serving %s %s", pid, client_address, how)
+    return Outcome.FAILED
 
 
 @hookimpl(trylast=True)

@@ -3,7 +3,8 @@
 The server's loop accepts as usual; ``submit`` hands the request to an idle
 worker by passing its socket over a Unix socketpair (``SCM_RIGHTS``), with
 the client address and, for datagrams, the payload. The worker serves it
-with ``host.serve`` and answers ``done``; the parent watches each worker's
+with ``host.serve`` and answers with its Outcome, which the parent reports
+with ``host.finished``; the parent watches each worker's
 channel in the accept loop's selector (``host.add_reader``), so a worker is
 idle again — or, if it died, logged and replaced — as soon as it says so.
 
@@ -26,13 +27,12 @@ from typing import Any, final
 
 import attrs
 
-from sockwork import DispatcherEntry, hookimpl
+from sockwork import DispatcherEntry, Outcome, hookimpl
 
 __all__ = ["ProcPoolDispatcher", "ProcPoolOptions"]
 
 logger = logging.getLogger("sockwork.procpool")
 
-_DONE = b"d"
 _MAX_MESSAGE = 1 << 17  # a datagram's payload plus its address
 
 
@@ -52,11 +52,12 @@ class ProcPoolOptions:
 
 @final
 class _Worker:
-    __slots__ = ("channel", "pid")
+    __slots__ = ("busy", "channel", "pid")
 
     def __init__(self, pid: int, channel: socket.socket) -> None:
         self.pid = pid
         self.channel = channel
+        self.busy = False
 
 
 @final
@@ -101,21 +102,33 @@ class ProcPoolDispatcher:
         except OSError:
             self._idle.append(worker)
             raise  # the Server closes the request, logs it and pauses accepting
-        self._host.release(request)  # the worker has its own copy now
+        worker.busy = True
+        self._host.release(request)  # the worker has its own copy now; it reports the outcome
 
     def saturated(self) -> bool:
         return not self._idle
 
     def _on_message(self, worker: _Worker) -> None:
         """Runs in the accept loop when a worker says something (or dies)."""
-        if worker.channel.recv(16):
+        if self._read_outcome(worker):
             self._idle.append(worker)
             return
         self._lost(worker)
         if not self._stopping:
             self._spawn()
 
+    def _read_outcome(self, worker: _Worker) -> bool:
+        """The worker's report on its request (one byte: an Outcome); False if it died."""
+        report = worker.channel.recv(16)
+        if not report:
+            return False
+        worker.busy = False
+        self._host.finished(Outcome(report[0]))
+        return True
+
     def _lost(self, worker: _Worker) -> None:
+        if worker.busy:
+            self._host.finished(Outcome.FAILED)
         self._forget(worker)
         _, status = os.waitpid(worker.pid, 0)
         logger.error("procpool worker %d died (%s); replacing it", worker.pid, _describe(status))
@@ -137,7 +150,7 @@ class ProcPoolDispatcher:
             readable, _, _ = select.select([w.channel for w in busy], [], [], left)
             for worker in busy:
                 if worker.channel in readable:
-                    if worker.channel.recv(16):
+                    if self._read_outcome(worker):
                         self._idle.append(worker)
                     else:
                         self._lost(worker)
@@ -156,6 +169,8 @@ class ProcPoolDispatcher:
                 pass
             self._forget(worker)
             os.waitpid(worker.pid, 0)
+            if worker.busy:
+                self._host.finished(Outcome.FAILED)
 
     # ---- worker side --------------------------------------------------------------
 
@@ -175,12 +190,12 @@ class ProcPoolDispatcher:
                 sock = socket.socket(fileno=fds[0])
                 if kind == "datagram":
                     try:
-                        self._host.serve((payload, sock), client_address)
+                        outcome = self._host.serve((payload, sock), client_address)
                     finally:
                         sock.close()  # our copy of the server's datagram socket
                 else:
-                    self._host.serve(sock, client_address)  # shuts down and closes it
-                channel.send(_DONE)
+                    outcome = self._host.serve(sock, client_address)  # shuts down and closes it
+                channel.send(bytes([int(outcome)]))
             status = 0
         finally:
             for stream in (sys.stdout, sys.stderr):

@@ -1,0 +1,219 @@
+"""Production limits and counters: what bounds a server, and what it has done.
+
+- :class:`Limits`: the server-wide connection cap and the timeouts against
+  slow clients. Servers assembled from parts get bounded defaults; the legacy
+  ``socketserver`` classes use :meth:`Limits.none` (what socketserver did).
+- :class:`ServerStats`: a snapshot of the counters (``server.stats``).
+- :class:`Outcome`: how one request ended.
+
+Rule 1: counters change under one lock and are read as a whole snapshot, so a
+reader in another thread never sees a half-updated set.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import itertools
+import math
+import os
+import socket
+import threading
+import time
+from typing import Any, Literal, final
+
+import attrs
+
+__all__ = ["Limits", "Outcome", "ServerStats"]
+
+
+class Outcome(enum.IntEnum):
+    """How a request ended; the value is also the exit status of a forked child."""
+
+    COMPLETED = 0
+    FAILED = 1
+    TIMED_OUT = 2
+
+
+def _optional_seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf
+    ):
+        raise ValueError(f"'{attribute.name}' must be a number of seconds > 0, or none to disable, got {value!r}")
+
+
+def _optional_count(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"'{attribute.name}' must be an int >= 1, or none for no limit, got {value!r}")
+
+
+def _over_limit(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value not in ("wait", "close"):
+        raise ValueError(f"'{attribute.name}' must be 'wait' or 'close', got {value!r}")
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Limits:
+    """What bounds one server. Every field may be None to turn it off."""
+
+    max_connections: int | None = attrs.field(default=1024, validator=_optional_count)
+    """Requests accepted and not yet finished, across the whole server
+    (in threads, workers or child processes). At the cap the server stops
+    accepting; new clients wait in the kernel's backlog."""
+    over_limit: Literal["wait", "close"] = attrs.field(default="wait", validator=_over_limit)
+    """At the cap: ``"wait"`` (stop accepting) or ``"close"`` (accept and close
+    at once, so clients learn immediately; counted as ``rejected``)."""
+    idle_timeout: float | None = attrs.field(default=60.0, validator=_optional_seconds)
+    """Stream requests: seconds a read or write on the connection may wait
+    (the socket's timeout). A client that sends nothing, or a byte a minute,
+    cannot hold a worker longer; the handler sees ``TimeoutError``."""
+    request_timeout: float | None = attrs.field(default=None, validator=_optional_seconds)
+    """Stream requests: seconds a whole request may take; then its connection
+    is shut down, which ends the handler at its next read or write."""
+    stats_interval: float = attrs.field(default=10.0, validator=_optional_seconds)
+    """How often ``sockwork_collect_stats`` is called, if a plugin implements it."""
+
+    @classmethod
+    def none(cls) -> Limits:
+        """No cap and no timeouts: socketserver's behaviour."""
+        return cls(max_connections=None, idle_timeout=None, request_timeout=None)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ServerStats:
+    """Counters of one server since it was created (a consistent snapshot).
+
+    ``active`` = accepted − rejected − (completed + failed + timed_out).
+    """
+
+    accepted: int = 0
+    """Requests taken from the transport (connections accepted, datagrams read)."""
+    active: int = 0
+    """Requests being served right now, wherever they run."""
+    completed: int = 0
+    """Requests whose handler returned normally."""
+    failed: int = 0
+    """Requests whose handler raised (or whose child process failed), or that
+    the dispatcher could not take."""
+    rejected: int = 0
+    """Requests closed at once because of ``max_connections`` with ``over_limit = "close"``."""
+    timed_out: int = 0
+    """Requests ended by ``idle_timeout`` or ``request_timeout``."""
+    oversized: int = 0
+    """Datagrams larger than ``max_packet_size``, dropped (never truncated)."""
+
+
+class Counters:
+    """The live counters behind :class:`ServerStats` (internal)."""
+
+    __slots__ = ("_lock", "accepted", "active", "completed", "failed", "rejected", "timed_out", "wake_below")
+
+    def __init__(self, wake_below: int | None) -> None:
+        self._lock = threading.Lock()
+        self.accepted = self.active = self.completed = self.failed = self.rejected = self.timed_out = 0
+        self.wake_below = wake_below  # the connection cap: crossing it downwards wakes the loop
+
+    def accept(self) -> int:
+        with self._lock:
+            self.accepted += 1
+            self.active += 1
+            return self.active
+
+    def reject(self) -> None:
+        with self._lock:
+            self.active -= 1
+            self.rejected += 1
+
+    def finish(self, outcome: Outcome) -> bool:
+        """Count a finished request; True if that freed a slot under the cap."""
+        with self._lock:
+            self.active -= 1
+            if outcome is Outcome.COMPLETED:
+                self.completed += 1
+            elif outcome is Outcome.TIMED_OUT:
+                self.timed_out += 1
+            else:
+                self.failed += 1
+            return self.active + 1 == self.wake_below
+
+    def snapshot(self, oversized: int) -> ServerStats:
+        with self._lock:
+            return ServerStats(
+                accepted=self.accepted, active=self.active, completed=self.completed, failed=self.failed,
+                rejected=self.rejected, timed_out=self.timed_out, oversized=oversized,
+            )
+
+
+class Deadlines:
+    """Shuts down connections whose request outlived ``request_timeout`` (internal).
+
+    One watchdog thread per process, started with the first request; a forked
+    child starts its own (threads do not survive fork).
+    """
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._lock = threading.Condition()
+        self._heap: list[tuple[float, int]] = []
+        self._running: dict[int, socket.socket] = {}  # token -> connection
+        self.expired: set[int] = set()
+        self._tokens = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._stopping = False
+
+    def add(self, connection: socket.socket) -> int:
+        token = next(self._tokens)
+        with self._lock:
+            if self._pid != os.getpid():  # first request in this process
+                self._thread, self._pid, self._stopping = None, os.getpid(), False
+                self._heap.clear()
+                self._running.clear()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="sockwork-deadlines", daemon=True)
+                self._thread.start()
+            self._running[token] = connection
+            heapq.heappush(self._heap, (time.monotonic() + self.timeout, token))
+            self._lock.notify()
+        return token
+
+    def remove(self, token: int) -> bool:
+        """Forget a finished request; True if its deadline had expired."""
+        with self._lock:
+            self._running.pop(token, None)
+            if token in self.expired:
+                self.expired.discard(token)
+                return True
+            return False
+
+    def _watch(self) -> None:
+        with self._lock:
+            while not self._stopping:
+                while self._heap and self._heap[0][1] not in self._running:
+                    heapq.heappop(self._heap)  # finished in time
+                if not self._heap:
+                    self._lock.wait()
+                    continue
+                deadline, token = self._heap[0]
+                wait = deadline - time.monotonic()
+                if wait > 0:
+                    self._lock.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+                connection = self._running.pop(token)
+                self.expired.add(token)
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)  # the handler's next read or write ends
+                except OSError:
+                    pass  # already gone
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
+            thread = self._thread if self._pid == os.getpid() else None
+        if thread is not None:
+            thread.join()
+
