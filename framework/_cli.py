@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import tomllib
 from collections.abc import Sequence
 from typing import Any
@@ -55,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--handler", metavar="REF",
                              help="a registered handler (echo, discard, lines) or package.module:attribute")
         command.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                             help="a component option, e.g. dispatcher.workers=8 or transport.backlog=4096 "
+                             help="a component option or limit, e.g. dispatcher.workers=8, transport.backlog=4096, "
+                                  "limits.idle_timeout=30 "
                                   "(VALUE is read as TOML: 8, true, \"text\", [\"::1\", 0]); repeatable")
         command.add_argument("--drain-timeout", metavar="SECONDS",
                              help=f"how long running requests may finish when stopping (default: 10; '{FOREVER}')")
@@ -120,9 +122,13 @@ def _keep_options_if_same(current: Any, key: str, new: str) -> dict[str, Any]:
 def _apply_option(data: dict[str, Any], option: str) -> None:
     key, sep, text = option.partition("=")
     part, dot, name = key.strip().partition(".")
-    if not sep or not dot or part not in KINDS or not name:
-        raise ConfigError(f"--option {option!r}: write KIND.NAME=VALUE with KIND one of {', '.join(KINDS)}, "
-                          "e.g. dispatcher.workers=8")
+    if not sep or not dot or part not in (*KINDS, "limits") or not name:
+        raise ConfigError(f"--option {option!r}: write KIND.NAME=VALUE with KIND one of {', '.join(KINDS)} "
+                          "or limits, e.g. dispatcher.workers=8 or limits.idle_timeout=30")
+    if part == "limits":
+        limits = data.get("limits")
+        data["limits"] = {**(limits if isinstance(limits, dict) else {}), name: _value(text)}
+        return
     defaults = {"transport": DEFAULT_TRANSPORT, "dispatcher": "thread", "handler": "echo"}
     table = _as_table(data.get(part, defaults[part]), {"transport": "url", "dispatcher": "name", "handler": "ref"}[part])
     table["options"][name] = _value(text)
@@ -149,8 +155,12 @@ def _serve(config: ServerConfig, registry: Registry) -> int:
     except (ServerError, OSError) as exc:
         print(f"sockwork: {exc}", file=sys.stderr)
         return 2
-    with server:
+    try:
         _stop_on_signals(server)
+        # A signal may be delivered to any thread; Python runs its handler in the
+        # main thread only. Writing to the loop's wake-up socket makes the main
+        # thread notice at once instead of at the next request.
+        signal.set_wakeup_fd(server._wake_w.fileno(), warn_on_full_buffer=False)
         handler = config.handler.ref if isinstance(config.handler.ref, str) else repr(config.handler.ref)
         print(
             f"sockwork: serving {handler!r} on {server.url} with dispatcher "
@@ -160,8 +170,23 @@ def _serve(config: ServerConfig, registry: Registry) -> int:
         server.serve_forever()
         logger.info("stopping: draining requests still running (up to %s s)",
                     FOREVER if config.drain_timeout is None else config.drain_timeout)
+    finally:
+        signal.set_wakeup_fd(-1)
+        _close_attentively(server)
     logger.info("stopped")
     return 0
+
+
+def _close_attentively(server: Any) -> None:
+    """Close the server in a helper thread while the main thread stays ready for signals.
+
+    Blocked in a join, the main thread would not run a second signal's
+    handler if the signal went to another thread; a short timed wait does.
+    """
+    closer = threading.Thread(target=server.close, name="sockwork-drain")
+    closer.start()
+    while closer.is_alive():
+        closer.join(0.1)
 
 
 def _stop_on_signals(server: Any) -> None:

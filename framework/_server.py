@@ -441,7 +441,8 @@ class Server:
         except Exception as exc:
             outcome = self._handler_failed(request, client_address, exc, token)
         finally:
-            if token is not None and self._deadlines.remove(token):  # type: ignore[union-attr]
+            if token is not None and self._deadlines.remove(token) and outcome is not Outcome.TIMED_OUT:  # type: ignore[union-attr]
+                self._log_deadline(client_address)  # the handler ended quietly on the shut-down connection
                 outcome = Outcome.TIMED_OUT
             # Always end it: a dispatcher may serve a request rebuilt in another
             # process, which this process never tracked.
@@ -456,11 +457,14 @@ class Server:
                         self._idle_timeout)
             return Outcome.TIMED_OUT
         if token is not None and isinstance(exc, OSError) and token in self._deadlines.expired:  # type: ignore[union-attr]
-            logger.info("closed the connection of %s: its request ran longer than %ss", _client(client_address),
-                        self.limits.request_timeout)
+            self._log_deadline(client_address)
             return Outcome.TIMED_OUT
         self._report_failure(request, client_address, exc)
         return Outcome.FAILED
+
+    def _log_deadline(self, client_address: Address) -> None:
+        logger.info("closed the connection of %s: its request ran longer than %ss", _client(client_address),
+                    self.limits.request_timeout)
 
     def _finished(self, outcome: Outcome) -> None:
         """Count a finished request; wake the loop if that frees a slot under the cap."""

@@ -13,6 +13,7 @@ The file format (TOML shown; JSON has the same shape)::
     handler = "mypackage.handlers:serve"    # or a registered name, or a table: ref + options
     drain_timeout = 10                      # seconds, or "forever"
     log_level = "INFO"
+    limits = { max_connections = 1024, idle_timeout = 60 }   # see Limits
 
     [dispatcher]                             # the table form, instead of the string
     name = "pool"
@@ -34,6 +35,7 @@ import attrs
 
 from ._server import Server
 from .errors import ConfigError
+from .limits import Limits
 from .registry import Kind, Registry, field_problem, validate_options
 from .urls import parse_transport_url
 
@@ -130,6 +132,8 @@ class ServerConfig:
     log_level: str = attrs.field(default="INFO", converter=lambda v: v.upper() if isinstance(v, str) else v,
                                  validator=_check_log_level)
     """Level of the ``sockwork`` logger."""
+    limits: Limits = attrs.field(factory=Limits, validator=attrs.validators.instance_of(Limits))
+    """Connection cap and timeouts (see :class:`~sockwork.Limits`)."""
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], registry: Registry | None = None, source: str = "config") -> ServerConfig:
@@ -147,12 +151,13 @@ class ServerConfig:
             "handler": {"ref": _handler_ref(self.handler.ref), "options": _options_dict(self.handler.options)},
             "drain_timeout": FOREVER if self.drain_timeout is None else self.drain_timeout,
             "log_level": self.log_level,
+            "limits": _options_dict(self.limits),
         }
 
 
 # ---- Loading ------------------------------------------------------------------
 
-_TOP_KEYS = ("transport", "dispatcher", "handler", "drain_timeout", "log_level")
+_TOP_KEYS = ("transport", "dispatcher", "handler", "drain_timeout", "log_level", "limits")
 
 
 def load_config_file(path: str | Path, registry: Registry | None = None) -> ServerConfig:
@@ -203,6 +208,10 @@ def load_config(data: Mapping[str, Any], registry: Registry | None = None, *, so
         problem = field_problem(fields[name], value)
         if problem is not None:
             errors.append((name, problem))
+    if "limits" in data:
+        limits, problems = validate_options(Limits, data["limits"])
+        errors.extend((f"limits.{field}" if field else "limits", problem) for field, problem in problems)
+        server_fields["limits"] = limits
     # The components check their own options, whatever else is wrong: all problems at once.
     resolved = _resolve_parts(transport, dispatcher, handler, registry, errors)
     if errors or resolved is None:
@@ -359,6 +368,7 @@ def build_server(config: ServerConfig, registry: Registry | None = None) -> Serv
         handler=ref if named else resolve_handler(ref),
         handler_options=config.handler.options if named else None,
         drain_timeout=config.drain_timeout,
+        limits=config.limits,
         registry=registry,
     )
 

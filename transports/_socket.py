@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import os
 import socket
 import stat
@@ -20,7 +21,10 @@ from typing import Any, ClassVar, Literal
 
 import attrs
 
+from sockwork._ratelimit import RateLimitedLog
 from sockwork.errors import BindError
+
+logger = logging.getLogger("sockwork")
 
 # accept() errors that concern one aborted connection, not the listener; Linux
 # also reports pending network errors of the new connection here (accept(2)).
@@ -199,21 +203,33 @@ class DatagramRequests(SocketTransport):
 
     The socket stays blocking so that replies (``sendto``) never fail with
     EAGAIN; receiving uses MSG_DONTWAIT so the accept loop never blocks.
+    A datagram larger than ``max_packet_size`` is dropped, counted in
+    ``oversized`` and logged (at most every few seconds) — never handed to
+    the handler truncated.
     """
 
     kind = "datagram"
     socket_type = socket.SOCK_DGRAM
+    oversized = 0
 
     def accept(self) -> tuple[tuple[bytes, socket.socket], Any] | None:
         sock = self.socket
+        size = self.options.max_packet_size
         try:
-            data, client_address = sock.recvfrom(self.options.max_packet_size, socket.MSG_DONTWAIT)  # type: ignore[union-attr]
+            data, _, flags, client_address = sock.recvmsg(size, 0, socket.MSG_DONTWAIT)  # type: ignore[union-attr]
         except BlockingIOError:
             return None
         except OSError as exc:
             if exc.errno in _PEER_ERRNOS:  # an ICMP error about an earlier reply
                 return None
             raise
+        if flags & socket.MSG_TRUNC:
+            self.oversized += 1
+            if not hasattr(self, "_log_oversized"):
+                self._log_oversized = RateLimitedLog(logger, 5.0)
+            self._log_oversized(logging.WARNING, "dropped a datagram from %s: larger than max_packet_size=%d",
+                                client_address, size)
+            return None
         return (data, sock), client_address
 
     def close_request(self, request: tuple[bytes, socket.socket]) -> None:
