@@ -48,6 +48,9 @@ BACKOFF_MIN, BACKOFF_MAX = 0.01, 1.0
 LOG_EVERY = 5.0
 """Accept failures are logged at most once per this many seconds."""
 
+LOOP_EXIT_GRACE = 0.25
+"""However short the drain timeout, how long close() lets the loop notice the stop."""
+
 FORCE_GRACE = 1.0
 """After the drain deadline, how long handlers get to notice their
 connections were shut down before the Server gives up on them."""
@@ -160,6 +163,8 @@ class Server:
         self._serving_thread: int | None = None
         self._not_serving = threading.Event()
         self._not_serving.set()
+        self._serving = threading.Event()
+        self._teardown_by_loop = False
         self._shutdown_requested = False
         self._forcing = False
         self._started = False
@@ -284,14 +289,31 @@ class Server:
                 self._force_stop()
             self.dispatcher.close()
         finally:
-            if self._deadlines is not None:
-                self._deadlines.stop()
-            self.transport.close()
-            self._selector.close()
-            self._wake_r.close()
-            self._wake_w.close()
+            with self._state_lock:
+                # A loop still held by an inline handler owns its selector until it
+                # leaves; closing it under the loop would hang or crash it.
+                loop_left = self._serving_thread is None
+                self._teardown_by_loop = not loop_left
+            if loop_left:
+                self._teardown()
+
+    def _teardown(self) -> None:
+        if self._deadlines is not None:
+            self._deadlines.stop()
+        self.transport.close()
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
         if self._started:
             self._call_lifecycle_hook(self._hook.sockwork_server_stopped)
+
+    def wait_serving(self, timeout: float | None = None) -> bool:
+        """Wait until ``serve_forever`` (in another thread) has started the dispatcher.
+
+        Useful before starting work that must not race with it, such as
+        spawning processes while a process-based dispatcher forks its workers.
+        """
+        return self._serving.wait(timeout)
 
     def __enter__(self) -> Server:
         return self
@@ -314,12 +336,17 @@ class Server:
         if first:
             self.dispatcher.start(_Host(self))
             self._call_lifecycle_hook(self._hook.sockwork_server_started)
+        self._serving.set()
 
     def _end_serving(self) -> None:
         with self._state_lock:
             self._shutdown_requested = False
             self._serving_thread = None
+            self._serving.clear()
             self._not_serving.set()
+            teardown = self._teardown_by_loop
+        if teardown:
+            self._teardown()
 
     def _run_once(self, timeout: float | None, limit: int) -> int | None:
         """Wait for one round of events and handle them.
@@ -382,11 +409,14 @@ class Server:
             except Exception as exc:
                 if id(request) not in in_flight:
                     raise  # served and reported already: it is on_error that raised
-                # Never lose an accepted request silently: report it, end it, pause.
+                # Never lose an accepted request silently: report it, end it, and
+                # pause (unless the application handles its errors itself).
                 self._report_failure(request, client_address, exc)
                 self._end_request(request)
-                self._pause_accepting(exc)
-                break
+                if self._on_error is None:
+                    self._pause_accepting(exc)
+                    break
+                continue
             except BaseException:
                 self._end_request(request)
                 raise
@@ -491,6 +521,11 @@ class Server:
         else:
             logger.error("error while serving %s", _client(client_address), exc_info=exc)
 
+    def _settle(self, request: Request, outcome: Outcome) -> None:
+        """Count a request something else served and closed (a legacy override)."""
+        if self._in_flight.pop(id(request), None) is not None:
+            self._finished(outcome)
+
     def _release(self, request: Request) -> None:
         self._in_flight.pop(id(request), None)
         self.transport.release_request(request)
@@ -519,7 +554,10 @@ class Server:
 
     def _stop_and_drain(self, deadline: float | None) -> bool:
         """Wait for the loop to stop, stop listening, drain; True if all finished in time."""
-        if not self._not_serving.wait(remaining(deadline)):
+        # Leaving the loop takes microseconds unless an inline handler holds it,
+        # so even a zero drain timeout waits a moment for that.
+        left = remaining(deadline)
+        if not self._not_serving.wait(None if left is None else max(left, LOOP_EXIT_GRACE)):
             return False  # an inline handler holds the loop; _force_stop deals with it
         self._stop_listening()
         return not self._started or self.dispatcher.drain(remaining(deadline))
@@ -550,7 +588,7 @@ class Server:
                 pass  # already closed by its handler or the peer
         if connections and self._stop_and_drain(deadline_after(FORCE_GRACE)):
             return
-        if self._in_flight or not self._not_serving.is_set():
+        if self._in_flight:
             logger.error(
                 "%d request(s) did not finish after the drain deadline; abandoning them",
                 len(self._in_flight),

@@ -40,6 +40,7 @@ import traceback
 from sockwork._server import ACCEPT_CAPACITY_ERRNOS as _ACCEPT_CAPACITY_ERRNOS
 from sockwork._server import Server as _Server
 from sockwork.limits import Limits as _Limits
+from sockwork.limits import Outcome as _Outcome
 from sockwork.registry import Registry as _Registry
 from sockwork.strategies import ForkOptions as _ForkOptions
 from sockwork.strategies import InlineOptions as _InlineOptions
@@ -132,19 +133,54 @@ class _ClassicDispatch:
     """The Dispatcher of a classic server: its ``process_request``.
 
     The default ``process_request`` hands the request to the dispatcher its
-    mix-in selected; a subclass that overrides it is honoured.
+    mix-in selected (``hand_off``); a subclass that overrides it is honoured,
+    and a request its override serves by itself is counted as served.
     """
 
     def __init__(self, server, inner):
         self._server = server
+        self._inner = inner
+        self._handed_off = False
         self.concurrency = inner.concurrency
-        self.start = inner.start
         self.saturated = inner.saturated
         self.drain = inner.drain
         self.close = inner.close
 
+    def start(self, host):
+        self._host = host
+        body = getattr(type(self._server), "process_request_thread", None)
+        if body is not None and body is not ThreadingMixIn.process_request_thread:
+            host = _ThreadBody(host, self._server)  # an override of the thread's body runs
+        self._inner.start(host)
+
     def submit(self, request, client_address):
+        self._handed_off = False
         self._server.process_request(request, client_address)
+        if not self._handed_off:
+            self._server._sockwork_core._settle(request, _Outcome.COMPLETED)
+
+    def hand_off(self, request, client_address):
+        self._handed_off = True
+        self._inner.submit(request, client_address)
+
+
+class _ThreadBody:
+    """A DispatcherHost whose ``serve`` is the server's own ``process_request_thread``."""
+
+    def __init__(self, host, server):
+        self._host = host
+        self._server = server
+
+    def __getattr__(self, name):
+        return getattr(self._host, name)
+
+    def serve(self, request, client_address):
+        try:
+            self._server.process_request_thread(request, client_address)
+        finally:
+            # Counted already if the override called super(); if it served the
+            # request all by itself, count it now.
+            self._server._sockwork_core._settle(request, _Outcome.COMPLETED)
 
 
 # ---- Servers ------------------------------------------------------------------------
@@ -194,11 +230,12 @@ class BaseServer:
         registry = self.sockwork_registry or _shared_registry()
         inner = registry.build("dispatcher", self._sockwork_dispatcher_name, self._sockwork_dispatcher_options())
         self._sockwork_dispatcher = inner
+        self._sockwork_dispatch = _ClassicDispatch(self, inner)
         service_actions = type(self).service_actions
         overridden = service_actions not in _DEFAULT_SERVICE_ACTIONS
         return _Server(
             transport=_ClassicTransport(self),
-            dispatcher=_ClassicDispatch(self, inner),
+            dispatcher=self._sockwork_dispatch,
             handler=self._sockwork_finish_request,
             drain_timeout=None,  # socketserver waits for every thread or child it waits for
             limits=_Limits.none(),  # no cap, no timeouts: handlers see what they always saw
@@ -283,7 +320,7 @@ class BaseServer:
     def process_request(self, request, client_address):
         """Start serving the request: inline, in a thread or in a child
         process, as the mix-in selects.  May be overridden."""
-        self._sockwork_dispatcher.submit(request, client_address)
+        self._sockwork_dispatch.hand_off(request, client_address)
 
     def server_close(self):
         """Called to clean-up the server: stops accepting and waits for

@@ -43,6 +43,10 @@ def serving(server: Server) -> Iterator[Server]:
 
     thread = threading.Thread(target=run, name="sockwork-test-loop")
     thread.start()
+    # Serving has begun (dispatcher started) before the test goes on: a test that
+    # spawns processes must not race with a dispatcher forking its workers.
+    while not server.wait_serving(0.05) and thread.is_alive():
+        pass
     try:
         yield server
     finally:

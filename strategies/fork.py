@@ -5,6 +5,8 @@ loop watches a pidfd per child), so none is ever left a zombie.
 Rule 2: the parent owns its children's lifetime: children ignore SIGINT and
 SIGTERM (a Ctrl-C or a supervisor's SIGTERM to the process group lets them
 finish their request); ``close()`` kills those still running after the drain.
+Rule 3: once forked, a request belongs to its child; nothing after fork()
+may raise in the parent (a failure to watch the child falls back to polling).
 """
 
 from __future__ import annotations
@@ -64,25 +66,45 @@ class ForkDispatcher:
         self.concurrency = self.options.max_children
         self._limit = self.options.max_children
         self._children: dict[int, tuple[int | None, Any]] = {}  # pid -> (pidfd, client address)
+        self._unwatched = 0  # children without a pidfd: reaped by polling
 
     def start(self, host: DispatcherHost) -> None:
         self._host = host
 
     def submit(self, request: Any, client_address: Any) -> None:
+        flush_stdio()  # else the child inherits, and writes again, what the parent buffered
         pid = os.fork()
         if pid == 0:
             self._serve_in_child(request, client_address)
+        # From here on the request is the child's: nothing may raise and lose it.
         self._host.release(request)
-        pidfd = os.pidfd_open(pid) if _HAVE_PIDFD else None
-        self._children[pid] = (pidfd, client_address)
-        if pidfd is not None:
-            self._host.add_reader(pidfd, functools.partial(self._reap, pid))
+        self._children[pid] = (self._watch(pid), client_address)
+
+    def _watch(self, pid: int) -> int | None:
+        """A pidfd in the loop's selector, so the child is reaped the moment it exits."""
+        if _HAVE_PIDFD:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError as exc:  # out of descriptors, say: fall back to polling
+                logger.warning("cannot watch child %d (%s); reaping it by polling", pid, exc)
+            else:
+                try:
+                    self._host.add_reader(pidfd, functools.partial(self._reap, pid))
+                    return pidfd
+                except (OSError, ValueError) as exc:
+                    os.close(pidfd)
+                    logger.warning("cannot watch child %d (%s); reaping it by polling", pid, exc)
+        self._unwatched += 1
+        return None
 
     def _serve_in_child(self, request: Any, client_address: Any) -> None:
         status = 1
         try:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            # The parent decides when children stop (see the module docstring). A
+            # Python-level handler that does nothing, unlike SIG_IGN, is reset by
+            # exec(), so programs a handler starts can still be stopped.
+            signal.signal(signal.SIGINT, _ignore)
+            signal.signal(signal.SIGTERM, _ignore)
             self._host.after_fork()
             for pidfd, _ in self._children.values():  # the siblings are not ours to watch
                 if pidfd is not None:
@@ -90,15 +112,11 @@ class ForkDispatcher:
             self._children.clear()
             status = int(self._host.serve(request, client_address))  # an Outcome: 0 completed
         finally:
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except Exception:
-                    pass  # nothing sensible to do about a broken stdout in a child
+            flush_stdio()  # only the child's own output: the parent flushed before fork()
             os._exit(status)
 
     def saturated(self) -> bool:
-        if not _HAVE_PIDFD:
+        if self._unwatched:
             self.reap()
         return len(self._children) >= self._limit
 
@@ -115,7 +133,10 @@ class ForkDispatcher:
             done, status = pid, None
         if not done:
             return False
+        pidfd = self._children[pid][0]
         client_address = self._forget(pid)
+        if pidfd is None:
+            self._unwatched -= 1
         self._host.finished(_outcome(pid, client_address, status))
         return True
 
@@ -137,8 +158,11 @@ class ForkDispatcher:
             if left == 0:
                 return False
             pidfds = [fd for fd, _ in self._children.values() if fd is not None]
-            if pidfds:
-                select.select(pidfds, [], [], left)
+            if pidfds and not self._unwatched:
+                poller = select.poll()  # unlike select(), no limit on descriptor numbers
+                for fd in pidfds:
+                    poller.register(fd, select.POLLIN)
+                poller.poll(None if left is None else left * 1000)
             else:
                 time.sleep(_POLL_INTERVAL if left is None else min(_POLL_INTERVAL, left))
 
@@ -158,6 +182,7 @@ class ForkDispatcher:
                 self._host.finished(Outcome.FAILED)
         for pid in list(self._children):  # with block_on_close=False: left running, unwatched
             self._forget(pid)
+        self._unwatched = 0
 
     def _forget(self, pid: int) -> Any:
         """Stop watching a child (reaped, or let go); return the client it served."""
@@ -166,6 +191,19 @@ class ForkDispatcher:
             self._host.remove_reader(pidfd)
             os.close(pidfd)
         return client_address
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    pass
+
+
+def flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass  # a broken stdout must not stop a fork or a child's exit
 
 
 def _outcome(pid: int, client_address: Any, status: int | None) -> Outcome:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import logging
 import queue
 import threading
 from typing import Any, final
@@ -10,12 +11,15 @@ from typing import Any, final
 import attrs
 
 from sockwork._deadline import join_all
+from sockwork._slots import Slots
 from sockwork._validators import positive_int
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
 from sockwork.registry import DispatcherEntry
 
 __all__ = ["PoolDispatcher", "PoolOptions"]
+
+logger = logging.getLogger("sockwork")
 
 
 def _default_workers() -> int:
@@ -46,40 +50,35 @@ class PoolDispatcher:
     def __init__(self, options: PoolOptions | None = None) -> None:
         self.options = options or PoolOptions()
         self.concurrency = self.options.workers
-        self._limit = self.options.workers + self.options.queue_size
+        self._slots = Slots(self.options.workers + self.options.queue_size)  # queued + running
         self._queue: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
-        self._lock = threading.Lock()
-        self._pending = 0  # queued + running
         self._workers: list[threading.Thread] = []
         self._stopping = False
 
     def start(self, host: DispatcherHost) -> None:
         self._serve = host.serve
-        self._wake = host.wake
+        self._slots.wake_with(host.wake)
         for number in range(self.options.workers):
             worker = threading.Thread(target=self._work, name=f"sockwork-pool-{number}", daemon=True)
             worker.start()
             self._workers.append(worker)
 
     def submit(self, request: Any, client_address: Any) -> None:
-        with self._lock:
-            self._pending += 1
+        self._slots.take()
         self._queue.put((request, client_address))
 
     def saturated(self) -> bool:
-        return self._pending >= self._limit
+        return self._slots.full()
 
     def _work(self) -> None:
-        get, serve, lock = self._queue.get, self._serve, self._lock
-        limit_reached = self._limit
+        get, serve, give_back = self._queue.get, self._serve, self._slots.give_back
         while (item := get()) is not None:
             try:
                 serve(*item)
+            except BaseException as exc:  # SystemExit from a handler, say: not the worker's end
+                logger.error("pool worker: handler raised %r; the worker carries on", exc)
             finally:
-                with lock:
-                    self._pending -= 1
-                    if self._pending == limit_reached - 1:
-                        self._wake()  # the accept loop may be waiting for this slot
+                give_back()
 
     def drain(self, timeout: float | None) -> bool:
         if not self._stopping:
@@ -90,7 +89,7 @@ class PoolDispatcher:
         return not self._workers
 
     def close(self) -> None:
-        pass  # threads cannot be stopped from outside; drain() reported any left
+        pass  # threads cannot be stopped from outside; the Server logs any still running
 
 
 @hookimpl(trylast=True)

@@ -8,6 +8,7 @@ from typing import Any, final
 import attrs
 
 from sockwork._deadline import join_all
+from sockwork._slots import Slots
 from sockwork._validators import boolean, optional_positive_int
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
@@ -44,11 +45,9 @@ class ThreadDispatcher:
     def __init__(self, options: ThreadOptions | None = None) -> None:
         self.options = options or ThreadOptions()
         self.concurrency = self.options.max_threads
-        self._limit = self.options.max_threads or float("inf")
+        self._slots = Slots(self.options.max_threads)
         self._daemon = self.options.daemon
         self._block_on_close = self.options.block_on_close
-        self._lock = threading.Lock()
-        self._active = 0
         # Every thread started and maybe not yet joined; dead ones are pruned
         # when the list doubles, so appending stays O(1) on average.
         self._threads: list[threading.Thread] = []
@@ -56,16 +55,15 @@ class ThreadDispatcher:
 
     def start(self, host: DispatcherHost) -> None:
         self._serve = host.serve
-        self._wake = host.wake
+        self._slots.wake_with(host.wake)
 
     def submit(self, request: Any, client_address: Any) -> None:
         thread = threading.Thread(target=self._run, args=(request, client_address), daemon=self._daemon)
-        with self._lock:
-            self._active += 1
+        self._slots.take()
         try:
             thread.start()
         except BaseException:
-            self._finished()
+            self._slots.give_back()
             raise
         threads = self._threads
         threads.append(thread)
@@ -77,22 +75,15 @@ class ThreadDispatcher:
         try:
             self._serve(request, client_address)
         finally:
-            self._finished()
-
-    def _finished(self) -> None:
-        with self._lock:
-            self._active -= 1
-            if self._active == self._limit - 1:
-                self._wake()  # the accept loop may be waiting for this slot
+            self._slots.give_back()
 
     def saturated(self) -> bool:
-        return self._active >= self._limit
+        return self._slots.full()
 
     @property
     def threads(self) -> list[threading.Thread]:
         """The threads still running requests."""
-        self._threads = [t for t in self._threads if t.is_alive()]
-        return list(self._threads)
+        return [t for t in self._threads if t.is_alive()]
 
     def drain(self, timeout: float | None) -> bool:
         if not self._block_on_close:
@@ -101,7 +92,7 @@ class ThreadDispatcher:
         return not self._threads
 
     def close(self) -> None:
-        pass  # threads cannot be stopped from outside; drain() reported any left
+        pass  # threads cannot be stopped from outside; the Server logs any still running
 
 
 @hookimpl(trylast=True)

@@ -64,6 +64,9 @@ class LegacyHarness:
     def serve_forever(self) -> None:
         self.classic.serve_forever(poll_interval=0.5)
 
+    def wait_serving(self, timeout: float | None = None) -> bool:
+        return self.classic._sockwork().wait_serving(timeout)
+
     def shutdown(self) -> None:
         self.classic.shutdown()
 

@@ -144,3 +144,47 @@ def test_user_combined_mixins_and_handler_attributes_work() -> None:
         finally:
             server.shutdown()
             thread.join()
+
+
+def test_overridden_process_request_that_serves_by_itself_is_counted_and_released() -> None:
+    """An override that never calls super() (serves synchronously) leaks nothing."""
+
+    class Server(ours.TCPServer):
+        def process_request(self, request, client_address):  # type: ignore[no-untyped-def]
+            self.finish_request(request, client_address)
+            self.shutdown_request(request)
+
+    with Server(("127.0.0.1", 0), Echo) as server:
+        thread = threading.Thread(target=server.serve_forever)
+        thread.start()
+        try:
+            for i in range(20):
+                assert exchange_address(server.server_address, b"%d\n" % i) == b"%d\n" % i
+        finally:
+            server.shutdown()
+            thread.join()
+        core = server._sockwork()
+        assert core.stats.completed == 20 and core.stats.active == 0
+        assert not core._in_flight
+
+
+def test_overridden_process_request_thread_runs_in_the_request_thread() -> None:
+    """Django's ThreadedWSGIServer overrides it to clean up after each request."""
+    cleaned: list[str] = []
+
+    class Server(ours.ThreadingTCPServer):
+        def process_request_thread(self, request, client_address):  # type: ignore[no-untyped-def]
+            super().process_request_thread(request, client_address)
+            cleaned.append(threading.current_thread().name)
+
+    with Server(("127.0.0.1", 0), Echo) as server:
+        thread = threading.Thread(target=server.serve_forever, name="loop")
+        thread.start()
+        try:
+            for i in range(3):
+                assert exchange_address(server.server_address, b"%d\n" % i) == b"%d\n" % i
+        finally:
+            server.shutdown()
+            thread.join()
+    assert len(cleaned) == 3 and "loop" not in cleaned
+    assert server._sockwork().stats.completed == 3

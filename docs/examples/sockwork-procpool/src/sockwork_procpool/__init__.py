@@ -80,6 +80,7 @@ class ProcPoolDispatcher:
 
     def _spawn(self) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        _flush_stdio()  # else the worker inherits, and writes again, what the parent buffered
         pid = os.fork()
         if pid == 0:
             parent_end.close()
@@ -177,8 +178,10 @@ class ProcPoolDispatcher:
     def _work(self, channel: socket.socket) -> None:
         status = 1
         try:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            # Ignore stop signals (the parent decides), with a handler rather than
+            # SIG_IGN, which programs started by a handler would inherit through exec.
+            signal.signal(signal.SIGINT, _ignore)
+            signal.signal(signal.SIGTERM, _ignore)
             self._host.after_fork()
             for other in self._workers:  # siblings' channels are the parent's business
                 other.channel.close()
@@ -198,12 +201,20 @@ class ProcPoolDispatcher:
                 channel.send(bytes([int(outcome)]))
             status = 0
         finally:
-            for stream in (sys.stdout, sys.stderr):
-                try:
-                    stream.flush()
-                except Exception:
-                    pass
+            _flush_stdio()
             os._exit(status)
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    pass
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
 
 
 def _describe(status: int) -> str:
