@@ -74,6 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv.insert(0, "serve")
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except BrokenPipeError:  # `sockwork plugins | head`: the reader left; so do we, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "plugins":
         return _plugins(Registry())
     registry = Registry()
@@ -91,7 +99,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _config_from(args: argparse.Namespace, registry: Registry) -> ServerConfig:
     """The config file's settings with the flags on top, validated in one go."""
     data: dict[str, Any] = read_config_data(args.config) if args.config else {"transport": DEFAULT_TRANSPORT}
-    source = args.config or "command line"
+    flags = any((args.transport, args.dispatcher, args.handler, args.drain_timeout, args.log_level, args.option))
+    source = f"{args.config} with the command line's flags" if args.config and flags else args.config or "command line"
     if args.transport:
         data["transport"] = args.transport
     if args.dispatcher:
@@ -129,8 +138,10 @@ def _apply_option(data: dict[str, Any], option: str) -> None:
         limits = data.get("limits")
         data["limits"] = {**(limits if isinstance(limits, dict) else {}), name: _value(text)}
         return
-    defaults = {"transport": DEFAULT_TRANSPORT, "dispatcher": "thread", "handler": "echo"}
-    table = _as_table(data.get(part, defaults[part]), {"transport": "url", "dispatcher": "name", "handler": "ref"}[part])
+    defaults = {"dispatcher": "thread", "handler": "echo"}  # a missing transport stays missing: an error
+    key = {"transport": "url", "dispatcher": "name", "handler": "ref"}[part]
+    current = data.get(part, defaults.get(part))
+    table = _as_table(current, key) if current is not None else {"options": {}}
     table["options"][name] = _value(text)
     data[part] = table
 

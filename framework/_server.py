@@ -28,7 +28,7 @@ from .limits import Counters, Deadlines, Limits, Outcome, ServerStats
 from .registry import Kind, Registry
 from .urls import format_address, parse_transport_url
 
-__all__ = ["ACCEPT_CAPACITY_ERRNOS", "Server"]
+__all__ = ["ACCEPT_CAPACITY_ERRNOS", "Server", "check_handler_kind"]
 
 logger = logging.getLogger("sockwork")
 
@@ -134,12 +134,7 @@ class Server:
             self.registry, "dispatcher", dispatcher, dispatcher_options, Dispatcher
         )
         self.handler = _handler(self.registry, handler, handler_options)
-        handles = getattr(self.handler, "sockwork_kind", None)
-        if handles is not None and handles != self.transport.kind:
-            raise ConfigError(
-                f"handler {getattr(self.handler, '__qualname__', self.handler)!r} serves {handles} requests, "
-                f"but the {getattr(self.transport, 'name', 'given')} transport delivers {self.transport.kind} requests"
-            )
+        check_handler_kind(self.handler, self.transport, handler)
         # The object handlers receive as ``server``; the legacy module passes itself.
         self._handler_server = self if handler_server is None else handler_server
         self._on_error = on_error
@@ -599,6 +594,17 @@ class Server:
             hook(server=self)
         except Exception:
             logger.exception("%s hook raised", hook.name)
+
+
+def check_handler_kind(handler: Any, transport: Any, name: object = None) -> None:
+    """Refuse a handler made for the other kind of request (see ``stream_handler``)."""
+    handles = getattr(handler, "sockwork_kind", None)
+    if handles is not None and handles != transport.kind:
+        shown = name if isinstance(name, str) else getattr(handler, "__qualname__", handler)
+        raise ConfigError(
+            f"handler {shown!r} serves {handles} requests, "
+            f"but the {getattr(transport, 'name', 'given')} transport delivers {transport.kind} requests"
+        )
 
 
 def _client(client_address: Address) -> str:

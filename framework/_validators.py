@@ -6,7 +6,12 @@ from typing import Any
 
 import attrs
 
-__all__ = ["boolean", "optional_positive_int", "positive_int"]
+__all__ = ["boolean", "off_is_none", "optional_positive_int", "positive_int"]
+
+
+def off_is_none(value: object) -> object:
+    """Config files cannot write None: ``false`` or ``"none"`` mean it."""
+    return None if value is False or value == "none" else value
 
 
 
@@ -23,4 +28,4 @@ def positive_int(instance: object, attribute: attrs.Attribute[Any], value: objec
 def optional_positive_int(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"'{attribute.name}' must be None (no limit) or an int >= 1, got {value!r}")
+            raise ValueError(f"'{attribute.name}' must be an int >= 1, or none for no limit, got {value!r}")

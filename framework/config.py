@@ -33,7 +33,7 @@ from typing import Any, final
 
 import attrs
 
-from ._server import Server
+from ._server import Server, check_handler_kind
 from .errors import ConfigError
 from .limits import Limits
 from .registry import Kind, Registry, field_problem, validate_options
@@ -84,6 +84,9 @@ class TransportConfig:
     def from_url(cls, url: str, **options: Any) -> TransportConfig:
         """``TransportConfig.from_url("tcp://127.0.0.1:8000", backlog=4096)``."""
         name, from_url = parse_transport_url(url)
+        twice = sorted(set(from_url) & set(options))
+        if twice:
+            raise ConfigError(f"{', '.join(twice)} given twice: in the URL {url!r} and in the options")
         return cls(name=name, options={**from_url, **options})
 
 
@@ -110,7 +113,8 @@ def _check_drain_timeout(instance: object, attribute: attrs.Attribute[Any], valu
     if value is not None and (
         isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf
     ):
-        raise ValueError(f"'{attribute.name}' must be a finite number of seconds >= 0 or {FOREVER!r}, got {value!r}")
+        raise ValueError(f"'{attribute.name}' must be a finite number of seconds >= 0, or none to wait forever "
+                         f"({FOREVER!r} in files), got {value!r}")
 
 
 def _check_log_level(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -314,6 +318,14 @@ def _resolve_parts(
             errors.append(("handler.options", "options only apply to a registered handler name"))
     if len(errors) > before or transport is None:
         return None
+    try:  # building the parts opens nothing; it tells the transport's kind
+        built_transport = registry.get("transport", transport.name).factory(transport.options)
+        built_handler = (registry.build("handler", handler.ref, handler.options)
+                         if isinstance(handler.ref, str) and ":" not in handler.ref else resolve_handler(handler.ref))
+        check_handler_kind(built_handler, built_transport, handler.ref)
+    except ConfigError as exc:
+        errors.append(("handler", str(exc)))
+        return None
     return {"transport": transport, "dispatcher": dispatcher, "handler": handler}
 
 
@@ -324,7 +336,8 @@ def _component_options(
     try:
         entry = registry.get(kind, name)
     except ConfigError as exc:
-        errors.append((f"{path}.{name_key}", str(exc).splitlines()[0]))
+        hint = " To import a handler, write 'package.module:attribute'." if kind == "handler" and "." in name else ""
+        errors.append((f"{path}.{name_key}", str(exc).splitlines()[0] + hint))
         return None
     validated, problems = validate_options(entry.options, options)
     for field, problem in problems:

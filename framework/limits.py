@@ -24,6 +24,8 @@ from typing import Any, Literal, final
 
 import attrs
 
+from ._validators import off_is_none
+
 __all__ = ["Limits", "Outcome", "ServerStats"]
 
 
@@ -33,11 +35,6 @@ class Outcome(enum.IntEnum):
     COMPLETED = 0
     FAILED = 1
     TIMED_OUT = 2
-
-
-def _off_is_none(value: object) -> object:
-    """Config files cannot write None: ``false`` or ``"none"`` turn a limit off."""
-    return None if value is False or value == "none" else value
 
 
 def _optional_seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -63,18 +60,18 @@ class Limits:
     """What bounds one server. The optional limits may be None (in files:
     ``false`` or ``"none"``) to turn them off."""
 
-    max_connections: int | None = attrs.field(default=1024, converter=_off_is_none, validator=_optional_count)
+    max_connections: int | None = attrs.field(default=1024, converter=off_is_none, validator=_optional_count)
     """Requests accepted and not yet finished, across the whole server
     (in threads, workers or child processes). At the cap the server stops
     accepting; new clients wait in the kernel's backlog."""
     over_limit: Literal["wait", "close"] = attrs.field(default="wait", validator=_over_limit)
     """At the cap: ``"wait"`` (stop accepting) or ``"close"`` (accept and close
     at once, so clients learn immediately; counted as ``rejected``)."""
-    idle_timeout: float | None = attrs.field(default=60.0, converter=_off_is_none, validator=_optional_seconds)
+    idle_timeout: float | None = attrs.field(default=60.0, converter=off_is_none, validator=_optional_seconds)
     """Stream requests: seconds a read or write on the connection may wait
     (the socket's timeout). A client that sends nothing, or a byte a minute,
     cannot hold a worker longer; the handler sees ``TimeoutError``."""
-    request_timeout: float | None = attrs.field(default=None, converter=_off_is_none, validator=_optional_seconds)
+    request_timeout: float | None = attrs.field(default=None, converter=off_is_none, validator=_optional_seconds)
     """Stream requests: seconds a whole request may take; then its connection
     is shut down, which ends the handler at its next read or write."""
     stats_interval: float = attrs.field(default=10.0, validator=_optional_seconds)

@@ -6,8 +6,10 @@ it changes nothing else in a test run.
 
 - ``sockwork_transport_name`` / ``sockwork_dispatcher_name``: every pair of a
   registered transport and dispatcher in which at least one comes from a
-  plugin (not sockwork's built-ins), or every pair when the ini option
-  ``sockwork_conformance_builtins`` is true;
+  plugin (not sockwork's built-ins) — only the plugins named in the ini
+  option ``sockwork_conformance_plugins``, if given — or every pair when the
+  ini option ``sockwork_conformance_builtins`` is true. If an installed plugin
+  fails to load, a test named ``plugin-load-failure`` fails and says why;
 - ``sockwork_make_server(handler, **server_kwargs)``: a Server on that pair,
   listening on loopback (or in a temporary directory), closed after the test;
 - ``sockwork_no_leaks``: fails the test if it leaves a thread, a descriptor
@@ -32,12 +34,16 @@ from .testing import ResourceSnapshot
 __all__: list[str] = []  # a pytest plugin: everything here is reached through hooks and fixtures
 
 _BUILTINS_INI = "sockwork_conformance_builtins"
+_PLUGINS_INI = "sockwork_conformance_plugins"
 _REGISTRY_KEY = pytest.StashKey[Registry]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(_BUILTINS_INI, type="bool", default=False,
                   help="sockwork conformance suite: also test sockwork's built-in components")
+    parser.addini(_PLUGINS_INI, type="linelist", default=[],
+                  help="sockwork conformance suite: test only the components of these plugins "
+                       "(entry point names; default: every installed plugin)")
 
 
 def _registry(config: pytest.Config) -> Registry:
@@ -59,18 +65,37 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     registry = _registry(metafunc.config)
     include_builtins = metafunc.config.getini(_BUILTINS_INI)
+    only = set(metafunc.config.getini(_PLUGINS_INI))
     axes = [registry.entries("transport" if name == "sockwork_transport_name" else "dispatcher")
             for name in wanted]
     combos: list[tuple[Entry, ...]] = [()]
     for axis in axes:
         combos = [(*combo, entry) for combo in combos for entry in axis]
     if not include_builtins:
-        combos = [c for c in combos if any(e.plugin not in BUILTIN_PLUGINS for e in c)]
+        combos = [c for c in combos if any(_under_test(e, only) for e in c)]
+    broken = _load_failures(registry)
+    if broken:  # a plugin that does not load must not pass its tests by having none
+        combos.append(())
     if not combos:
         metafunc.parametrize(wanted, [pytest.param(*([None] * len(wanted)), marks=pytest.mark.skip(
             reason=f"no plugin component to test; set {_BUILTINS_INI} = true to test the built-ins"))])
         return
-    metafunc.parametrize(wanted, [_param(c) for c in combos])
+    metafunc.parametrize(wanted, [_param(c) if c else pytest.param(
+        *([_BROKEN] * len(wanted)), id="plugin-load-failure") for c in combos])
+
+
+_BROKEN = "(a plugin failed to load)"
+
+
+def _under_test(entry: Entry, only: set[str]) -> bool:
+    return entry.plugin not in BUILTIN_PLUGINS and (not only or entry.plugin in only)
+
+
+def _load_failures(registry: Registry) -> list[str]:
+    failures = [f"{name} ({origin}): {exc!r}" for name, origin, exc in
+                getattr(registry.plugin_manager, "load_failures", [])]
+    failures += [f"{name} ({kind}s): {exc!r}" for name, kind, exc in registry.failures]
+    return failures
 
 
 @pytest.fixture(scope="session")
@@ -101,6 +126,8 @@ def sockwork_make_server(
 ) -> Iterator[Callable[..., Server]]:
     """Build a Server on the parametrized transport (loopback) and dispatcher."""
     created: list[Server] = []
+    if sockwork_transport_name == _BROKEN or sockwork_dispatcher_name == _BROKEN:
+        pytest.fail("plugin(s) failed to load: " + "; ".join(_load_failures(sockwork_registry)), pytrace=False)
 
     def make(handler: Any, **kwargs: Any) -> Server:
         entry = sockwork_registry.get("transport", sockwork_transport_name)

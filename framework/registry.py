@@ -162,10 +162,16 @@ def make_plugin_manager(*, entry_points: bool = True) -> PluginManager:
 
 
 def _load_entry_point(pm: PluginManager, entry_point: importlib.metadata.EntryPoint) -> None:
-    if pm.get_plugin(entry_point.name) is not None or pm.is_blocked(entry_point.name):
-        return
     dist = entry_point.dist
     origin = f"{dist.name} {dist.version}" if dist is not None else "?"
+    if pm.is_blocked(entry_point.name):
+        return
+    if pm.get_plugin(entry_point.name) is not None:
+        exc = PluginError(f"the entry point name {entry_point.name!r} is taken already "
+                          f"(by {pm.distributions.get(entry_point.name, '?')}); this one was not loaded")
+        logger.warning("plugin %r from %s: %s", entry_point.name, origin, exc)
+        pm.load_failures.append((entry_point.name, origin, exc))
+        return
     try:
         pm.register(entry_point.load(), name=entry_point.name)
         pm.check_pending()  # a misspelled hook name fails here, not silently later

@@ -9,7 +9,7 @@ import attrs
 
 from sockwork._deadline import join_all
 from sockwork._slots import Slots
-from sockwork._validators import boolean, optional_positive_int
+from sockwork._validators import boolean, off_is_none, optional_positive_int
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
 from sockwork.registry import DispatcherEntry
@@ -22,9 +22,9 @@ __all__ = ["ThreadDispatcher", "ThreadOptions"]
 class ThreadOptions:
     """Options of the ``thread`` dispatcher."""
 
-    max_threads: int | None = attrs.field(default=256, validator=optional_positive_int)
+    max_threads: int | None = attrs.field(default=256, converter=off_is_none, validator=optional_positive_int)
     """Most requests served at once; at the limit the server stops accepting
-    until a thread finishes. None means no limit (socketserver's behaviour)."""
+    until a thread finishes. None (in files: false) means no limit, as in socketserver."""
     daemon: bool = attrs.field(default=False, validator=boolean)
     """Daemon threads do not keep the interpreter alive at exit."""
     block_on_close: bool = attrs.field(default=True, validator=boolean)

@@ -8,7 +8,7 @@ from typing import final
 
 import attrs
 
-from sockwork._validators import positive_int
+from sockwork._validators import off_is_none, positive_int
 from sockwork.hookspecs import hookimpl
 from sockwork.registry import TransportEntry
 
@@ -29,7 +29,7 @@ class UnixOptions:
     means a Linux abstract name, which leaves no file."""
     backlog: int = attrs.field(default=1024, validator=positive_int)
     """Connections the kernel may hold before they are accepted."""
-    mode: int | None = attrs.field(default=None, validator=check_mode)
+    mode: int | None = attrs.field(default=None, converter=off_is_none, validator=check_mode)
     """Permission bits for the socket file (e.g. ``0o660``); None keeps the umask's."""
 
 
@@ -42,7 +42,7 @@ class UnixDatagramOptions:
     """Socket file to create (removed again on close)."""
     max_packet_size: int = attrs.field(default=65535, validator=positive_int)
     """Receive buffer per datagram."""
-    mode: int | None = attrs.field(default=None, validator=check_mode)
+    mode: int | None = attrs.field(default=None, converter=off_is_none, validator=check_mode)
     """Permission bits for the socket file; None keeps the umask's."""
 
 

@@ -124,7 +124,7 @@ def test_handler_reference_by_import_path() -> None:
         ({"transport": "tcp://h:0", "handler": {"ref": "sockwork.handlers:echo", "options": {"x": 1}}},
          "handler.options", "options only apply to a registered handler name"),
         ({"transport": "tcp://h:0", "drain_timeout": -1}, "drain_timeout", "must be a finite number of seconds"),
-        ({"transport": "tcp://h:0", "drain_timeout": "soon"}, "drain_timeout", "or 'forever', got 'soon'"),
+        ({"transport": "tcp://h:0", "drain_timeout": "soon"}, "drain_timeout", "('forever' in files), got 'soon'"),
         ({"transport": "tcp://h:0", "log_level": "LOUD"}, "log_level", "must be one of DEBUG, INFO"),
     ],
 )
@@ -177,3 +177,17 @@ def test_nothing_is_bound_when_the_config_is_invalid() -> None:
                           dispatcher=DispatcherConfig(name="pool", options={"workers": 0}))
     with pytest.raises(ConfigErrors, match="dispatcher.options.workers: must be an int >= 1, got 0"):
         build_server(config, REGISTRY)
+
+
+def test_mistakes_only_a_whole_check_finds() -> None:
+    """A handler for the other kind of transport; an address given twice; none in files."""
+    assert errors_of({"transport": "udp://127.0.0.1:0", "handler": "lines"}) == [
+        ("handler", "handler 'lines' serves stream requests, but the udp transport delivers datagram requests")]
+    assert errors_of({"transport": {"url": "tcp://[::1]:0", "options": {"address": ["127.0.0.1", 5]}}}) == [
+        ("transport.url", "address given twice: in the URL 'tcp://[::1]:0' and in the options")]
+    hint = errors_of({"transport": "tcp://127.0.0.1:0", "handler": "mymodule.handle"})
+    assert "write 'package.module:attribute'" in hint[0][1]
+    config = load_config({"transport": "tcp://127.0.0.1:0",
+                          "dispatcher": {"name": "thread", "options": {"max_threads": False}},
+                          "limits": {"idle_timeout": "none"}}, REGISTRY)
+    assert config.dispatcher.options.max_threads is None and config.limits.idle_timeout is None
