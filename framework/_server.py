@@ -14,6 +14,7 @@ import errno
 import logging
 import math
 import selectors
+import signal
 import socket
 import threading
 import time
@@ -63,7 +64,7 @@ _WAKE = "wake"
 class _Host:
     """What a Dispatcher sees of its Server (see ``DispatcherHost``)."""
 
-    __slots__ = ("add_reader", "after_fork", "finished", "release", "remove_reader", "serve", "wake")
+    __slots__ = ("add_reader", "after_fork", "finished", "release", "remove_reader", "run_worker", "serve", "wake")
 
     def __init__(self, server: Server) -> None:
         self.serve = server._serve
@@ -73,6 +74,7 @@ class _Host:
         self.wake = server._wake
         self.add_reader = server._add_reader
         self.remove_reader = server._remove_reader
+        self.run_worker = server._run_worker
 
 
 @final
@@ -180,6 +182,8 @@ class Server:
             self.transport.close()
             raise
         self._listener_fd = self.transport.fileno()
+        # A dispatcher whose workers accept by themselves (prefork): the loop only supervises.
+        self._dispatcher_accepts = bool(getattr(self.dispatcher, "accepts_itself", False))
 
     def __repr__(self) -> str:
         return f"<Server {self.url} {type(self.dispatcher).__name__} handler={self.handler!r}>"
@@ -191,8 +195,14 @@ class Server:
 
     @property
     def stats(self) -> ServerStats:
-        """A consistent snapshot of the counters, safe to take from any thread."""
-        return self._counters.snapshot(oversized=getattr(self.transport, "oversized", 0))
+        """A consistent snapshot of the counters, safe to take from any thread.
+
+        With a dispatcher whose workers serve in other processes (prefork),
+        it includes what they last reported (``stats_elsewhere``).
+        """
+        own = self._counters.snapshot(oversized=getattr(self.transport, "oversized", 0))
+        elsewhere = getattr(self.dispatcher, "stats_elsewhere", None)
+        return own if elsewhere is None else own + elsewhere
 
     @property
     def address(self) -> Address:
@@ -236,6 +246,9 @@ class Server:
         refused) — as ``socketserver``'s ``handle_request`` does. ``timeout=0``
         takes a request only if one is already waiting.
         """
+        if self._dispatcher_accepts:
+            raise RuntimeError("handle_request() needs a dispatcher the loop hands requests to; "
+                               f"{type(self.dispatcher).__name__}'s workers accept by themselves: use serve_forever()")
         deadline = deadline_after(timeout)
         self._begin_serving()
         try:
@@ -352,7 +365,7 @@ class Server:
         now = time.monotonic()
         paused = now < self._paused_until
         saturated = self._saturated()
-        self._set_listening(not (paused or saturated))
+        self._set_listening(not (paused or saturated or self._dispatcher_accepts))
         if paused:
             timeout = _shorter(timeout, self._paused_until - now)
         elif saturated:
@@ -539,6 +552,50 @@ class Server:
             # Full: a wake-up is already pending. Closed: nobody is left to wake.
             pass
 
+    def _run_worker(
+        self, dispatcher: Dispatcher, max_requests: int | None = None,
+        report: Callable[[ServerStats], None] | None = None, report_every: float = 0.2,
+    ) -> Outcome:
+        """In a forked child: a complete server on this one's transport, with ``dispatcher``.
+
+        It serves until SIGTERM (then stops accepting and drains, as ``close()``
+        does) or until it has finished ``max_requests`` requests. ``report``
+        gets its counters at most every ``report_every`` seconds and once at
+        the end. Returns COMPLETED after a clean stop; the caller then exits.
+        """
+        self._selector.close()  # the parent's loop, inherited: not ours
+        self._wake_r.close()
+        self._wake_w.close()
+        worker = Server(
+            transport=_Adopted(self.transport), dispatcher=dispatcher, handler=self.handler,
+            drain_timeout=self.drain_timeout, limits=self.limits, registry=self.registry,
+            on_error=self._on_error, handler_server=self._handler_server,
+        )
+        next_report = 0.0
+
+        def service() -> None:
+            nonlocal next_report
+            done = worker._counters
+            if max_requests is not None and done.completed + done.failed + done.timed_out >= max_requests:
+                worker._shutdown_requested = True  # recycled: stop accepting, drain, exit
+            if report is not None and time.monotonic() >= next_report:
+                next_report = time.monotonic() + report_every
+                report(worker.stats)
+
+        if max_requests is not None or report is not None:
+            worker._service_actions = service
+        signal.signal(signal.SIGINT, _ignore_signal)  # the parent decides when workers stop
+        signal.signal(signal.SIGTERM, lambda signum, frame: worker.shutdown())
+        signal.set_wakeup_fd(worker._wake_w.fileno(), warn_on_full_buffer=False)
+        try:
+            worker.serve_forever(report_every if report is not None else None)
+        finally:
+            signal.set_wakeup_fd(-1)
+            worker.close()
+            if report is not None:
+                report(worker.stats)
+        return Outcome.COMPLETED
+
     def _add_reader(self, fd: int, callback: Callable[[], None]) -> None:
         self._selector.register(fd, selectors.EVENT_READ, callback)
 
@@ -594,6 +651,28 @@ class Server:
             hook(server=self)
         except Exception:
             logger.exception("%s hook raised", hook.name)
+
+
+class _Adopted:
+    """A transport already open, taken over by a worker process's server."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def open(self) -> None:
+        pass  # opened by the parent; this process inherited it
+
+    def close(self) -> None:
+        # Only this process's copy: the parent still serves (and owns a Unix
+        # socket file, which must stay).
+        self._transport.after_fork()
+
+
+def _ignore_signal(signum: int, frame: Any) -> None:
+    pass
 
 
 def check_handler_kind(handler: Any, transport: Any, name: object = None) -> None:

@@ -93,6 +93,8 @@ class DispatcherHost(Protocol):
 
     def remove_reader(self, fd: int) -> None: ...
 
+    def run_worker(self, dispatcher: Any, max_requests: int | None = None) -> Any: ...
+
 
 @runtime_checkable
 class Dispatcher(Protocol):

@@ -107,6 +107,10 @@ class ServerStats:
     oversized: int = 0
     """Datagrams larger than ``max_packet_size``, dropped (never truncated)."""
 
+    def __add__(self, other: ServerStats) -> ServerStats:
+        """Counters of two processes (or servers) together."""
+        return ServerStats(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in attrs.fields(ServerStats)})
+
 
 class Counters:
     """The live counters behind :class:`ServerStats` (internal)."""

@@ -47,6 +47,7 @@ BUILTIN_PLUGINS = (
     "sockwork.strategies.thread",
     "sockwork.strategies.fork",
     "sockwork.strategies.pool",
+    "sockwork.strategies.prefork",
     "sockwork.handlers",
 )
 

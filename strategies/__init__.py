@@ -1,4 +1,4 @@
-"""The built-in dispatchers (concurrency strategies): inline, thread, fork, pool.
+"""The built-in dispatchers (concurrency strategies): inline, thread, fork, pool, prefork.
 
 Each module is a sockwork plugin registering its dispatcher through the
 ``sockwork_add_dispatchers`` hook, like any third-party plugin.
@@ -7,6 +7,7 @@ Each module is a sockwork plugin registering its dispatcher through the
 from .fork import ForkDispatcher, ForkOptions
 from .inline import InlineDispatcher, InlineOptions
 from .pool import PoolDispatcher, PoolOptions
+from .prefork import PreforkDispatcher, PreforkOptions
 from .thread import ThreadDispatcher, ThreadOptions
 
 __all__ = [
@@ -16,6 +17,8 @@ __all__ = [
     "InlineOptions",
     "PoolDispatcher",
     "PoolOptions",
+    "PreforkDispatcher",
+    "PreforkOptions",
     "ThreadDispatcher",
     "ThreadOptions",
 ]

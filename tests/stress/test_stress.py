@@ -56,7 +56,7 @@ def test_500_clients_20000_requests_every_reply_correct(concurrent_dispatcher: s
     server = Server(transport="tcp://127.0.0.1:0", dispatcher=concurrent_dispatcher, handler=echo_lines)
     with serving(server):
         report = load(server.address, "--connections", 500, "--requests", 40)
-        stats = server.stats
+    stats = server.stats  # after close: final also for workers in other processes
     assert report["errors"] == 0, report["first_errors"]
     assert report["ok"] == 20_000
     assert stats.accepted == 500 and stats.completed == 500 and stats.failed == 0
@@ -72,7 +72,7 @@ def test_every_10th_request_fails_the_other_9_are_served(concurrent_dispatcher: 
         server = Server(transport="tcp://127.0.0.1:0", dispatcher=concurrent_dispatcher, handler=echo_lines)
         with serving(server):
             report = load(server.address, "--short", "--connections", 1000, "--fail-every", 10)
-            stats = server.stats
+        stats = server.stats
     finally:
         sockwork_logger.removeHandler(handler)
         handler.close()
