@@ -80,8 +80,9 @@ class PreforkOptions:
     inner_options: dict[str, Any] = attrs.field(factory=dict, validator=_check_inner_options)
     """Options of the inner dispatcher, e.g. ``{ workers = 8 }`` for pool."""
     max_requests: int | None = attrs.field(default=None, converter=off_is_none, validator=optional_positive_int)
-    """Replace a worker after it has served this many requests (guards against
-    slow leaks in handlers); none: never."""
+    """Replace a worker once it has served this many requests (guards against
+    slow leaks in handlers; requests it accepted in the same round are served
+    too, so it may be a few more); none: never."""
 
 
 @final
