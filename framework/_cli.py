@@ -4,6 +4,7 @@
                    [--option KEY=VALUE ...] [--drain-timeout S] [--log-level LEVEL]
     sockwork check CONFIG [the same flags]
     sockwork plugins
+    sockwork bench [--quick] ...        (see sockwork.bench)
 
 With no arguments at all it serves the built-in echo handler on
 tcp://127.0.0.1:9999. SIGINT or SIGTERM stops a server gracefully (stop
@@ -36,7 +37,7 @@ from .registry import KINDS, Registry
 __all__ = ["main"]
 
 DEFAULT_TRANSPORT = "tcp://127.0.0.1:9999"
-COMMANDS = ("serve", "check", "plugins")
+COMMANDS = ("serve", "check", "plugins", "bench")
 
 logger = logging.getLogger("sockwork")
 
@@ -66,11 +67,16 @@ def _parser() -> argparse.ArgumentParser:
     config_flags(commands.add_parser("serve", help="run a server (the default command)"), config_required=False)
     config_flags(commands.add_parser("check", help="validate a config and print it resolved"), config_required=True)
     commands.add_parser("plugins", help="list registered transports, dispatchers and handlers")
+    commands.add_parser("bench", help="benchmark the dispatchers against socketserver (see sockwork bench --help)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench  # imports the standard socketserver: only when asked
+
+        return bench(argv[1:])
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv.insert(0, "serve")
     args = _parser().parse_args(argv)

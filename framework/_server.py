@@ -586,6 +586,7 @@ class Server:
             worker._service_actions = service
         signal.signal(signal.SIGINT, _ignore_signal)  # the parent decides when workers stop
         signal.signal(signal.SIGTERM, lambda signum, frame: worker.shutdown())
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # whatever the parent blocked
         signal.set_wakeup_fd(worker._wake_w.fileno(), warn_on_full_buffer=False)
         try:
             worker.serve_forever(report_every if report is not None else None)

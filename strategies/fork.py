@@ -105,6 +105,7 @@ class ForkDispatcher:
             # exec(), so programs a handler starts can still be stopped.
             signal.signal(signal.SIGINT, _ignore)
             signal.signal(signal.SIGTERM, _ignore)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # for what it execs
             self._host.after_fork()
             for pidfd, _ in self._children.values():  # the siblings are not ours to watch
                 if pidfd is not None:

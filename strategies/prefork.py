@@ -75,8 +75,9 @@ class PreforkOptions:
 
     workers: int = attrs.field(factory=lambda: os.cpu_count() or 1, validator=positive_int)
     """Worker processes (default: one per CPU)."""
-    inner: str = attrs.field(default="thread", validator=_check_inner)
-    """How each worker serves the requests it accepts: inline, thread or pool."""
+    inner: str = attrs.field(default="pool", validator=_check_inner)
+    """How each worker serves the requests it accepts: inline, thread or pool
+    (the default: no thread start per request)."""
     inner_options: dict[str, Any] = attrs.field(factory=dict, validator=_check_inner_options)
     """Options of the inner dispatcher, e.g. ``{ workers = 8 }`` for pool."""
     max_requests: int | None = attrs.field(default=None, converter=off_is_none, validator=optional_positive_int)

@@ -1,0 +1,431 @@
+"""Side-by-side benchmark: sockwork's dispatchers and legacy classes against socketserver.
+
+    python -m sockwork.bench [--quick] [--workloads short,persistent,...] [--json FILE]
+    sockwork bench ...   (the same)
+
+Each server runs in a process of its own and is driven by separate client
+processes over loopback (or a Unix socket). Every run warms up first; the
+implementations take turns round by round (A B C A B C) so that drift of a
+shared machine affects all alike. Reported per run: requests/s, latency
+percentiles, **server CPU time per request** (the server process tree's
+utime+stime, which stays meaningful when the clients share the CPUs), peak
+RSS, the most threads and processes seen, errors. The standard library's
+classic server is always the reference row; ratios are against it.
+
+Workloads (64-byte echo unless said otherwise):
+  short       a new TCP connection per request, 8 clients at a time
+  persistent  32 clients, each with one TCP connection, request after request
+  large       4 clients, 64 KiB requests over persistent TCP connections
+  udp         8 clients with one datagram outstanding each
+  unix        8 clients over persistent Unix stream connections
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main"]
+
+WORKLOADS: dict[str, dict[str, Any]] = {
+    "short": {"kind": "tcp", "clients": 8, "size": 64, "persistent": False},
+    "persistent": {"kind": "tcp", "clients": 32, "size": 64, "persistent": True},
+    "large": {"kind": "tcp", "clients": 4, "size": 65536, "persistent": True},
+    "udp": {"kind": "udp", "clients": 8, "size": 64, "persistent": True},
+    "unix": {"kind": "unix", "clients": 8, "size": 64, "persistent": True},
+}
+# Implementations: the reference first. "legacy" is sockwork.socketserver's Threading* class.
+IMPLEMENTATIONS = ("stdlib", "legacy", "thread", "pool", "prefork")
+CLIENT_PROCESSES = 2
+
+
+# ---- The server side -------------------------------------------------------------
+
+class EchoHandler:
+    """The same handler for every implementation: a classic handler class."""
+
+    def __init__(self, request: Any, client_address: Any, server: Any) -> None:
+        if isinstance(request, tuple):
+            data, sock = request
+            sock.sendto(data, client_address)
+            return
+        while chunk := request.recv(65536):
+            request.sendall(chunk)
+
+
+def _serve(implementation: str, kind: str, path: str) -> None:
+    """Run one server until SIGTERM; print its address first."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # for sigwait below, in every thread
+    address: Any = path if kind == "unix" else ("127.0.0.1", 0)
+    if implementation in ("stdlib", "legacy"):
+        if implementation == "stdlib":
+            import socketserver as module
+        else:
+            from sockwork import socketserver as module  # type: ignore[no-redef]
+        cls = {"tcp": module.ThreadingTCPServer, "udp": module.ThreadingUDPServer,
+               "unix": module.ThreadingUnixStreamServer}[kind]
+        server: Any = cls(address, EchoHandler)
+        bound = server.server_address
+        stop = server.shutdown
+        run = server.serve_forever
+        close = server.server_close
+    else:
+        from sockwork import Limits, Server
+
+        url = {"tcp": "tcp://127.0.0.1:0", "udp": "udp://127.0.0.1:0", "unix": f"unix://{path}"}[kind]
+        server = Server(transport=url, dispatcher=implementation, handler=EchoHandler, limits=Limits(idle_timeout=None))
+        bound, stop, run, close = server.address, server.shutdown, server.serve_forever, server.close
+    threading.Thread(target=lambda: (signal.sigwait({signal.SIGTERM}), stop()), daemon=True).start()
+    print(json.dumps(bound), flush=True)
+    try:
+        run()
+    finally:
+        close()
+
+
+# ---- The client side -------------------------------------------------------------
+
+def _client(workload: str, address: Any, threads: int, start_at: float, warmup: float, duration: float) -> None:
+    spec = WORKLOADS[workload]
+    payload = os.urandom(spec["size"])
+    measure_from, stop_at = start_at + warmup, start_at + warmup + duration
+    latencies: list[float] = []
+    counts = {"requests": 0, "errors": 0}
+    lock = threading.Lock()
+
+    def connect() -> socket.socket:
+        if spec["kind"] == "unix":
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(address)
+        elif spec["kind"] == "udp":
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.connect(tuple(address))
+        else:
+            sock = socket.create_connection(tuple(address))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(5)
+        return sock
+
+    def exchange(sock: socket.socket) -> bool:
+        if spec["kind"] == "udp":
+            sock.send(payload)
+            return sock.recv(65536) == payload
+        sock.sendall(payload)
+        received = bytearray()
+        while len(received) < len(payload):
+            chunk = sock.recv(65536)
+            if not chunk:
+                return False
+            received += chunk
+        return received == payload
+
+    def run() -> None:
+        mine: list[float] = []
+        done = errors = 0
+        time.sleep(max(0.0, start_at - time.time()))
+        sock = None
+        while (now := time.time()) < stop_at:
+            began = time.perf_counter()
+            try:
+                if sock is None:
+                    sock = connect()
+                ok = exchange(sock)
+                if not spec["persistent"]:
+                    sock.close()
+                    sock = None
+            except OSError:
+                ok = False
+                if sock is not None:
+                    sock.close()
+                sock = None
+            if now >= measure_from:
+                mine.append(time.perf_counter() - began)
+                done += ok
+                errors += not ok
+        if sock is not None:
+            sock.close()
+        with lock:
+            latencies.extend(mine)
+            counts["requests"] += done
+            counts["errors"] += errors
+
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    json.dump({**counts, "latencies": latencies}, sys.stdout)
+
+
+# ---- Measuring the server process tree --------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    children = [int(p) for p in f.read().split()]
+                found.extend(children)
+                todo.extend(children)
+        except OSError:
+            continue
+    return found
+
+
+def _cpu_seconds(pid: int) -> float:
+    """utime+stime of the tree: the process, its reaped children, its live descendants."""
+    def fields(p: int) -> list[str]:
+        with open(f"/proc/{p}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+
+    total = 0.0
+    try:
+        own = fields(pid)
+        total += sum(int(x) for x in own[11:15])  # utime, stime, cutime, cstime
+    except OSError:
+        return 0.0
+    for child in _descendants(pid):
+        try:
+            total += sum(int(x) for x in fields(child)[11:13])
+        except OSError:
+            pass  # exited meanwhile: counted in its parent's cutime once reaped
+    return total / _TICK
+
+
+def _status(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+# ---- The driver ---------------------------------------------------------------------
+
+def _one_run(implementation: str, workload: str, warmup: float, duration: float) -> dict[str, Any]:
+    spec = WORKLOADS[workload]
+    directory = tempfile.mkdtemp(prefix="sw-bench-")
+    path = os.path.join(directory, "s.sock")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "sockwork.bench", "--serve", implementation, spec["kind"], path],
+        stdout=subprocess.PIPE, text=True,
+    )
+    clients: list[subprocess.Popen[str]] = []
+    try:
+        address = json.loads(server.stdout.readline())  # type: ignore[union-attr]
+        start_at = time.time() + 0.3  # time for the client processes to start
+        per_process = max(1, spec["clients"] // CLIENT_PROCESSES)
+        for _ in range(min(CLIENT_PROCESSES, spec["clients"])):
+            clients.append(subprocess.Popen(
+                [sys.executable, "-m", "sockwork.bench", "--client", workload, json.dumps(address),
+                 str(per_process), repr(start_at), repr(warmup), repr(duration)],
+                stdout=subprocess.PIPE, text=True,
+            ))
+        time.sleep(max(0.0, start_at + warmup - time.time()))
+        cpu_before, threads, processes = _cpu_seconds(server.pid), 0, 0
+        while time.time() < start_at + warmup + duration:
+            threads = max(threads, _status(server.pid, "Threads")
+                          + sum(_status(p, "Threads") for p in _descendants(server.pid)))
+            processes = max(processes, 1 + len(_descendants(server.pid)))
+            time.sleep(0.05)
+        cpu = _cpu_seconds(server.pid) - cpu_before
+        rss = _status(server.pid, "VmHWM") + sum(_status(p, "VmHWM") for p in _descendants(server.pid))
+        reports = [json.loads(c.communicate(timeout=60)[0]) for c in clients]
+    finally:
+        for client in clients:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+        server.send_signal(signal.SIGTERM)
+        try:
+            server_status = server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server_status = server.wait()
+        server.stdout.close()  # type: ignore[union-attr]
+        if os.path.exists(path):
+            os.unlink(path)
+        os.rmdir(directory)
+    latencies = sorted(x for r in reports for x in r["latencies"])
+    requests = sum(r["requests"] for r in reports)
+    return {
+        "implementation": implementation, "workload": workload,
+        "requests": requests, "errors": sum(r["errors"] for r in reports) + (server_status != 0),
+        "rps": requests / duration, "cpu_us_per_request": cpu / requests * 1e6 if requests else None,
+        "p50_ms": _percentile(latencies, 0.50), "p99_ms": _percentile(latencies, 0.99),
+        "p999_ms": _percentile(latencies, 0.999), "peak_rss_mib": rss / 1024,
+        "threads": threads, "processes": processes,
+    }
+
+
+def _percentile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))] * 1000
+
+
+def _shutdown_latency(rounds: int) -> dict[str, float]:
+    """Median ms from shutdown() to its return, the loop idle, a stop at a random moment."""
+    import random
+    import socketserver
+
+    from sockwork import Server
+
+    def measure(make: Any) -> float:
+        server, run, stop, close = make()
+        thread = threading.Thread(target=run)
+        thread.start()
+        time.sleep(random.uniform(0.01, 0.5))
+        began = time.perf_counter()
+        stop()
+        elapsed = time.perf_counter() - began
+        thread.join()
+        close()
+        return elapsed * 1000
+
+    def stdlib() -> Any:
+        s = socketserver.ThreadingTCPServer(("127.0.0.1", 0), EchoHandler)
+        return s, s.serve_forever, s.shutdown, s.server_close
+
+    def ours() -> Any:
+        s = Server(transport="tcp://127.0.0.1:0", dispatcher="thread", handler=EchoHandler)
+        return s, s.serve_forever, s.shutdown, s.close
+
+    samples: dict[str, list[float]] = {"stdlib": [], "sockwork": []}
+    for _ in range(rounds):
+        samples["stdlib"].append(measure(stdlib))
+        samples["sockwork"].append(measure(ours))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _markdown(results: list[dict[str, Any]], shutdown: dict[str, float], args: argparse.Namespace) -> str:
+    lines = [
+        f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}. "
+        f"{args.rounds} round(s) per implementation, {args.duration:g} s each after {args.warmup:g} s warm-up; "
+        "medians over rounds.",
+        "",
+    ]
+    for workload in args.workloads:
+        rows = [r for r in results if r["workload"] == workload]
+        reference = rows[0]
+        lines += [
+            f"### {workload}: {WORKLOADS[workload]['clients']} clients, {WORKLOADS[workload]['size']}-byte requests"
+            + ("" if WORKLOADS[workload]["persistent"] else ", a connection per request"),
+            "",
+            "| implementation | req/s | × stdlib | p50 ms | p99 ms | p99.9 ms | server CPU µs/req | × stdlib | "
+            "peak RSS MiB | threads | processes | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for row in rows:
+            cpu_ratio = (row["cpu_us_per_request"] / reference["cpu_us_per_request"]
+                         if row["cpu_us_per_request"] and reference["cpu_us_per_request"] else float("nan"))
+            lines.append(
+                f"| {_label(row['implementation'], workload)} | {row['rps']:,.0f} | "
+                f"{row['rps'] / reference['rps']:.2f} | {_ms(row['p50_ms'])} | {_ms(row['p99_ms'])} | "
+                f"{_ms(row['p999_ms'])} | {row['cpu_us_per_request'] or float('nan'):.1f} | {cpu_ratio:.2f} | "
+                f"{row['peak_rss_mib']:.1f} | {row['threads']} | {row['processes']} | {row['errors']} |"
+            )
+        lines.append("")
+    lines += [
+        "### shutdown() of a running serve_forever()",
+        "",
+        "| implementation | median ms |",
+        "|---|---:|",
+        f"| socketserver.ThreadingTCPServer | {shutdown['stdlib']:.3f} |",
+        f"| sockwork Server (thread) | {shutdown['sockwork']:.3f} |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _label(implementation: str, workload: str) -> str:
+    kind = WORKLOADS[workload]["kind"]
+    cls = {"tcp": "ThreadingTCPServer", "udp": "ThreadingUDPServer", "unix": "ThreadingUnixStreamServer"}[kind]
+    return {"stdlib": f"socketserver.{cls}", "legacy": f"sockwork.socketserver.{cls}"}.get(
+        implementation, f"sockwork `{implementation}`")
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def _median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    row = dict(runs[0])
+    for key in ("rps", "cpu_us_per_request", "p50_ms", "p99_ms", "p999_ms", "peak_rss_mib"):
+        values = [r[key] for r in runs if r[key] is not None]
+        row[key] = statistics.median(values) if values else None
+    for key in ("requests", "errors"):
+        row[key] = sum(r[key] for r in runs)
+    for key in ("threads", "processes"):
+        row[key] = max(r[key] for r in runs)
+    row["p999_ms"] = max((r["p999_ms"] for r in runs if r["p999_ms"] is not None), default=None)
+    return row
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--serve"]:
+        _serve(argv[1], argv[2], argv[3])
+        return 0
+    if argv[:1] == ["--client"]:
+        _client(argv[1], json.loads(argv[2]), int(argv[3]), float(argv[4]), float(argv[5]), float(argv[6]))
+        return 0
+    parser = argparse.ArgumentParser(prog="sockwork bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short runs: finishes in under a minute")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated, of: " + ", ".join(WORKLOADS))
+    parser.add_argument("--implementations", default=",".join(IMPLEMENTATIONS),
+                        help="comma-separated; stdlib is always added first (default: all)")
+    parser.add_argument("--rounds", type=int, help="runs per implementation, interleaved (default 3; quick 1)")
+    parser.add_argument("--duration", type=float, help="measured seconds per run (default 2; quick 0.4)")
+    parser.add_argument("--warmup", type=float,
+                        help="warm-up seconds per run (default 1.5; quick 1.1): longer than the 1 s after "
+                             "which a dropped connection attempt is retried, so every client is connected")
+    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.duration = args.duration or (0.3 if args.quick else 2.0)
+    args.warmup = args.warmup or (1.1 if args.quick else 1.5)
+    args.workloads = [w for w in args.workloads.split(",") if w]
+    unknown = [w for w in args.workloads if w not in WORKLOADS]
+    if unknown:
+        parser.error(f"unknown workload(s): {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
+    implementations = ["stdlib"] + [i for i in args.implementations.split(",") if i and i != "stdlib"]
+    results = []
+    for workload in args.workloads:
+        runs: dict[str, list[dict[str, Any]]] = {i: [] for i in implementations}
+        for _ in range(args.rounds):
+            for implementation in implementations:  # A B C A B C: drift hits all alike
+                runs[implementation].append(_one_run(implementation, workload, args.warmup, args.duration))
+        results.extend(_median_row(runs[i]) for i in implementations)
+        print(f"{workload}: done", file=sys.stderr, flush=True)
+    shutdown = _shutdown_latency(3 if args.quick else 10)
+    print(_markdown(results, shutdown, args))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"results": results, "shutdown_ms": shutdown, "machine": platform.platform(),
+                       "cpus": os.cpu_count(), "python": platform.python_version()}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
