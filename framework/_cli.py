@@ -173,7 +173,7 @@ def _serve(config: ServerConfig, registry: Registry) -> int:
         print(f"sockwork: {exc}", file=sys.stderr)
         return 2
     try:
-        _stop_on_signals(server)
+        loop_left = _stop_on_signals(server)
         # A signal may be delivered to any thread; Python runs its handler in the
         # main thread only. Writing to the loop's wake-up socket makes the main
         # thread notice at once instead of at the next request.
@@ -185,12 +185,19 @@ def _serve(config: ServerConfig, registry: Registry) -> int:
             flush=True,
         )
         server.serve_forever()
+        loop_left.set()
         logger.info("stopping: draining requests still running (up to %s s)",
                     FOREVER if config.drain_timeout is None else config.drain_timeout)
     finally:
         signal.set_wakeup_fd(-1)
         _close_attentively(server)
     logger.info("stopped")
+    if threading.active_count() > 1:
+        # Handlers abandoned at the drain deadline (logged above) must not keep
+        # the process alive: that is what the deadline is for.
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)
     return 0
 
 
@@ -206,19 +213,34 @@ def _close_attentively(server: Any) -> None:
         closer.join(0.1)
 
 
-def _stop_on_signals(server: Any) -> None:
+def _stop_on_signals(server: Any) -> threading.Event:
+    """First signal: graceful stop. Second: kill our child processes, exit 1.
+
+    Returns an event to set once ``serve_forever`` has returned: until then, a
+    handler running in the loop itself (``inline``) is held to the drain
+    deadline by a timer that shuts its connection down.
+    """
     stopping = False
+    loop_left = threading.Event()
 
     def stop(signum: int, frame: Any) -> None:
         nonlocal stopping
         if stopping:
             os.write(2, b"sockwork: second signal, exiting without waiting for running requests\n")
-            os._exit(1)
+            try:
+                server.dispatcher.close()  # fork/prefork: kill and reap the children, leave no orphans
+            finally:
+                os._exit(1)
         stopping = True
         server.shutdown()  # from the serving thread: returns at once, the loop ends next
+        if server.drain_timeout is not None:
+            timer = threading.Timer(server.drain_timeout, lambda: loop_left.is_set() or server._force_stop())
+            timer.daemon = True
+            timer.start()
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    return loop_left
 
 
 def _plugins(registry: Registry) -> int:

@@ -478,6 +478,10 @@ class Server:
             outcome = Outcome.COMPLETED
         except Exception as exc:
             outcome = self._handler_failed(request, client_address, exc, token)
+        except BaseException as exc:
+            if self._on_error is None:  # SystemExit in a thread is otherwise silent
+                logger.error("handler serving %s raised %r; passing it on", _client(client_address), exc)
+            raise
         finally:
             if token is not None and self._deadlines.remove(token) and outcome is not Outcome.TIMED_OUT:  # type: ignore[union-attr]
                 self._log_deadline(client_address)  # the handler ended quietly on the shut-down connection
@@ -490,7 +494,9 @@ class Server:
         return outcome
 
     def _handler_failed(self, request: Request, client_address: Address, exc: Exception, token: int | None) -> Outcome:
-        if isinstance(exc, TimeoutError) and self._idle_timeout is not None:
+        # A socket timeout says exactly "timed out"; a handler's own TimeoutError
+        # (a database's, say) is a failure like any other.
+        if isinstance(exc, TimeoutError) and self._idle_timeout is not None and exc.args == ("timed out",):
             logger.info("closing the connection of %s: idle for more than %ss", _client(client_address),
                         self._idle_timeout)
             return Outcome.TIMED_OUT

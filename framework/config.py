@@ -320,12 +320,16 @@ def _resolve_parts(
         return None
     try:  # building the parts opens nothing; it tells the transport's kind
         built_transport = registry.get("transport", transport.name).factory(transport.options)
+    except ConfigError:
+        built_transport = None  # needs its runtime environment (an inherited fd): checked when serving
+    if built_transport is not None:
         built_handler = (registry.build("handler", handler.ref, handler.options)
                          if isinstance(handler.ref, str) and ":" not in handler.ref else resolve_handler(handler.ref))
-        check_handler_kind(built_handler, built_transport, handler.ref)
-    except ConfigError as exc:
-        errors.append(("handler", str(exc)))
-        return None
+        try:
+            check_handler_kind(built_handler, built_transport, handler.ref)
+        except ConfigError as exc:
+            errors.append(("handler", str(exc)))
+            return None
     return {"transport": transport, "dispatcher": dispatcher, "handler": handler}
 
 

@@ -44,6 +44,11 @@ def _optional_seconds(instance: object, attribute: attrs.Attribute[Any], value: 
         raise ValueError(f"'{attribute.name}' must be a number of seconds > 0, or none to disable, got {value!r}")
 
 
+def _seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError(f"'{attribute.name}' must be a number of seconds > 0, got {value!r}")
+
+
 def _optional_count(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(f"'{attribute.name}' must be an int >= 1, or none for no limit, got {value!r}")
@@ -74,7 +79,7 @@ class Limits:
     request_timeout: float | None = attrs.field(default=None, converter=off_is_none, validator=_optional_seconds)
     """Stream requests: seconds a whole request may take; then its connection
     is shut down, which ends the handler at its next read or write."""
-    stats_interval: float = attrs.field(default=10.0, validator=_optional_seconds)
+    stats_interval: float = attrs.field(default=10.0, validator=_seconds)
     """How often ``sockwork_collect_stats`` is called, if a plugin implements it."""
 
     @classmethod

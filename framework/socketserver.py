@@ -17,8 +17,8 @@ default hands the request to the dispatcher the mix-in selects: ``inline``,
 - ``shutdown()`` returns as soon as the loop notices, not after up to
   ``poll_interval`` seconds; ``service_actions`` still runs every
   ``poll_interval`` when you override it;
-- the loop waits with the platform's best selector (epoll), so descriptor
-  numbers above 1024 are fine;
+- an idle loop does not wake up every ``poll_interval`` unless you override
+  ``service_actions``;
 - forked children are reaped the moment they exit, never left as zombies
   until the next request, and never by ``waitpid(-1)`` (which would steal
   other code's children);

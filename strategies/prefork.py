@@ -94,10 +94,12 @@ class PreforkDispatcher:
 
     def __init__(self, options: PreforkOptions | None = None) -> None:
         self.options = options or PreforkOptions()
-        cls, options_cls = _INNER[self.options.inner]
+        _, options_cls = _INNER[self.options.inner]
         self._inner_options = validate_options(options_cls, self.options.inner_options)[0]
-        inner_concurrency = cls(self._inner_options).concurrency
-        self.concurrency = None if inner_concurrency is None else inner_concurrency * self.options.workers
+        # How many run at once depends on how the kernel spreads connections over
+        # the workers (between one inner dispatcher's limit and all of theirs):
+        # no fixed number to promise.
+        self.concurrency = None
         self._workers: dict[int, _Worker] = {}
         self._stopping = False
         self._respawn_pause = 0.0

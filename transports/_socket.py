@@ -72,7 +72,7 @@ def check_path(instance: object, attribute: attrs.Attribute[Any], value: object)
 
 
 def check_mode(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not (isinstance(value, int) and 0 <= value <= 0o7777):
+    if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o7777):
         shown = oct(value) if isinstance(value, int) else repr(value)
         raise ValueError(f"'{attribute.name}' must be a permission mode such as 0o660 (or none), got {shown}")
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -161,3 +163,41 @@ def test_console_script_is_installed() -> None:
     assert script.exists()
     result = subprocess.run([str(script), "check", "--help"], capture_output=True, text=True, timeout=20)
     assert result.returncode == 0 and "CONFIG" in result.stdout
+
+
+def test_inline_handler_is_held_to_the_drain_deadline() -> None:
+    """With inline, the loop itself runs the handler; SIGTERM still ends it at the deadline."""
+    process = start("--dispatcher", "inline", "--handler", "lines", "--transport", "tcp://127.0.0.1:0",
+                    "--drain-timeout", "0.3", "--option", "limits.idle_timeout=30")
+    try:
+        started = read_started_line(process)
+        with socket.create_connection(("127.0.0.1", int(started.group(3))), timeout=10) as idle:
+            idle.sendall(b"x\n")
+            assert idle.recv(100) == b"1: x\n"  # the handler waits for the next line: for 30 s
+            began = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=10) == 0
+            assert time.monotonic() - began < 5
+    finally:
+        stop(process)
+
+
+def test_second_signal_leaves_no_child_processes_behind() -> None:
+    process = start("--dispatcher", "fork", "--handler", "lines", "--transport", "tcp://127.0.0.1:0",
+                    "--drain-timeout", "forever")
+    try:
+        started = read_started_line(process)
+        with socket.create_connection(("127.0.0.1", int(started.group(3))), timeout=10) as idle:
+            idle.sendall(b"x\n")
+            assert idle.recv(100) == b"1: x\n"
+            with open(f"/proc/{process.pid}/task/{process.pid}/children") as f:
+                children = [int(pid) for pid in f.read().split()]
+            assert len(children) == 1
+            process.send_signal(signal.SIGTERM)
+            assert "stopping: draining" in process.stderr.readline()  # type: ignore[union-attr]
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=10) == 1
+            assert idle.recv(100) == b""  # its child is gone too
+        assert not os.path.exists(f"/proc/{children[0]}")
+    finally:
+        stop(process)

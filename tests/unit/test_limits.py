@@ -183,3 +183,13 @@ def test_legacy_servers_have_no_limits_by_default() -> None:
             server.shutdown()
             thread.join()
     assert seen == [None]
+
+
+def test_a_handlers_own_timeout_error_is_a_failure_not_an_idle_client(caplog: pytest.LogCaptureFixture) -> None:
+    def handle(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
+        raise TimeoutError("database did not answer")
+
+    with caplog.at_level(logging.INFO, logger="sockwork"), serving(Server(transport=TCP, handler=handle)) as server:
+        assert exchange(server, b"x") == b""
+    assert server.stats.failed == 1 and server.stats.timed_out == 0
+    assert "database did not answer" in caplog.text
