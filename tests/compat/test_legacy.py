@@ -10,6 +10,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,18 @@ from sockwork import socketserver as ours
 from sockwork.testing import exchange_address
 
 pytestmark = pytest.mark.timeout(30)
+
+
+@contextmanager
+def running(server: ours.BaseServer, **serve_kwargs: object) -> Iterator[ours.BaseServer]:
+    """serve_forever() in a thread for the length of the block; shut down after."""
+    thread = threading.Thread(target=server.serve_forever, kwargs=serve_kwargs, name="loop")
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        thread.join()
 
 
 class Echo(ours.StreamRequestHandler):
@@ -68,31 +82,21 @@ def test_overridden_service_actions_still_run_every_poll_interval() -> None:
             calls.release()
 
     with Server(("127.0.0.1", 0), Echo) as server:
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01})
-        thread.start()
-        try:
+        with running(server, poll_interval=0.01):
             for _ in range(3):  # three idle rounds, no request at all
                 assert calls.acquire(timeout=10)
-        finally:
-            server.shutdown()
-            thread.join()
 
 
 @pytest.mark.skipif(not hasattr(ours, "ForkingTCPServer"), reason="no fork")
 def test_forked_children_are_reaped_without_waiting_for_the_next_request() -> None:
     """socketserver reaps in service_actions (every poll_interval) or on the next request."""
     with ours.ForkingTCPServer(("127.0.0.1", 0), Echo) as server:
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 60})
-        thread.start()
-        try:
+        with running(server, poll_interval=60):
             assert exchange_address(server.server_address, b"child\n") == b"child\n"
             deadline = time.monotonic() + 10
             while server.active_children and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert not server.active_children
-        finally:
-            server.shutdown()
-            thread.join()
 
 
 def test_out_of_descriptors_in_get_request_backs_off_instead_of_spinning() -> None:
@@ -107,13 +111,8 @@ def test_out_of_descriptors_in_get_request_backs_off_instead_of_spinning() -> No
             return super().get_request()
 
     with Server(("127.0.0.1", 0), Echo) as server:
-        thread = threading.Thread(target=server.serve_forever)
-        thread.start()
-        try:
+        with running(server):
             assert exchange_address(server.server_address, b"eventually\n") == b"eventually\n"
-        finally:
-            server.shutdown()
-            thread.join()
     assert len(attempts) == 4
     assert attempts[3] - attempts[0] >= 0.01 + 0.02 + 0.04  # paused between failed accepts
 
@@ -136,14 +135,9 @@ def test_user_combined_mixins_and_handler_attributes_work() -> None:
                 self.wfile.write(b"timed out\n")
 
     with Server(("127.0.0.1", 0), Slow) as server:
-        thread = threading.Thread(target=server.serve_forever)
-        thread.start()
-        try:
+        with running(server):
             with socket.create_connection(server.server_address, timeout=10) as conn:
                 assert conn.recv(100) == b"timed out\n"  # sent nothing: the handler's timeout hit
-        finally:
-            server.shutdown()
-            thread.join()
 
 
 def test_overridden_process_request_that_serves_by_itself_is_counted_and_released() -> None:
@@ -155,14 +149,9 @@ def test_overridden_process_request_that_serves_by_itself_is_counted_and_release
             self.shutdown_request(request)
 
     with Server(("127.0.0.1", 0), Echo) as server:
-        thread = threading.Thread(target=server.serve_forever)
-        thread.start()
-        try:
+        with running(server):
             for i in range(20):
                 assert exchange_address(server.server_address, b"%d\n" % i) == b"%d\n" % i
-        finally:
-            server.shutdown()
-            thread.join()
         core = server._sockwork()
         assert core.stats.completed == 20 and core.stats.active == 0
         assert not core._in_flight
@@ -178,13 +167,8 @@ def test_overridden_process_request_thread_runs_in_the_request_thread() -> None:
             cleaned.append(threading.current_thread().name)
 
     with Server(("127.0.0.1", 0), Echo) as server:
-        thread = threading.Thread(target=server.serve_forever, name="loop")
-        thread.start()
-        try:
+        with running(server):
             for i in range(3):
                 assert exchange_address(server.server_address, b"%d\n" % i) == b"%d\n" % i
-        finally:
-            server.shutdown()
-            thread.join()
     assert len(cleaned) == 3 and "loop" not in cleaned
     assert server._sockwork().stats.completed == 3
