@@ -362,16 +362,19 @@ class Server:
         Returns the number of requests dispatched, or None if the listener was
         not ready in this round.
         """
-        now = time.monotonic()
-        paused = now < self._paused_until
+        # The common case (not paused, no stats hook) reads no clock and makes no
+        # call but saturated(): this runs once per request when accepting one at a time.
+        paused = self._paused_until and time.monotonic() < self._paused_until
         saturated = self._saturated()
-        self._set_listening(not (paused or saturated or self._dispatcher_accepts))
+        listening = not (paused or saturated or self._dispatcher_accepts)
+        if listening != self._listening:
+            self._set_listening(listening)
         if paused:
-            timeout = _shorter(timeout, self._paused_until - now)
+            timeout = _shorter(timeout, self._paused_until - time.monotonic())
         elif saturated:
             timeout = _shorter(timeout, SATURATED_RECHECK)
         if self._stats_hook is not None:
-            timeout = _shorter(timeout, max(0.0, self._next_stats - now))
+            timeout = _shorter(timeout, max(0.0, self._next_stats - time.monotonic()))
         dispatched = None
         for key, _ in self._selector.select(timeout):
             what = key.data
