@@ -426,8 +426,7 @@ class Server:
                 self._end_request(request)
                 if self._on_error is None:
                     self._pause_accepting(exc)
-                    break
-                continue
+                break  # one request per round from here: the transport's next accept may block
             except BaseException:
                 self._end_request(request)
                 raise

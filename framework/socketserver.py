@@ -79,7 +79,11 @@ def _shared_registry():
 # ---- How the core sees a classic server ---------------------------------------
 
 class _ClassicTransport:
-    """The Transport of a classic server: its own overridable methods."""
+    """The Transport of a classic server: its own overridable methods.
+
+    Where a class overrides none of them, the same steps run without the
+    method layers (the fast path): same system calls, fewer Python calls.
+    """
 
     accept_batch = 1  # the classic listening socket blocks: one accept per readiness
 
@@ -90,6 +94,35 @@ class _ClassicTransport:
         self.family = getattr(server, "address_family", socket.AF_INET)
         unix = self.family == getattr(socket, "AF_UNIX", None)
         self.name = ("unix-dgram" if datagram else "unix") if unix else ("udp" if datagram else "tcp")
+        cls = type(server)
+        if cls.verify_request is BaseServer.verify_request:
+            if cls.get_request is UDPServer.get_request:
+                self.accept = self._receive_datagram
+            elif cls.get_request is TCPServer.get_request:
+                self.accept = self._accept_connection
+        if cls.close_request is UDPServer.close_request and cls.shutdown_request is UDPServer.shutdown_request:
+            self.close_request = self.release_request = _nothing
+        elif cls.close_request is TCPServer.close_request and cls.shutdown_request is TCPServer.shutdown_request:
+            self.close_request = _shutdown_and_close
+            self.release_request = socket.socket.close
+
+    def _accept_connection(self):
+        try:
+            return self._server.socket.accept()
+        except OSError as exc:
+            if exc.errno in _ACCEPT_CAPACITY_ERRNOS:
+                raise
+            return None
+
+    def _receive_datagram(self):
+        server = self._server
+        try:
+            data, client_address = server.socket.recvfrom(server.max_packet_size)
+        except OSError as exc:
+            if exc.errno in _ACCEPT_CAPACITY_ERRNOS:
+                raise
+            return None
+        return (data, server.socket), client_address
 
     @property
     def address(self):
@@ -152,6 +185,10 @@ class _ClassicDispatch:
         if body is not None and body is not ThreadingMixIn.process_request_thread:
             host = _ThreadBody(host, self._server)  # an override of the thread's body runs
         self._inner.start(host)
+        if type(self._server).process_request is BaseServer.process_request:
+            # Nothing to honour: straight to the mix-in's dispatcher (bound after its
+            # start(), which may replace its submit, as inline's does).
+            self.submit = self._inner.submit
 
     def submit(self, request, client_address):
         self._handed_off = False
@@ -162,6 +199,19 @@ class _ClassicDispatch:
     def hand_off(self, request, client_address):
         self._handed_off = True
         self._inner.submit(request, client_address)
+
+
+def _nothing(request):
+    pass
+
+
+def _shutdown_and_close(request):
+    """TCPServer.shutdown_request, for classes that override neither it nor close_request."""
+    try:
+        request.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass  # some platforms may raise ENOTCONN here
+    request.close()
 
 
 class _ThreadBody:
@@ -233,10 +283,12 @@ class BaseServer:
         self._sockwork_dispatch = _ClassicDispatch(self, inner)
         service_actions = type(self).service_actions
         overridden = service_actions not in _DEFAULT_SERVICE_ACTIONS
+        plain_finish = type(self).finish_request is BaseServer.finish_request
         return _Server(
             transport=_ClassicTransport(self),
             dispatcher=self._sockwork_dispatch,
-            handler=self._sockwork_finish_request,
+            # finish_request(r, a) is RequestHandlerClass(r, a, self): called as such when not overridden
+            handler=self.RequestHandlerClass if plain_finish else self._sockwork_finish_request,
             drain_timeout=None,  # socketserver waits for every thread or child it waits for
             limits=_Limits.none(),  # no cap, no timeouts: handlers see what they always saw
             registry=registry,

@@ -172,3 +172,21 @@ def test_overridden_process_request_thread_runs_in_the_request_thread() -> None:
                 assert exchange_address(server.server_address, b"%d\n" % i) == b"%d\n" % i
     assert len(cleaned) == 3 and "loop" not in cleaned
     assert server._sockwork().stats.completed == 3
+
+
+def test_failing_process_request_is_handled_once_and_handle_request_returns() -> None:
+    """An exception from process_request goes to handle_error; nothing waits on a second accept."""
+    errors: list[object] = []
+
+    class Server(ours.TCPServer):
+        def process_request(self, request, client_address):  # type: ignore[no-untyped-def]
+            raise RuntimeError("cannot start a thread")
+
+        def handle_error(self, request, client_address):  # type: ignore[no-untyped-def]
+            errors.append(client_address)
+
+    with Server(("127.0.0.1", 0), Echo) as server:
+        with socket.create_connection(server.server_address) as conn:
+            server.handle_request()  # the 30 s timeout would catch a second, blocking accept
+            assert conn.recv(10) == b""  # shut down, not left hanging
+    assert len(errors) == 1
