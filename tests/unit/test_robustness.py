@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -102,3 +103,31 @@ def test_fork_children_neither_repeat_buffered_output_nor_block_sigterm_for_prog
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("buffered before serving") == 1, result.stdout
     assert f"[b'{-signal.SIGTERM}', b'{-signal.SIGTERM}', b'{-signal.SIGTERM}']" in result.stdout
+
+
+def test_thread_dispatcher_daemon_and_block_on_close_options() -> None:
+    """daemon=True starts daemon threads; block_on_close=False makes close() return while they run."""
+    gate_r, gate_w = socket.socketpair()
+    seen: list[bool] = []
+
+    def hold(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
+        seen.append(threading.current_thread().daemon)
+        gate_r.recv(1)
+
+    server = Server(transport=TCP, dispatcher="thread", handler=hold,
+                    dispatcher_options={"daemon": True, "block_on_close": False})
+    try:
+        with serving(server), client(server) as sock:
+            sock.sendall(b"x")
+            while not seen:
+                threading.Event().wait(0.01)
+            server.close()  # returns although the handler still waits at the gate
+            assert server.stats.active == 1
+        assert seen == [True]
+    finally:
+        gate_w.sendall(b"x")  # let the abandoned thread finish before the leak check
+        for thread in threading.enumerate():
+            if thread.daemon and thread is not threading.main_thread():
+                thread.join(5)
+        gate_r.close()
+        gate_w.close()
