@@ -72,6 +72,7 @@ class Loop:
         self.dispatcher = dispatcher
         self.requests = requests
         self.stop_requested = False
+        self.saturated_recheck: float | None = SATURATED_RECHECK  # None: trust the dispatcher's wake()
         self.batch: int = capability(transport, "accept_batch")
         # A supervisor's workers accept by themselves: this loop only watches them.
         self.accepts = not capability(dispatcher, "accepts_itself")
@@ -126,8 +127,8 @@ class Loop:
             self._set_listening(listening)
         if paused:
             timeout = _shorter(timeout, self._paused_until - time.monotonic())
-        elif saturated:
-            timeout = _shorter(timeout, SATURATED_RECHECK)
+        elif saturated and self.saturated_recheck is not None:
+            timeout = _shorter(timeout, self.saturated_recheck)
         if self._on_round is not None:
             next_due = self._on_round()
             if next_due is not None:

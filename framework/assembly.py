@@ -24,7 +24,6 @@ from ._parts import LifecycleHooks, Parts
 from .errors import ConfigError, OptionError, PluginError, UnknownPluginError
 from .interfaces import capability
 from .registry import DispatcherEntry, Entry, Kind, Registry, make_options
-from .urls import parse_transport_url
 
 if TYPE_CHECKING:
     from .config import ServerConfig
@@ -129,7 +128,7 @@ def _component(
         if kind == "transport" and ":" in spec:
             if options is not None:
                 raise ConfigError(f"transport_options cannot be combined with the URL {spec!r}")
-            name, options = parse_transport_url(spec)
+            name, options = registry.parse_transport_url(spec)
         entry = registry.get(kind, name)
         return build_component(registry, kind, entry, options), entry.name
     entry = registry.entry_for_options(kind, spec)

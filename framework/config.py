@@ -78,9 +78,12 @@ class TransportConfig:
     options: Any = attrs.field(factory=_options_factory)
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> TransportConfig:
-        """``TransportConfig.from_url("tcp://127.0.0.1:8000", backlog=4096)``."""
-        name, from_url = parse_transport_url(url)
+    def from_url(cls, url: str, registry: Registry | None = None, **options: Any) -> TransportConfig:
+        """``TransportConfig.from_url("tcp://127.0.0.1:8000", backlog=4096)``.
+
+        With a ``registry``, schemes that plugin transports declare are understood too.
+        """
+        name, from_url = registry.parse_transport_url(url) if registry is not None else parse_transport_url(url)
         twice = sorted(set(from_url) & set(options))
         if twice:
             raise ConfigError(f"{', '.join(twice)} given twice: in the URL {url!r} and in the options")
@@ -192,7 +195,7 @@ def load_config(data: Mapping[str, Any], registry: Registry | None = None, *, so
         if key not in _TOP_KEYS:
             errors.append((str(key), f"unknown setting; allowed: {', '.join(_TOP_KEYS)}"))
     if "transport" in data:
-        transport = _read_transport(data["transport"], errors)
+        transport = _read_transport(data["transport"], registry, errors)
     else:
         transport = None
         errors.append(("transport", 'missing; e.g. transport = "tcp://127.0.0.1:8000"'))
@@ -220,9 +223,9 @@ def load_config(data: Mapping[str, Any], registry: Registry | None = None, *, so
     return ServerConfig(**resolved, **server_fields)
 
 
-def _read_transport(value: Any, errors: list[tuple[str, str]]) -> TransportConfig | None:
+def _read_transport(value: Any, registry: Registry, errors: list[tuple[str, str]]) -> TransportConfig | None:
     if isinstance(value, str):
-        return _from_url(value, {}, "transport", errors)
+        return _from_url(value, {}, "transport", registry, errors)
     if not isinstance(value, Mapping):
         errors.append(("transport", f"must be a URL or a table with name/url and options, got {value!r}"))
         return None
@@ -234,19 +237,21 @@ def _read_transport(value: Any, errors: list[tuple[str, str]]) -> TransportConfi
     if "url" in value:
         if "name" in value:
             errors.append(("transport", "give 'url' or 'name', not both"))
-        return _from_url(value["url"], options, "transport.url", errors)
+        return _from_url(value["url"], options, "transport.url", registry, errors)
     if not isinstance(value.get("name"), str):
         errors.append(("transport.name", f"must be a transport name such as 'tcp', got {value.get('name')!r}"))
         return None
     return TransportConfig(name=value["name"], options=dict(options))
 
 
-def _from_url(url: Any, options: Mapping[str, Any], path: str, errors: list[tuple[str, str]]) -> TransportConfig | None:
+def _from_url(
+    url: Any, options: Mapping[str, Any], path: str, registry: Registry, errors: list[tuple[str, str]],
+) -> TransportConfig | None:
     if not isinstance(url, str):
         errors.append((path, f"must be a URL such as tcp://127.0.0.1:8000, got {url!r}"))
         return None
     try:
-        return TransportConfig.from_url(url, **options)
+        return TransportConfig.from_url(url, registry, **options)
     except ConfigError as exc:
         errors.append((path, str(exc)))
         return None

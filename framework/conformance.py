@@ -39,6 +39,7 @@ __all__ = [
     "test_handle_request_serves_one_or_times_out",
     "test_many_clients_each_get_their_own_reply",
     "test_raising_handler_does_not_stop_the_server",
+    "test_saturation_stops_accepting_and_freed_capacity_wakes_the_loop",
     "test_shutdown_while_idle",
 ]
 
@@ -194,6 +195,107 @@ def test_concurrency_is_what_the_dispatcher_promises(sockwork_make_server: MakeS
         assert len(later) == len(waiting)
         done = read_messages(clients, b"done", n, timeout=10)
         assert sorted(done) == list(range(n))
+
+
+class _Watched:
+    """A dispatcher seen through a proxy: what ``saturated()`` said, and the ``wake()`` calls it made."""
+
+    def __init__(self, dispatcher: Any) -> None:
+        self.dispatcher = dispatcher
+        self.concurrency = dispatcher.concurrency
+        self.saturated_seen = 0
+        self.submitting = False
+
+    def start(self, host: Any) -> None:
+        self.dispatcher.start(host)
+
+    def submit(self, request: Any, client_address: Any) -> None:
+        self.submitting = True  # stays True while a dispatcher serves inside submit() (inline)
+        self.dispatcher.submit(request, client_address)
+        self.submitting = False
+
+    def saturated(self) -> bool:
+        full = bool(self.dispatcher.saturated())
+        self.saturated_seen += full
+        return full
+
+    def drain(self, timeout: float | None) -> bool:
+        return bool(self.dispatcher.drain(timeout))
+
+    def close(self) -> None:
+        self.dispatcher.close()
+
+
+MOST_CLIENTS = 320
+"""The backpressure test opens at most this many clients (a bounded load)."""
+
+SERVE_WITHIN = 20.0
+"""Seconds the backpressure test waits for the blocked clients once the handlers may go on."""
+
+
+@_conformance
+def test_saturation_stops_accepting_and_freed_capacity_wakes_the_loop(
+    sockwork_transport_name: str, sockwork_dispatcher_name: str, sockwork_tmp: Any, sockwork_registry: Registry,
+) -> None:
+    """With every worker blocked, a dispatcher says saturated() (backpressure) before it holds an
+    unbounded number of requests, and wakes the loop (host.wake(), or a descriptor it watches) when
+    capacity frees up: here the loop does not poll, so a dispatcher that never wakes it hangs."""
+    from sockwork.assembly import assemble
+
+    entry = sockwork_registry.get("transport", sockwork_transport_name)
+    if entry.loopback_options is None:  # type: ignore[attr-defined]
+        pytest.skip(f"transport {sockwork_transport_name!r} has no loopback_options to test it with")
+    with open_gate() as gate:
+        parts = assemble(sockwork_transport_name, gated_handler(gate), sockwork_dispatcher_name,
+                         transport_options=entry.loopback_options(sockwork_tmp),  # type: ignore[attr-defined]
+                         registry=sockwork_registry)
+        if capability(parts.dispatcher, "accepts_itself"):
+            _discard(parts)
+            pytest.skip("a supervisor's workers accept by themselves: their own dispatchers are tested")
+        if parts.dispatcher.concurrency is None or parts.dispatcher.concurrency >= MOST_CLIENTS // 2:
+            _discard(parts)
+            pytest.skip(f"concurrency {parts.dispatcher.concurrency}: too many blocked requests to test here")
+        watched = _Watched(parts.dispatcher)
+        server = Server(parts=attrs_evolve(parts, dispatcher=watched))
+        server.loop.saturated_recheck = None  # no polling: only the dispatcher's wake-up resumes accepting
+        with serving(server), ExitStack() as stack:
+            clients = start_clients_from(stack, server, 0, 1)
+            assert read_messages(clients, b"started", 1, timeout=10) == [0]
+            if watched.submitting:  # it serves in the loop's own thread: the loop cannot accept anyway
+                gate.open(1)
+                pytest.skip("this dispatcher serves inside submit(): no backpressure is needed")
+            deadline = time.monotonic() + 20
+            while not watched.saturated_seen and len(clients) < MOST_CLIENTS and time.monotonic() < deadline:
+                clients.extend(start_clients_from(stack, server, len(clients), 8))
+                time.sleep(0.02)  # let the loop accept them
+            gate.open(len(clients))  # first: a failing check must not leave handlers blocked
+            assert watched.saturated_seen, (
+                f"saturated() never returned True with {len(clients)} requests accepted and "
+                f"{watched.concurrency} allowed to run: a dispatcher must stop the loop before it holds unbounded work")
+            started = read_messages(clients[1:], b"started", len(clients) - 1, timeout=SERVE_WITHIN)
+            assert len(started) == len(clients) - 1, (
+                f"only {len(started) + 1} of {len(clients)} clients were ever served: when capacity frees up, "
+                "the dispatcher must wake the loop (host.wake()), which stopped accepting at saturated()")
+
+
+def _discard(parts: Any) -> None:
+    """Parts never served: close what they hold (an inherited descriptor is the transport's once opened)."""
+    parts.dispatcher.close()
+    parts.transport.open()
+    parts.transport.close()
+
+
+def attrs_evolve(parts: Any, **changes: Any) -> Any:
+    import attrs
+
+    return attrs.evolve(parts, **changes)
+
+
+def start_clients_from(stack: ExitStack, server: Server, first: int, count: int) -> list[socket.socket]:
+    clients = [stack.enter_context(client(server)) for _ in range(count)]
+    for i, sock in enumerate(clients, first):
+        sock.send(b"c%d" % i)
+    return clients
 
 
 # ---- Shutdown --------------------------------------------------------------

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    from ._server import Server
+    from .limits import ServerStats
     from .registry import DispatcherEntry, HandlerEntry, TransportEntry
 
 PROJECT = "sockwork"
@@ -46,22 +48,24 @@ def sockwork_add_handlers() -> list[HandlerEntry]:
 
 
 @hookspec
-def sockwork_server_started(server: Any) -> None:
+def sockwork_server_started(server: Server) -> None:
     """The server is bound and about to accept its first request."""
 
 
 @hookspec
-def sockwork_request_failed(server: Any, client_address: Any, exc: BaseException) -> None:
+def sockwork_request_failed(server: Server, client_address: Any, exc: BaseException) -> None:
     """A handler raised ``exc`` while serving ``client_address``.
 
-    Called in the process that ran the handler: with the ``fork`` dispatcher
-    that is the child. Only called if some plugin implements it. An exception
+    Called in the server's own process, also for a request served in a child
+    process (``fork``), where ``exc`` describes the child's failure. Not
+    called for a client that went away mid-request (counted as
+    ``disconnected``). Only called if some plugin implements it. An exception
     raised here is logged and otherwise ignored.
     """
 
 
 @hookspec
-def sockwork_collect_stats(server: Any, stats: Any) -> None:
+def sockwork_collect_stats(server: Server, stats: ServerStats) -> None:
     """Every ``limits.stats_interval`` seconds (10 by default): the counters.
 
     ``stats`` is a :class:`~sockwork.ServerStats` snapshot. Called from the
@@ -71,5 +75,5 @@ def sockwork_collect_stats(server: Any, stats: Any) -> None:
 
 
 @hookspec
-def sockwork_server_stopped(server: Any) -> None:
+def sockwork_server_stopped(server: Server) -> None:
     """The server has drained its dispatcher and closed its transport."""

@@ -20,6 +20,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import ConfigError, OptionError, PluginError, UnknownPluginError
+from .urls import parse_transport_url
 
 __all__ = [
     "BUILTIN_PLUGINS",
@@ -99,9 +100,17 @@ class TransportEntry(Entry):
     ``loopback_options(directory)`` returns options that listen on loopback
     (or, for file-based transports, inside ``directory``); the conformance
     suite and :mod:`sockwork.testing` use it to test the transport.
+
+    ``schemes`` are URL schemes that mean this transport besides its name
+    (``("tls",)``, ``("proxy+tcp",)``); ``parse_url(url)`` turns such a URL
+    into a mapping of options. Without ``parse_url``, a URL is read the
+    generic way: ``SCHEME://HOST:PORT`` gives ``address``, a path scheme
+    ``path`` (see :mod:`sockwork.urls`).
     """
 
     loopback_options: Callable[[Path], Any] | None = None
+    schemes: tuple[str, ...] = ()
+    parse_url: Callable[[str], Mapping[str, Any]] | None = None
 
 
 @final
@@ -219,6 +228,12 @@ class Registry:
         self._entries: dict[Kind, dict[str, Entry]] = {
             kind: self._collect(kind) for kind in KINDS
         }
+        self._schemes: dict[str, Entry] = {}
+        for entry in self._entries["transport"].values():
+            for scheme in (entry.name, *getattr(entry, "schemes", ())):
+                if self._schemes.setdefault(scheme, entry) is not entry:
+                    logger.warning("URL scheme %r of transport %r is taken by transport %r",
+                                   scheme, entry.name, self._schemes[scheme].name)
 
     def _collect(self, kind: Kind) -> dict[str, Entry]:
         found: dict[str, Entry] = {}
@@ -241,6 +256,20 @@ class Registry:
                     continue
                 found[entry.name] = attrs.evolve(entry, plugin=impl.plugin_name)
         return found
+
+    def parse_transport_url(self, url: str) -> tuple[str, dict[str, Any]]:
+        """``(transport name, options)`` for a URL, by the scheme a transport declared or its name."""
+        scheme = url.partition(":")[0].lower()
+        entry = self._schemes.get(scheme)
+        if isinstance(entry, TransportEntry) and entry.parse_url is not None:
+            try:
+                return entry.name, dict(entry.parse_url(url))
+            except ConfigError:
+                raise
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"transport URL {url!r}: {exc}") from None
+        name, options = parse_transport_url(url)
+        return (entry.name if entry is not None else name), options
 
     def distribution_of(self, plugin: str) -> str:
         """``"distribution version"`` of a plugin, or ``"?"`` when it is not known."""

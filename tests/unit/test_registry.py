@@ -134,3 +134,29 @@ def test_options_object_is_used_as_is() -> None:
     """An options instance needs no conversion."""
     dispatcher = registry_with().build("dispatcher", "pool", PoolOptions(workers=3))
     assert dispatcher.concurrency == 3
+
+
+def test_a_transport_can_declare_its_own_url_scheme() -> None:
+    """A plugin's scheme (with its own parser) works in Server(...) and in config files, like tcp://."""
+    from sockwork import Server, load_config
+    from sockwork.transports import TCPOptions, TCPTransport
+
+    seen: list[str] = []
+
+    def parse(url: str) -> dict[str, object]:
+        seen.append(url)
+        host, _, port = url.removeprefix("loud+tcp://").rpartition(":")
+        return {"address": (host, int(port)), "backlog": 7}
+
+    class Plugin:
+        @hookimpl
+        def sockwork_add_transports(self) -> list[TransportEntry]:
+            return [TransportEntry("loud", TCPTransport, TCPOptions, schemes=("loud+tcp",), parse_url=parse)]
+
+    registry = registry_with(Plugin())
+    with Server(transport="loud+tcp://127.0.0.1:0", handler="echo", registry=registry) as server:
+        assert server.transport.options.backlog == 7  # type: ignore[attr-defined]
+        assert server.url.startswith("tcp://127.0.0.1:")  # the transport names itself
+    config = load_config({"transport": "loud+tcp://127.0.0.1:0"}, registry)
+    assert config.transport.name == "loud" and config.transport.options.backlog == 7
+    assert seen == ["loud+tcp://127.0.0.1:0"] * 2
