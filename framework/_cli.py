@@ -81,7 +81,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         command.add_argument("--drain-timeout", metavar="SECONDS",
                              help=f"how long running requests may finish when stopping (default: 10; '{FOREVER}')")
         command.add_argument("--log-level", metavar="LEVEL",
-                             help=f"one of {', '.join(LOG_LEVELS)} (default: INFO)")
+                             help=f"one of {', '.join(LOG_LEVELS)}, in any case (default: INFO)")
 
     own: dict[str, argparse.ArgumentParser] = {}
     own["serve"] = commands.add_parser("serve", help="run a server (the default command)")

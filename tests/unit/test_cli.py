@@ -321,7 +321,7 @@ def test_log_level_help_lists_every_accepted_level() -> None:
     from sockwork.config import LOG_LEVELS
 
     help_text = " ".join(run_cli("serve", "--help").stdout.split())
-    assert f"--log-level LEVEL one of {', '.join(LOG_LEVELS)} (default: INFO)" in help_text
+    assert f"--log-level LEVEL one of {', '.join(LOG_LEVELS)}, in any case (default: INFO)" in help_text
 
 
 def test_the_script_finds_handler_modules_in_the_current_directory(tmp_path: Path) -> None:
