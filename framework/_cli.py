@@ -95,7 +95,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
 
 
 def _looks_like_a_config_file(word: str) -> bool:
-    return word.lower().endswith((".toml", ".json")) or "/" in word or os.sep in word or "." in word
+    """``app.toml``, ``conf/app``, ``app.yaml``: a file (whose name read_config_data checks), not a command."""
+    return "." in word or "/" in word or os.sep in word
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,6 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _current_directory_first() -> None:
+    """What ``python -m`` does, unless the interpreter was told not to (``-P``, PYTHONSAFEPATH)."""
+    if sys.flags.safe_path:
+        return
     cwd = os.getcwd()
     if "" not in sys.path and cwd not in sys.path:
         sys.path.insert(0, cwd)

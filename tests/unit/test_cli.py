@@ -330,6 +330,10 @@ def test_the_script_finds_handler_modules_in_the_current_directory(tmp_path: Pat
     result = run_cli("check", "--handler", "my_cli_handler:handle", cwd=tmp_path, script=True)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["handler"]["ref"] == "my_cli_handler:handle"
+    safe = subprocess.run([str(Path(sys.executable).parent / "sockwork"), "check", "--handler", "my_cli_handler:handle"],
+                          capture_output=True, text=True, timeout=20, cwd=tmp_path,
+                          env={**os.environ, "PYTHONSAFEPATH": "1"})
+    assert safe.returncode == 1 and "cannot import module 'my_cli_handler'" in safe.stderr
 
 
 # ---- What stopping says (issue 14) ------------------------------------------------------
