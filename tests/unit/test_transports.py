@@ -311,3 +311,14 @@ def test_a_live_server_with_a_full_backlog_is_not_stolen_and_not_waited_for(shor
         finally:
             for client in queued:
                 client.close()
+
+
+def test_the_legacy_module_keeps_the_standard_reading_of_a_shorthand_host() -> None:
+    """sockwork.socketserver is a drop-in: ("0", port) binds every interface there, as in the standard module."""
+    from sockwork import socketserver
+
+    server = socketserver.TCPServer(("0", 0), socketserver.BaseRequestHandler)
+    try:
+        assert server.server_address[0] == "0.0.0.0"
+    finally:
+        server.server_close()
