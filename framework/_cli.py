@@ -30,7 +30,6 @@ import difflib
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 import tomllib
@@ -40,8 +39,10 @@ from typing import Any
 import attrs
 
 from . import __version__
-from .config import FOREVER, LOG_LEVELS, ConfigErrors, ServerConfig, build_server, load_config, read_config_data
-from .errors import ConfigError, ServerError
+from ._server import build_server
+from .assembly import assemble_config
+from .config import FOREVER, LOG_LEVELS, ConfigErrors, ServerConfig, load_config, read_config_data
+from .errors import ConfigError, PluginError, ServerError
 from .registry import KINDS, Registry
 
 __all__ = ["main"]
@@ -149,25 +150,40 @@ def _run(args: argparse.Namespace) -> int:
         print(f"sockwork: {_one_problem_one_line(exc)}", file=sys.stderr)
         return 1 if args.command == "check" else 2
     if args.command == "check":
+        try:  # the same step as serving, short of binding: what passes check, starts
+            assemble_config(config, registry, source=_source(args))
+        except PluginError as exc:
+            print(f"sockwork: {exc}", file=sys.stderr)
+            return 2
+        except ConfigError as exc:
+            print(f"sockwork: {_one_problem_one_line(exc)}", file=sys.stderr)
+            return 1
         print(json.dumps(config.to_dict(), indent=2))
         return 0
-    return _serve(config, registry)
+    return _serve(config, registry, source=_source(args))
 
 
-def _one_problem_one_line(exc: ConfigError) -> str:
+def _one_problem_one_line(exc: ConfigError, source: str | None = None) -> str:
     """A single problem on one line (``source: field: message``); several as a list under a heading."""
-    if isinstance(exc, ConfigErrors) and len(exc.errors) == 1:
+    if not isinstance(exc, ConfigErrors):
+        return str(exc)
+    source = source or exc.source
+    if len(exc.errors) == 1:
         (path, message), = exc.errors
-        return f"{exc.source}: {path}: {message}"
-    return str(exc)
+        return f"{source}: {path}: {message}"
+    return str(ConfigErrors(exc.errors, source))
+
+
+def _source(args: argparse.Namespace) -> str:
+    """Where the settings came from, as problems are reported: a file, flags, or both."""
+    flags = any((args.transport, args.dispatcher, args.workers, args.handler, args.drain_timeout, args.log_level,
+                 args.option))
+    return f"{args.config} with the command line's flags" if args.config and flags else args.config or "command line"
 
 
 def _config_from(args: argparse.Namespace, registry: Registry) -> ServerConfig:
     """The config file's settings with the flags on top, validated in one go."""
     data: dict[str, Any] = read_config_data(args.config) if args.config else {"transport": DEFAULT_TRANSPORT}
-    flags = any((args.transport, args.dispatcher, args.workers, args.handler, args.drain_timeout, args.log_level,
-                 args.option))
-    source = f"{args.config} with the command line's flags" if args.config and flags else args.config or "command line"
     if args.transport:
         data["transport"] = args.transport
     if args.dispatcher:
@@ -182,7 +198,7 @@ def _config_from(args: argparse.Namespace, registry: Registry) -> ServerConfig:
         _apply_workers(data, args.workers, args.option, registry)
     for option in args.option:
         _apply_option(data, option)
-    return load_config(data, registry, source=source)
+    return load_config(data, registry, source=_source(args))
 
 
 def _apply_workers(data: dict[str, Any], workers: str, options: list[str], registry: Registry) -> None:
@@ -244,36 +260,27 @@ def _number(text: str) -> Any:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else text
 
 
-def _serve(config: ServerConfig, registry: Registry) -> int:
+def _serve(config: ServerConfig, registry: Registry, source: str) -> int:
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         server = build_server(config, registry)
+    except ConfigError as exc:  # found when the parts are built: an inherited descriptor, say
+        print(f"sockwork: {_one_problem_one_line(exc, source)}", file=sys.stderr)
+        return 2
     except (ServerError, OSError) as exc:
         print(f"sockwork: {exc}", file=sys.stderr)
         return 2
-    try:
-        loop_left = _stop_on_signals(server)
-        # A signal may be delivered to any thread; Python runs its handler in the
-        # main thread only. Writing to the loop's wake-up socket makes the main
-        # thread notice at once instead of at the next request.
-        signal.set_wakeup_fd(server._wake_w.fileno(), warn_on_full_buffer=False)
-        handler = config.handler.ref if isinstance(config.handler.ref, str) else repr(config.handler.ref)
-        print(
-            f"sockwork: serving {handler!r} on {server.url} with dispatcher "
-            f"{config.dispatcher.name!r} (pid {os.getpid()})",
-            flush=True,
-        )
-        server.serve_forever()
-        loop_left.set()
-        active = server.stats.active
-        if active:
-            limit = "no time limit" if config.drain_timeout is None else f"up to {_seconds(config.drain_timeout)} s"
-            logger.info("stopping: draining %d request%s still running (%s)", active, "s" * (active != 1), limit)
-        else:
-            logger.info("stopping: no requests running")
-    finally:
-        signal.set_wakeup_fd(-1)
-        _close_attentively(server)
+    with server.handle_signals():
+        try:
+            handler = config.handler.ref if isinstance(config.handler.ref, str) else repr(config.handler.ref)
+            print(
+                f"sockwork: serving {handler!r} on {server.url} with dispatcher "
+                f"{config.dispatcher.name!r} (pid {os.getpid()})",
+                flush=True,
+            )
+            server.serve_forever()
+        finally:
+            _close_attentively(server)
     logger.info("stopped")
     if threading.active_count() > 1:
         # Handlers abandoned at the drain deadline (logged above) must not keep
@@ -282,11 +289,6 @@ def _serve(config: ServerConfig, registry: Registry) -> int:
         sys.stdout.flush()
         os._exit(0)
     return 0
-
-
-def _seconds(value: float) -> str:
-    """10 and 10.0 both read "10"; 0.25 reads "0.25"."""
-    return str(int(value)) if float(value).is_integer() else str(value)
 
 
 def _close_attentively(server: Any) -> None:
@@ -299,36 +301,6 @@ def _close_attentively(server: Any) -> None:
     closer.start()
     while closer.is_alive():
         closer.join(0.1)
-
-
-def _stop_on_signals(server: Any) -> threading.Event:
-    """First signal: graceful stop. Second: kill our child processes, exit 1.
-
-    Returns an event to set once ``serve_forever`` has returned: until then, a
-    handler running in the loop itself (``inline``) is held to the drain
-    deadline by a timer that shuts its connection down.
-    """
-    stopping = False
-    loop_left = threading.Event()
-
-    def stop(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        if stopping:
-            os.write(2, b"sockwork: second signal, exiting without waiting for running requests\n")
-            try:
-                server.dispatcher.close()  # fork/prefork: kill and reap the children, leave no orphans
-            finally:
-                os._exit(1)
-        stopping = True
-        server.shutdown()  # from the serving thread: returns at once, the loop ends next
-        if server.drain_timeout is not None:
-            timer = threading.Timer(server.drain_timeout, lambda: loop_left.is_set() or server._force_stop())
-            timer.daemon = True
-            timer.start()
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    return loop_left
 
 
 def _plugins(registry: Registry) -> int:

@@ -185,6 +185,20 @@ class ForkDispatcher:
             self._forget(pid)
         self._unwatched = 0
 
+    def abort(self) -> None:
+        """Kill every child at once and reap it (safe in a signal handler: no lock, nothing raises)."""
+        pids = list(self._children)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in pids:
+            try:
+                os.waitpid(pid, 0)  # SIGKILL: at once
+            except ChildProcessError:
+                pass  # reaped meanwhile by the drain
+
     def _forget(self, pid: int) -> Any:
         """Stop watching a child (reaped, or let go); return the client it served."""
         pidfd, client_address = self._children.pop(pid)

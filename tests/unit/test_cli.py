@@ -101,7 +101,7 @@ def test_a_second_signal_forces_the_stop() -> None:
             idle.sendall(b"x\n")
             assert idle.recv(100) == b"1: x\n"  # its handler now waits for the next line, forever
             process.send_signal(signal.SIGTERM)
-            assert "stopping: draining" in process.stderr.readline()  # type: ignore[union-attr]
+            assert "stopping on SIGTERM: draining 1 request(s)" in process.stderr.readline()  # type: ignore[union-attr]
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=10) == 1
             assert "second signal" in process.stderr.read()  # type: ignore[union-attr]
@@ -194,7 +194,7 @@ def test_second_signal_leaves_no_child_processes_behind() -> None:
                 children = [int(pid) for pid in f.read().split()]
             assert len(children) == 1
             process.send_signal(signal.SIGTERM)
-            assert "stopping: draining" in process.stderr.readline()  # type: ignore[union-attr]
+            assert "stopping on SIGTERM: draining 1 request(s)" in process.stderr.readline()  # type: ignore[union-attr]
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=10) == 1
             assert idle.recv(100) == b""  # its child is gone too
@@ -349,7 +349,8 @@ def test_the_stop_message_shows_the_deadline_one_way_and_counts_what_runs(drain:
             assert idle.recv(100) == b"1: x\n"  # its handler now waits for the next line
             process.send_signal(signal.SIGTERM)
             line = process.stderr.readline()  # type: ignore[union-attr]
-            assert line.rstrip().endswith("sockwork INFO stopping: draining 1 request still running (up to 10 s)")
+            assert line.rstrip().endswith(
+                "sockwork INFO stopping on SIGTERM: draining 1 request(s) still running (up to 10 s)")
         # the client has left: its handler returns, and the drain is over
         assert process.wait(timeout=10) == 0
     finally:
@@ -363,6 +364,6 @@ def test_the_stop_message_does_not_mention_draining_when_nothing_runs() -> None:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
         err = process.stderr.read()  # type: ignore[union-attr]
-        assert "stopping: no requests running" in err and "draining" not in err
+        assert "stopping on SIGTERM: no request is running" in err and "draining" not in err
     finally:
         stop(process)

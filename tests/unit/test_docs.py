@@ -82,20 +82,20 @@ def test_config_md_url_errors_are_the_ones_raised() -> None:
         assert line == f"transport: {info.value}"
 
 
-def test_config_md_errors_of_an_fd_transport_are_what_serve_prints_and_check_passes() -> None:
-    """`check` does not look at the descriptor; `serve` reports it in one line, status 2."""
-    block = code_block_after((DOCS / "config.md").read_text(), "assembles the server, which exits", "text")
+def test_config_md_errors_of_an_fd_transport_are_what_check_and_serve_print() -> None:
+    """Both look at the inherited descriptor: check exits 1, serve 2, with the same line."""
+    block = code_block_after((DOCS / "config.md").read_text(), "report it under\n`transport`, for example:", "text")
     expected = block.splitlines()
     env = without_listen_variables()
-    not_set = sockwork("serve", "--transport", "systemd://", env=env)
-    assert (not_set.returncode, not_set.stderr) == (2, expected[0] + "\n")
-    wrong_pid = sockwork("serve", "--transport", "systemd://", env={**env, "LISTEN_PID": "4242", "LISTEN_FDS": "1"})
-    assert wrong_pid.returncode == 2
-    assert re.sub(r"\d+", "N", wrong_pid.stderr) == re.sub(r"\d+", "N", expected[1]) + "\n"
-    bad_fd = sockwork("serve", "--transport", "fd://57", env=env)  # close_fds: 57 is not open in the child
-    assert (bad_fd.returncode, bad_fd.stderr) == (2, expected[2] + "\n")
-    for url in ("systemd://", "fd://57"):
-        assert sockwork("check", "--transport", url, env=env).returncode == 0
+    wrong_pid = {**env, "LISTEN_PID": "4242", "LISTEN_FDS": "1"}
+    for command, status in (("check", 1), ("serve", 2)):
+        not_set = sockwork(command, "--transport", "systemd://", env=env)
+        assert (not_set.returncode, not_set.stderr) == (status, expected[0] + "\n")
+        other = sockwork(command, "--transport", "systemd://", env=wrong_pid)
+        assert other.returncode == status
+        assert re.sub(r"\d+", "N", other.stderr) == re.sub(r"\d+", "N", expected[1]) + "\n"
+        bad_fd = sockwork(command, "--transport", "fd://57", env=env)  # close_fds: 57 is not open in the child
+        assert (bad_fd.returncode, bad_fd.stderr) == (status, expected[2] + "\n")
 
 
 def test_production_md_listen_pid_example_is_what_serve_prints() -> None:

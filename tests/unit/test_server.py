@@ -253,7 +253,7 @@ def test_forced_drain_kills_stuck_children_and_says_so(caplog: pytest.LogCapture
         server.close()
         assert sock.recv(10) == b""  # the child is gone, so is its connection
     text = caplog.text
-    assert "requests still running after the 0.1s drain timeout; ending them" in text
+    assert "the 0.1 s drain deadline has passed with 1 request(s) still running; ending them" in text
     assert "killing 1 child process(es) still running after the drain" in text
     assert "0 request(s)" not in text
 
@@ -269,6 +269,6 @@ def test_forced_drain_ends_stuck_connections_quietly(caplog: pytest.LogCaptureFi
     with caplog.at_level(logging.INFO, logger="sockwork"), serving(server), client(server) as sock:
         assert sock.recv(5) == b"start"
         server.close()
-    assert "shutting down their 1 connection(s)" in caplog.text
+    assert "still running; shut down their 1 connection(s)" in caplog.text
     assert "ended at the drain deadline" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
