@@ -367,3 +367,21 @@ def test_the_stop_message_does_not_mention_draining_when_nothing_runs() -> None:
         assert "stopping on SIGTERM: no request is running" in err and "draining" not in err
     finally:
         stop(process)
+
+
+def test_an_inline_handler_calling_sys_exit_stops_the_whole_server(tmp_path: Path) -> None:
+    """As docs/guide.md says (and as in socketserver): status 3 for sys.exit(3), logged first."""
+    (tmp_path / "quitter.py").write_text("import sys\n\ndef handle(request, client_address, server):\n"
+                                         "    request.recv(100)\n    sys.exit(3)\n")
+    process = subprocess.Popen([sys.executable, "-m", "sockwork", "--dispatcher", "inline", "--handler",
+                                "quitter:handle", "--transport", "tcp://127.0.0.1:0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        started = read_started_line(process)
+        with socket.create_connection(("127.0.0.1", int(started.group(3))), timeout=10) as conn:
+            conn.sendall(b"bye")
+            assert conn.recv(100) == b""
+        assert process.wait(timeout=10) == 3
+        assert "raised SystemExit(3); passing it on" in process.stderr.read()  # type: ignore[union-attr]
+    finally:
+        stop(process)
