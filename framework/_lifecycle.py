@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, final
 
-from ._deadline import deadline_after, remaining
+from .deadlines import deadline_after, remaining
 from ._loop import Loop
 from ._parts import LifecycleHooks
 from ._requests import Requests

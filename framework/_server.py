@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, final
 
-from ._deadline import deadline_after, remaining
+from .deadlines import deadline_after, remaining
 from ._lifecycle import Lifecycle
 from ._loop import ACCEPT_CAPACITY_ERRNOS, Loop
 from ._parts import Parts

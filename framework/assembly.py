@@ -188,12 +188,13 @@ def inner_dispatcher_factory(registry: Registry, entry: Entry, options: Any) -> 
 
 
 def _missing_members(kind: str, component: object) -> list[str]:
+    """The members of ``kind``'s Protocol that ``component`` lacks (methods shown with ``()``)."""
     missing = []
     for name in REQUIRED_MEMBERS[kind]:
-        if not hasattr(type(component), name) and not hasattr(component, name):
-            missing.append(name)
-        elif name not in ("kind", "family", "address", "concurrency") and not callable(getattr(component, name)):
-            missing.append(f"{name}()")
+        data = name in ("kind", "family", "address", "concurrency")
+        present = hasattr(type(component), name) or hasattr(component, name)
+        if not present or (not data and not callable(getattr(component, name))):
+            missing.append(name if data else f"{name}()")
     if kind == "transport" and "kind" not in missing and getattr(component, "kind", None) not in ("stream", "datagram"):
         missing.append("a kind of 'stream' or 'datagram'")
     return missing

@@ -24,7 +24,7 @@ from typing import Any, Literal, final
 
 import attrs
 
-from ._validators import off_is_none
+from .validators import off_is_none
 
 __all__ = ["Limits", "Outcome", "ServerStats", "WorkerExit"]
 

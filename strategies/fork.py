@@ -22,8 +22,8 @@ from typing import Any, final
 
 import attrs
 
-from sockwork._deadline import deadline_after, remaining
-from sockwork._validators import boolean, positive_int
+from sockwork.deadlines import deadline_after, remaining
+from sockwork.validators import boolean, positive_int
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
 from sockwork.limits import Outcome

@@ -41,8 +41,8 @@ from typing import Any, Literal, final
 
 import attrs
 
-from sockwork._deadline import deadline_after, remaining
-from sockwork._validators import off_is_none, optional_positive_int, positive_int
+from sockwork.deadlines import deadline_after, remaining
+from sockwork.validators import off_is_none, optional_positive_int, positive_int
 from sockwork.forking import flush_stdio
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import Dispatcher, DispatcherHost
