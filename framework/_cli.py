@@ -1,15 +1,23 @@
 """The ``sockwork`` command (also ``python -m sockwork``).
 
-    sockwork serve [CONFIG] [--transport URL] [--dispatcher NAME] [--handler REF]
-                   [--option KEY=VALUE ...] [--drain-timeout S] [--log-level LEVEL]
-    sockwork check CONFIG [the same flags]
+    sockwork [serve] [CONFIG] [--transport URL] [--dispatcher NAME] [--workers N]
+                     [--handler REF] [--option KEY=VALUE ...] [--drain-timeout S]
+                     [--log-level LEVEL]
+    sockwork check [CONFIG] [the same flags]
     sockwork plugins
     sockwork bench [--quick] ...        (see sockwork.bench)
+    sockwork --version
 
+``serve`` is the default command: ``sockwork app.toml`` and ``sockwork
+--dispatcher pool`` serve. A first word that is neither a command nor a
+config file name (``.toml``/``.json``) is refused as an unknown command.
 With no arguments at all it serves the built-in echo handler on
 tcp://127.0.0.1:9999. SIGINT or SIGTERM stops a server gracefully (stop
 accepting, drain, exit 0); a second signal during the drain exits at once
 with status 1.
+
+Handler modules are imported with the current directory first on
+``sys.path``, for the ``sockwork`` script as for ``python -m sockwork``.
 
 Exit status: 0 fine, 1 invalid configuration (``check``), 2 bad usage or a
 server that could not start.
@@ -18,6 +26,7 @@ server that could not start.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import os
@@ -29,9 +38,10 @@ from typing import Any
 
 import attrs
 
+from . import __version__
 from ._server import build_server
 from .assembly import assemble_config
-from .config import FOREVER, ServerConfig, load_config, read_config_data
+from .config import FOREVER, LOG_LEVELS, ConfigErrors, ServerConfig, load_config, read_config_data
 from .errors import ConfigError, PluginError, ServerError
 from .registry import KINDS, Registry
 
@@ -43,49 +53,91 @@ COMMANDS = ("serve", "check", "plugins", "bench")
 logger = logging.getLogger("sockwork")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sockwork", description="Run and inspect sockwork servers.")
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser, and each command's own (for errors in that command's words)."""
+    parser = argparse.ArgumentParser(
+        prog="sockwork", description="Run and inspect sockwork servers.",
+        epilog="With no COMMAND, or with a config file or flags first, 'serve' is meant.",
+    )
+    parser.add_argument("--version", action="version", version=f"sockwork {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def config_flags(command: argparse.ArgumentParser, config_required: bool) -> None:
-        command.add_argument("config", nargs=None if config_required else "?", metavar="CONFIG",
-                             help="a .toml or .json config file" + ("" if config_required else " (optional)"))
+    def config_flags(command: argparse.ArgumentParser) -> None:
+        command.add_argument("config", nargs="?", metavar="CONFIG", help="a .toml or .json config file (optional)")
         command.add_argument("--transport", metavar="URL",
                              help=f"where to listen, e.g. tcp://[::1]:8000, unix:///run/app.sock, fd://3, "
                                   f"systemd:// (default: {DEFAULT_TRANSPORT})")
         command.add_argument("--dispatcher", metavar="NAME",
                              help="concurrency strategy: inline, thread, fork, pool, ... (default: thread)")
+        command.add_argument("--workers", metavar="N",
+                             help="the dispatcher's worker count, for one that has a 'workers' option "
+                                  "(pool, prefork): short for --option dispatcher.workers=N")
         command.add_argument("--handler", metavar="REF",
-                             help="a registered handler (echo, discard, lines) or package.module:attribute")
+                             help="a registered handler (echo, discard, lines) or package.module:attribute "
+                                  "(modules in the current directory are found)")
         command.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                              help="a component option or limit, e.g. dispatcher.workers=8, transport.backlog=4096, "
                                   "limits.idle_timeout=30 "
                                   "(VALUE is read as TOML: 8, true, \"text\", [\"::1\", 0]); repeatable")
         command.add_argument("--drain-timeout", metavar="SECONDS",
                              help=f"how long running requests may finish when stopping (default: 10; '{FOREVER}')")
-        command.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO (default), WARNING, ERROR")
+        command.add_argument("--log-level", metavar="LEVEL",
+                             help=f"one of {', '.join(LOG_LEVELS)}, in any case (default: INFO)")
 
-    config_flags(commands.add_parser("serve", help="run a server (the default command)"), config_required=False)
-    config_flags(commands.add_parser("check", help="validate a config and print it resolved"), config_required=True)
-    commands.add_parser("plugins", help="list registered transports, dispatchers and handlers")
+    own: dict[str, argparse.ArgumentParser] = {}
+    own["serve"] = commands.add_parser("serve", help="run a server (the default command)")
+    config_flags(own["serve"])
+    own["check"] = commands.add_parser(
+        "check", help="validate a config (a file, flags, or both) and print it resolved, without binding")
+    config_flags(own["check"])
+    own["plugins"] = commands.add_parser("plugins", help="list registered transports, dispatchers and handlers")
     commands.add_parser("bench", help="benchmark the dispatchers against socketserver (see sockwork bench --help)")
-    return parser
+    return parser, own
+
+
+def _looks_like_a_config_file(word: str) -> bool:
+    """``app.toml``, ``conf/app``, ``app.yaml``: a file (whose name read_config_data checks), not a command."""
+    return "." in word or "/" in word or os.sep in word
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:
+        # The console script starts with its own directory on sys.path, ``python -m``
+        # with the current one: make `--handler app:handle` find ./app.py either way.
+        _current_directory_first()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
         from .bench import main as bench  # imports the standard socketserver: only when asked
 
         return bench(argv[1:])
-    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
-        argv.insert(0, "serve")
-    args = _parser().parse_args(argv)
+    parser, own = _parser()
+    if argv and argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
+        if argv[0].startswith("-") or _looks_like_a_config_file(argv[0]):
+            argv.insert(0, "serve")
+        else:
+            close = difflib.get_close_matches(argv[0], COMMANDS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            parser.error(f"unknown command {argv[0]!r}{hint}; commands: {', '.join(COMMANDS)}. "
+                         "A config file's name ends in .toml or .json.")
+    if not argv:
+        argv = ["serve"]
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # in the words, and with the usage, of the command they were given to
+        own[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return _run(args)
     except BrokenPipeError:  # `sockwork plugins | head`: the reader left; so do we, quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _current_directory_first() -> None:
+    """What ``python -m`` does, unless the interpreter was told not to (``-P``, PYTHONSAFEPATH)."""
+    if sys.flags.safe_path:
+        return
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -95,27 +147,43 @@ def _run(args: argparse.Namespace) -> int:
     try:
         config = _config_from(args, registry)
     except ConfigError as exc:
-        print(f"sockwork: {exc}", file=sys.stderr)
+        print(f"sockwork: {_one_problem_one_line(exc)}", file=sys.stderr)
         return 1 if args.command == "check" else 2
     if args.command == "check":
         try:  # the same step as serving, short of binding: what passes check, starts
-            assemble_config(config, registry, source=args.config or "command line")
+            assemble_config(config, registry, source=_source(args))
         except PluginError as exc:
             print(f"sockwork: {exc}", file=sys.stderr)
             return 2
         except ConfigError as exc:
-            print(f"sockwork: {exc}", file=sys.stderr)
+            print(f"sockwork: {_one_problem_one_line(exc)}", file=sys.stderr)
             return 1
         print(json.dumps(config.to_dict(), indent=2))
         return 0
-    return _serve(config, registry)
+    return _serve(config, registry, source=_source(args))
+
+
+def _one_problem_one_line(exc: ConfigError, source: str | None = None) -> str:
+    """A single problem on one line (``source: field: message``); several as a list under a heading."""
+    if not isinstance(exc, ConfigErrors):
+        return str(exc)
+    source = source or exc.source
+    if len(exc.errors) == 1:
+        (path, message), = exc.errors
+        return f"{source}: {path}: {message}"
+    return str(ConfigErrors(exc.errors, source))
+
+
+def _source(args: argparse.Namespace) -> str:
+    """Where the settings came from, as problems are reported: a file, flags, or both."""
+    flags = any((args.transport, args.dispatcher, args.workers, args.handler, args.drain_timeout, args.log_level,
+                 args.option))
+    return f"{args.config} with the command line's flags" if args.config and flags else args.config or "command line"
 
 
 def _config_from(args: argparse.Namespace, registry: Registry) -> ServerConfig:
     """The config file's settings with the flags on top, validated in one go."""
     data: dict[str, Any] = read_config_data(args.config) if args.config else {"transport": DEFAULT_TRANSPORT}
-    flags = any((args.transport, args.dispatcher, args.handler, args.drain_timeout, args.log_level, args.option))
-    source = f"{args.config} with the command line's flags" if args.config and flags else args.config or "command line"
     if args.transport:
         data["transport"] = args.transport
     if args.dispatcher:
@@ -126,9 +194,27 @@ def _config_from(args: argparse.Namespace, registry: Registry) -> ServerConfig:
         data["drain_timeout"] = args.drain_timeout if args.drain_timeout == FOREVER else _number(args.drain_timeout)
     if args.log_level:
         data["log_level"] = args.log_level
+    if args.workers is not None:
+        _apply_workers(data, args.workers, args.option, registry)
     for option in args.option:
         _apply_option(data, option)
-    return load_config(data, registry, source=source)
+    return load_config(data, registry, source=_source(args))
+
+
+def _apply_workers(data: dict[str, Any], workers: str, options: list[str], registry: Registry) -> None:
+    """``--workers N``: the dispatcher's ``workers`` option, for a dispatcher that has one."""
+    if any(option.partition("=")[0].strip() == "dispatcher.workers" for option in options):
+        raise ConfigError("--workers and --option dispatcher.workers=... both given; give one")
+    current = data.get("dispatcher", "thread")
+    name = current if isinstance(current, str) else current.get("name", "thread") if isinstance(current, dict) else None
+    counted = [entry.name for entry in registry.entries("dispatcher")
+               if "workers" in attrs.fields_dict(entry.options)]
+    known = {entry.name for entry in registry.entries("dispatcher")}
+    if isinstance(name, str) and name in known and name not in counted:
+        raise ConfigError(f"--workers: dispatcher {name!r} has no 'workers' option; dispatchers with a worker "
+                          f"count: {', '.join(counted) or '(none)'}, e.g. --dispatcher {(counted or ['pool'])[0]} "
+                          f"--workers {workers}")
+    _apply_option(data, f"dispatcher.workers={workers}")  # an unknown dispatcher is reported by load_config
 
 
 def _as_table(value: Any, key: str) -> dict[str, Any]:
@@ -174,10 +260,13 @@ def _number(text: str) -> Any:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else text
 
 
-def _serve(config: ServerConfig, registry: Registry) -> int:
+def _serve(config: ServerConfig, registry: Registry, source: str) -> int:
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         server = build_server(config, registry)
+    except ConfigError as exc:  # found when the parts are built: an inherited descriptor, say
+        print(f"sockwork: {_one_problem_one_line(exc, source)}", file=sys.stderr)
+        return 2
     except (ServerError, OSError) as exc:
         print(f"sockwork: {exc}", file=sys.stderr)
         return 2

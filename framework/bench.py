@@ -396,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--implementations", default=",".join(IMPLEMENTATIONS),
                         help="comma-separated; stdlib is always added first (default: all)")
     parser.add_argument("--rounds", type=int, help="runs per implementation, interleaved (default 3; quick 1)")
-    parser.add_argument("--duration", type=float, help="measured seconds per run (default 2; quick 0.4)")
+    parser.add_argument("--duration", type=float, help="measured seconds per run (default 2; quick 0.3)")
     parser.add_argument("--warmup", type=float,
                         help="warm-up seconds per run (default 1.5; quick 1.1): longer than the 1 s after "
                              "which a dropped connection attempt is retried, so every client is connected")

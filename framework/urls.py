@@ -19,6 +19,7 @@ are ``address=(HOST, PORT)`` or ``path=PATH`` in the same way.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import urllib.parse
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = ["format_address", "parse_transport_url"]
 
 _PATH_SCHEMES = frozenset({"unix", "unix-dgram"})
 _SCHEME = re.compile(r"^[a-z][a-z0-9_.+-]*$")
+MAX_FD = 2**31 - 1  # a C int: what the system calls take
 
 
 def parse_transport_url(url: str) -> tuple[str, dict[str, Any]]:
@@ -42,8 +44,11 @@ def parse_transport_url(url: str) -> tuple[str, dict[str, Any]]:
         )
     if scheme == "fd":
         number = rest[2:] if rest.startswith("//") else rest
-        if not number.isdigit():
+        if not (number.isascii() and number.isdigit()):
             raise ConfigError(f"transport URL {url!r}: write fd://N with N the inherited descriptor's number")
+        if int(number) > MAX_FD:
+            raise ConfigError(f"transport URL {url!r}: {number} is too large for a descriptor number "
+                              f"(at most {MAX_FD})")
         return "fd", {"fd": int(number)}
     if scheme == "systemd":
         name = rest[2:] if rest.startswith("//") else rest
@@ -53,16 +58,37 @@ def parse_transport_url(url: str) -> tuple[str, dict[str, Any]]:
         if not path:
             raise ConfigError(f"transport URL {url!r} has no path; write e.g. {scheme}:///run/app.sock")
         return scheme, {"path": path}  # taken literally: no %-decoding, so every path round-trips
-    netloc = rest[2:].partition("/")[0]
-    if netloc.count(":") > 1 and "[" not in netloc:
+    shape = f"must look like {scheme}://HOST:PORT (IPv6: {scheme}://[::1]:PORT)"
+    if not rest.startswith("//"):
+        raise ConfigError(f"transport URL {url!r} {shape}")
+    netloc = rest[2:].partition("/")[0].partition("?")[0].partition("#")[0]
+    if "@" in netloc:
+        raise ConfigError(f"transport URL {url!r}: a user or password part (user@) has no meaning for a "
+                          f"{scheme} transport; write {scheme}://HOST:PORT")
+    if netloc.startswith("["):
+        host, closed, after = netloc[1:].partition("]")
+        if not closed or (after and not after.startswith(":")):
+            raise ConfigError(f"transport URL {url!r}: write the IPv6 host in brackets, then :PORT; "
+                              f"e.g. {scheme}://[::1]:8000")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"transport URL {url!r}: {host!r} in brackets is not an IPv6 address; "
+                              f"brackets are for IPv6 only, e.g. {scheme}://[::1]:8000") from None
+    elif "]" in netloc:
+        raise ConfigError(f"transport URL {url!r}: ']' without '['; write IPv6 hosts as {scheme}://[::1]:8000")
+    elif netloc.count(":") > 1:
         raise ConfigError(f"transport URL {url!r}: IPv6 hosts go in brackets, e.g. {scheme}://[::1]:8000")
-    parts = urllib.parse.urlsplit(url)
     try:
+        parts = urllib.parse.urlsplit(url)
         port = parts.port
-    except ValueError:
-        raise ConfigError(f"transport URL {url!r}: the port must be a number in 0..65535") from None
+    except ValueError as exc:
+        # urlsplit's own words ("Port out of range 0-65535", ...); whatever it is, one clear line.
+        if "port" in str(exc).lower():
+            raise ConfigError(f"transport URL {url!r}: the port must be a number in 0..65535") from None
+        raise ConfigError(f"transport URL {url!r} {shape}: {exc}") from None
     if port is None or parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ConfigError(f"transport URL {url!r} must look like {scheme}://HOST:PORT (IPv6: {scheme}://[::1]:PORT)")
+        raise ConfigError(f"transport URL {url!r} {shape}")
     return scheme, {"address": (parts.hostname or "", port)}
 
 

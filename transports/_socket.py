@@ -55,6 +55,27 @@ def check_port_address(instance: object, attribute: attrs.Attribute[Any], value:
         raise ValueError(f"'{attribute.name}' must be [host, port] with a str host and an int port, got {value!r}")
     if not 0 <= value[1] <= 65535:
         raise ValueError(f"'{attribute.name}' port must be in 0..65535 (0 lets the OS pick), got {value[1]!r}")
+    read_as = _ipv4_shorthand(value[0])
+    if read_as is not None:
+        # The C resolver reads "0" as 0.0.0.0, "127.1" as 127.0.0.1 and "010.0.0.1" as 8.0.0.1
+        # (inet_aton(3)); "0" silently listening on every interface is the surprise we refuse.
+        where = "every interface" if read_as == "0.0.0.0" else "that address"
+        raise ValueError(
+            f"'{attribute.name}' host {value[0]!r} is a shorthand the OS would read as {read_as} ({where}); "
+            f"write {read_as!r} if that is meant"
+            + ("" if read_as != "0.0.0.0" else ", or '127.0.0.1' for this machine only")
+        )
+
+
+def _ipv4_shorthand(host: str) -> str | None:
+    """The dotted quad an IPv4 shorthand such as ``"0"`` or ``"127.1"`` stands for; None for anything else."""
+    if not host or host.strip(".0123456789abcdefxABCDEFX"):
+        return None  # a host name or an IPv6 address: the resolver's business
+    try:
+        read_as = socket.inet_ntoa(socket.inet_aton(host))
+    except OSError:
+        return None
+    return None if read_as == host else read_as
 
 
 def to_port_address(value: object) -> object:
@@ -69,6 +90,10 @@ def to_path(value: object) -> object:
 def check_path(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, str) or not value:
         raise ValueError(f"'{attribute.name}' must be a non-empty filesystem path, got {value!r}")
+    if "\0" in value and not value.startswith("\0"):
+        # The kernel would cut the name at the NUL and bind a socket file under the shorter name.
+        raise ValueError(f"'{attribute.name}' must not contain a NUL byte (only a leading one, which means "
+                         f"a Linux abstract name), got {value!r}")
 
 
 def check_mode(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -322,8 +347,11 @@ class UnixAddress(SocketTransport):
             raise BindError(errno.EADDRINUSE, f"couldn't bind {self.name} transport to {path!r}: "
                             "the path exists and is not a socket; remove it or choose another path")
         probe = socket.socket(socket.AF_UNIX, self.socket_type)
+        probe.setblocking(False)  # a live server with a full backlog must not keep us waiting
         try:
             probe.connect(path)
+        except BlockingIOError:
+            pass  # EAGAIN: the backlog is full, so someone is listening
         except ConnectionRefusedError:
             os.unlink(path)  # nobody listens: a dead server's leftover
             return True

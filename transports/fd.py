@@ -19,6 +19,7 @@ from sockwork.validators import positive_int
 from sockwork.errors import BindError, ConfigError
 from sockwork.hookspecs import hookimpl
 from sockwork.registry import TransportEntry
+from sockwork.urls import MAX_FD
 
 from ._socket import DatagramRequests, SocketTransport, StreamRequests
 
@@ -28,8 +29,8 @@ SD_LISTEN_FDS_START = 3  # systemd passes sockets from descriptor 3 on
 
 
 def _check_fd(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise ValueError(f"'{attribute.name}' must be a file descriptor number (an int >= 0), got {value!r}")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_FD):
+        raise ValueError(f"'{attribute.name}' must be a file descriptor number (an int in 0..{MAX_FD}), got {value!r}")
 
 
 @final

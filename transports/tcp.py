@@ -29,8 +29,9 @@ class TCPOptions:
     """Options of the ``tcp`` transport."""
 
     address: tuple[str, int] = attrs.field(converter=to_port_address, validator=check_port_address)
-    """``(host, port)``. An IPv6 host (``"::1"``) selects IPv6; ``""`` means every
-    IPv4 interface; port 0 lets the OS pick (read it back from ``server.address``)."""
+    """``(host, port)``. An IPv6 host (``"::1"``) selects IPv6; ``""`` (or ``"0.0.0.0"``)
+    means every IPv4 interface; an IPv4 shorthand such as ``"0"`` or ``"127.1"`` is
+    refused; port 0 lets the OS pick (read it back from ``server.address``)."""
     backlog: int = attrs.field(default=1024, validator=positive_int)
     """Connections the kernel may hold before they are accepted (capped by the
     kernel's somaxconn). The standard library uses 5, which drops connection

@@ -201,3 +201,187 @@ def test_second_signal_leaves_no_child_processes_behind() -> None:
         assert not os.path.exists(f"/proc/{children[0]}")
     finally:
         stop(process)
+
+
+# ---- Bad input: one line, exit 2, no traceback (issue 14) ---------------------------
+
+def run_cli(*args: str, cwd: Path | None = None, script: bool = False) -> subprocess.CompletedProcess[str]:
+    command = [str(Path(sys.executable).parent / "sockwork")] if script else [sys.executable, "-m", "sockwork"]
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=20, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("udp://[::1", "transport URL 'udp://[::1': write the IPv6 host in brackets, then :PORT"),
+        ("tcp://[::1", "transport URL 'tcp://[::1': write the IPv6 host in brackets, then :PORT"),
+        ("tcp://[zz]:80", "'zz' in brackets is not an IPv6 address"),
+        ("fd://99999999999999999999", "too large for a descriptor number"),
+        ("tcp://user:pw@host:1", "a user or password part (user@) has no meaning for a tcp transport"),
+        ("tcp://0:0", "host '0' is a shorthand the OS would read as 0.0.0.0 (every interface); write '0.0.0.0'"),
+    ],
+)
+def test_a_bad_transport_url_is_one_line_and_exit_2(url: str, message: str) -> None:
+    result = run_cli("serve", "--transport", url)
+    assert result.returncode == 2
+    assert result.stderr.startswith("sockwork: command line: transport") and result.stderr.count("\n") == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_unix_path_with_a_nul_byte_from_json_is_refused_without_a_stray_file(tmp_path: Path) -> None:
+    config = tmp_path / "server.json"
+    config.write_text(json.dumps({"transport": {"name": "unix", "options": {"path": str(tmp_path / "a\0b")}}}))
+    result = run_cli("serve", str(config))
+    assert result.returncode == 2
+    assert "transport.options.path: must not contain a NUL byte" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert os.listdir(tmp_path) == ["server.json"]
+
+
+def test_a_unix_path_where_a_server_with_a_full_backlog_listens_exits_2(short_tmp: Path) -> None:
+    """The stale-socket check gives up at once (EAGAIN) instead of waiting in connect() forever."""
+    path = short_tmp / "s.sock"
+    queued: list[socket.socket] = []
+    with socket.socket(socket.AF_UNIX) as live:
+        live.bind(str(path))
+        live.listen(0)
+        try:
+            while len(queued) < 1000:
+                client = socket.socket(socket.AF_UNIX)
+                client.setblocking(False)
+                try:
+                    client.connect(str(path))
+                except BlockingIOError:
+                    client.close()
+                    break
+                queued.append(client)
+            result = run_cli("serve", "--transport", f"unix://{path}")  # timeout=20: fails rather than hangs
+        finally:
+            for client in queued:
+                client.close()
+    assert result.returncode == 2
+    assert f"couldn't bind unix transport to '{path}': another server is listening there" in result.stderr
+
+
+# ---- Commands and flags (issue 14) ---------------------------------------------------
+
+def test_an_unknown_command_says_so_with_the_commands() -> None:
+    result = run_cli("frobnicate")
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: sockwork ")
+    assert ("sockwork: error: unknown command 'frobnicate'; commands: serve, check, plugins, bench. "
+            "A config file's name ends in .toml or .json.") in result.stderr
+    assert "did you mean 'check'?" in run_cli("chek").stderr
+
+
+def test_a_config_file_name_alone_still_means_serve(tmp_path: Path) -> None:
+    """``sockwork file.toml`` is ``sockwork serve file.toml``: here, a file that is missing."""
+    result = run_cli(str(tmp_path / "missing.toml"))
+    assert result.returncode == 2
+    assert f"cannot read config file '{tmp_path / 'missing.toml'}'" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "check"])
+def test_an_unknown_flag_shows_the_commands_own_usage(command: str) -> None:
+    result = run_cli(command, "--dispatchr", "pool")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"usage: sockwork {command} [-h] [--transport URL]")
+    assert f"sockwork {command}: error: unrecognized arguments: --dispatchr" in result.stderr
+
+
+def test_version() -> None:
+    import sockwork
+
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout == f"sockwork {sockwork.__version__}\n"
+
+
+def test_check_takes_flags_alone() -> None:
+    result = run_cli("check", "--transport", "unix:///tmp/never-bound.sock", "--handler", "lines")
+    assert result.returncode == 0, result.stderr
+    resolved = json.loads(result.stdout)
+    assert resolved["transport"]["name"] == "unix" and resolved["handler"]["ref"] == "lines"
+    assert not os.path.exists("/tmp/never-bound.sock")  # check binds nothing
+
+
+def test_workers_sets_the_dispatchers_worker_count() -> None:
+    result = run_cli("check", "--dispatcher", "pool", "--workers", "3")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["dispatcher"]["options"]["workers"] == 3
+
+
+def test_workers_is_refused_for_a_dispatcher_without_a_worker_count() -> None:
+    result = run_cli("serve", "--dispatcher", "thread", "--workers", "3")
+    assert result.returncode == 2
+    assert result.stderr == ("sockwork: --workers: dispatcher 'thread' has no 'workers' option; dispatchers with a "
+                             "worker count: pool, prefork, e.g. --dispatcher pool --workers 3\n")
+
+
+def test_log_level_help_lists_every_accepted_level() -> None:
+    from sockwork.config import LOG_LEVELS
+
+    help_text = " ".join(run_cli("serve", "--help").stdout.split())
+    assert f"--log-level LEVEL one of {', '.join(LOG_LEVELS)}, in any case (default: INFO)" in help_text
+
+
+def test_the_script_finds_handler_modules_in_the_current_directory(tmp_path: Path) -> None:
+    """As ``python -m sockwork`` (and gunicorn, uvicorn) do: the current directory comes first."""
+    (tmp_path / "my_cli_handler.py").write_text("def handle(request, client_address, server):\n    pass\n")
+    result = run_cli("check", "--handler", "my_cli_handler:handle", cwd=tmp_path, script=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["handler"]["ref"] == "my_cli_handler:handle"
+    safe = subprocess.run([str(Path(sys.executable).parent / "sockwork"), "check", "--handler", "my_cli_handler:handle"],
+                          capture_output=True, text=True, timeout=20, cwd=tmp_path,
+                          env={**os.environ, "PYTHONSAFEPATH": "1"})
+    assert safe.returncode == 1 and "cannot import module 'my_cli_handler'" in safe.stderr
+
+
+# ---- What stopping says (issue 14) ------------------------------------------------------
+
+@pytest.mark.parametrize("drain", [[], ["--drain-timeout", "10"], ["--drain-timeout", "10.0"]])
+def test_the_stop_message_shows_the_deadline_one_way_and_counts_what_runs(drain: list[str]) -> None:
+    """"10 s" whether the deadline came from the default (10.0) or a flag (10)."""
+    process = start("--handler", "lines", "--transport", "tcp://127.0.0.1:0", *drain)
+    try:
+        started = read_started_line(process)
+        with socket.create_connection(("127.0.0.1", int(started.group(3))), timeout=10) as idle:
+            idle.sendall(b"x\n")
+            assert idle.recv(100) == b"1: x\n"  # its handler now waits for the next line
+            process.send_signal(signal.SIGTERM)
+            line = process.stderr.readline()  # type: ignore[union-attr]
+            assert line.rstrip().endswith(
+                "sockwork INFO stopping on SIGTERM: draining 1 request(s) still running (up to 10 s)")
+        # the client has left: its handler returns, and the drain is over
+        assert process.wait(timeout=10) == 0
+    finally:
+        stop(process)
+
+
+def test_the_stop_message_does_not_mention_draining_when_nothing_runs() -> None:
+    process = start("--transport", "tcp://127.0.0.1:0")
+    try:
+        read_started_line(process)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+        err = process.stderr.read()  # type: ignore[union-attr]
+        assert "stopping on SIGTERM: no request is running" in err and "draining" not in err
+    finally:
+        stop(process)
+
+
+def test_an_inline_handler_calling_sys_exit_stops_the_whole_server(tmp_path: Path) -> None:
+    """As docs/guide.md says (and as in socketserver): status 3 for sys.exit(3), logged first."""
+    (tmp_path / "quitter.py").write_text("import sys\n\ndef handle(request, client_address, server):\n"
+                                         "    request.recv(100)\n    sys.exit(3)\n")
+    process = subprocess.Popen([sys.executable, "-m", "sockwork", "--dispatcher", "inline", "--handler",
+                                "quitter:handle", "--transport", "tcp://127.0.0.1:0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        started = read_started_line(process)
+        with socket.create_connection(("127.0.0.1", int(started.group(3))), timeout=10) as conn:
+            conn.sendall(b"bye")
+            assert conn.recv(100) == b""
+        assert process.wait(timeout=10) == 3
+        assert "raised SystemExit(3); passing it on" in process.stderr.read()  # type: ignore[union-attr]
+    finally:
+        stop(process)

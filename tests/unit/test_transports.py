@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import re
 import os
 import socket
 import stat
@@ -217,3 +218,107 @@ def test_systemd_socket_activation_environment() -> None:
         systemd_listen_fd(None, {**env, "LISTEN_PID": "1"})
     with pytest.raises(ConfigError, match="LISTEN_PID/LISTEN_FDS are not set"):
         systemd_listen_fd(None, {})
+
+
+# ---- Bad addresses: a clear ConfigError before anything is bound (issue 14) -------
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("udp://[::1", "write the IPv6 host in brackets, then :PORT"),
+        ("tcp://[::1", "write the IPv6 host in brackets, then :PORT"),
+        ("tcp://[::1]x:0", "write the IPv6 host in brackets, then :PORT"),
+        ("tcp://[zz]:80", "'zz' in brackets is not an IPv6 address"),
+        ("tcp://h]:80", "']' without '['"),
+        ("fd://99999999999999999999", "too large for a descriptor number"),
+        ("tcp://user:pw@host:1", "a user or password part (user@) has no meaning"),
+        ("tcp://h:99999", "the port must be a number in 0..65535"),
+        ("tcp://::1:80", "IPv6 hosts go in brackets"),
+    ],
+)
+def test_a_malformed_url_is_a_one_line_config_error(url: str, message: str) -> None:
+    """parse_transport_url, Server(...) and load_config all say what is wrong, in one line."""
+    from sockwork import ConfigError
+    from sockwork.config import load_config
+    from sockwork.urls import parse_transport_url
+
+    with pytest.raises(ConfigError) as info:
+        parse_transport_url(url)
+    assert message in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Server(transport=url, handler=echo)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config({"transport": url})
+
+
+@pytest.mark.parametrize(("host", "read_as"), [("0", "0.0.0.0"), ("00", "0.0.0.0"), ("127.1", "127.0.0.1"),
+                                               ("010.0.0.1", "8.0.0.1")])
+@pytest.mark.parametrize("scheme", ["tcp", "udp"])
+def test_an_ipv4_shorthand_host_is_refused(scheme: str, host: str, read_as: str) -> None:
+    """tcp://0:0 would listen on every interface; the host must be written out (docs/config.md)."""
+    from sockwork import ConfigError
+
+    with pytest.raises(ConfigError, match=f"host '{host}' is a shorthand the OS would read as {re.escape(read_as)}"):
+        Server(transport=f"{scheme}://{host}:0", handler=echo)
+
+
+@pytest.mark.parametrize("host", ["", "0.0.0.0", "127.0.0.1", "localhost"])
+def test_written_out_hosts_are_accepted(host: str) -> None:
+    with Server(transport="tcp", transport_options={"address": (host, 0)}, handler=echo) as server:
+        assert server.address[1] > 0
+
+
+def test_a_descriptor_number_beyond_a_c_int_is_refused() -> None:
+    from sockwork import ConfigError
+
+    with pytest.raises(ConfigError, match=r"must be a file descriptor number \(an int in 0\.\.2147483647\)"):
+        Server(transport="fd", transport_options={"fd": 2**63}, handler=echo)
+
+
+@unix_only
+@pytest.mark.parametrize("scheme", ["unix", "unix-dgram"])
+def test_a_path_with_a_nul_byte_is_refused_before_binding(scheme: str, short_tmp: Path) -> None:
+    """The kernel would bind 'a' for 'a\\0b'; we refuse before any socket file exists."""
+    from sockwork import ConfigError
+
+    before = set(os.listdir(short_tmp))
+    with pytest.raises(ConfigError, match="must not contain a NUL byte"):
+        Server(transport=scheme, transport_options={"path": str(short_tmp / "a\0b")}, handler=echo)
+    assert set(os.listdir(short_tmp)) == before
+
+
+@unix_only
+def test_a_live_server_with_a_full_backlog_is_not_stolen_and_not_waited_for(short_tmp: Path) -> None:
+    """The stale-socket probe does not block in connect(): EAGAIN means someone listens."""
+    path = short_tmp / "s.sock"
+    queued: list[socket.socket] = []
+    with socket.socket(socket.AF_UNIX) as live:
+        live.bind(str(path))
+        live.listen(0)
+        try:
+            while len(queued) < 1000:  # fill the backlog: the next blocking connect() would wait forever
+                client = socket.socket(socket.AF_UNIX)
+                client.setblocking(False)
+                try:
+                    client.connect(str(path))
+                except BlockingIOError:
+                    client.close()
+                    break
+                queued.append(client)
+            with pytest.raises(BindError, match="another server is listening there"):
+                Server(transport=f"unix://{path}", handler=echo)
+            assert path.exists()
+        finally:
+            for client in queued:
+                client.close()
+
+
+def test_the_legacy_module_keeps_the_standard_reading_of_a_shorthand_host() -> None:
+    """sockwork.socketserver is a drop-in: ("0", port) binds every interface there, as in the standard module."""
+    from sockwork import socketserver
+
+    server = socketserver.TCPServer(("0", 0), socketserver.BaseRequestHandler)
+    try:
+        assert server.server_address[0] == "0.0.0.0"
+    finally:
+        server.server_close()
