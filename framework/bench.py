@@ -99,6 +99,7 @@ def _serve(implementation: str, kind: str, path: str) -> None:
     """Run one server until SIGTERM; print its address first."""
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # for sigwait below, in every thread
     address: Any = path if kind == "unix" else ("127.0.0.1", 0)
+    server: Any
     if kind in ("HTTP/1.0", "HTTP/1.1"):
         server = _http_server(implementation, kind, path)
         bound, stop, run, close = server.server_address, server.shutdown, server.serve_forever, server.server_close
@@ -109,7 +110,7 @@ def _serve(implementation: str, kind: str, path: str) -> None:
             from sockwork import socketserver as module  # type: ignore[no-redef]
         cls = {"tcp": module.ThreadingTCPServer, "udp": module.ThreadingUDPServer,
                "unix": module.ThreadingUnixStreamServer}[kind]
-        server: Any = cls(address, EchoHandler)
+        server = cls(address, EchoHandler)
         bound = server.server_address
         stop = server.shutdown
         run = server.serve_forever
@@ -501,14 +502,15 @@ def _markdown(results: list[dict[str, Any]], shutdown: dict[str, float], args: a
 def _http_markdown(workload: str, rows: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
     spec = WORKLOADS[workload]
     what = "keep-alive" if spec["persistent"] else "a connection per request"
-    lines = [f"### {workload}: http.server, {spec['protocol']} ({what}), a {spec['size']}-byte file, "
-             f"`wrk -t{WRK_THREADS} -c{spec['clients']}`", ""]
+    title = (f"### {workload}: http.server, {spec['protocol']} ({what}), a {spec['size']}-byte file, "
+             f"`wrk -t{WRK_THREADS} -c{spec['clients']}`")
+    lines = [title, ""]
     if not rows:
         return [*lines, f"Skipped: {args.http_skipped}", ""]
     reference = rows[0]
     lines += [
-        "| implementation | req/s | × stdlib | p50 ms | p99 ms | p99.9 ms | max ms | server CPU µs/req | × stdlib | "
-        "peak RSS MiB | threads | errors |",
+        ("| implementation | req/s | × stdlib | p50 ms | p99 ms | p99.9 ms | max ms | server CPU µs/req | × stdlib | "
+         "peak RSS MiB | threads | errors |"),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
@@ -589,7 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if http_workloads and wrk is None:
         args.http_skipped = WRK_MISSING.format(", ".join(http_workloads))
         print(f"sockwork bench: {args.http_skipped}", file=sys.stderr, flush=True)
-    results = []
+    results: list[dict[str, Any]] = []
     for workload in args.workloads:
         http = workload in http_workloads
         if http and wrk is None:
