@@ -566,7 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _client(argv[1], json.loads(argv[2]), int(argv[3]), float(argv[4]), float(argv[5]), float(argv[6]))
         return 0
     parser = argparse.ArgumentParser(prog="sockwork bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short runs: finishes in under a minute")
+    parser.add_argument("--quick", action="store_true", help="short runs: about a minute with every workload")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated, of: " + ", ".join(WORKLOADS))
     parser.add_argument("--implementations", default=",".join(IMPLEMENTATIONS),
                         help="comma-separated; stdlib is always added first (default: all)")
