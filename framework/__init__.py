@@ -10,14 +10,18 @@ Assemble one from parts, by name or from objects::
 Plugins contribute parts through the hooks in :mod:`sockwork.hookspecs`.
 """
 
-from ._server import ACCEPT_CAPACITY_ERRNOS as ACCEPT_CAPACITY_ERRNOS
+from ._loop import ACCEPT_CAPACITY_ERRNOS as ACCEPT_CAPACITY_ERRNOS
+from ._parts import LifecycleHooks as LifecycleHooks
+from ._parts import Parts as Parts
 from ._server import Server as Server
+from ._server import build_server as build_server
+from .assembly import assemble as assemble
+from .assembly import assemble_config as assemble_config
 from .config import ConfigErrors as ConfigErrors
 from .config import DispatcherConfig as DispatcherConfig
 from .config import HandlerConfig as HandlerConfig
 from .config import ServerConfig as ServerConfig
 from .config import TransportConfig as TransportConfig
-from .config import build_server as build_server
 from .config import load_config as load_config
 from .config import load_config_file as load_config_file
 from .errors import BindError as BindError
@@ -33,10 +37,12 @@ from .hookspecs import hookimpl as hookimpl
 from .interfaces import Dispatcher as Dispatcher
 from .interfaces import DispatcherHost as DispatcherHost
 from .interfaces import HandlerFactory as HandlerFactory
+from .interfaces import Supervisor as Supervisor
 from .interfaces import Transport as Transport
 from .limits import Limits as Limits
 from .limits import Outcome as Outcome
 from .limits import ServerStats as ServerStats
+from .limits import WorkerExit as WorkerExit
 from .registry import DispatcherEntry as DispatcherEntry
 from .registry import HandlerEntry as HandlerEntry
 from .registry import NoOptions as NoOptions
@@ -60,10 +66,12 @@ __all__ = [
     "HandlerConfig",
     "HandlerEntry",
     "HandlerFactory",
+    "LifecycleHooks",
     "Limits",
     "NoOptions",
     "OptionError",
     "Outcome",
+    "Parts",
     "PluginError",
     "PluginManager",
     "Registry",
@@ -71,10 +79,14 @@ __all__ = [
     "ServerConfig",
     "ServerError",
     "ServerStats",
+    "Supervisor",
     "Transport",
     "TransportConfig",
     "TransportEntry",
     "UnknownPluginError",
+    "WorkerExit",
+    "assemble",
+    "assemble_config",
     "build_server",
     "datagram_handler",
     "hookimpl",

@@ -21,7 +21,6 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 import threading
 import tomllib
@@ -30,8 +29,10 @@ from typing import Any
 
 import attrs
 
-from .config import FOREVER, ServerConfig, build_server, load_config, read_config_data
-from .errors import ConfigError, ServerError
+from ._server import build_server
+from .assembly import assemble_config
+from .config import FOREVER, ServerConfig, load_config, read_config_data
+from .errors import ConfigError, PluginError, ServerError
 from .registry import KINDS, Registry
 
 __all__ = ["main"]
@@ -97,6 +98,14 @@ def _run(args: argparse.Namespace) -> int:
         print(f"sockwork: {exc}", file=sys.stderr)
         return 1 if args.command == "check" else 2
     if args.command == "check":
+        try:  # the same step as serving, short of binding: what passes check, starts
+            assemble_config(config, registry, source=args.config or "command line")
+        except PluginError as exc:
+            print(f"sockwork: {exc}", file=sys.stderr)
+            return 2
+        except ConfigError as exc:
+            print(f"sockwork: {exc}", file=sys.stderr)
+            return 1
         print(json.dumps(config.to_dict(), indent=2))
         return 0
     return _serve(config, registry)
@@ -172,25 +181,17 @@ def _serve(config: ServerConfig, registry: Registry) -> int:
     except (ServerError, OSError) as exc:
         print(f"sockwork: {exc}", file=sys.stderr)
         return 2
-    try:
-        loop_left = _stop_on_signals(server)
-        # A signal may be delivered to any thread; Python runs its handler in the
-        # main thread only. Writing to the loop's wake-up socket makes the main
-        # thread notice at once instead of at the next request.
-        signal.set_wakeup_fd(server._wake_w.fileno(), warn_on_full_buffer=False)
-        handler = config.handler.ref if isinstance(config.handler.ref, str) else repr(config.handler.ref)
-        print(
-            f"sockwork: serving {handler!r} on {server.url} with dispatcher "
-            f"{config.dispatcher.name!r} (pid {os.getpid()})",
-            flush=True,
-        )
-        server.serve_forever()
-        loop_left.set()
-        logger.info("stopping: draining requests still running (up to %s s)",
-                    FOREVER if config.drain_timeout is None else config.drain_timeout)
-    finally:
-        signal.set_wakeup_fd(-1)
-        _close_attentively(server)
+    with server.handle_signals():
+        try:
+            handler = config.handler.ref if isinstance(config.handler.ref, str) else repr(config.handler.ref)
+            print(
+                f"sockwork: serving {handler!r} on {server.url} with dispatcher "
+                f"{config.dispatcher.name!r} (pid {os.getpid()})",
+                flush=True,
+            )
+            server.serve_forever()
+        finally:
+            _close_attentively(server)
     logger.info("stopped")
     if threading.active_count() > 1:
         # Handlers abandoned at the drain deadline (logged above) must not keep
@@ -211,36 +212,6 @@ def _close_attentively(server: Any) -> None:
     closer.start()
     while closer.is_alive():
         closer.join(0.1)
-
-
-def _stop_on_signals(server: Any) -> threading.Event:
-    """First signal: graceful stop. Second: kill our child processes, exit 1.
-
-    Returns an event to set once ``serve_forever`` has returned: until then, a
-    handler running in the loop itself (``inline``) is held to the drain
-    deadline by a timer that shuts its connection down.
-    """
-    stopping = False
-    loop_left = threading.Event()
-
-    def stop(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        if stopping:
-            os.write(2, b"sockwork: second signal, exiting without waiting for running requests\n")
-            try:
-                server.dispatcher.close()  # fork/prefork: kill and reap the children, leave no orphans
-            finally:
-                os._exit(1)
-        stopping = True
-        server.shutdown()  # from the serving thread: returns at once, the loop ends next
-        if server.drain_timeout is not None:
-            timer = threading.Timer(server.drain_timeout, lambda: loop_left.is_set() or server._force_stop())
-            timer.daemon = True
-            timer.start()
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    return loop_left
 
 
 def _plugins(registry: Registry) -> int:

@@ -22,7 +22,6 @@ The file format (TOML shown; JSON has the same shape)::
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import math
@@ -33,10 +32,10 @@ from typing import Any, final
 
 import attrs
 
-from ._server import Server, check_handler_kind
+from .assembly import resolve_handler
 from .errors import ConfigError
 from .limits import Limits
-from .registry import Kind, Registry, field_problem, validate_options
+from .registry import DispatcherEntry, Kind, Registry, field_problem, validate_options
 from .urls import parse_transport_url
 
 __all__ = [
@@ -45,11 +44,9 @@ __all__ = [
     "HandlerConfig",
     "ServerConfig",
     "TransportConfig",
-    "build_server",
     "load_config",
     "load_config_file",
     "read_config_data",
-    "resolve_config",
 ]
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -283,17 +280,9 @@ def _unique(errors: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return list(dict.fromkeys(errors))
 
 
-# ---- Resolving: names to entries, mappings to options objects ---------------------
-
-def resolve_config(config: ServerConfig, registry: Registry | None = None, *, source: str = "config") -> ServerConfig:
-    """Check every component name and option; return the config with options as objects."""
-    registry = registry if registry is not None else Registry()
-    errors: list[tuple[str, str]] = []
-    resolved = _resolve_parts(config.transport, config.dispatcher, config.handler, registry, errors)
-    if errors or resolved is None:
-        raise ConfigErrors(errors, source)
-    return attrs.evolve(config, **resolved)
-
+# ---- Validating options: names to entries, mappings to options objects ------------
+# Only validation: building and checking the parts together is assembly's job
+# (sockwork.assembly.assemble_config), which build_server and `sockwork check` run.
 
 def _resolve_parts(
     transport: TransportConfig | None, dispatcher: DispatcherConfig, handler: HandlerConfig,
@@ -318,18 +307,6 @@ def _resolve_parts(
             errors.append(("handler.options", "options only apply to a registered handler name"))
     if len(errors) > before or transport is None:
         return None
-    try:  # building the parts opens nothing; it tells the transport's kind
-        built_transport = registry.get("transport", transport.name).factory(transport.options)
-    except ConfigError:
-        built_transport = None  # needs its runtime environment (an inherited fd): checked when serving
-    if built_transport is not None:
-        built_handler = (registry.build("handler", handler.ref, handler.options)
-                         if isinstance(handler.ref, str) and ":" not in handler.ref else resolve_handler(handler.ref))
-        try:
-            check_handler_kind(built_handler, built_transport, handler.ref)
-        except ConfigError as exc:
-            errors.append(("handler", str(exc)))
-            return None
     return {"transport": transport, "dispatcher": dispatcher, "handler": handler}
 
 
@@ -346,48 +323,17 @@ def _component_options(
     validated, problems = validate_options(entry.options, options)
     for field, problem in problems:
         errors.append((f"{path}.options" + (f".{field}" if field else ""), problem))
+    if validated is not None and isinstance(entry, DispatcherEntry) and entry.supervisor:
+        # A supervisor's inner dispatcher is a registry name with options of its own.
+        inner = validated.inner  # type: ignore[attr-defined]
+        before = len(errors)
+        _component_options(registry, "dispatcher", inner, validated.inner_options,  # type: ignore[attr-defined]
+                           f"{path}.options.inner", errors)
+        for index in range(before, len(errors)):
+            field, problem = errors[index]
+            errors[index] = (field.replace(".inner.options", ".inner_options").replace(".inner.name", ".inner"),
+                             problem)
     return validated
-
-
-def resolve_handler(ref: str | Callable[..., object]) -> Callable[..., object]:
-    """A handler factory from ``"package.module:attribute"`` (or the object itself)."""
-    if callable(ref):
-        return ref
-    if not isinstance(ref, str) or ref.count(":") != 1:
-        raise ConfigError(f"must be a registered handler name or 'package.module:attribute', got {ref!r}")
-    module_name, _, attribute = ref.partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import module {module_name!r} for handler {ref!r}: {exc}") from None
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise ConfigError(f"handler {ref!r}: {module_name!r} has no attribute {attribute!r}") from None
-    if not callable(target):
-        raise ConfigError(f"handler {ref!r} is {target!r}, which is not callable as handler(request, client_address, server)")
-    return target
-
-
-# ---- Building -----------------------------------------------------------------
-
-def build_server(config: ServerConfig, registry: Registry | None = None) -> Server:
-    """Validate ``config`` completely, then assemble and bind a ready Server."""
-    registry = registry if registry is not None else Registry()
-    config = resolve_config(config, registry)
-    logging.getLogger("sockwork").setLevel(config.log_level)
-    ref = config.handler.ref
-    named = isinstance(ref, str) and ":" not in ref
-    return Server(
-        transport=config.transport.name, transport_options=config.transport.options,
-        dispatcher=config.dispatcher.name, dispatcher_options=config.dispatcher.options,
-        handler=ref if named else resolve_handler(ref),
-        handler_options=config.handler.options if named else None,
-        drain_timeout=config.drain_timeout,
-        limits=config.limits,
-        registry=registry,
-    )
 
 
 # ---- Back to plain data ---------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any, final
 
 import attrs
 
-from ._validators import positive_int
+from .validators import positive_int
 from .hookspecs import hookimpl
 from .registry import HandlerEntry, NoOptions
 

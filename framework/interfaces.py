@@ -4,14 +4,29 @@ A *request* is what a Transport hands out: for a stream transport the
 connected socket, for a datagram transport the tuple ``(payload, socket)``
 (the socket to answer on), exactly as the standard library's socketserver
 passes them, so classic handler classes work unchanged.
+
+Every member the Server uses on a part is declared here. Members marked
+*optional* may be left out; :func:`capability` reads them, with the default
+stated in :data:`OPTIONAL_CAPABILITIES` — the only place a default lives.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-__all__ = ["Dispatcher", "DispatcherHost", "HandlerFactory", "Transport"]
+if TYPE_CHECKING:
+    from .limits import Outcome, ServerStats
+
+__all__ = [
+    "OPTIONAL_CAPABILITIES",
+    "Dispatcher",
+    "DispatcherHost",
+    "HandlerFactory",
+    "Supervisor",
+    "Transport",
+    "capability",
+]
 
 Request = Any
 """A connected socket (stream) or ``(payload, socket)`` (datagram)."""
@@ -32,12 +47,16 @@ class Transport(Protocol):
     None when nothing is pending or the attempt was aborted by the peer
     (ECONNABORTED and kin). "Out of resources" errors (EMFILE, ENFILE,
     ENOBUFS, ENOMEM) propagate as OSError; the Server backs off on them.
+    Errors that cannot heal (EBADF, ENOTSOCK, EINVAL: the listener is gone)
+    end ``serve_forever`` with that error.
+
+    Optional capabilities (see :data:`OPTIONAL_CAPABILITIES`): ``name``,
+    ``accept_batch``, ``oversized``.
     """
 
     kind: Literal["stream", "datagram"]
+    """What requests look like: connected sockets, or ``(payload, socket)``."""
     family: int
-    # Optional: ``accept_batch``, the most requests the loop takes per wake-up
-    # (default 16); a transport whose accept() may block sets it to 1.
     """The socket family of the listening socket (``socket.AF_INET`` ...)."""
 
     @property
@@ -65,25 +84,37 @@ class Transport(Protocol):
 class DispatcherHost(Protocol):
     """What a Dispatcher may ask of the Server that started it.
 
-    ``serve`` runs the handler on one request, reports its errors, closes the
-    request, counts it, and returns its :class:`~sockwork.Outcome`
-    (``COMPLETED`` is 0, so use its value as a child's exit status). It never
-    raises an ``Exception``. ``release`` is for dispatchers that serve a
-    request in another process: it drops the local handle without ending the
-    request, which still counts as active until the dispatcher reports it
-    with ``finished(outcome)``.
-    ``after_fork`` must be called first thing in a forked child. ``wake`` asks
-    the accept loop to look at :meth:`Dispatcher.saturated` again; call it when
-    capacity frees up after ``saturated()`` returned True. ``add_reader`` and
-    ``remove_reader`` watch a file descriptor from the accept loop's selector;
-    the callback runs in the thread that runs the loop.
+    ``serve(request, client_address)`` runs the handler on one request,
+    reports its errors, closes the request, counts it, and returns its
+    :class:`~sockwork.Outcome` (``COMPLETED`` is 0, so its value serves as a
+    child's exit status). It never raises an ``Exception``.
+
+    ``release(request)`` is for dispatchers that serve a request in another
+    process: it drops the local handle without ending the request, which
+    still counts as active until the dispatcher reports it with
+    ``finished(outcome, error)``; ``error`` (optional) describes a failure
+    that happened elsewhere, for the ``sockwork_request_failed`` hook.
+
+    ``after_fork()`` must be called first thing in a forked child that serves
+    one request. ``wake()`` asks the loop to look at
+    :meth:`Dispatcher.saturated` again; call it when capacity frees up after
+    ``saturated()`` returned True. ``add_reader(fd, callback)`` and
+    ``remove_reader(fd)`` watch a file descriptor from the loop's selector; the
+    callback runs in the loop's thread.
+
+    ``run_worker(dispatcher, max_requests=None, report=None, report_every=0.2)``
+    is for supervisors, in a forked worker process: it serves this server's
+    transport with ``dispatcher`` until SIGTERM (then drains), until
+    ``max_requests`` requests have finished, or until the parent process is
+    gone; ``report(stats)`` gets the worker's counters every ``report_every``
+    seconds and once at the end. It returns a :class:`~sockwork.limits.WorkerExit`.
     """
 
-    def serve(self, request: Request, client_address: Address) -> Any: ...
+    def serve(self, request: Request, client_address: Address) -> Outcome: ...
 
     def release(self, request: Request) -> None: ...
 
-    def finished(self, outcome: Any) -> None: ...
+    def finished(self, outcome: Outcome, error: BaseException | None = None) -> None: ...
 
     def after_fork(self) -> None: ...
 
@@ -93,7 +124,10 @@ class DispatcherHost(Protocol):
 
     def remove_reader(self, fd: int) -> None: ...
 
-    def run_worker(self, dispatcher: Any, max_requests: int | None = None) -> Any: ...
+    def run_worker(
+        self, dispatcher: Dispatcher, max_requests: int | None = None,
+        report: Callable[[ServerStats], None] | None = None, report_every: float = 0.2,
+    ) -> Any: ...
 
 
 @runtime_checkable
@@ -102,9 +136,10 @@ class Dispatcher(Protocol):
 
     ``start(host)`` is called once before the first ``submit``. ``submit``
     runs ``host.serve(request, client_address)`` exactly once, now or later;
-    it is called only from the accept loop's thread and only while
-    ``saturated()`` is False. ``saturated()`` must be cheap: the loop asks it
-    before every accept and stops accepting while it is True (backpressure).
+    it is called only from the loop's thread and only while ``saturated()``
+    is False. ``saturated()`` must be cheap: the loop asks it before every
+    accept and stops accepting while it is True (backpressure); a dispatcher
+    that returns True must call ``host.wake()`` when capacity frees up.
 
     ``drain(timeout)`` stops taking work and waits up to ``timeout`` seconds
     (None: forever) for running work; it returns True when nothing is left
@@ -115,6 +150,10 @@ class Dispatcher(Protocol):
     ``concurrency`` is how many requests may run at once: 1 for a serial
     strategy, None for no fixed limit. The conformance suite holds every
     dispatcher to it.
+
+    Optional capabilities (see :data:`OPTIONAL_CAPABILITIES`):
+    ``accepts_itself`` and ``stats_elsewhere`` (supervisors), ``abort()``
+    (dispatchers with child processes).
     """
 
     concurrency: int | None
@@ -130,12 +169,61 @@ class Dispatcher(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class Supervisor(Dispatcher, Protocol):
+    """A dispatcher whose worker processes accept by themselves (``prefork``).
+
+    The loop of the server that starts it never accepts: it only watches the
+    workers (through ``host.add_reader``). Each worker calls
+    ``host.run_worker(inner_dispatcher, ...)``. ``submit`` is never called
+    and ``saturated()`` is never asked. ``stats_elsewhere`` is what the
+    workers reported; ``server.stats`` adds it to the parent's own counters.
+    """
+
+    accepts_itself: Literal[True]
+
+    @property
+    def stats_elsewhere(self) -> ServerStats: ...
+
+    @property
+    def worker_pids(self) -> frozenset[int]: ...
+
+
 class HandlerFactory(Protocol):
     """Serves one request; classic ``BaseRequestHandler`` classes qualify.
 
     Called as ``factory(request, client_address, server)``; the return value
     is ignored. An exception is logged and reported to the
     ``sockwork_request_failed`` hook; the server keeps serving.
+
+    Optional capability ``sockwork_kind``: ``"stream"`` or ``"datagram"`` for
+    a handler that serves only that kind of request (set by
+    :func:`~sockwork.stream_handler` and :func:`~sockwork.datagram_handler`);
+    assembling it with a transport of the other kind fails.
     """
 
     def __call__(self, request: Request, client_address: Address, server: Any) -> object: ...
+
+
+OPTIONAL_CAPABILITIES: dict[str, tuple[object, str]] = {
+    # Transport
+    "name": (None, "Transport: the URL scheme of the bound address (server.url); "
+                   "default: the name the transport was registered under"),
+    "accept_batch": (16, "Transport: most requests the loop accepts per wake-up; "
+                         "1 for a transport whose accept() may block"),
+    "oversized": (0, "Transport: datagrams dropped for being too large (a live counter, in server.stats)"),
+    # Dispatcher
+    "accepts_itself": (False, "Dispatcher: True for a Supervisor, whose workers accept; "
+                              "the loop then never listens"),
+    "stats_elsewhere": (None, "Dispatcher: counters of requests served in other processes (a ServerStats)"),
+    "abort": (None, "Dispatcher: a method that kills its child processes at once, without waiting or locks "
+                    "(a second SIGINT/SIGTERM under Server.handle_signals calls it, then the process exits)"),
+    # Handler factory
+    "sockwork_kind": (None, "Handler: 'stream' or 'datagram' if it serves only that kind of request"),
+}
+"""Every optional member of a part: ``name -> (default, what it means)``."""
+
+
+def capability(part: object, name: str) -> Any:
+    """The optional member ``name`` of ``part``, or its documented default."""
+    return getattr(part, name, OPTIONAL_CAPABILITIES[name][0])

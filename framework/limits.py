@@ -24,9 +24,9 @@ from typing import Any, Literal, final
 
 import attrs
 
-from ._validators import off_is_none
+from .validators import off_is_none
 
-__all__ = ["Limits", "Outcome", "ServerStats"]
+__all__ = ["Limits", "Outcome", "ServerStats", "WorkerExit"]
 
 
 class Outcome(enum.IntEnum):
@@ -35,6 +35,19 @@ class Outcome(enum.IntEnum):
     COMPLETED = 0
     FAILED = 1
     TIMED_OUT = 2
+    DISCONNECTED = 3
+    """The client went away mid-request (connection reset, broken pipe): not a handler failure."""
+
+
+class WorkerExit(enum.IntEnum):
+    """Why a supervisor's worker process ended; the value is its exit status."""
+
+    STOPPED = 0
+    """Told to stop (SIGTERM): it stopped accepting and drained."""
+    RECYCLED = 3
+    """It finished ``max_requests`` requests and made way for a fresh worker."""
+    ORPHANED = 4
+    """Its parent process was gone: it drained and stopped by itself."""
 
 
 def _optional_seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -93,7 +106,7 @@ class Limits:
 class ServerStats:
     """Counters of one server since it was created (a consistent snapshot).
 
-    ``active`` = accepted − rejected − (completed + failed + timed_out).
+    ``active`` = accepted − rejected − (completed + failed + timed_out + disconnected).
     """
 
     accepted: int = 0
@@ -109,8 +122,15 @@ class ServerStats:
     """Requests closed at once because of ``max_connections`` with ``over_limit = "close"``."""
     timed_out: int = 0
     """Requests ended by ``idle_timeout`` or ``request_timeout``."""
+    disconnected: int = 0
+    """Requests whose client went away mid-request (reset, broken pipe): logged at INFO, not failures."""
     oversized: int = 0
     """Datagrams larger than ``max_packet_size``, dropped (never truncated)."""
+
+    @property
+    def finished(self) -> int:
+        """Requests that have ended, however they ended (rejected ones aside)."""
+        return self.completed + self.failed + self.timed_out + self.disconnected
 
     def __add__(self, other: ServerStats) -> ServerStats:
         """Counters of two processes (or servers) together."""
@@ -120,11 +140,14 @@ class ServerStats:
 class Counters:
     """The live counters behind :class:`ServerStats` (internal)."""
 
-    __slots__ = ("_lock", "accepted", "active", "completed", "failed", "rejected", "timed_out", "wake_below")
+    __slots__ = (
+        "_lock", "accepted", "active", "completed", "disconnected", "failed", "rejected", "timed_out", "wake_below",
+    )
 
     def __init__(self, wake_below: int | None) -> None:
         self._lock = threading.Lock()
         self.accepted = self.active = self.completed = self.failed = self.rejected = self.timed_out = 0
+        self.disconnected = 0
         self.wake_below = wake_below  # the connection cap: crossing it downwards wakes the loop
 
     def accept(self) -> int:
@@ -146,15 +169,23 @@ class Counters:
                 self.completed += 1
             elif outcome is Outcome.TIMED_OUT:
                 self.timed_out += 1
+            elif outcome is Outcome.DISCONNECTED:
+                self.disconnected += 1
             else:
                 self.failed += 1
             return self.active + 1 == self.wake_below
+
+    @property
+    def finished(self) -> int:
+        """Requests ended so far, however they ended (a racy read: for "about how many")."""
+        return self.completed + self.failed + self.timed_out + self.disconnected
 
     def snapshot(self, oversized: int) -> ServerStats:
         with self._lock:
             return ServerStats(
                 accepted=self.accepted, active=self.active, completed=self.completed, failed=self.failed,
-                rejected=self.rejected, timed_out=self.timed_out, oversized=oversized,
+                rejected=self.rejected, timed_out=self.timed_out, disconnected=self.disconnected,
+                oversized=oversized,
             )
 
 

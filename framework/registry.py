@@ -107,7 +107,18 @@ class TransportEntry(Entry):
 @final
 @attrs.frozen
 class DispatcherEntry(Entry):
-    """A dispatcher: ``factory(options)`` returns a :class:`~sockwork.Dispatcher`."""
+    """A dispatcher: ``factory(options)`` returns a :class:`~sockwork.Dispatcher`.
+
+    ``supervisor=True`` marks a dispatcher that runs worker processes, each
+    serving with an inner dispatcher chosen by name (see
+    :class:`~sockwork.interfaces.Supervisor`). Its options class must have the
+    fields ``inner`` (a dispatcher name) and ``inner_options`` (a mapping);
+    assembly validates them with the inner dispatcher's own options class and
+    calls ``factory(options, make_inner)``, where ``make_inner()`` builds a
+    fresh inner dispatcher (in each worker).
+    """
+
+    supervisor: bool = False
 
 
 @final
@@ -231,6 +242,10 @@ class Registry:
                 found[entry.name] = attrs.evolve(entry, plugin=impl.plugin_name)
         return found
 
+    def distribution_of(self, plugin: str) -> str:
+        """``"distribution version"`` of a plugin, or ``"?"`` when it is not known."""
+        return str(getattr(self.plugin_manager, "distributions", {}).get(plugin, "?"))
+
     def entries(self, kind: Kind) -> list[Entry]:
         """Every registered entry of ``kind``, sorted by name."""
         return sorted(self._entries[kind].values(), key=lambda e: e.name)
@@ -252,9 +267,11 @@ class Registry:
         return None
 
     def build(self, kind: Kind, name: str, options: Mapping[str, Any] | object | None = None) -> Any:
-        """Build component ``name`` from ``options`` (a mapping or an options instance)."""
-        entry = self.get(kind, name)
-        return entry.factory(make_options(kind, entry, options))
+        """Build component ``name`` from ``options`` (a mapping or an options instance), checked
+        as assembly checks it (see :func:`sockwork.assembly.build_component`)."""
+        from .assembly import build_component  # assembly builds on this module
+
+        return build_component(self, kind, self.get(kind, name), options)
 
 
 def _checked_entries(kind: Kind, returned: object) -> list[Entry]:
@@ -267,6 +284,11 @@ def _checked_entries(kind: Kind, returned: object) -> list[Entry]:
     for entry in entries:
         if not isinstance(entry, expected):
             raise PluginError(f"{_HOOK_NAMES[kind]} must return {expected.__name__} objects, got {entry!r}")
+        if isinstance(entry, DispatcherEntry) and entry.supervisor:
+            fields = attrs.fields_dict(entry.options)
+            if "inner" not in fields or "inner_options" not in fields:
+                raise PluginError(f"supervisor {entry.name!r}: its options class {entry.options.__name__} "
+                                  "needs the fields 'inner' and 'inner_options'")
     return entries
 
 

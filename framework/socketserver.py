@@ -37,14 +37,20 @@ import threading
 import time
 import traceback
 
-from sockwork._server import ACCEPT_CAPACITY_ERRNOS as _ACCEPT_CAPACITY_ERRNOS
+from sockwork._loop import ACCEPT_CAPACITY_ERRNOS as _ACCEPT_CAPACITY_ERRNOS
+from sockwork._parts import NO_HOOKS as _NO_HOOKS
+from sockwork._parts import LifecycleHooks as _LifecycleHooks
+from sockwork._parts import Parts as _Parts
 from sockwork._server import Server as _Server
 from sockwork.limits import Limits as _Limits
 from sockwork.limits import Outcome as _Outcome
-from sockwork.registry import Registry as _Registry
-from sockwork.strategies import ForkOptions as _ForkOptions
-from sockwork.strategies import InlineOptions as _InlineOptions
-from sockwork.strategies import ThreadOptions as _ThreadOptions
+from sockwork.strategies.inline import InlineDispatcher as _InlineDispatcher
+from sockwork.strategies.thread import ThreadDispatcher as _ThreadDispatcher
+from sockwork.strategies.thread import ThreadOptions as _ThreadOptions
+
+if hasattr(os, "fork"):
+    from sockwork.strategies.fork import ForkDispatcher as _ForkDispatcher
+    from sockwork.strategies.fork import ForkOptions as _ForkOptions
 
 __version__ = "0.4"
 
@@ -59,22 +65,6 @@ if hasattr(socket, "AF_UNIX"):
                     "ThreadingUnixStreamServer", "ThreadingUnixDatagramServer"])
     if hasattr(os, "fork"):
         __all__.extend(["ForkingUnixStreamServer", "ForkingUnixDatagramServer"])
-
-_registry_lock = threading.Lock()
-_registry = []
-
-
-def _shared_registry():
-    """One Registry for all legacy servers that do not bring their own.
-
-    Built on first use: the classic constructors have no place to pass one,
-    and loading entry points for every server would be wasted work.
-    """
-    with _registry_lock:
-        if not _registry:
-            _registry.append(_Registry())
-        return _registry[0]
-
 
 # ---- How the core sees a classic server ---------------------------------------
 
@@ -196,7 +186,7 @@ class _ClassicDispatch:
         self._handed_off = False
         self._server.process_request(request, client_address)
         if not self._handed_off:
-            self._server._sockwork_core._settle(request, _Outcome.COMPLETED)
+            self._server._sockwork_core.settle(request, _Outcome.COMPLETED)
 
     def hand_off(self, request, client_address):
         self._handed_off = True
@@ -232,7 +222,7 @@ class _ThreadBody:
         finally:
             # Counted already if the override called super(); if it served the
             # request all by itself, count it now.
-            self._server._sockwork_core._settle(request, _Outcome.COMPLETED)
+            self._server._sockwork_core.settle(request, _Outcome.COMPLETED)
 
 
 # ---- Servers ------------------------------------------------------------------------
@@ -251,12 +241,12 @@ class BaseServer:
 
     Class variables that may be overridden by derived classes or instances:
     timeout, and ``sockwork_registry`` (a :class:`sockwork.Registry` whose
-    plugins' lifecycle hooks this server calls; default: the installed ones).
+    plugins' lifecycle hooks this server calls; default: none, and no
+    installed plugin is loaded). Set it before the server first serves.
     """
 
     timeout = None
     sockwork_registry = None
-    _sockwork_dispatcher_name = "inline"
 
     def __init__(self, server_address, RequestHandlerClass):
         """Constructor.  May be extended, do not override."""
@@ -279,28 +269,36 @@ class BaseServer:
         return core
 
     def _sockwork_assemble(self):
-        registry = self.sockwork_registry or _shared_registry()
-        inner = registry.build("dispatcher", self._sockwork_dispatcher_name, self._sockwork_dispatcher_options())
+        # The built-in parts, imported with this module: serving touches no entry
+        # point and imports nothing (a process short of descriptors still serves).
+        inner = self._sockwork_make_dispatcher()
         self._sockwork_dispatcher = inner
         self._sockwork_dispatch = _ClassicDispatch(self, inner)
         service_actions = type(self).service_actions
         overridden = service_actions not in _DEFAULT_SERVICE_ACTIONS
         plain_finish = type(self).finish_request is BaseServer.finish_request
-        return _Server(
-            transport=_ClassicTransport(self),
+        transport = _ClassicTransport(self)
+        registry = self.sockwork_registry
+        parts = _Parts(
+            transport=transport,
             dispatcher=self._sockwork_dispatch,
             # finish_request(r, a) is RequestHandlerClass(r, a, self): called as such when not overridden
             handler=self.RequestHandlerClass if plain_finish else self._sockwork_finish_request,
+            transport_name=transport.name,
+            hooks=_NO_HOOKS if registry is None else _LifecycleHooks(registry.plugin_manager),
+            registry=registry,
+        )
+        return _Server(
+            parts=parts,
             drain_timeout=None,  # socketserver waits for every thread or child it waits for
             limits=_Limits.none(),  # no cap, no timeouts: handlers see what they always saw
-            registry=registry,
             on_error=self._sockwork_handle_error,
             service_actions=self.service_actions if overridden else None,
             handler_server=self,
         )
 
-    def _sockwork_dispatcher_options(self):
-        return _InlineOptions()
+    def _sockwork_make_dispatcher(self):
+        return _InlineDispatcher()
 
     def _sockwork_finish_request(self, request, client_address, server):
         self.finish_request(request, client_address)
@@ -543,10 +541,9 @@ if hasattr(os, "fork"):
         max_children = 40
         # If true, server_close() waits until all child processes complete.
         block_on_close = True
-        _sockwork_dispatcher_name = "fork"
-
-        def _sockwork_dispatcher_options(self):
-            return _ForkOptions(max_children=self.max_children, block_on_close=bool(self.block_on_close))
+        def _sockwork_make_dispatcher(self):
+            return _ForkDispatcher(_ForkOptions(max_children=self.max_children,
+                                                block_on_close=bool(self.block_on_close)))
 
         @property
         def active_children(self):
@@ -597,14 +594,12 @@ class ThreadingMixIn:
     daemon_threads = False
     # If true, server_close() waits until all non-daemonic threads terminate.
     block_on_close = True
-    _sockwork_dispatcher_name = "thread"
-
-    def _sockwork_dispatcher_options(self):
-        return _ThreadOptions(
+    def _sockwork_make_dispatcher(self):
+        return _ThreadDispatcher(_ThreadOptions(
             max_threads=None,
             daemon=bool(self.daemon_threads),
             block_on_close=bool(self.block_on_close) and not self.daemon_threads,
-        )
+        ))
 
     @property
     def _threads(self):
@@ -614,7 +609,7 @@ class ThreadingMixIn:
 
     def process_request_thread(self, request, client_address):
         """Serve one request as a request thread does: finish, report errors, shut down."""
-        self._sockwork()._serve(request, client_address)
+        self._sockwork().serve_request(request, client_address)
 
     def process_request(self, request, client_address):
         """Start a new thread to process the request.

@@ -22,8 +22,8 @@ from typing import Any, final
 
 import attrs
 
-from sockwork._deadline import deadline_after, remaining
-from sockwork._validators import boolean, positive_int
+from sockwork.deadlines import deadline_after, remaining
+from sockwork.validators import boolean, positive_int
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
 from sockwork.limits import Outcome
@@ -184,6 +184,20 @@ class ForkDispatcher:
         for pid in list(self._children):  # with block_on_close=False: left running, unwatched
             self._forget(pid)
         self._unwatched = 0
+
+    def abort(self) -> None:
+        """Kill every child at once and reap it (safe in a signal handler: no lock, nothing raises)."""
+        pids = list(self._children)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in pids:
+            try:
+                os.waitpid(pid, 0)  # SIGKILL: at once
+            except ChildProcessError:
+                pass  # reaped meanwhile by the drain
 
     def _forget(self, pid: int) -> Any:
         """Stop watching a child (reaped, or let go); return the client it served."""

@@ -10,9 +10,9 @@ from typing import Any, final
 
 import attrs
 
-from sockwork._deadline import join_all
-from sockwork._slots import Slots
-from sockwork._validators import positive_int
+from sockwork.deadlines import join_all
+from sockwork.slots import Slots
+from sockwork.validators import positive_int
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
 from sockwork.registry import DispatcherEntry

@@ -1,18 +1,30 @@
-"""The ``prefork`` dispatcher: worker processes that accept by themselves.
+"""The ``prefork`` supervisor: worker processes that accept by themselves.
 
-N workers are forked when the server starts; each runs a complete accept
-loop on the shared listening (or datagram) socket with an inner dispatcher
-(``inline``, ``thread`` or ``pool``). The parent only supervises: a worker
-that dies is logged and replaced, a worker may be recycled after
-``max_requests``, and stopping the server sends each worker SIGTERM, upon
-which it stops accepting and drains its own requests.
+The parent spawns N workers when the server starts; each runs a complete
+server loop on the shared listening (or datagram) socket with an inner
+dispatcher chosen by name from the registry (``pool`` by default; any
+registered dispatcher that is not itself a supervisor, a third party's
+included). The parent only supervises, in the manner of gunicorn's arbiter:
+
+- spawn: every worker is forked from the parent's loop thread; the worker
+  becomes the leader of its own process group, so that ending it also ends
+  the processes it forked (an inner ``fork`` dispatcher's children);
+- reap: a pidfd per worker in the parent's selector; the exit is logged with
+  its true reason (``WorkerExit``: stopped, recycled, orphaned; or a crash);
+- replace: a worker that dies is replaced, after a growing pause when it
+  died young (a crash loop must not become a fork loop);
+- recycle: a worker that finished ``max_requests`` requests exits and is
+  replaced;
+- drain: SIGTERM to each worker, which stops accepting and drains its own
+  requests; after the deadline, the survivors' process groups are killed.
+
+Workers report their counters to the parent through a pipe (a fixed-size
+record of the ServerStats fields, at most every 0.2 s and once at the end);
+a worker that crashed has the requests it reported as running counted as
+failed, so ``active`` returns to 0. Workers check ``os.getppid()`` every
+report interval and drain and stop when the parent is gone.
 
 This is how a Python server uses several cores despite the GIL.
-
-Rule 1: the parent never accepts; the kernel hands each connection (or
-datagram) to one worker.
-Rule 2: a worker that dies right after it started is replaced after a pause
-that grows, so a broken handler cannot turn into a fork loop.
 """
 
 from __future__ import annotations
@@ -24,81 +36,73 @@ import select
 import signal
 import struct
 import time
-from typing import Any, final
+from collections.abc import Callable
+from typing import Any, Literal, final
 
 import attrs
 
-from sockwork._deadline import deadline_after, remaining
-from sockwork._validators import off_is_none, optional_positive_int, positive_int
+from sockwork.deadlines import deadline_after, remaining
+from sockwork.validators import off_is_none, optional_positive_int, positive_int
+from sockwork.forking import flush_stdio
 from sockwork.hookspecs import hookimpl
-from sockwork.interfaces import DispatcherHost
-from sockwork.limits import ServerStats
-from sockwork.registry import DispatcherEntry, validate_options
-
-from .fork import flush_stdio
-from .inline import InlineDispatcher, InlineOptions
-from .pool import PoolDispatcher, PoolOptions
-from .thread import ThreadDispatcher, ThreadOptions
+from sockwork.interfaces import Dispatcher, DispatcherHost
+from sockwork.limits import ServerStats, WorkerExit
+from sockwork.registry import DispatcherEntry
 
 __all__ = ["PreforkDispatcher", "PreforkOptions"]
 
 logger = logging.getLogger("sockwork")
 
-_INNER = {
-    "inline": (InlineDispatcher, InlineOptions),
-    "thread": (ThreadDispatcher, ThreadOptions),
-    "pool": (PoolDispatcher, PoolOptions),
-}
 _QUICK_DEATH = 1.0  # seconds: a worker dying sooner than this is a crash loop
 _MAX_RESPAWN_PAUSE = 5.0
+REPORT_EVERY = 0.2
 
 
 def _check_inner(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value not in _INNER:
-        raise ValueError(f"'{attribute.name}' must be one of {', '.join(_INNER)}, got {value!r}")
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"'{attribute.name}' must be a dispatcher name such as 'pool', got {value!r}")
 
 
 def _check_inner_options(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
-    inner = getattr(instance, "inner", None)
-    if inner not in _INNER:
-        return  # reported for 'inner' itself
-    _, problems = validate_options(_INNER[inner][1], value)
-    if problems:
-        shown = "; ".join(f"{field}: {problem}" if field else problem for field, problem in problems)
-        raise ValueError(f"'{attribute.name}' are not valid for the {inner} dispatcher: {shown}")
+    if not isinstance(value, dict):
+        raise ValueError(f"'{attribute.name}' must be a table of the inner dispatcher's options, got {value!r}")
 
 
 @final
 @attrs.frozen(kw_only=True)
 class PreforkOptions:
-    """Options of the ``prefork`` dispatcher."""
+    """Options of the ``prefork`` supervisor."""
 
     workers: int = attrs.field(factory=lambda: os.cpu_count() or 1, validator=positive_int)
     """Worker processes (default: one per CPU)."""
     inner: str = attrs.field(default="pool", validator=_check_inner)
-    """How each worker serves the requests it accepts: inline, thread or pool
-    (the default: no thread start per request)."""
+    """The dispatcher each worker serves its requests with: any registered
+    dispatcher that does not supervise processes itself (default: pool)."""
     inner_options: dict[str, Any] = attrs.field(factory=dict, validator=_check_inner_options)
-    """Options of the inner dispatcher, e.g. ``{ workers = 8 }`` for pool."""
+    """Options of the inner dispatcher, e.g. ``{ workers = 8 }`` for pool;
+    validated by that dispatcher's own options class."""
     max_requests: int | None = attrs.field(default=None, converter=off_is_none, validator=optional_positive_int)
-    """Replace a worker once it has served this many requests (guards against
-    slow leaks in handlers; requests it accepted in the same round are served
-    too, so it may be a few more); none: never."""
+    """Replace a worker once it has finished this many requests (guards against
+    slow leaks in handlers; it is checked every 0.2 s, so a worker may serve
+    a few more); none: never."""
 
 
 @final
 class PreforkDispatcher:
-    """Supervises worker processes that accept and serve by themselves."""
+    """Supervises worker processes that accept and serve by themselves (a Supervisor).
 
-    accepts_itself = True
+    ``make_inner()`` builds the dispatcher a worker serves with; assembly
+    passes it (built from ``options.inner`` through the registry). Built
+    without it, the inner dispatcher comes from the built-in ones.
+    """
 
-    def __init__(self, options: PreforkOptions | None = None) -> None:
+    accepts_itself: Literal[True] = True
+
+    def __init__(self, options: PreforkOptions | None = None, make_inner: Callable[[], Dispatcher] | None = None) -> None:
         self.options = options or PreforkOptions()
-        _, options_cls = _INNER[self.options.inner]
-        self._inner_options = validate_options(options_cls, self.options.inner_options)[0]
+        self._make_inner = make_inner if make_inner is not None else _builtin_inner(self.options)
         # How many run at once depends on how the kernel spreads connections over
-        # the workers (between one inner dispatcher's limit and all of theirs):
-        # no fixed number to promise.
+        # the workers: no fixed number to promise.
         self.concurrency = None
         self._workers: dict[int, _Worker] = {}
         self._stopping = False
@@ -122,6 +126,8 @@ class PreforkDispatcher:
         for _ in range(self.options.workers):
             self._spawn()
 
+    # ---- Spawn ------------------------------------------------------------------------
+
     def _spawn(self) -> None:
         reports_r, reports_w = os.pipe()
         flush_stdio()
@@ -131,38 +137,55 @@ class PreforkDispatcher:
             self._work(reports_w)  # never returns
         os.close(reports_w)
         os.set_blocking(reports_r, False)
+        try:
+            os.setpgid(pid, pid)  # also done in the child: whichever runs first
+        except OSError:
+            pass  # the child has exec'd or exited already
         worker = self._workers[pid] = _Worker(os.pidfd_open(pid), reports_r)
         self._host.add_reader(worker.pidfd, functools.partial(self._on_exit, pid))
         self._host.add_reader(reports_r, worker.read_reports)
 
     def _work(self, reports: int) -> None:
+        """In the worker: serve until told to stop, then exit with the reason as status."""
         status = 1
         try:
+            os.setpgid(0, 0)  # its own process group: killing the group ends what it forked
             for worker in self._workers.values():  # the siblings are the parent's to watch
                 os.close(worker.pidfd)
                 os.close(worker.reports)
             self._workers.clear()
-            cls, _ = _INNER[self.options.inner]
             report = functools.partial(_send_report, reports)
-            status = int(self._host.run_worker(cls(self._inner_options), self.options.max_requests, report))
+            status = int(self._host.run_worker(self._make_inner(), self.options.max_requests, report, REPORT_EVERY))
+        except SystemExit as exc:  # a handler's sys.exit(N) ends its worker with status N
+            status = exc.code if isinstance(exc.code, int) else 1
         except BaseException:
             logger.exception("prefork worker %d failed", os.getpid())
         finally:
             flush_stdio()
             os._exit(status)
 
+    # ---- Reap and replace -------------------------------------------------------------
+
     def _on_exit(self, pid: int) -> None:
-        """In the parent's loop: a worker exited; replace it unless we are stopping."""
+        """In the parent's loop: a worker exited; say why, and replace it unless we are stopping."""
         _, status = os.waitpid(pid, 0)
-        started = self._forget(pid)
         code = os.waitstatus_to_exitcode(status)
+        started = self._forget(pid, crashed=code not in (WorkerExit.STOPPED, WorkerExit.RECYCLED, WorkerExit.ORPHANED))
         if self._stopping:
             return
-        if code == 0:
-            logger.info("prefork worker %d retired after max_requests; starting a new one", pid)
+        if code == WorkerExit.RECYCLED:
+            logger.info("prefork worker %d retired after max_requests=%d; starting a new one",
+                        pid, self.options.max_requests)
             self._respawn_pause = 0.0
         else:
-            how = f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+            if code == WorkerExit.STOPPED:
+                how = "stopped on its own (exit status 0, no SIGTERM from this supervisor)"
+            elif code == WorkerExit.ORPHANED:
+                how = "stopped: it lost sight of its parent"
+            elif code < 0:
+                how = f"was killed by signal {signal.Signals(-code).name}"
+            else:
+                how = f"exited with status {code}"
             logger.error("prefork worker %d %s; starting a new one", pid, how)
             if time.monotonic() - started < _QUICK_DEATH:  # a crash loop: slow it down
                 self._respawn_pause = min(max(self._respawn_pause * 2, 0.1), _MAX_RESPAWN_PAUSE)
@@ -171,30 +194,39 @@ class PreforkDispatcher:
                 self._respawn_pause = 0.0
         self._spawn()
 
-    def _forget(self, pid: int) -> float:
-        """Stop watching an exited worker, keeping its final counters; return when it started."""
+    def _forget(self, pid: int, crashed: bool) -> float:
+        """Stop watching an exited worker, keeping its final counters; return when it started.
+
+        A worker that crashed could not finish the requests it reported as
+        running: they count as failed, so ``active`` returns to 0.
+        """
         worker = self._workers.pop(pid)
         worker.read_reports()  # its final report, written before it exited
-        self._retired += worker.last
+        last = worker.last
+        if last.active:
+            if crashed:
+                logger.error("prefork worker %d ended with %d request(s) running; counted as failed",
+                             pid, last.active)
+            last = attrs.evolve(last, active=0, failed=last.failed + last.active)
+        self._retired += last
         for fd in (worker.pidfd, worker.reports):
             self._host.remove_reader(fd)
             os.close(fd)
         return worker.started
 
     def submit(self, request: Any, client_address: Any) -> None:
-        raise RuntimeError("the prefork dispatcher's workers accept by themselves")
+        raise RuntimeError("the prefork supervisor's workers accept by themselves; submit() is never called")
 
     def saturated(self) -> bool:
         return False  # never asked: the parent does not accept
+
+    # ---- Drain and stop ---------------------------------------------------------------
 
     def drain(self, timeout: float | None) -> bool:
         if not self._stopping:
             self._stopping = True
             for pid in self._workers:
-                try:
-                    os.kill(pid, signal.SIGTERM)  # stop accepting, drain, exit
-                except ProcessLookupError:
-                    pass  # exited already; reaped below
+                _signal(pid, signal.SIGTERM)  # stop accepting, drain, exit
         deadline = deadline_after(timeout)
         while self._workers:
             left = remaining(deadline)
@@ -205,20 +237,47 @@ class PreforkDispatcher:
                 poller.register(worker.pidfd, select.POLLIN)
             for fd, _ in poller.poll(None if left is None else left * 1000):
                 pid = next(p for p, w in self._workers.items() if w.pidfd == fd)
-                os.waitpid(pid, 0)
-                self._forget(pid)
+                _, status = os.waitpid(pid, 0)
+                self._forget(pid, crashed=os.waitstatus_to_exitcode(status) != WorkerExit.STOPPED)
         return True
 
     def close(self) -> None:
+        self._stopping = True
         if self._workers:
             logger.warning("killing %d prefork worker(s) still draining", len(self._workers))
+        self.abort()
         for pid in list(self._workers):
+            self._forget(pid, crashed=True)
+
+    def abort(self) -> None:
+        """Kill every worker's process group at once and reap the workers (safe in a signal handler)."""
+        pids = list(self._workers)
+        for pid in pids:
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            os.waitpid(pid, 0)
-            self._forget(pid)
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                _signal(pid, signal.SIGKILL)  # not (yet) a group leader: the worker alone
+        for pid in pids:
+            try:
+                os.waitpid(pid, 0)  # SIGKILL: at once
+            except ChildProcessError:
+                pass  # reaped meanwhile by the drain
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass  # exited already; reaped by the caller
+
+
+def _builtin_inner(options: PreforkOptions) -> Callable[[], Dispatcher]:
+    """Without assembly: the inner dispatcher from the built-in ones (no entry points scanned)."""
+    from sockwork.assembly import inner_dispatcher_factory
+    from sockwork.registry import Registry, make_plugin_manager
+
+    registry = Registry(make_plugin_manager(entry_points=False))
+    return inner_dispatcher_factory(registry, registry.get("dispatcher", "prefork"), options)
 
 
 _FIELDS = [field.name for field in attrs.fields(ServerStats)]
@@ -247,13 +306,13 @@ class _Worker:
             data += chunk
         whole = len(data) - len(data) % _REPORT.size
         if whole:
-            self.last = ServerStats(**dict(zip(_FIELDS, _REPORT.unpack(data[whole - _REPORT.size:whole]))))
+            self.last = ServerStats(**dict(zip(_FIELDS, _REPORT.unpack(data[whole - _REPORT.size:whole]), strict=True)))
         self._partial = data[whole:]
 
 
 def _send_report(fd: int, stats: ServerStats) -> None:
     try:
-        os.write(fd, _REPORT.pack(*attrs.astuple(stats)))  # 56 bytes: one atomic pipe write
+        os.write(fd, _REPORT.pack(*attrs.astuple(stats)))  # 64 bytes: one atomic pipe write
     except OSError:
         pass  # the parent is gone or not listening: nothing to report to
 
@@ -264,7 +323,8 @@ def sockwork_add_dispatchers() -> list[DispatcherEntry]:
     return [
         DispatcherEntry(
             "prefork", PreforkDispatcher, PreforkOptions,
-            description="worker processes (one per CPU) that accept by themselves, each with an inner dispatcher",
-            unavailable_reason=reason,
+            description="a supervisor of worker processes (one per CPU) that accept by themselves, "
+                        "each serving with an inner dispatcher",
+            unavailable_reason=reason, supervisor=True,
         )
     ]

@@ -15,7 +15,7 @@ from typing import Any, final
 
 import attrs
 
-from sockwork._validators import positive_int
+from sockwork.validators import positive_int
 from sockwork.errors import BindError, ConfigError
 from sockwork.hookspecs import hookimpl
 from sockwork.registry import TransportEntry

@@ -8,7 +8,7 @@ from typing import final
 
 import attrs
 
-from sockwork._validators import off_is_none, positive_int
+from sockwork.validators import off_is_none, positive_int
 from sockwork.hookspecs import hookimpl
 from sockwork.registry import TransportEntry
 

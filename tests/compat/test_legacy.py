@@ -156,7 +156,7 @@ def test_overridden_process_request_that_serves_by_itself_is_counted_and_release
                 assert exchange_address(server.server_address, b"%d\n" % i) == b"%d\n" % i
         core = server._sockwork()
         assert core.stats.completed == 20 and core.stats.active == 0
-        assert not core._in_flight
+        assert not core.requests.in_flight
 
 
 def test_overridden_process_request_thread_runs_in_the_request_thread() -> None:

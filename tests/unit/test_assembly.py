@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import errno
+import logging
+import os
 import socket
 from pathlib import Path
 
 import pytest
 
-from sockwork import BindError, ConfigError, OptionError, Registry, Server, UnknownPluginError, make_plugin_manager
+from sockwork import (
+    BindError,
+    ConfigError,
+    DispatcherEntry,
+    OptionError,
+    PluginError,
+    Registry,
+    Server,
+    UnknownPluginError,
+    hookimpl,
+    make_plugin_manager,
+)
 from sockwork.handlers import echo
 from sockwork.strategies import PoolOptions
 from sockwork.transports import TCPOptions, TCPTransport
@@ -94,3 +108,124 @@ def test_invalid_component_is_refused_before_binding() -> None:
         Server(transport=f"tcp://127.0.0.1:{port}", dispatcher="nope", handler=echo)
     with socket.socket() as again:  # the port is still free: nothing bound it
         again.bind(("127.0.0.1", port))
+
+
+# ---- One step, each part resolved once; factories checked against their role ----------
+
+def counting(registry: Registry) -> dict[str, int]:
+    """Count the registry's look-ups of each kind, and every factory call, on ``registry``."""
+    counts: dict[str, int] = {}
+    lookup = registry.get
+
+    def get(kind: str, name: str) -> object:
+        counts[kind] = counts.get(kind, 0) + 1
+        return lookup(kind, name)  # type: ignore[arg-type]
+
+    registry.get = get  # type: ignore[method-assign]
+    return counts
+
+
+def test_server_and_build_server_resolve_each_part_exactly_once() -> None:
+    """Server(...) and build_server(config) look each name up once: one step, no second resolution."""
+    from sockwork import build_server, load_config
+
+    registry = Registry(make_plugin_manager(entry_points=False))
+    counts = counting(registry)
+    with Server(transport=TCP, dispatcher="pool", handler="echo", registry=registry):
+        pass
+    assert counts == {"transport": 1, "dispatcher": 1, "handler": 1}
+
+    config = load_config({"transport": TCP, "dispatcher": "pool", "handler": "lines"}, registry)
+    counts.clear()
+    with build_server(config, registry):
+        pass
+    assert counts == {"transport": 1, "dispatcher": 1, "handler": 1}
+
+
+class BrokenPlugins:
+    """Factories that break their contract: None, and an object lacking a method."""
+
+    @hookimpl
+    def sockwork_add_dispatchers(self) -> list[DispatcherEntry]:
+        class HalfDispatcher:
+            concurrency = 1
+
+            def start(self, host: object) -> None: ...
+
+        return [DispatcherEntry("returns-none", lambda options: None),
+                DispatcherEntry("half", lambda options: HalfDispatcher())]
+
+
+@pytest.mark.parametrize(("name", "why"), [("returns-none", "which is not a Dispatcher: it lacks concurrency"),
+                                           ("half", "it lacks submit(), saturated(), drain(), close()")])
+def test_a_factory_returning_a_broken_part_fails_assembly_naming_the_plugin(name: str, why: str) -> None:
+    """What a plugin's factory returns is checked at assembly; the error names the plugin."""
+    pm = make_plugin_manager(entry_points=False)
+    pm.register(BrokenPlugins(), name="broken-plugin")
+    with pytest.raises(PluginError) as info:
+        Server(transport=TCP, dispatcher=name, handler=echo, registry=Registry(pm))
+    message = str(info.value)
+    assert message.startswith(f"dispatcher {name!r} from plugin 'broken-plugin' (?) is broken: its factory returned")
+    assert why in message
+
+
+FAKE_DIST = """\
+from sockwork import DispatcherEntry, hookimpl
+
+@hookimpl
+def sockwork_add_dispatchers():
+    return [DispatcherEntry("returns-none", lambda options: None)]
+"""
+
+
+@pytest.mark.parametrize("command", ["check", "serve"])
+def test_cli_refuses_a_broken_plugin_with_exit_2_and_one_line(tmp_path: Path, command: str) -> None:
+    """An installed plugin whose factory returns None fails check and serve: exit 2, one line."""
+    import subprocess
+    import sys
+
+    (tmp_path / "brokenplugin.py").write_text(FAKE_DIST)
+    dist = tmp_path / "brokenplugin-1.2.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplugin\nVersion: 1.2\n")
+    (dist / "entry_points.txt").write_text("[sockwork]\nbrokenplugin = brokenplugin\n")
+    config = tmp_path / "server.toml"
+    config.write_text('transport = "tcp://127.0.0.1:0"\ndispatcher = "returns-none"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "sockwork", command, str(config)],
+        capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    assert result.returncode == 2, result
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("sockwork: dispatcher: dispatcher 'returns-none' from plugin 'brokenplugin' "
+                                    "(brokenplugin 1.2) is broken: its factory returned None"), result.stderr
+    assert "serving" not in result.stdout
+
+
+def test_an_accept_error_that_cannot_heal_ends_serve_forever(caplog: pytest.LogCaptureFixture) -> None:
+    """EBADF from accept (the listener is gone) is logged once and raised, not retried forever."""
+
+    class GoneListener:
+        kind, family, address = "stream", socket.AF_INET, ("127.0.0.1", 9)
+
+        def __init__(self) -> None:
+            self._r, self._w = socket.socketpair()
+            self._w.send(b"!")  # always readable: the loop calls accept()
+
+        def open(self) -> None: ...
+        def fileno(self) -> int: return self._r.fileno()
+        def accept(self) -> None: raise OSError(errno.EBADF, "Bad file descriptor")
+        def close_request(self, request: object) -> None: ...
+        def release_request(self, request: object) -> None: ...
+        def after_fork(self) -> None: ...
+
+        def close(self) -> None:
+            self._r.close()
+            self._w.close()
+
+    with Server(transport=GoneListener(), handler=echo, dispatcher="inline") as server:
+        with caplog.at_level(logging.ERROR, logger="sockwork"), pytest.raises(OSError) as info:
+            server.serve_forever()
+    assert info.value.errno == errno.EBADF
+    assert [r.getMessage() for r in caplog.records] == [
+        "accepting on a closed listener failed: [Errno 9] Bad file descriptor; the listener cannot recover, stopping"]

@@ -101,7 +101,7 @@ def test_a_second_signal_forces_the_stop() -> None:
             idle.sendall(b"x\n")
             assert idle.recv(100) == b"1: x\n"  # its handler now waits for the next line, forever
             process.send_signal(signal.SIGTERM)
-            assert "stopping: draining" in process.stderr.readline()  # type: ignore[union-attr]
+            assert "stopping on SIGTERM: draining 1 request(s)" in process.stderr.readline()  # type: ignore[union-attr]
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=10) == 1
             assert "second signal" in process.stderr.read()  # type: ignore[union-attr]
@@ -194,7 +194,7 @@ def test_second_signal_leaves_no_child_processes_behind() -> None:
                 children = [int(pid) for pid in f.read().split()]
             assert len(children) == 1
             process.send_signal(signal.SIGTERM)
-            assert "stopping: draining" in process.stderr.readline()  # type: ignore[union-attr]
+            assert "stopping on SIGTERM: draining 1 request(s)" in process.stderr.readline()  # type: ignore[union-attr]
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=10) == 1
             assert idle.recv(100) == b""  # its child is gone too

@@ -15,6 +15,7 @@ from sockwork import (
     Registry,
     ServerConfig,
     TransportConfig,
+    assemble_config,
     build_server,
     load_config,
     load_config_file,
@@ -179,10 +180,23 @@ def test_nothing_is_bound_when_the_config_is_invalid() -> None:
         build_server(config, REGISTRY)
 
 
+def test_mistakes_only_assembly_finds() -> None:
+    """A handler for the other kind of transport, or one that cannot take three arguments:
+    load_config accepts them, assembly (build_server, sockwork check) refuses them by field."""
+    for data, message in [
+        ({"transport": "udp://127.0.0.1:0", "handler": "lines"},
+         "handler 'lines' serves stream requests, but the udp transport delivers datagram requests"),
+        ({"transport": "tcp://127.0.0.1:0", "handler": "os:getcwd"},
+         "handler 'os:getcwd' cannot be called as handler(request, client_address, server): its signature is ()"),
+    ]:
+        config = load_config(data, REGISTRY)
+        with pytest.raises(ConfigErrors) as info:
+            assemble_config(config, REGISTRY)
+        assert info.value.errors == [("handler", message)]
+
+
 def test_mistakes_only_a_whole_check_finds() -> None:
-    """A handler for the other kind of transport; an address given twice; none in files."""
-    assert errors_of({"transport": "udp://127.0.0.1:0", "handler": "lines"}) == [
-        ("handler", "handler 'lines' serves stream requests, but the udp transport delivers datagram requests")]
+    """An address given twice; none in files."""
     assert errors_of({"transport": {"url": "tcp://[::1]:0", "options": {"address": ["127.0.0.1", 5]}}}) == [
         ("transport.url", "address given twice: in the URL 'tcp://[::1]:0' and in the options")]
     hint = errors_of({"transport": "tcp://127.0.0.1:0", "handler": "mymodule.handle"})

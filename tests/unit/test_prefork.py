@@ -1,4 +1,5 @@
-"""prefork: workers accept by themselves, are replaced when they die, recycled on request."""
+"""prefork, the supervisor: workers accept by themselves, are replaced when they die, recycled on
+request, never outlive their parent, and every request they took is counted however they end."""
 
 from __future__ import annotations
 
@@ -6,18 +7,26 @@ import itertools
 import logging
 import os
 import signal
+import socket
+import subprocess
+import sys
+import textwrap
 import time
+from typing import Any
 
 import pytest
 
-from sockwork import OptionError, Server
+from sockwork import ConfigError, DispatcherEntry, OptionError, Registry, Server, hookimpl, make_plugin_manager
 from sockwork.handlers import echo
-from sockwork.testing import exchange, serving
+from sockwork.registry import NoOptions
+from sockwork.strategies import PoolDispatcher, PoolOptions
+from sockwork.testing import client, exchange, serving
 
 pytestmark = [pytest.mark.timeout(60),
               pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="prefork needs pidfd_open")]
 
 TCP = "tcp://127.0.0.1:0"
+BUILTINS = Registry(make_plugin_manager(entry_points=False))
 
 
 def pid_handler(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
@@ -32,44 +41,198 @@ def wait_until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-unt
         time.sleep(0.01)
 
 
+def alive(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie waiting for a reaper that is not us counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def test_requests_are_served_by_the_workers_not_the_parent() -> None:
+    """Each request is answered by one of the workers, never by the parent."""
     server = Server(transport=TCP, dispatcher="prefork", dispatcher_options={"workers": 2}, handler=pid_handler)
     with serving(server):
         pids = {int(exchange(server, b"who")) for _ in range(20)}
-        assert pids <= server.dispatcher.worker_pids and os.getpid() not in pids
+        assert pids <= server.dispatcher.worker_pids and os.getpid() not in pids  # type: ignore[attr-defined]
     assert server.stats.completed == 20
 
 
+@pytest.mark.parametrize("inner", [e.name for e in BUILTINS.entries("dispatcher")
+                                   if not getattr(e, "supervisor", False)])
+def test_every_registered_dispatcher_runs_inside_the_workers(inner: str) -> None:
+    """The inner dispatcher is chosen by name from the registry: every non-supervisor works."""
+    server = Server(transport=TCP, dispatcher="prefork", registry=BUILTINS,
+                    dispatcher_options={"workers": 2, "inner": inner}, handler=echo)
+    with serving(server):
+        for i in range(10):
+            assert exchange(server, b"req %d" % i) == b"req %d" % i
+    assert server.stats.completed == 10 and server.stats.active == 0
+
+
+class CountingPool:
+    """A third party's dispatcher (a pool that counts how often it was built)."""
+
+    @hookimpl
+    def sockwork_add_dispatchers(self) -> list[DispatcherEntry]:
+        return [DispatcherEntry("thirdparty-pool", lambda options: PoolDispatcher(PoolOptions(workers=2)), NoOptions)]
+
+
+def test_a_third_party_dispatcher_runs_inside_the_workers() -> None:
+    """A plugin's dispatcher, unknown to prefork, serves inside its workers."""
+    pm = make_plugin_manager(entry_points=False)
+    pm.register(CountingPool())
+    server = Server(transport=TCP, dispatcher="prefork", registry=Registry(pm),
+                    dispatcher_options={"workers": 2, "inner": "thirdparty-pool"}, handler=echo)
+    with serving(server):
+        assert exchange(server, b"plugin inside") == b"plugin inside"
+    assert server.stats.completed == 1
+
+
+def test_inner_dispatcher_and_its_options_are_validated() -> None:
+    """Unknown inner names, a supervisor inside a supervisor and bad inner options fail at assembly."""
+    with pytest.raises(ConfigError, match="no dispatcher named 'forks'; registered: fork, inline, pool, prefork"):
+        Server(transport=TCP, dispatcher="prefork", dispatcher_options={"inner": "forks"}, handler=echo,
+               registry=BUILTINS)
+    with pytest.raises(ConfigError, match="'prefork' supervises processes itself and cannot run inside a worker"):
+        Server(transport=TCP, dispatcher="prefork", dispatcher_options={"inner": "prefork"}, handler=echo,
+               registry=BUILTINS)
+    with pytest.raises(ConfigError, match=r"option 'inner_options' \(pool option 'workers'\): must be an int >= 1, got 0"):
+        Server(transport=TCP, dispatcher="prefork", registry=BUILTINS,
+               dispatcher_options={"inner": "pool", "inner_options": {"workers": 0}}, handler=echo)
+    with pytest.raises(OptionError, match="option 'inner_options': must be a table"):
+        Server(transport=TCP, dispatcher="prefork", dispatcher_options={"inner_options": 3}, handler=echo,
+               registry=BUILTINS)
+
+
 def test_a_dead_worker_is_logged_and_replaced(caplog: pytest.LogCaptureFixture) -> None:
+    """A worker killed from outside is logged with its signal and replaced; serving goes on."""
     server = Server(transport=TCP, dispatcher="prefork", dispatcher_options={"workers": 2}, handler=echo)
     with caplog.at_level(logging.INFO, logger="sockwork"), serving(server):
-        victim = min(server.dispatcher.worker_pids)
+        pids: Any = server.dispatcher.worker_pids  # type: ignore[attr-defined]
+        victim = min(pids)
         os.kill(victim, signal.SIGKILL)
-        wait_until(lambda: victim not in server.dispatcher.worker_pids and len(server.dispatcher.worker_pids) == 2)
+        wait_until(lambda: victim not in server.dispatcher.worker_pids  # type: ignore[attr-defined]
+                   and len(server.dispatcher.worker_pids) == 2)  # type: ignore[attr-defined]
         assert exchange(server, b"still serving") == b"still serving"
     assert f"prefork worker {victim} was killed by signal SIGKILL; starting a new one" in caplog.text
 
 
-def test_workers_are_recycled_after_max_requests() -> None:
+def test_a_crashed_workers_requests_count_as_failed_and_active_returns_to_zero(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Requests a worker was serving when it crashed are counted as failed, not left active forever."""
+    def crash_on_request(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
+        request.sendall(b"started")
+        time.sleep(0.5)  # long enough for the worker to report this request as active
+        os._exit(9)
+
+    server = Server(transport=TCP, dispatcher="prefork", handler=crash_on_request,
+                    dispatcher_options={"workers": 1, "inner": "thread"})
+    with caplog.at_level(logging.INFO, logger="sockwork"), serving(server):
+        with client(server) as first, client(server) as second:
+            assert first.recv(7) == b"started" and second.recv(7) == b"started"
+            wait_until(lambda: server.stats.failed == 2)
+        assert server.stats.active == 0
+    assert "exited with status 9" in caplog.text
+    assert "ended with 2 request(s) running; counted as failed" in caplog.text
+
+
+def test_workers_are_recycled_after_max_requests(caplog: pytest.LogCaptureFixture) -> None:
+    """With max_requests, a worker retires after that many requests and the log says so."""
     options = {"workers": 1, "inner": "inline", "max_requests": 3}
     server = Server(transport=TCP, dispatcher="prefork", dispatcher_options=options, handler=pid_handler)
-    with serving(server):
+    with caplog.at_level(logging.INFO, logger="sockwork"), serving(server):
         pids = [int(exchange(server, b"who")) for _ in range(12)]
     runs = [len(list(group)) for _, group in itertools.groupby(pids)]
-    # Each worker serves at least 3 (a request accepted in the same round may make it 4).
-    assert len(runs) >= 3 and all(run >= 3 for run in runs[:-1]), pids
+    # Each worker serves at least 3 (with inline, exactly 3: one accept per round when recycling).
+    assert runs == [3, 3, 3, 3], pids
     assert server.stats.completed == 12
+    assert "retired after max_requests=3; starting a new one" in caplog.text
 
 
-def test_inner_dispatcher_and_its_options_are_validated() -> None:
-    with pytest.raises(OptionError, match="option 'inner': must be one of inline, thread, pool, got 'fork'"):
-        Server(transport=TCP, dispatcher="prefork", dispatcher_options={"inner": "fork"}, handler=echo)
-    with pytest.raises(OptionError, match="not valid for the pool dispatcher: workers: must be an int >= 1, got 0"):
-        Server(transport=TCP, dispatcher="prefork",
-               dispatcher_options={"inner": "pool", "inner_options": {"workers": 0}}, handler=echo)
+def test_a_worker_that_exits_0_by_itself_is_not_called_retired(caplog: pytest.LogCaptureFixture) -> None:
+    """Exit status 0 without max_requests or a SIGTERM is reported as what it is."""
+    def exit_quietly(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
+        request.sendall(b"bye")
+        raise SystemExit(0)  # inline: ends the worker's loop, and the worker exits with status 0
+
+    server = Server(transport=TCP, dispatcher="prefork", handler=exit_quietly,
+                    dispatcher_options={"workers": 1, "inner": "inline"})
+    with caplog.at_level(logging.INFO, logger="sockwork"), serving(server):
+        first: Any = set(server.dispatcher.worker_pids)  # type: ignore[attr-defined]
+        assert exchange(server, b"x") == b"bye"
+        wait_until(lambda: server.dispatcher.worker_pids and server.dispatcher.worker_pids != first)  # type: ignore[attr-defined]
+    assert "retired" not in caplog.text
+    assert "stopped on its own (exit status 0, no SIGTERM from this supervisor)" in caplog.text
 
 
 def test_handle_request_is_refused_with_a_reason() -> None:
     with Server(transport=TCP, dispatcher="prefork", dispatcher_options={"workers": 1}, handler=echo) as server:
         with pytest.raises(RuntimeError, match="workers accept by themselves: use serve_forever"):
             server.handle_request(0)
+
+
+SUPERVISOR = textwrap.dedent("""
+    import sys
+    from sockwork import Server
+    server = Server(transport="tcp://127.0.0.1:0", dispatcher="prefork", handler="echo",
+                    dispatcher_options={"workers": 2})
+    with server.handle_signals():
+        import threading
+        def announce():
+            server.wait_serving()
+            print(server.address[1], *sorted(server.dispatcher.worker_pids), flush=True)
+        threading.Thread(target=announce, daemon=True).start()
+        server.serve_forever()
+        server.close()
+""")
+
+
+def test_workers_stop_when_their_parent_dies() -> None:
+    """A supervisor killed with SIGKILL leaves no worker serving: they notice and drain."""
+    process = subprocess.Popen([sys.executable, "-c", SUPERVISOR], stdout=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    try:
+        _, *workers = [int(n) for n in process.stdout.readline().split()]  # type: ignore[union-attr]
+        assert len(workers) == 2
+        process.kill()
+        process.wait(timeout=10)
+        wait_until(lambda: not any(alive(pid) for pid in workers))
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()  # type: ignore[union-attr]
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_a_second_signal_leaves_no_worker_alive() -> None:
+    """SIGTERM twice while a worker's request hangs: the supervisor exits 1 and no worker survives."""
+    script = SUPERVISOR.replace('handler="echo"', 'handler=hang, drain_timeout=None').replace(
+        "from sockwork import Server", "from sockwork import Server\nimport time\n"
+        "def hang(request, address, server):\n    request.recv(1)\n    time.sleep(60)\n")
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    workers: list[int] = []
+    try:
+        port, *workers = [int(n) for n in process.stdout.readline().split()]  # type: ignore[union-attr]
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"x")
+            time.sleep(0.3)  # the request is running in a worker
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=10) == 1
+        wait_until(lambda: not any(alive(pid) for pid in workers), timeout=5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        process.stdout.close()  # type: ignore[union-attr]
+        for pid in workers:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+

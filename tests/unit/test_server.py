@@ -253,7 +253,7 @@ def test_forced_drain_kills_stuck_children_and_says_so(caplog: pytest.LogCapture
         server.close()
         assert sock.recv(10) == b""  # the child is gone, so is its connection
     text = caplog.text
-    assert "requests still running after the 0.1s drain timeout; ending them" in text
+    assert "the 0.1 s drain deadline has passed with 1 request(s) still running; ending them" in text
     assert "killing 1 child process(es) still running after the drain" in text
     assert "0 request(s)" not in text
 
@@ -269,6 +269,36 @@ def test_forced_drain_ends_stuck_connections_quietly(caplog: pytest.LogCaptureFi
     with caplog.at_level(logging.INFO, logger="sockwork"), serving(server), client(server) as sock:
         assert sock.recv(5) == b"start"
         server.close()
-    assert "shutting down their 1 connection(s)" in caplog.text
+    assert "still running; shut down their 1 connection(s)" in caplog.text
     assert "ended at the drain deadline" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_client_that_resets_is_logged_as_info_and_counted_not_as_a_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ECONNRESET/EPIPE from a client that went away: one INFO line, counted as disconnected."""
+    import struct
+    import threading
+
+    gone = threading.Event()
+
+    def write_after_the_client_left(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
+        request.recv(1)
+        gone.wait(10)
+        for _ in range(100):  # the first send may still be accepted by the kernel
+            request.sendall(b"x" * 65536)
+
+    server = Server(transport=TCP, dispatcher="thread", handler=write_after_the_client_left)
+    with caplog.at_level(logging.INFO, logger="sockwork"), serving(server):
+        with client(server) as sock:
+            sock.sendall(b"!")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+        gone.set()
+        deadline = time.monotonic() + 10
+        while server.stats.disconnected == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert server.stats.disconnected == 1 and server.stats.failed == 0
+    lines = [r for r in caplog.records if "went away mid-request" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO and lines[0].exc_info is None
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

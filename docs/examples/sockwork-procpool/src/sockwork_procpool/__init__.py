@@ -21,13 +21,14 @@ import pickle
 import select
 import signal
 import socket
-import sys
-import time
 from typing import Any, final
 
 import attrs
 
 from sockwork import DispatcherEntry, Outcome, hookimpl
+from sockwork.deadlines import deadline_after, remaining
+from sockwork.forking import flush_stdio, prepare_child
+from sockwork.validators import positive_int
 
 __all__ = ["ProcPoolDispatcher", "ProcPoolOptions"]
 
@@ -36,17 +37,12 @@ logger = logging.getLogger("sockwork.procpool")
 _MAX_MESSAGE = 1 << 17  # a datagram's payload plus its address
 
 
-def _positive(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"'{attribute.name}' must be an int >= 1, got {value!r}")
-
-
 @final
 @attrs.frozen(kw_only=True)
 class ProcPoolOptions:
     """Options of the ``procpool`` dispatcher."""
 
-    workers: int = attrs.field(default=2, validator=_positive)
+    workers: int = attrs.field(default=2, validator=positive_int)
     """Worker processes, started with the server: the most requests served at once."""
 
 
@@ -80,7 +76,7 @@ class ProcPoolDispatcher:
 
     def _spawn(self) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        _flush_stdio()  # else the worker inherits, and writes again, what the parent buffered
+        flush_stdio()  # else the worker inherits, and writes again, what the parent buffered
         pid = os.fork()
         if pid == 0:
             parent_end.close()
@@ -143,10 +139,10 @@ class ProcPoolDispatcher:
 
     def drain(self, timeout: float | None) -> bool:
         self._stopping = True
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = deadline_after(timeout)
         while busy := [w for w in self._workers if w not in self._idle]:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
+            left = remaining(deadline)
+            if left == 0:
                 return False
             readable, _, _ = select.select([w.channel for w in busy], [], [], left)
             for worker in busy:
@@ -178,10 +174,7 @@ class ProcPoolDispatcher:
     def _work(self, channel: socket.socket) -> None:
         status = 1
         try:
-            # Ignore stop signals (the parent decides), with a handler rather than
-            # SIG_IGN, which programs started by a handler would inherit through exec.
-            signal.signal(signal.SIGINT, _ignore)
-            signal.signal(signal.SIGTERM, _ignore)
+            prepare_child()  # the parent decides when workers stop; no inherited signal plumbing
             self._host.after_fork()
             for other in self._workers:  # siblings' channels are the parent's business
                 other.channel.close()
@@ -201,20 +194,8 @@ class ProcPoolDispatcher:
                 channel.send(bytes([int(outcome)]))
             status = 0
         finally:
-            _flush_stdio()
+            flush_stdio()
             os._exit(status)
-
-
-def _ignore(signum: int, frame: Any) -> None:
-    pass
-
-
-def _flush_stdio() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
 
 
 def _describe(status: int) -> str:

@@ -1,4 +1,13 @@
-"""attrs validators shared by the options classes of the built-in components."""
+"""attrs validators for options classes: the ones the built-in components use, public for plugins.
+
+Each raises ``ValueError`` with a message that starts with the option's name, as
+sockwork's option checking expects: ``'workers' must be an int >= 1, got 0``::
+
+    @attrs.frozen(kw_only=True)
+    class MyOptions:
+        workers: int = attrs.field(default=4, validator=positive_int)
+        limit: int | None = attrs.field(default=None, converter=off_is_none, validator=optional_positive_int)
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Waiting with one deadline across several steps."""
+"""Waiting with one deadline across several steps (public: a dispatcher's ``drain(timeout)`` needs it)."""
 
 from __future__ import annotations
 

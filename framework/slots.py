@@ -1,4 +1,13 @@
-"""Counting work in progress against a limit, for dispatchers."""
+"""Counting work in progress against a limit, with the wake-up the loop needs (public, for dispatchers).
+
+A dispatcher's ``saturated()`` returns ``slots.full()``; giving back the slot that
+makes room calls ``host.wake()``, so the loop, which stopped accepting, looks again::
+
+    def start(self, host):  self._slots.wake_with(host.wake)
+    def submit(self, request, address):  self._slots.take(); ...
+    def saturated(self):  return self._slots.full()
+    # and when a request is done:  self._slots.give_back()
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,238 @@
+"""The loop: one selector that accepts requests and hands them to the dispatcher.
+
+    selector ──► listener readable ──► accept (a batch) ──► admit (count, cap) ──► dispatcher.submit
+             ──► wake-up socket    ──► look again (shutdown, freed capacity, a signal)
+             ──► a watched fd      ──► its callback (a child's pidfd, a worker's report pipe)
+
+Rule 1: the loop never busy-waits. It sleeps in one selector that also
+watches a wake-up socket, so shutdown, freed capacity and signals wake it at
+once; while saturated or backing off it stops listening, and looks again at
+least every SATURATED_RECHECK seconds.
+Rule 2: "out of resources" accept errors (EMFILE, ENFILE, ENOBUFS, ENOMEM)
+pause accepting for a growing time; an error that cannot heal (EBADF,
+ENOTSOCK, EINVAL: the listener is gone) is logged once and ends the loop.
+Rule 3: the common round (not paused, no stats hook) reads no clock and makes
+no call but ``saturated()``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import selectors
+import socket
+import time
+from collections.abc import Callable
+from typing import final
+
+from ._ratelimit import RateLimitedLog
+from ._requests import Requests
+from .interfaces import Dispatcher, Transport, capability
+
+__all__ = ["ACCEPT_CAPACITY_ERRNOS", "ACCEPT_FATAL_ERRNOS", "Loop"]
+
+logger = logging.getLogger("sockwork")
+
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+"""accept() errors that mean "out of resources right now": back off and retry."""
+
+ACCEPT_FATAL_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK, errno.EINVAL})
+"""accept() errors that mean the listener itself is gone or unusable: retrying cannot help."""
+
+SATURATED_RECHECK = 0.05
+"""While the dispatcher is saturated, look again at least this often (seconds),
+in case a plugin dispatcher frees capacity without calling ``wake()``."""
+
+BACKOFF_MIN, BACKOFF_MAX = 0.01, 1.0
+"""Pause after a failed accept (seconds); doubles on each failure in a row."""
+
+LOG_EVERY = 5.0
+"""Accept failures are logged at most once per this many seconds."""
+
+_LISTENER = "listener"
+_WAKE = "wake"
+
+
+@final
+class Loop:
+    """Selector, wake-up channel, accepting with backoff, and watched descriptors.
+
+    ``run_once(timeout, limit)`` waits for one round of events and handles
+    them; ``stop_requested`` ends accepting within the round. The surface for
+    everyone else: ``wake()``, ``wakeup_fd`` (for ``signal.set_wakeup_fd``),
+    ``add_reader``/``remove_reader``, ``stop_listening()``, ``close()`` and,
+    in a forked child, ``close_in_child()``.
+    """
+
+    def __init__(
+        self, transport: Transport, dispatcher: Dispatcher, requests: Requests, *,
+        on_round: Callable[[], float | None] | None = None,
+    ) -> None:
+        self.transport = transport
+        self.dispatcher = dispatcher
+        self.requests = requests
+        self.stop_requested = False
+        self.batch: int = capability(transport, "accept_batch")
+        # A supervisor's workers accept by themselves: this loop only watches them.
+        self.accepts = not capability(dispatcher, "accepts_itself")
+        self._on_round = on_round  # runs after each round; returns the longest next wait
+        self._listening = False
+        self._closed = False
+        self._paused_until = 0.0
+        self._backoff = BACKOFF_MIN
+        self._log_accept_failure = RateLimitedLog(logger, LOG_EVERY)
+        self._wake_r, self._wake_w = socket.socketpair()
+        try:
+            for end in (self._wake_r, self._wake_w):
+                end.setblocking(False)
+            self._selector = selectors.DefaultSelector()
+            self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+        except BaseException:
+            self._wake_r.close()
+            self._wake_w.close()
+            raise
+        self._listener_fd = transport.fileno()
+        requests.wake = self.wake
+
+    @property
+    def wakeup_fd(self) -> int:
+        """A descriptor whose writes wake the loop: give it to ``signal.set_wakeup_fd``."""
+        return self._wake_w.fileno()
+
+    def wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass  # full: a wake-up is pending already; closed: nobody is left to wake
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        self._selector.register(fd, selectors.EVENT_READ, callback)
+
+    def remove_reader(self, fd: int) -> None:
+        self._selector.unregister(fd)
+
+    # ---- One round -------------------------------------------------------------
+
+    def run_once(self, timeout: float | None, limit: int) -> int | None:
+        """Wait for one round of events and handle them.
+
+        Returns the number of requests dispatched, or None if the listener was
+        not ready in this round.
+        """
+        paused = self._paused_until and time.monotonic() < self._paused_until
+        saturated = self.dispatcher.saturated() or self.requests.saturated
+        listening = self.accepts and not (paused or saturated)
+        if listening != self._listening:
+            self._set_listening(listening)
+        if paused:
+            timeout = _shorter(timeout, self._paused_until - time.monotonic())
+        elif saturated:
+            timeout = _shorter(timeout, SATURATED_RECHECK)
+        if self._on_round is not None:
+            next_due = self._on_round()
+            if next_due is not None:
+                timeout = _shorter(timeout, next_due)
+        dispatched = None
+        for key, _ in self._selector.select(timeout):
+            what = key.data
+            if what is _LISTENER:
+                dispatched = self._accept_batch(limit)
+            elif what is _WAKE:
+                _drain(self._wake_r)
+            else:
+                what()
+        return dispatched
+
+    def _accept_batch(self, limit: int) -> int:
+        accept = self.transport.accept
+        submit = self.dispatcher.submit
+        saturated = self.dispatcher.saturated
+        requests = self.requests
+        admit = requests.admit
+        in_flight = requests.in_flight
+        dispatched = 0
+        while dispatched < limit and not self.stop_requested:
+            try:
+                accepted = accept()
+            except OSError as exc:
+                if exc.errno in ACCEPT_FATAL_ERRNOS:
+                    logger.error("accepting on %s failed: %s; the listener cannot recover, stopping",
+                                 self.transport.address if exc.errno != errno.EBADF else "a closed listener", exc)
+                    raise
+                self._pause(exc)
+                break
+            if accepted is None:
+                break
+            request, client_address = accepted
+            if not admit(request):
+                continue
+            try:
+                submit(request, client_address)
+            except Exception as exc:
+                if id(request) not in in_flight:
+                    raise  # served and reported already: it is on_error that raised
+                # Never lose an accepted request silently: report it, end it, and
+                # pause (unless the application handles its errors itself).
+                requests.report_failure(request, client_address, exc)
+                requests.end(request)
+                if requests.on_error is None:
+                    self._pause(exc)
+                break  # one request per round from here: the transport's next accept may block
+            except BaseException:
+                requests.end(request)
+                raise
+            dispatched += 1
+            if saturated() or requests.saturated:
+                break
+        if dispatched:
+            self._backoff = BACKOFF_MIN
+        return dispatched
+
+    def _pause(self, exc: Exception) -> None:
+        """Stop accepting for a growing pause and log it, at most every LOG_EVERY seconds."""
+        pause = self._backoff
+        self._paused_until = time.monotonic() + pause
+        self._backoff = min(pause * 2, BACKOFF_MAX)
+        self._set_listening(False)
+        capacity = isinstance(exc, OSError) and exc.errno in ACCEPT_CAPACITY_ERRNOS
+        self._log_accept_failure(
+            logging.ERROR, "%s on %s: %s; pausing accept for %.0f ms",
+            "out of resources accepting" if capacity else "accept/dispatch failed", self.transport.address, exc,
+            pause * 1000,
+        )
+
+    def _set_listening(self, listening: bool) -> None:
+        if listening == self._listening or (self._closed and listening):
+            return
+        if listening:
+            self._selector.register(self._listener_fd, selectors.EVENT_READ, _LISTENER)
+        else:
+            self._selector.unregister(self._listener_fd)
+        self._listening = listening
+
+    # ---- Ending ----------------------------------------------------------------------
+
+    def stop_listening(self) -> None:
+        self._set_listening(False)
+
+    def close(self) -> None:
+        self._closed = True
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def close_in_child(self) -> None:
+        """In a forked child: drop the parent's loop (its selector and wake-up channel)."""
+        self.close()
+
+
+def _shorter(timeout: float | None, other: float) -> float:
+    return other if timeout is None else min(timeout, other)
+
+
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(4096):
+            pass
+    except BlockingIOError:
+        pass

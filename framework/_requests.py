@@ -1,0 +1,233 @@
+"""The requests part of a Server: every accepted request from admission to close, counted.
+
+Rule 1: an accepted request belongs to the Dispatcher until its handler
+returns; this part then closes it, even if the handler raised. A request
+that cannot be handed to the Dispatcher is closed at once and counted.
+Rule 2: every request ends exactly once, with one Outcome, so ``active``
+returns to 0 whatever happened (a crash elsewhere is reported with
+``finished``).
+Rule 3: a client that goes away mid-request is the client's doing: one INFO
+line (rate limited), counted as ``disconnected``; tracebacks are for handlers
+that fail.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import socket
+from collections.abc import Callable
+from typing import Any, final
+
+from ._parts import LifecycleHooks
+from ._ratelimit import RateLimitedLog
+from .interfaces import Address, Request, Transport
+from .limits import Counters, Deadlines, Limits, Outcome, ServerStats
+
+__all__ = ["DISCONNECT_ERRORS", "Requests"]
+
+logger = logging.getLogger("sockwork")
+
+DISCONNECT_ERRORS = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+"""A handler's exceptions that mean "the client went away", not "the handler failed"."""
+
+LOG_EVERY = 5.0
+
+
+@final
+class Requests:
+    """Admits, serves, ends and counts the requests of one server.
+
+    ``serve`` is what dispatchers call (as ``host.serve``); ``admit`` and
+    ``end`` are the loop's; ``force`` is the lifecycle's, at the drain deadline.
+    """
+
+    def __init__(
+        self, transport: Transport, handler: Callable[..., object], *, limits: Limits, hooks: LifecycleHooks,
+        handler_server: Any, on_error: Callable[[Request, Address, Exception], object] | None,
+    ) -> None:
+        self.transport = transport
+        self.handler = handler
+        self.limits = limits
+        self.handler_server = handler_server  # the object handlers receive as ``server``
+        self.server: Any = handler_server  # what hooks receive; the Server sets itself here
+        self.on_error = on_error
+        self._failure_hook = hooks.request_failed
+        stream = transport.kind == "stream"
+        cap = limits.max_connections if limits.over_limit == "wait" else None
+        self.reject_above = limits.max_connections if limits.over_limit == "close" else math.inf
+        self.counters = Counters(wake_below=cap)
+        self.cap = cap
+        self._idle_timeout = limits.idle_timeout if stream else None
+        self._deadlines = Deadlines(limits.request_timeout) if stream and limits.request_timeout else None
+        self._guard_connections = self._idle_timeout is not None or self._deadlines is not None
+        self.in_flight: dict[int, Request] = {}
+        self._started: set[int] = set()
+        self.forcing = False  # past the drain deadline: connections were shut down on purpose
+        self.in_child = False  # a forked child serving one request: the parent reports to hooks
+        self.wake: Callable[[], None] = _nothing  # the loop's, once there is one
+        self._log_disconnect = RateLimitedLog(logger, LOG_EVERY)
+
+    # ---- The loop's side ---------------------------------------------------
+
+    def admit(self, request: Request) -> bool:
+        """Count an accepted request; close it at once (False) if it is over a ``close`` cap."""
+        if self.counters.accept() > self.reject_above:
+            self.counters.reject()
+            self.transport.close_request(request)
+            return False
+        self.in_flight[id(request)] = request
+        return True
+
+    def end(self, request: Request) -> None:
+        """Close a request the dispatcher failed to take, unless it was served already."""
+        if self.in_flight.pop(id(request), None) is not None:
+            self.transport.close_request(request)
+            self.finished(Outcome.FAILED)
+
+    def stats(self, oversized: int, elsewhere: ServerStats | None) -> ServerStats:
+        own = self.counters.snapshot(oversized=oversized)
+        return own if elsewhere is None else own + elsewhere
+
+    @property
+    def saturated(self) -> bool:
+        """At the connection cap (with ``over_limit = "wait"``)."""
+        return self.cap is not None and self.counters.active >= self.cap
+
+    # ---- The dispatcher's side (DispatcherHost) -----------------------------
+
+    def serve(self, request: Request, client_address: Address) -> Outcome:
+        """Run the handler on one request, report, close and count it; never raises an Exception."""
+        key = id(request)
+        if self.forcing and key not in self._started:
+            # Past the drain deadline and never started: end it unanswered (counted
+            # and logged, as a group, by force()).
+            self.in_flight.pop(key, None)
+            self.transport.close_request(request)
+            self.finished(Outcome.FAILED)
+            return Outcome.FAILED
+        self._started.add(key)
+        token = None
+        if self._guard_connections and not isinstance(request, tuple):
+            if self._idle_timeout is not None:
+                request.settimeout(self._idle_timeout)
+            if self._deadlines is not None:
+                token = self._deadlines.add(request)
+        outcome = Outcome.FAILED  # until the handler returns; a BaseException leaves it so
+        try:
+            self.handler(request, client_address, self.handler_server)
+            outcome = Outcome.COMPLETED
+        except Exception as exc:
+            outcome = self._handler_failed(request, client_address, exc, token)
+        except BaseException as exc:
+            if self.on_error is None:  # SystemExit in a thread is otherwise silent
+                logger.error("handler serving %s raised %r; passing it on", client_label(client_address), exc)
+            raise
+        finally:
+            if token is not None and self._deadlines.remove(token) and outcome is not Outcome.TIMED_OUT:  # type: ignore[union-attr]
+                self._log_deadline(client_address)  # the handler ended quietly on the shut-down connection
+                outcome = Outcome.TIMED_OUT
+            # Always end it: a dispatcher may serve a request rebuilt in another
+            # process, which this process never tracked.
+            self.in_flight.pop(key, None)
+            self._started.discard(key)
+            self.transport.close_request(request)
+            self.finished(outcome)
+        return outcome
+
+    def release(self, request: Request) -> None:
+        """Drop this process's handle on a request now served in another process."""
+        key = id(request)
+        self.in_flight.pop(key, None)
+        self._started.discard(key)
+        self.transport.release_request(request)
+
+    def finished(self, outcome: Outcome, error: BaseException | None = None, client_address: Address = None) -> None:
+        """Count a finished request (wake the loop if that frees a slot under the cap).
+
+        ``error``: a failure that happened in another process, for the hook.
+        """
+        if error is not None:
+            self._call_failure_hook(client_address, error)
+        if self.counters.finish(outcome):
+            self.wake()
+
+    def settle(self, request: Request, outcome: Outcome) -> None:
+        """Count a request that something else served and closed (a legacy override)."""
+        if self.in_flight.pop(id(request), None) is not None:
+            self.finished(outcome)
+
+    # ---- Failures -------------------------------------------------------------
+
+    def _handler_failed(self, request: Request, client_address: Address, exc: Exception, token: int | None) -> Outcome:
+        # A socket timeout says exactly "timed out"; a handler's own TimeoutError
+        # (a database's, say) is a failure like any other.
+        if isinstance(exc, TimeoutError) and self._idle_timeout is not None and exc.args == ("timed out",):
+            logger.info("closing the connection of %s: idle for more than %ss", client_label(client_address),
+                        self._idle_timeout)
+            return Outcome.TIMED_OUT
+        if token is not None and isinstance(exc, OSError) and token in self._deadlines.expired:  # type: ignore[union-attr]
+            self._log_deadline(client_address)
+            return Outcome.TIMED_OUT
+        if isinstance(exc, DISCONNECT_ERRORS) and self.on_error is None and not self.forcing:
+            self._log_disconnect(logging.INFO, "client %s went away mid-request: %s", client_label(client_address), exc)
+            return Outcome.DISCONNECTED
+        self.report_failure(request, client_address, exc)
+        return Outcome.FAILED
+
+    def _log_deadline(self, client_address: Address) -> None:
+        logger.info("closed the connection of %s: its request ran longer than %ss", client_label(client_address),
+                    self.limits.request_timeout)
+
+    def report_failure(self, request: Request, client_address: Address, exc: Exception) -> None:
+        """A handler (or a dispatcher taking a request) failed: hook, then on_error or the log."""
+        if not self.in_child:
+            self._call_failure_hook(client_address, exc)
+        if self.on_error is not None:
+            self.on_error(request, client_address, exc)
+        elif self.forcing and isinstance(exc, OSError):
+            # Expected: we shut this connection down ourselves at the drain deadline.
+            logger.info("connection of %s ended at the drain deadline: %s", client_label(client_address), exc)
+        else:
+            logger.error("error while serving %s", client_label(client_address), exc_info=exc)
+
+    def _call_failure_hook(self, client_address: Address, exc: BaseException) -> None:
+        if self._failure_hook is not None:
+            try:
+                self._failure_hook(server=self.server, client_address=client_address, exc=exc)
+            except Exception:
+                logger.exception("sockwork_request_failed hook raised")
+
+    # ---- Stopping ---------------------------------------------------------------
+
+    def force(self) -> int:
+        """At the drain deadline: shut down the connections still served here; return how many.
+
+        Requests accepted but never started are logged as such; they are
+        closed unanswered when a worker picks them up.
+        """
+        self.forcing = True
+        waiting = [r for k, r in list(self.in_flight.items()) if k not in self._started]
+        connections = [r for r in list(self.in_flight.values()) if isinstance(r, socket.socket)]
+        if waiting:
+            logger.warning("%d accepted request(s) never started before the drain deadline; "
+                           "closing them unanswered", len(waiting))
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed by its handler or the peer
+        return len(connections)
+
+    def stop(self) -> None:
+        if self._deadlines is not None:
+            self._deadlines.stop()
+
+
+def client_label(client_address: Address) -> str:
+    # Unix clients that did not bind a name have an empty address.
+    return str(client_address) if client_address else "an unnamed client"
+
+
+def _nothing() -> None:
+    pass

@@ -1,0 +1,285 @@
+"""Assembly: names, options, objects and configs become built parts, in one step.
+
+    parts = assemble(transport="tcp://127.0.0.1:0", dispatcher="pool", handler="echo")
+    parts = assemble_config(load_config_file("server.toml"))
+    server = Server(parts=parts)          # Server(transport=..., ...) calls assemble() itself
+
+Rule 1: each part is resolved exactly once: one registry look-up, one options
+object, one call of its factory. Nothing is opened: ``sockwork check`` runs
+this same step, so what passes ``check``, starts (unless its address is taken).
+Rule 2: what a factory returns is checked against its role's Protocol right
+here; the error names the component, its plugin and the plugin's distribution.
+Rule 3: a handler is checked against the transport (stream or datagram) and
+against its call signature ``handler(request, client_address, server)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from ._parts import LifecycleHooks, Parts
+from .errors import ConfigError, OptionError, PluginError, UnknownPluginError
+from .interfaces import capability
+from .registry import DispatcherEntry, Entry, Kind, Registry, make_options
+from .urls import parse_transport_url
+
+if TYPE_CHECKING:
+    from .config import ServerConfig
+
+__all__ = [
+    "Parts", "assemble", "assemble_config", "build_component", "check_handler", "inner_dispatcher_factory",
+    "resolve_handler",
+]
+
+# What a built component must have; the Protocols in sockwork.interfaces document them.
+REQUIRED_MEMBERS: dict[str, tuple[str, ...]] = {
+    "transport": ("kind", "family", "address", "open", "fileno", "accept", "close_request", "release_request",
+                  "after_fork", "close"),
+    "dispatcher": ("concurrency", "start", "submit", "saturated", "drain", "close"),
+}
+ROLES = {"transport": "Transport", "dispatcher": "Dispatcher", "handler": "handler factory"}
+
+
+def assemble(
+    transport: str | object,
+    handler: str | Callable[..., object] = "echo",
+    dispatcher: str | object = "thread",
+    *,
+    transport_options: Mapping[str, Any] | None = None,
+    dispatcher_options: Mapping[str, Any] | None = None,
+    handler_options: Mapping[str, Any] | None = None,
+    registry: Registry | None = None,
+) -> Parts:
+    """Build a transport, a dispatcher and a handler and check them together.
+
+    Each part may be a registered name (with a mapping of options), an options
+    object of a registered component, or a ready component; a transport also
+    a URL (see :mod:`sockwork.urls`), a handler also ``"package.module:attribute"``.
+    Raises :class:`~sockwork.ConfigError` for a bad value (nothing is opened)
+    and :class:`~sockwork.PluginError` for a plugin that broke its contract.
+    """
+    registry = registry if registry is not None else Registry()
+    built_transport, transport_name = _component(registry, "transport", transport, transport_options)
+    built_dispatcher, _ = _component(registry, "dispatcher", dispatcher, dispatcher_options)
+    built_handler = _handler(registry, handler, handler_options)
+    check_handler(built_handler, built_transport, handler)
+    return Parts(
+        transport=built_transport, dispatcher=built_dispatcher, handler=built_handler,
+        transport_name=str(capability(built_transport, "name") or transport_name),
+        hooks=LifecycleHooks(registry.plugin_manager), registry=registry,
+    )
+
+
+def assemble_config(config: ServerConfig, registry: Registry | None = None, *, source: str = "config") -> Parts:
+    """:func:`assemble` for a :class:`~sockwork.ServerConfig`; problems name their field path.
+
+    Raises :class:`~sockwork.ConfigErrors` (a ConfigError) listing every part
+    that failed, e.g. ``handler: handler 'lines' serves stream requests, but
+    the udp transport delivers datagram requests``.
+    """
+    from .config import ConfigErrors  # config imports nothing of assembly; this keeps it so
+
+    registry = registry if registry is not None else Registry()
+    errors: list[tuple[str, str]] = []
+    built: dict[str, Any] = {}
+    handler_ref = config.handler.ref
+    for kind, name, options, path in (
+        ("transport", config.transport.name, config.transport.options, "transport"),
+        ("dispatcher", config.dispatcher.name, config.dispatcher.options, "dispatcher"),
+    ):
+        try:
+            built[kind], _ = _component(registry, kind, name, options or None)
+        except PluginError as exc:
+            raise PluginError(f"{path}: {exc}") from None
+        except OptionError as exc:
+            errors.append((f"{path}.options" + (f".{exc.field}" if exc.field else ""), exc.problem))
+        except ConfigError as exc:
+            errors.append((f"{path}.name" if isinstance(exc, UnknownPluginError) else path, _first_line(exc)))
+    try:
+        built["handler"] = _handler(registry, handler_ref, config.handler.options or None)
+    except PluginError as exc:
+        raise PluginError(f"handler: {exc}") from None
+    except ConfigError as exc:
+        errors.append(("handler.ref", _first_line(exc)))
+    if not errors:
+        try:
+            check_handler(built["handler"], built["transport"], handler_ref)
+        except ConfigError as exc:
+            errors.append(("handler", str(exc)))
+    if errors:
+        raise ConfigErrors(errors, source)
+    return Parts(
+        transport=built["transport"], dispatcher=built["dispatcher"], handler=built["handler"],
+        transport_name=str(capability(built["transport"], "name") or config.transport.name),
+        hooks=LifecycleHooks(registry.plugin_manager), registry=registry,
+    )
+
+
+# ---- One component --------------------------------------------------------------
+
+def _component(
+    registry: Registry, kind: Kind, spec: object, options: Mapping[str, Any] | object | None,
+) -> tuple[Any, str]:
+    """Turn a name (or URL), an options object or a ready component into a checked component."""
+    if isinstance(spec, str):
+        name = spec
+        if kind == "transport" and ":" in spec:
+            if options is not None:
+                raise ConfigError(f"transport_options cannot be combined with the URL {spec!r}")
+            name, options = parse_transport_url(spec)
+        entry = registry.get(kind, name)
+        return build_component(registry, kind, entry, options), entry.name
+    entry = registry.entry_for_options(kind, spec)
+    if entry is not None:
+        if options is not None:
+            raise ConfigError(f"{kind} options were given twice: as {spec!r} and as {options!r}")
+        if entry.unavailable_reason is not None:
+            registry.get(kind, entry.name)  # raises, saying why
+        return build_component(registry, kind, entry, spec), entry.name
+    if options is not None:
+        raise ConfigError(f"{kind}_options only apply to a {kind} given by name, not to {spec!r}")
+    missing = _missing_members(kind, spec)
+    if missing:
+        names = ", ".join(e.name for e in registry.entries(kind))
+        raise ConfigError(
+            f"{kind} must be a registered name ({names}), the options object of one, "
+            f"or a {ROLES[kind]} object; got {spec!r}, which lacks {', '.join(missing)}"
+        )
+    return spec, kind
+
+
+def build_component(registry: Registry, kind: Kind, entry: Entry, options: Mapping[str, Any] | object | None) -> Any:
+    """Validate ``options`` for ``entry``, call its factory, check what it returned against the role."""
+    validated = make_options(kind, entry, options)
+    if isinstance(entry, DispatcherEntry) and entry.supervisor:
+        built = entry.factory(validated, inner_dispatcher_factory(registry, entry, validated))
+    else:
+        built = entry.factory(validated)
+    if kind == "handler":
+        if not callable(built):
+            raise _broken(registry, kind, entry, built, "it is not callable")
+        return built
+    missing = _missing_members(kind, built)
+    if missing:
+        raise _broken(registry, kind, entry, built, f"it lacks {', '.join(missing)}")
+    return built
+
+
+def inner_dispatcher_factory(registry: Registry, entry: Entry, options: Any) -> Callable[[], Any]:
+    """For supervisor ``entry`` with ``options``: a function building the dispatcher each worker runs.
+
+    The inner dispatcher is chosen by name from ``registry`` and its options are
+    validated now, with its own options class, so a mistake fails at assembly.
+    """
+    inner = registry.get("dispatcher", options.inner)
+    if isinstance(inner, DispatcherEntry) and inner.supervisor:
+        raise ConfigError(f"dispatcher {entry.name!r} option 'inner': {inner.name!r} supervises processes "
+                          "itself and cannot run inside a worker; choose e.g. pool, thread or inline")
+    try:
+        inner_options = make_options("dispatcher", inner, options.inner_options)
+    except OptionError as exc:
+        where = f" option {exc.field!r}" if exc.field else ""
+        raise ConfigError(f"dispatcher {entry.name!r} option 'inner_options' ({inner.name}{where}): "
+                          f"{exc.problem}") from None
+    return functools.partial(build_component, registry, "dispatcher", inner, inner_options)
+
+
+def _missing_members(kind: str, component: object) -> list[str]:
+    """The members of ``kind``'s Protocol that ``component`` lacks (methods shown with ``()``)."""
+    missing = []
+    for name in REQUIRED_MEMBERS[kind]:
+        data = name in ("kind", "family", "address", "concurrency")
+        present = hasattr(type(component), name) or hasattr(component, name)
+        if not present or (not data and not callable(getattr(component, name))):
+            missing.append(name if data else f"{name}()")
+    if kind == "transport" and "kind" not in missing and getattr(component, "kind", None) not in ("stream", "datagram"):
+        missing.append("a kind of 'stream' or 'datagram'")
+    return missing
+
+
+def _broken(registry: Registry, kind: Kind, entry: Entry, built: object, why: str) -> PluginError:
+    return PluginError(
+        f"{kind} {entry.name!r} from plugin {entry.plugin!r} ({registry.distribution_of(entry.plugin)}) "
+        f"is broken: its factory returned {built!r}, which is not a {ROLES[kind]}: {why}"
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0]
+
+
+# ---- Handlers -------------------------------------------------------------------------
+
+def _handler(registry: Registry, spec: object, options: Mapping[str, Any] | object | None) -> Callable[..., object]:
+    if isinstance(spec, str) and ":" not in spec:
+        try:
+            entry = registry.get("handler", spec)
+        except UnknownPluginError as exc:
+            if "." not in spec:
+                raise
+            raise ConfigError(_first_line(exc) + " To import a handler, write 'package.module:attribute'.") from None
+        handler: Callable[..., object] = build_component(registry, "handler", entry, options)
+        return handler
+    if options is not None:
+        raise ConfigError(f"handler_options only apply to a handler given by name, not to {spec!r}")
+    if isinstance(spec, str):
+        return resolve_handler(spec)
+    if not callable(spec):
+        names = ", ".join(e.name for e in registry.entries("handler"))
+        raise ConfigError(
+            f"handler must be callable as handler(request, client_address, server) "
+            f"or a registered handler name ({names}); got {spec!r}"
+        )
+    return spec
+
+
+def resolve_handler(ref: str | Callable[..., object]) -> Callable[..., object]:
+    """A handler factory from ``"package.module:attribute"`` (or the object itself).
+
+    Naming a handler imports its module: a config file is trusted input.
+    """
+    import importlib
+
+    if callable(ref):
+        return ref
+    if not isinstance(ref, str) or ref.count(":") != 1:
+        raise ConfigError(f"must be a registered handler name or 'package.module:attribute', got {ref!r}")
+    module_name, _, attribute = ref.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import module {module_name!r} for handler {ref!r}: {exc}") from None
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ConfigError(f"handler {ref!r}: {module_name!r} has no attribute {attribute!r}") from None
+    if not callable(target):
+        raise ConfigError(f"handler {ref!r} is {target!r}, which is not callable as handler(request, client_address, server)")
+    return target
+
+
+def check_handler(handler: Callable[..., object], transport: object, shown: object = None) -> None:
+    """Refuse a handler made for the other kind of request, or one that cannot take three arguments."""
+    label = shown if isinstance(shown, str) else getattr(handler, "__qualname__", handler)
+    handles = capability(handler, "sockwork_kind")
+    kind = getattr(transport, "kind", None)
+    if handles is not None and handles != kind:
+        raise ConfigError(
+            f"handler {label!r} serves {handles} requests, "
+            f"but the {capability(transport, 'name') or 'given'} transport delivers {kind} requests"
+        )
+    try:
+        signature = inspect.signature(handler, follow_wrapped=False)  # a wrapper is what gets called
+    except (TypeError, ValueError):
+        return  # a builtin without a signature: it will tell at the first request
+    try:
+        signature.bind(None, None, None)
+    except TypeError:
+        raise ConfigError(
+            f"handler {label!r} cannot be called as handler(request, client_address, server): "
+            f"its signature is {signature}"
+        ) from None
