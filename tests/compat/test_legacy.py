@@ -274,7 +274,7 @@ def test_threading_mixin_process_request_called_explicitly_starts_the_thread() -
     assert len(server.handed) == 5
     stats = server._sockwork().stats
     assert (stats.completed, stats.failed, stats.active) == (5, 0, 0)
-    assert not server._sockwork()._in_flight
+    assert not server._sockwork().requests.in_flight
 
 
 @pytest.mark.skipif(not hasattr(ours, "ForkingMixIn"), reason="no fork")
