@@ -22,7 +22,11 @@ default hands the request to the dispatcher the mix-in selects: ``inline``,
 - forked children are reaped the moment they exit, never left as zombies
   until the next request, and never by ``waitpid(-1)`` (which would steal
   other code's children);
-- running out of descriptors (EMFILE) pauses accepting instead of spinning.
+- running out of descriptors (EMFILE) pauses accepting instead of spinning;
+- TCP servers' connections have TCP_NODELAY, so a reply written in pieces
+  does not wait for the client's delayed ACK (40 ms per keep-alive response
+  of ``http.server``); ``sockwork_nodelay = False`` gives Nagle's back;
+- the listen backlog (``request_queue_size``) is 1024, not 5.
 
 This module neither imports nor subclasses the standard ``socketserver``.
 It uses absolute imports only, so that compatibility tests can execute it
