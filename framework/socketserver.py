@@ -443,8 +443,8 @@ class TCPServer(BaseServer):
     # With Nagle's algorithm on, a reply written in two pieces (http.server's
     # headers, then its body) waits for the client's delayed ACK: 40 ms per
     # keep-alive response on Linux. Set on the listening socket, from which
-    # Linux, the BSDs and macOS copy it to every accepted connection: whatever
-    # accepts (an overridden get_request too) and whatever handler class serves.
+    # Linux (FreeBSD and macOS too) copies it to every accepted connection:
+    # whatever accepts (an overridden get_request too), whatever handler serves.
     sockwork_nodelay = True
 
     def __init__(self, server_address, RequestHandlerClass, bind_and_activate=True):
