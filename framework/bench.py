@@ -18,6 +18,15 @@ Workloads (64-byte echo unless said otherwise):
   large       4 clients, 64 KiB requests over persistent TCP connections
   udp         8 clients with one datagram outstanding each
   unix        8 clients over persistent Unix stream connections
+  http10      http.server serving a 1 KiB file, HTTP/1.0 (a connection per request)
+  http11      the same with HTTP/1.1 keep-alive
+
+The two HTTP workloads run ``http.server.ThreadingHTTPServer`` with
+``SimpleHTTPRequestHandler`` on the standard ``socketserver`` and on
+``sockwork.socketserver`` (installed as ``socketserver`` before ``http.server``
+is imported), nothing else, and are driven by ``wrk -t1 -c16`` (a C load
+generator: the distribution's ``wrk`` package). Without ``wrk`` on PATH they are
+skipped, and the report says so.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
@@ -45,7 +55,27 @@ WORKLOADS: dict[str, dict[str, Any]] = {
     "large": {"kind": "tcp", "clients": 4, "size": 65536, "persistent": True},
     "udp": {"kind": "udp", "clients": 8, "size": 64, "persistent": True},
     "unix": {"kind": "unix", "clients": 8, "size": 64, "persistent": True},
+    "http10": {"kind": "http", "clients": 16, "size": 1024, "persistent": False, "protocol": "HTTP/1.0"},
+    "http11": {"kind": "http", "clients": 16, "size": 1024, "persistent": True, "protocol": "HTTP/1.1"},
 }
+HTTP_IMPLEMENTATIONS = ("stdlib", "legacy")  # http.server runs on socketserver classes only
+WRK_THREADS = 1
+WRK_MISSING = ("wrk is not installed (not found on PATH): the HTTP workloads ({}) are skipped. "
+               "Install the distribution's package, e.g. `apt-get install wrk`, to run them.")
+# wrk reports through this script, in numbers rather than its rounded text ("4.30ms", "3.70k").
+WRK_REPORT_MARK = "SOCKWORK-WRK "
+WRK_SCRIPT = """
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '%s{"requests": %d, "duration_us": %d, "bytes": %d, '
+    .. '"errors": {"connect": %d, "read": %d, "write": %d, "status": %d, "timeout": %d}, '
+    .. '"latency_us": {"p50": %d, "p99": %d, "p99.9": %d, "max": %d}}\\n',
+    "SOCKWORK-WRK ", summary.requests, summary.duration, summary.bytes,
+    e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9), latency.max))
+end
+"""
 # Implementations: the reference first. "legacy" is sockwork.socketserver's Threading* class.
 IMPLEMENTATIONS = ("stdlib", "legacy", "thread", "pool", "prefork")
 CLIENT_PROCESSES = 2
@@ -69,14 +99,18 @@ def _serve(implementation: str, kind: str, path: str) -> None:
     """Run one server until SIGTERM; print its address first."""
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # for sigwait below, in every thread
     address: Any = path if kind == "unix" else ("127.0.0.1", 0)
-    if implementation in ("stdlib", "legacy"):
+    server: Any
+    if kind in ("HTTP/1.0", "HTTP/1.1"):
+        server = _http_server(implementation, kind, path)
+        bound, stop, run, close = server.server_address, server.shutdown, server.serve_forever, server.server_close
+    elif implementation in ("stdlib", "legacy"):
         if implementation == "stdlib":
             import socketserver as module
         else:
             from sockwork import socketserver as module  # type: ignore[no-redef]
         cls = {"tcp": module.ThreadingTCPServer, "udp": module.ThreadingUDPServer,
                "unix": module.ThreadingUnixStreamServer}[kind]
-        server: Any = cls(address, EchoHandler)
+        server = cls(address, EchoHandler)
         bound = server.server_address
         stop = server.shutdown
         run = server.serve_forever
@@ -93,6 +127,35 @@ def _serve(implementation: str, kind: str, path: str) -> None:
         run()
     finally:
         close()
+
+
+def _http_server(implementation: str, protocol: str, directory: str) -> Any:
+    """http.server's ThreadingHTTPServer serving ``directory``, on the chosen socketserver."""
+    if "http.server" in sys.modules:
+        raise RuntimeError("http.server was imported before the socketserver under it was chosen")
+    if implementation == "legacy":
+        from sockwork import socketserver as ours
+
+        sys.modules["socketserver"] = ours
+    elif implementation != "stdlib":
+        raise ValueError(f"http.server runs on 'stdlib' or 'legacy', not {implementation!r}")
+    import http.server
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        protocol_version = protocol
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=directory, **kwargs)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass  # one stderr line per request would measure the terminal
+
+    class HTTPServer(http.server.ThreadingHTTPServer):
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            if not isinstance(sys.exc_info()[1], ConnectionError):  # wrk resets its connections when it stops
+                super().handle_error(request, client_address)
+
+    return HTTPServer(("127.0.0.1", 0), Handler)
 
 
 # ---- The client side -------------------------------------------------------------
@@ -278,6 +341,81 @@ def _one_run(implementation: str, workload: str, warmup: float, duration: float)
     }
 
 
+def _one_http_run(implementation: str, workload: str, warmup: float, duration: float, wrk: str) -> dict[str, Any]:
+    """One server process, driven by wrk: a warm-up run, then the measured run."""
+    spec = WORKLOADS[workload]
+    directory = tempfile.mkdtemp(prefix="sw-bench-http-")
+    with open(os.path.join(directory, "1k.bin"), "wb") as f:
+        f.write(os.urandom(spec["size"]))
+    script = os.path.join(directory, "report.lua")
+    with open(script, "w") as f:
+        f.write(WRK_SCRIPT)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "sockwork.bench", "--serve", implementation, spec["protocol"], directory],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        host, port = json.loads(server.stdout.readline())  # type: ignore[union-attr]
+        command = [wrk, f"-t{WRK_THREADS}", f"-c{spec['clients']}", "-s", script, f"http://{host}:{port}/1k.bin"]
+        # wrk takes whole seconds
+        subprocess.run([*command, f"-d{max(1, round(warmup))}s"], capture_output=True, text=True, timeout=120,
+                       check=True)
+        cpu_before, threads, processes = _cpu_seconds(server.pid), 0, 0
+        measured = subprocess.Popen([*command, f"-d{max(1, round(duration))}s"], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+        while measured.poll() is None:
+            threads = max(threads, _status(server.pid, "Threads"))
+            processes = max(processes, 1 + len(_descendants(server.pid)))
+            time.sleep(0.05)
+        cpu = _cpu_seconds(server.pid) - cpu_before
+        rss = _status(server.pid, "VmHWM")
+        out, err = measured.communicate()
+        if measured.returncode != 0:
+            raise RuntimeError(f"wrk failed ({measured.returncode}): {err.strip() or out.strip()}")
+        report = parse_wrk_report(out)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server_status = server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server_status = server.wait()
+        server.stdout.close()  # type: ignore[union-attr]
+        shutil.rmtree(directory)
+    requests = report["requests"]
+    seconds = report["duration_s"]
+    return {
+        "implementation": implementation, "workload": workload,
+        "requests": requests, "errors": report["errors"] + (server_status != 0),
+        "rps": requests / seconds, "cpu_us_per_request": cpu / requests * 1e6 if requests else None,
+        "p50_ms": report["p50_ms"], "p99_ms": report["p99_ms"], "p999_ms": report["p999_ms"],
+        "max_ms": report["max_ms"], "peak_rss_mib": rss / 1024, "threads": threads, "processes": processes,
+    }
+
+
+def parse_wrk_report(output: str) -> dict[str, Any]:
+    """The numbers of one wrk run, from the line WRK_SCRIPT's ``done()`` writes.
+
+    ``requests`` counts the 2xx/3xx replies; ``errors`` counts the other
+    replies and every socket error wrk saw (connect, read, write, timeout).
+    """
+    for line in output.splitlines():
+        if line.startswith(WRK_REPORT_MARK):
+            raw = json.loads(line[len(WRK_REPORT_MARK):])
+            break
+    else:
+        raise ValueError("no report line in wrk's output (was it run with the bench's -s script?):\n" + output)
+    errors = raw["errors"]
+    latency = raw["latency_us"]
+    return {
+        "requests": raw["requests"] - errors["status"],
+        "errors": errors["status"] + errors["connect"] + errors["read"] + errors["write"] + errors["timeout"],
+        "duration_s": raw["duration_us"] / 1e6,
+        "p50_ms": latency["p50"] / 1000, "p99_ms": latency["p99"] / 1000,
+        "p999_ms": latency["p99.9"] / 1000, "max_ms": latency["max"] / 1000,
+    }
+
+
 def _percentile(sorted_values: list[float], q: float) -> float | None:
     if not sorted_values:
         return None
@@ -327,6 +465,9 @@ def _markdown(results: list[dict[str, Any]], shutdown: dict[str, float], args: a
     ]
     for workload in args.workloads:
         rows = [r for r in results if r["workload"] == workload]
+        if WORKLOADS[workload]["kind"] == "http":
+            lines += _http_markdown(workload, rows, args)
+            continue
         reference = rows[0]
         lines += [
             f"### {workload}: {WORKLOADS[workload]['clients']} clients, {WORKLOADS[workload]['size']}-byte requests"
@@ -358,8 +499,40 @@ def _markdown(results: list[dict[str, Any]], shutdown: dict[str, float], args: a
     return "\n".join(lines)
 
 
+def _http_markdown(workload: str, rows: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
+    spec = WORKLOADS[workload]
+    what = "keep-alive" if spec["persistent"] else "a connection per request"
+    title = (f"### {workload}: http.server, {spec['protocol']} ({what}), a {spec['size']}-byte file, "
+             f"`wrk -t{WRK_THREADS} -c{spec['clients']}`")
+    lines = [title, ""]
+    if not rows:
+        return [*lines, f"Skipped: {args.http_skipped}", ""]
+    reference = rows[0]
+    lines += [
+        ("| implementation | req/s | × stdlib | p50 ms | p99 ms | p99.9 ms | max ms | server CPU µs/req | × stdlib | "
+         "peak RSS MiB | threads | errors |"),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {_label(row['implementation'], workload)} | {row['rps']:,.0f} | "
+            f"{_ratio(row['rps'], reference['rps'])} | {_ms(row['p50_ms'])} | {_ms(row['p99_ms'])} | "
+            f"{_ms(row['p999_ms'])} | {_ms(row['max_ms'])} | {row['cpu_us_per_request'] or float('nan'):.1f} | "
+            f"{_ratio(row['cpu_us_per_request'], reference['cpu_us_per_request'])} | {row['peak_rss_mib']:.1f} | "
+            f"{row['threads']} | {row['errors']} |"
+        )
+    return [*lines, ""]
+
+
+def _ratio(value: float | None, reference: float | None) -> str:
+    return f"{value / reference:.2f}" if value and reference else "–"
+
+
 def _label(implementation: str, workload: str) -> str:
     kind = WORKLOADS[workload]["kind"]
+    if kind == "http":
+        module = "socketserver" if implementation == "stdlib" else "sockwork.socketserver"
+        return f"http.server.ThreadingHTTPServer on {module}"
     cls = {"tcp": "ThreadingTCPServer", "udp": "ThreadingUDPServer", "unix": "ThreadingUnixStreamServer"}[kind]
     return {"stdlib": f"socketserver.{cls}", "legacy": f"sockwork.socketserver.{cls}"}.get(
         implementation, f"sockwork `{implementation}`")
@@ -379,6 +552,8 @@ def _median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for key in ("threads", "processes"):
         row[key] = max(r[key] for r in runs)
     row["p999_ms"] = max((r["p999_ms"] for r in runs if r["p999_ms"] is not None), default=None)
+    if "max_ms" in row:
+        row["max_ms"] = max(r["max_ms"] for r in runs)
     return row
 
 
@@ -391,12 +566,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         _client(argv[1], json.loads(argv[2]), int(argv[3]), float(argv[4]), float(argv[5]), float(argv[6]))
         return 0
     parser = argparse.ArgumentParser(prog="sockwork bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short runs: finishes in under a minute")
+    parser.add_argument("--quick", action="store_true", help="short runs: about a minute with every workload")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated, of: " + ", ".join(WORKLOADS))
     parser.add_argument("--implementations", default=",".join(IMPLEMENTATIONS),
                         help="comma-separated; stdlib is always added first (default: all)")
     parser.add_argument("--rounds", type=int, help="runs per implementation, interleaved (default 3; quick 1)")
-    parser.add_argument("--duration", type=float, help="measured seconds per run (default 2; quick 0.3)")
+    parser.add_argument("--duration", type=float,
+                        help="measured seconds per run (default 2; quick 0.3; wrk rounds it to whole seconds, at least 1)")
     parser.add_argument("--warmup", type=float,
                         help="warm-up seconds per run (default 1.5; quick 1.1): longer than the 1 s after "
                              "which a dropped connection attempt is retried, so every client is connected")
@@ -410,19 +586,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown workload(s): {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
     implementations = ["stdlib"] + [i for i in args.implementations.split(",") if i and i != "stdlib"]
-    results = []
+    http_workloads = [w for w in args.workloads if WORKLOADS[w]["kind"] == "http"]
+    wrk = shutil.which("wrk")
+    args.http_skipped = None
+    if http_workloads and wrk is None:
+        args.http_skipped = WRK_MISSING.format(", ".join(http_workloads))
+        print(f"sockwork bench: {args.http_skipped}", file=sys.stderr, flush=True)
+    results: list[dict[str, Any]] = []
     for workload in args.workloads:
-        runs: dict[str, list[dict[str, Any]]] = {i: [] for i in implementations}
+        http = workload in http_workloads
+        if http and wrk is None:
+            continue
+        chosen = [i for i in implementations if i in HTTP_IMPLEMENTATIONS] if http else implementations
+        runs: dict[str, list[dict[str, Any]]] = {i: [] for i in chosen}
         for _ in range(args.rounds):
-            for implementation in implementations:  # A B C A B C: drift hits all alike
-                runs[implementation].append(_one_run(implementation, workload, args.warmup, args.duration))
-        results.extend(_median_row(runs[i]) for i in implementations)
+            for implementation in chosen:  # A B C A B C: drift hits all alike
+                if http:
+                    run = _one_http_run(implementation, workload, args.warmup, args.duration, wrk)  # type: ignore[arg-type]
+                else:
+                    run = _one_run(implementation, workload, args.warmup, args.duration)
+                runs[implementation].append(run)
+        results.extend(_median_row(runs[i]) for i in chosen)
         print(f"{workload}: done", file=sys.stderr, flush=True)
     shutdown = _shutdown_latency(3 if args.quick else 10)
     print(_markdown(results, shutdown, args))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"results": results, "shutdown_ms": shutdown, "machine": platform.platform(),
+            json.dump({"results": results, "shutdown_ms": shutdown, "http_skipped": args.http_skipped,
+                       "machine": platform.platform(),
                        "cpus": os.cpu_count(), "python": platform.python_version()}, f, indent=2)
     return 0
 

@@ -22,7 +22,11 @@ default hands the request to the dispatcher the mix-in selects: ``inline``,
 - forked children are reaped the moment they exit, never left as zombies
   until the next request, and never by ``waitpid(-1)`` (which would steal
   other code's children);
-- running out of descriptors (EMFILE) pauses accepting instead of spinning.
+- running out of descriptors (EMFILE) pauses accepting instead of spinning;
+- TCP servers' connections have TCP_NODELAY, so a reply written in pieces
+  does not wait for the client's delayed ACK (40 ms per keep-alive response
+  of ``http.server``); ``sockwork_nodelay = False`` gives Nagle's back;
+- the listen backlog (``request_queue_size``) is 1024, not 5.
 
 This module neither imports nor subclasses the standard ``socketserver``.
 It uses absolute imports only, so that compatibility tests can execute it
@@ -155,9 +159,11 @@ class _ClassicTransport:
 class _ClassicDispatch:
     """The Dispatcher of a classic server: its ``process_request``.
 
-    The default ``process_request`` hands the request to the dispatcher its
-    mix-in selected (``hand_off``); a subclass that overrides it is honoured,
-    and a request its override serves by itself is counted as served.
+    Not overridden, ``process_request`` is skipped: requests go straight to
+    the dispatcher the mix-in selected. ``ThreadingMixIn.process_request``
+    and ``ForkingMixIn.process_request`` are ``hand_off`` to that dispatcher,
+    so an override that calls them (or ``super()``) takes the same path; a
+    request an override serves by itself is counted as served.
     """
 
     def __init__(self, server, inner):
@@ -175,7 +181,7 @@ class _ClassicDispatch:
         if body is not None and body is not ThreadingMixIn.process_request_thread:
             host = _ThreadBody(host, self._server)  # an override of the thread's body runs
         self._inner.start(host)
-        if type(self._server).process_request is BaseServer.process_request:
+        if type(self._server).process_request in _DEFAULT_PROCESS_REQUEST:
             # Nothing to honour: straight to the mix-in's dispatcher (bound after its
             # start(), which may replace its submit, as inline's does).
             self.submit = self._inner.submit
@@ -368,9 +374,15 @@ class BaseServer:
         return True
 
     def process_request(self, request, client_address):
-        """Start serving the request: inline, in a thread or in a child
-        process, as the mix-in selects.  May be overridden."""
-        self._sockwork_dispatch.hand_off(request, client_address)
+        """Call finish_request.
+
+        Overridden by ForkingMixIn and ThreadingMixIn.  May be overridden.
+        Called explicitly (``TCPServer.process_request(self, ...)``) from an
+        override in a mix-in's server, it serves the request right here, in
+        the calling thread, as in socketserver.
+        """
+        self.finish_request(request, client_address)
+        self.shutdown_request(request)
 
     def server_close(self):
         """Called to clean-up the server: stops accepting and waits for
@@ -415,7 +427,9 @@ class TCPServer(BaseServer):
     Defaults to synchronous IP stream (i.e., TCP).
 
     Class variables that may be overridden: address_family, socket_type,
-    request_queue_size, allow_reuse_address, allow_reuse_port.
+    request_queue_size, allow_reuse_address, allow_reuse_port, and
+    ``sockwork_nodelay`` (TCP_NODELAY on TCP connections; set it to False
+    for the standard module's behaviour).
     """
 
     address_family = socket.AF_INET
@@ -426,11 +440,24 @@ class TCPServer(BaseServer):
     request_queue_size = 1024
     allow_reuse_address = False
     allow_reuse_port = False
+    # With Nagle's algorithm on, a reply written in two pieces (http.server's
+    # headers, then its body) waits for the client's delayed ACK: 40 ms per
+    # keep-alive response on Linux. Set on the listening socket, from which
+    # Linux (FreeBSD and macOS too) copies it to every accepted connection:
+    # whatever accepts (an overridden get_request too), whatever handler serves.
+    sockwork_nodelay = True
 
     def __init__(self, server_address, RequestHandlerClass, bind_and_activate=True):
         """Constructor.  May be extended, do not override."""
         BaseServer.__init__(self, server_address, RequestHandlerClass)
         self.socket = socket.socket(self.address_family, self.socket_type)
+        if (self.sockwork_nodelay and self.socket.type == socket.SOCK_STREAM
+                and self.socket.family in (socket.AF_INET, socket.AF_INET6)):
+            try:
+                self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                self.socket.close()
+                raise
         if bind_and_activate:
             try:
                 self.server_bind()
@@ -546,6 +573,15 @@ if hasattr(os, "fork"):
             """Collect the zombie child processes regularly."""
             self.collect_children()
 
+        def process_request(self, request, client_address):
+            """Fork a new subprocess to process the request.
+
+            The child serves the request (finish_request, handle_error,
+            shutdown_request) and exits; the parent closes its copy. At
+            ``max_children`` the server has stopped accepting already.
+            """
+            self._sockwork_dispatch.hand_off(request, client_address)
+
         def server_close(self):
             super().server_close()  # drains the fork dispatcher as block_on_close says
 
@@ -579,6 +615,14 @@ class ThreadingMixIn:
         """Serve one request as a request thread does: finish, report errors, shut down."""
         self._sockwork().serve_request(request, client_address)
 
+    def process_request(self, request, client_address):
+        """Start a new thread to process the request.
+
+        The thread runs process_request_thread(); server_close() joins it
+        as ``block_on_close`` and ``daemon_threads`` say.
+        """
+        self._sockwork_dispatch.hand_off(request, client_address)
+
     def server_close(self):
         super().server_close()  # joins the request threads as block_on_close says
 
@@ -610,6 +654,12 @@ if hasattr(socket, "AF_UNIX"):
 
 _DEFAULT_SERVICE_ACTIONS = frozenset(
     {BaseServer.service_actions} | ({ForkingMixIn.service_actions} if hasattr(os, "fork") else set())
+)
+# Not overridden: the loop hands requests straight to the dispatcher the class
+# selected (for a server with no mix-in, inline: BaseServer's own meaning).
+_DEFAULT_PROCESS_REQUEST = frozenset(
+    {BaseServer.process_request, ThreadingMixIn.process_request}
+    | ({ForkingMixIn.process_request} if hasattr(os, "fork") else set())
 )
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import ast
 import errno
 import inspect
+import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -190,3 +192,211 @@ def test_failing_process_request_is_handled_once_and_handle_request_returns() ->
             server.handle_request()  # the 30 s timeout would catch a second, blocking accept
             assert conn.recv(10) == b""  # shut down, not left hanging
     assert len(errors) == 1
+
+
+# ---- The classic surface, name by name ----------------------------------------------
+
+DELIBERATE = {"request_queue_size": (5, 1024)}
+"""Class attributes whose default we changed on purpose (docs/migrating.md)."""
+ACCESSORS = {"_threads", "active_children"}
+"""Class-level placeholders in socketserver, live views (properties) here."""
+
+
+def _standard_classes() -> list[str]:
+    import socketserver as standard  # only here, to compare
+
+    return [name for name in standard.__all__ if inspect.isclass(getattr(standard, name))]
+
+
+@pytest.mark.parametrize("name", _standard_classes())
+def test_every_attribute_of_the_standard_class_is_here_with_its_meaning(name: str) -> None:
+    """Every name reachable on the standard class is reachable on ours: a method with the
+    same signature, defined by the class of the same name (so explicit calls such as
+    ``ThreadingMixIn.process_request(self, ...)`` reach the same meaning), or the same value."""
+    import socketserver as standard
+
+    theirs, mine = getattr(standard, name), getattr(ours, name)
+    assert [c.__name__ for c in mine.__mro__] == [c.__name__ for c in theirs.__mro__]
+    for attribute in dir(theirs):
+        if attribute.startswith("__"):
+            continue
+        assert hasattr(mine, attribute), f"{name}.{attribute} is missing"
+        expected, actual = inspect.getattr_static(theirs, attribute), inspect.getattr_static(mine, attribute)
+        if inspect.isfunction(expected):
+            assert inspect.isfunction(actual), (name, attribute, actual)
+            assert getattr(mine, attribute).__qualname__ == getattr(theirs, attribute).__qualname__, (name, attribute)
+            assert inspect.signature(actual) == inspect.signature(expected), (name, attribute)
+        elif attribute in ACCESSORS:
+            assert isinstance(actual, property), (name, attribute)
+        elif attribute in DELIBERATE:
+            assert (expected, actual) == DELIBERATE[attribute], (name, attribute)
+        else:
+            assert actual == expected, (name, attribute)
+
+
+class WhoServes(ours.StreamRequestHandler):
+    """Replies with the process id and the thread name that served the request."""
+
+    def handle(self) -> None:
+        self.rfile.readline()
+        self.wfile.write(b"%d %s\n" % (os.getpid(), threading.current_thread().name.encode()))
+
+
+def _who_serves(address: tuple[str, int]) -> tuple[int, str]:
+    pid, thread = exchange_address(address, b"who?\n").rstrip(b"\n").split(maxsplit=1)
+    return int(pid), thread.decode()
+
+
+def test_threading_mixin_process_request_called_explicitly_starts_the_thread() -> None:
+    """The bounded-threads recipe: acquire in process_request, call the mix-in's, release in the thread."""
+
+    class Server(ours.ThreadingMixIn, ours.TCPServer):
+        def __init__(self, *args: object) -> None:
+            super().__init__(*args)
+            self.slots = threading.BoundedSemaphore(2)
+            self.handed: list[object] = []
+
+        def process_request(self, request, client_address):  # type: ignore[no-untyped-def]
+            self.slots.acquire()
+            self.handed.append(client_address)
+            ours.ThreadingMixIn.process_request(self, request, client_address)
+
+        def process_request_thread(self, request, client_address):  # type: ignore[no-untyped-def]
+            try:
+                ours.ThreadingMixIn.process_request_thread(self, request, client_address)
+            finally:
+                self.slots.release()
+
+    with Server(("127.0.0.1", 0), WhoServes) as server:
+        with running(server):
+            served = [_who_serves(server.server_address) for _ in range(5)]
+    assert all(pid == os.getpid() and thread != "loop" for pid, thread in served), served
+    assert len(server.handed) == 5
+    stats = server._sockwork().stats
+    assert (stats.completed, stats.failed, stats.active) == (5, 0, 0)
+    assert not server._sockwork().requests.in_flight
+
+
+@pytest.mark.skipif(not hasattr(ours, "ForkingMixIn"), reason="no fork")
+def test_forking_mixin_process_request_called_explicitly_forks_the_child() -> None:
+    """An override that counts requests, then calls ForkingMixIn.process_request."""
+
+    class Server(ours.ForkingMixIn, ours.TCPServer):
+        handed = 0
+
+        def process_request(self, request, client_address):  # type: ignore[no-untyped-def]
+            self.handed += 1
+            ours.ForkingMixIn.process_request(self, request, client_address)
+
+    with Server(("127.0.0.1", 0), WhoServes) as server:
+        with running(server):
+            served = [_who_serves(server.server_address) for _ in range(3)]
+    # server_close() (block_on_close) has reaped every child: each is counted
+    assert len({pid for pid, _ in served}) == 3 and os.getpid() not in {pid for pid, _ in served}, served
+    assert server.handed == 3
+    stats = server._sockwork().stats
+    assert (stats.completed, stats.failed, stats.active) == (3, 0, 0)
+    assert not server.active_children
+
+
+def test_base_process_request_called_explicitly_serves_in_the_calling_thread() -> None:
+    """TCPServer.process_request from a threading server's override: inline, as in socketserver."""
+
+    class Server(ours.ThreadingMixIn, ours.TCPServer):
+        def process_request(self, request, client_address):  # type: ignore[no-untyped-def]
+            ours.TCPServer.process_request(self, request, client_address)
+
+    with Server(("127.0.0.1", 0), WhoServes) as server:
+        with running(server):
+            served = [_who_serves(server.server_address) for _ in range(3)]
+    assert served == [(os.getpid(), "loop")] * 3
+    stats = server._sockwork().stats
+    assert (stats.completed, stats.failed, stats.active) == (3, 0, 0)
+
+
+def test_base_process_request_lets_a_handler_error_through_to_handle_error() -> None:
+    """As in socketserver: the override's code after the call does not run; handle_error does."""
+    after: list[object] = []
+    errors: list[object] = []
+
+    class Failing(ours.BaseRequestHandler):
+        def handle(self) -> None:
+            raise ValueError("boom")
+
+    class Server(ours.TCPServer):
+        def process_request(self, request, client_address):  # type: ignore[no-untyped-def]
+            super().process_request(request, client_address)
+            after.append(client_address)
+
+        def handle_error(self, request, client_address):  # type: ignore[no-untyped-def]
+            errors.append(sys.exc_info()[0])
+
+    with Server(("127.0.0.1", 0), Failing) as server:
+        with socket.create_connection(server.server_address) as conn:
+            server.handle_request()
+            assert conn.recv(10) == b""  # shut down
+    assert (errors, after) == ([ValueError], [])
+    assert server._sockwork().stats.failed == 1
+
+
+# ---- TCP_NODELAY ------------------------------------------------------------------------
+
+class ReportsNoDelay(ours.BaseRequestHandler):
+    """Not a StreamRequestHandler: disable_nagle_algorithm plays no part."""
+
+    def handle(self) -> None:
+        nodelay = self.request.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        self.request.sendall(b"%d\n" % bool(nodelay))
+
+
+class AcceptsItself(ours.TCPServer):
+    def get_request(self):  # type: ignore[no-untyped-def]
+        return self.socket.accept()  # not super(): NODELAY comes from the listening socket
+
+
+def _loopback(family: socket.AddressFamily) -> str:
+    return "::1" if family == socket.AF_INET6 else "127.0.0.1"
+
+
+@pytest.mark.parametrize("cls", [ours.TCPServer, ours.ThreadingTCPServer, AcceptsItself])
+@pytest.mark.parametrize("family", [socket.AF_INET, pytest.param(socket.AF_INET6, marks=pytest.mark.skipif(
+    not socket.has_ipv6, reason="no IPv6"))], ids=["ipv4", "ipv6"])
+def test_tcp_connections_get_nodelay_by_default(cls: type[ours.TCPServer], family: socket.AddressFamily) -> None:
+    """Whatever accepts and whatever handler class serves (issue 13: the 40 ms keep-alive stalls)."""
+
+    class Server(cls):  # type: ignore[valid-type,misc]
+        address_family = family
+
+    try:
+        server = Server((_loopback(family), 0), ReportsNoDelay)
+    except OSError as exc:  # IPv6 compiled in but not configured on this machine
+        pytest.skip(f"cannot bind {_loopback(family)}: {exc}")
+    with server:
+        with running(server):
+            assert exchange_address(server.server_address[:2], b"") == b"1\n"
+
+
+def test_sockwork_nodelay_false_gives_the_standard_behaviour_back() -> None:
+    class Server(ours.ThreadingTCPServer):
+        sockwork_nodelay = False
+
+    with Server(("127.0.0.1", 0), ReportsNoDelay) as server:
+        assert not server.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        with running(server):
+            assert exchange_address(server.server_address, b"") == b"0\n"
+
+
+def test_nodelay_is_not_applied_to_datagram_or_unix_servers() -> None:
+    """Only TCP has Nagle's algorithm; other sockets are left as they were."""
+    with ours.UDPServer(("127.0.0.1", 0), ours.DatagramRequestHandler) as server:
+        with pytest.raises(OSError):
+            server.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    if hasattr(ours, "UnixStreamServer"):
+        with tempfile.TemporaryDirectory() as directory:
+            with ours.UnixStreamServer(os.path.join(directory, "s"), Echo) as unix:
+                with running(unix):
+                    with socket.socket(socket.AF_UNIX) as conn:
+                        conn.settimeout(10)
+                        conn.connect(unix.server_address)
+                        conn.sendall(b"unix\n")
+                        assert conn.recv(100) == b"unix\n"
