@@ -1,4 +1,4 @@
-"""sockwork's own test fixtures, on top of its pytest plugin (sockwork.pytest_plugin).
+"""sockwork's own test fixtures, on top of its pytest plugin (sockwork.pytest_plugin, opted in below).
 
 The conformance suite's pairs of transport and dispatcher come from the
 registry (``sockwork_conformance_builtins = true`` in pyproject.toml makes it
@@ -15,6 +15,9 @@ from typing import Any
 import pytest
 
 from sockwork import Registry, Server
+
+# The plugin is opt-in, for sockwork's own suite as for a plugin author's (docs/plugins.md §5).
+pytest_plugins = ["sockwork.pytest_plugin"]
 
 
 @pytest.fixture(autouse=True)
