@@ -161,7 +161,7 @@ def test_fork_gives_the_child_none_of_the_parents_signal_plumbing() -> None:
 
 
 def test_a_signal_between_fork_and_the_childs_first_line_waits_for_prepare_child() -> None:
-    """A signal that reaches the child inside os.fork() is held until the child is ready: nothing written, nothing run."""
+    """A signal reaching the child inside os.fork() waits until the child is ready: nothing written, nothing run."""
     result = run_python(PARENT_PLUMBING + """
     # Runs in the child inside os.fork(), before fork() returns: the earliest a signal can come.
     os.register_at_fork(after_in_child=lambda: os.kill(os.getpid(), signal.SIGTERM))
@@ -180,7 +180,7 @@ def test_a_signal_between_fork_and_the_childs_first_line_waits_for_prepare_child
 
 
 def test_a_child_that_cannot_be_prepared_exits_instead_of_returning() -> None:
-    """If prepare_child() fails, the child exits with CHILD_SETUP_FAILED and says why; it never runs the parent's code."""
+    """If prepare_child() fails, the child says why and exits with CHILD_SETUP_FAILED: it never runs the parent's code."""
     result = run_python("""
     import os
     from sockwork import forking
@@ -214,3 +214,70 @@ def test_public_api() -> None:
 
     assert forking.__all__ == ["CHILD_SETUP_FAILED", "flush_stdio", "fork", "prepare_child"]
     assert fork_dispatcher.flush_stdio is forking.flush_stdio
+
+
+# Before each fork, the process writes how many threads it has (Linux: one entry per thread).
+COUNT_THREADS_AT_FORK = (
+    "import os; os.register_at_fork(before=lambda: os.write(2, b'threads at fork: %d\\n'"
+    " % len(os.listdir('/proc/self/task'))))"
+)
+
+
+def threads_at_fork(stderr: str) -> list[int]:
+    return [int(n) for n in re.findall(r"^threads at fork: (\d+)$", stderr, re.MULTILINE)]
+
+
+def echo_once(port: int, payload: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+        conn.sendall(payload)
+        conn.shutdown(socket.SHUT_WR)
+        return b"".join(iter(lambda: conn.recv(1000), b""))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc (Linux)")
+def test_sockwork_serve_forks_from_a_single_threaded_process() -> None:
+    """``sockwork serve --dispatcher fork`` with every limit on: no other thread exists at any fork.
+
+    A lock held by another thread at fork() stays locked forever in the child
+    (Python 3.12+ warns); sockwork starts no thread in a fork server's process.
+    """
+    code = f"{COUNT_THREADS_AT_FORK}; import sys; from sockwork._cli import main; sys.exit(main(sys.argv[1:]))"
+    args = [sys.executable, "-c", code, "serve", "--dispatcher", "fork", "--transport", "tcp://127.0.0.1:0",
+            "--option", "limits.request_timeout=30", "--option", "limits.idle_timeout=30",
+            "--option", "limits.max_connections=2", "--option", "limits.stats_interval=0.01",
+            "--log-level", "DEBUG"]
+    with own_process_group(args, dict(os.environ)) as server:
+        line = server.stdout.readline()  # type: ignore[union-attr]
+        started = re.search(r"on tcp://127\.0\.0\.1:(\d+) ", line)
+        assert started, line + server.stderr.read()  # type: ignore[union-attr]
+        port = int(started.group(1))
+        replies = [echo_once(port, b"request %d" % i) for i in range(4)]
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+        stderr = server.stderr.read()  # type: ignore[union-attr]
+    assert replies == [b"request %d" % i for i in range(4)]
+    assert threads_at_fork(stderr) == [1, 1, 1, 1], stderr
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc (Linux)")
+def test_legacy_forking_server_forks_from_a_single_threaded_process() -> None:
+    """``socketserver.ForkingTCPServer`` served from the main thread: no other thread exists at any fork."""
+    code = COUNT_THREADS_AT_FORK + textwrap.dedent("""
+    from sockwork import socketserver
+
+    class Echo(socketserver.StreamRequestHandler):
+        def handle(self):
+            self.wfile.write(self.rfile.read())
+
+    with socketserver.ForkingTCPServer(("127.0.0.1", 0), Echo) as server:
+        print(server.server_address[1], flush=True)
+        for _ in range(3):
+            server.handle_request()
+    """)
+    with own_process_group([sys.executable, "-c", code], dict(os.environ)) as server:
+        port = int(server.stdout.readline())  # type: ignore[union-attr]
+        replies = [echo_once(port, b"request %d" % i) for i in range(3)]
+        assert server.wait(timeout=30) == 0
+        stderr = server.stderr.read()  # type: ignore[union-attr]
+    assert replies == [b"request %d" % i for i in range(3)]
+    assert threads_at_fork(stderr) == [1, 1, 1], stderr
