@@ -25,7 +25,8 @@ import attrs
 
 from sockwork._deadline import deadline_after, remaining
 from sockwork._validators import boolean, positive_int
-from sockwork.forking import flush_stdio, fork
+from sockwork.forking import flush_stdio as flush_stdio  # moved to sockwork.forking
+from sockwork.forking import fork
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
 from sockwork.limits import Outcome
