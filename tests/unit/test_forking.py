@@ -53,14 +53,20 @@ HANDLER_MODULE = textwrap.dedent(
 
 @contextmanager
 def own_process_group(args: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
-    """Start ``args`` as the leader of a new process group; on the way out, kill that group."""
+    """Start ``args`` as the leader of a new process group; on the way out, kill what is left of that group.
+
+    The group outlives its leader while a forked child of the leader lives, so
+    a test that fails half-way leaves no child behind either.
+    """
     process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)
     try:
         yield process
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)  # our group only: pgid == the leader's pid
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # our group only: its id is the leader's pid
+        except ProcessLookupError:
+            pass  # every process of the group has exited
         process.wait()
         process.stdout.close()  # type: ignore[union-attr]
         process.stderr.close()  # type: ignore[union-attr]
