@@ -313,15 +313,13 @@ class Server:
         self, dispatcher: Dispatcher, max_requests: int | None = None,
         report: Callable[[ServerStats], None] | None = None, report_every: float = 0.2,
     ) -> WorkerExit:
-        """In a supervisor's forked worker: serve this server's transport with ``dispatcher``.
+        """In a supervisor's worker (forked with :func:`sockwork.forking.fork`): serve with ``dispatcher``.
 
         Serves until SIGTERM (then stops accepting and drains, as ``close()``
         does), until ``max_requests`` requests have finished, or until the
         parent process is gone. ``report`` gets the counters at most every
         ``report_every`` seconds and once at the end. Returns why it ended.
         """
-        from .forking import prepare_child
-
         self.loop.close_in_child()  # the parent's loop, inherited: not ours
         parent = os.getppid()
         reason = WorkerExit.STOPPED
@@ -354,7 +352,6 @@ class Server:
         counters = worker.requests.counters
         if max_requests is not None:
             worker.loop.batch = 1  # one accept per round, so the check after each round is on time
-        prepare_child()
         signal.signal(signal.SIGTERM, lambda signum, frame: worker.shutdown())
         signal.set_wakeup_fd(worker.wakeup_fd, warn_on_full_buffer=False)
         try:

@@ -1,7 +1,8 @@
 """sockwork's conformance suite: the promises every transport and dispatcher keeps.
 
 Plugin authors run it against their own component with one line in a test
-module (with sockwork installed, its pytest plugin provides the fixtures)::
+module (with sockwork's pytest plugin enabled: ``pytest_plugins = ["sockwork.pytest_plugin"]``
+in the top-level conftest.py)::
 
     from sockwork.conformance import *  # noqa: F403
 

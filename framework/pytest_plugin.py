@@ -1,8 +1,14 @@
-"""sockwork's pytest plugin (entry point ``pytest11``): fixtures for testing components.
+"""sockwork's pytest plugin: fixtures for testing components, and the conformance kit's parametrization.
 
-Loaded automatically wherever sockwork and pytest are installed. It only adds
-fixtures (all named ``sockwork_*``) and parametrizes tests that ask for them;
-it changes nothing else in a test run.
+Opt-in: installing sockwork does not load it (no ``pytest11`` entry point), so
+no other project's test run changes. A project that wants it says so, in its
+top-level ``conftest.py``::
+
+    pytest_plugins = ["sockwork.pytest_plugin"]
+
+or on the command line (or in ``addopts``): ``pytest -p sockwork.pytest_plugin``.
+It only adds fixtures (all named ``sockwork_*``) and two ini options, and
+parametrizes tests that ask for those fixtures; it changes nothing else.
 
 - ``sockwork_transport_name`` / ``sockwork_dispatcher_name``: every pair of a
   registered transport and dispatcher in which at least one comes from a

@@ -5,6 +5,8 @@ loop watches a pidfd per child), so none is ever left a zombie.
 Rule 2: the parent owns its children's lifetime: children ignore SIGINT and
 SIGTERM (a Ctrl-C or a supervisor's SIGTERM to the process group lets them
 finish their request); ``close()`` kills those still running after the drain.
+A child keeps none of the parent's signal plumbing (its wake-up fd above all):
+it is forked by :func:`sockwork.forking.fork`, which says exactly what it resets.
 Rule 3: once forked, a request belongs to its child; nothing after fork()
 may raise in the parent (a failure to watch the child falls back to polling).
 """
@@ -16,13 +18,13 @@ import logging
 import os
 import select
 import signal
-import sys
 import time
 from typing import Any, final
 
 import attrs
 
 from sockwork.deadlines import deadline_after, remaining
+from sockwork.forking import flush_stdio, fork
 from sockwork.validators import boolean, positive_int
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
@@ -72,8 +74,7 @@ class ForkDispatcher:
         self._host = host
 
     def submit(self, request: Any, client_address: Any) -> None:
-        flush_stdio()  # else the child inherits, and writes again, what the parent buffered
-        pid = os.fork()
+        pid = fork()  # flushes stdio; the child starts with its signal plumbing reset
         if pid == 0:
             self._serve_in_child(request, client_address)
         # From here on the request is the child's: nothing may raise and lose it.
@@ -89,7 +90,7 @@ class ForkDispatcher:
                 logger.warning("cannot watch child %d (%s); reaping it by polling", pid, exc)
             else:
                 try:
-                    self._host.add_reader(pidfd, functools.partial(self._reap, pid))
+                    self._host.add_reader(pidfd, functools.partial(self._on_exit, pid))
                     return pidfd
                 except (OSError, ValueError) as exc:
                     os.close(pidfd)
@@ -100,12 +101,6 @@ class ForkDispatcher:
     def _serve_in_child(self, request: Any, client_address: Any) -> None:
         status = 1
         try:
-            # The parent decides when children stop (see the module docstring). A
-            # Python-level handler that does nothing, unlike SIG_IGN, is reset by
-            # exec(), so programs a handler starts can still be stopped.
-            signal.signal(signal.SIGINT, _ignore)
-            signal.signal(signal.SIGTERM, _ignore)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # for what it execs
             self._host.after_fork()
             for pidfd, _ in self._children.values():  # the siblings are not ours to watch
                 if pidfd is not None:
@@ -125,6 +120,9 @@ class ForkDispatcher:
     def children(self) -> frozenset[int]:
         """Process ids of the children still running (or not yet reaped)."""
         return frozenset(self._children)
+
+    def _on_exit(self, pid: int) -> None:
+        self._reap(pid)  # the loop calls this when the child's pidfd is readable
 
     def _reap(self, pid: int) -> bool:
         """Collect child ``pid`` if it has exited; True if it is gone."""
@@ -206,19 +204,6 @@ class ForkDispatcher:
             self._host.remove_reader(pidfd)
             os.close(pidfd)
         return client_address
-
-
-def _ignore(signum: int, frame: Any) -> None:
-    pass
-
-
-def flush_stdio() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except Exception:
-            pass  # a broken stdout must not stop a fork or a child's exit
 
 
 def _outcome(pid: int, client_address: Any, status: int | None) -> Outcome:

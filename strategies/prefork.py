@@ -43,7 +43,7 @@ import attrs
 
 from sockwork.deadlines import deadline_after, remaining
 from sockwork.validators import off_is_none, optional_positive_int, positive_int
-from sockwork.forking import flush_stdio
+from sockwork.forking import flush_stdio, fork
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import Dispatcher, DispatcherHost
 from sockwork.limits import ServerStats, WorkerExit
@@ -130,8 +130,7 @@ class PreforkDispatcher:
 
     def _spawn(self) -> None:
         reports_r, reports_w = os.pipe()
-        flush_stdio()
-        pid = os.fork()
+        pid = fork()  # flushes stdio; the child starts with the parent's signal plumbing dropped
         if pid == 0:
             os.close(reports_r)
             self._work(reports_w)  # never returns

@@ -1,4 +1,4 @@
-"""sockwork's own test fixtures, on top of its pytest plugin (sockwork.pytest_plugin).
+"""sockwork's own test fixtures, on top of its pytest plugin (sockwork.pytest_plugin, opted in below).
 
 The conformance suite's pairs of transport and dispatcher come from the
 registry (``sockwork_conformance_builtins = true`` in pyproject.toml makes it
@@ -8,6 +8,7 @@ runs through the legacy socketserver classes.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,29 @@ from typing import Any
 import pytest
 
 from sockwork import Registry, Server
+
+# The plugin is opt-in, for sockwork's own suite as for a plugin author's (docs/plugins.md §5).
+pytest_plugins = ["sockwork.pytest_plugin"]
+
+
+FORK_IN_THREADS = "is multi-threaded, use of fork() may lead to deadlocks"
+_forks_in_threads: dict[str, int] = {}
+
+
+def pytest_warning_recorded(warning_message: warnings.WarningMessage, when: str, nodeid: str, location: Any) -> None:
+    """Python 3.12+ warns at each fork from a multi-threaded process (docs/plugins.md, Fork hygiene)."""
+    if FORK_IN_THREADS in str(warning_message.message):
+        _forks_in_threads[nodeid] = _forks_in_threads.get(nodeid, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for nodeid, count in sorted(_forks_in_threads.items()):
+        terminalreporter.write_line(f"forked {count}x from a multi-threaded process: {nodeid}", red=True)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _forks_in_threads and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED  # a filterwarnings "error" cannot: os.fork() drops it
 
 
 @pytest.fixture(autouse=True)
@@ -43,14 +67,35 @@ LEGACY_CLASSES = {
 }
 
 
+# Tests whose harness runs a forking server in a thread of this (multi-threaded) pytest process.
+# sockwork itself forks from a single thread (tests/unit/test_forking.py counts them in a
+# subprocess); these fork from threads only because the test drives the server from here.
+FORKS_FROM_TEST_THREADS = (
+    "test_saturated_dispatcher_stops_accepting_until_capacity_frees", "test_forced_drain_kills_stuck_children",
+    "test_fork_children_close_the_listener", "test_fork_falls_back_to_polling",
+    "test_forked_children_are_reaped_without_waiting", "test_a_crashed_workers_requests",
+    "test_a_dead_worker_is_logged", "test_workers_are_recycled", "test_a_worker_that_exits_0",
+    "test_requests_are_served_by_the_workers", "test_every_registered_dispatcher_runs_inside",
+    "test_a_third_party_dispatcher_runs_inside", "test_fork_request_timeout",
+)
+_FORK_WARNING = r"ignore:This process \(pid=\d+\) is multi-threaded:DeprecationWarning"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The legacy flavour exists only for pairs socketserver has a class for: drop the rest."""
+    """The legacy flavour exists only for pairs socketserver has a class for: drop the rest.
+
+    Tests that fork from this process's threads (see FORKS_FROM_TEST_THREADS) do not count
+    as sockwork forking from threads.
+    """
     keep, drop = [], []
     for item in items:
         params = getattr(item, "callspec", None)
         params = params.params if params is not None else {}
         pair = (params.get("sockwork_transport_name"), params.get("sockwork_dispatcher_name"))
         legacy_impossible = params.get("assembly") == "socketserver" and pair not in LEGACY_CLASSES
+        forking = any(name in ("fork", "prefork") for name in params.values() if isinstance(name, str))
+        if forking or item.name.startswith(FORKS_FROM_TEST_THREADS):
+            item.add_marker(pytest.mark.filterwarnings(_FORK_WARNING))
         (drop if legacy_impossible else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)

@@ -148,5 +148,5 @@ def test_bench_quick_duration_in_help_and_docs() -> None:
 
     assert "(0.3 if args.quick else" in inspect.getsource(bench.main)
     help_text = " ".join(sockwork("bench", "--help").stdout.split())
-    assert "measured seconds per run (default 2; quick 0.3)" in help_text
+    assert "measured seconds per run (default 2; quick 0.3;" in help_text
     assert "`--quick` measures 0.3 s per run" in (DOCS / "config.md").read_text()

@@ -27,7 +27,7 @@ import attrs
 
 from sockwork import DispatcherEntry, Outcome, hookimpl
 from sockwork.deadlines import deadline_after, remaining
-from sockwork.forking import flush_stdio, prepare_child
+from sockwork.forking import flush_stdio, fork
 from sockwork.validators import positive_int
 
 __all__ = ["ProcPoolDispatcher", "ProcPoolOptions"]
@@ -76,8 +76,7 @@ class ProcPoolDispatcher:
 
     def _spawn(self) -> None:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        flush_stdio()  # else the worker inherits, and writes again, what the parent buffered
-        pid = os.fork()
+        pid = fork()  # flushes stdio; the child starts without the parent's signal plumbing
         if pid == 0:
             parent_end.close()
             self._work(child_end)  # never returns
@@ -174,7 +173,6 @@ class ProcPoolDispatcher:
     def _work(self, channel: socket.socket) -> None:
         status = 1
         try:
-            prepare_child()  # the parent decides when workers stop; no inherited signal plumbing
             self._host.after_fork()
             for other in self._workers:  # siblings' channels are the parent's business
                 other.channel.close()
