@@ -8,6 +8,7 @@ runs through the legacy socketserver classes.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,6 +40,57 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _forks_in_threads and exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED  # a filterwarnings "error" cannot: os.fork() drops it
+
+
+# The suite writes only to temporary directories: the work tree's files when the session
+# starts are the files when it ends. Skipped: what running Python, pytest and pip install
+# make as a matter of course (all in .gitignore), and git's own data.
+_NOT_WORK_TREE = frozenset({".git", "__pycache__", ".pytest_cache", "build"})
+_WORK_TREE = Path(__file__).resolve().parent.parent
+_WORK_TREE_KEY = pytest.StashKey[dict[str, tuple[int, int] | None]]()
+
+
+def work_tree_listing(root: Path) -> dict[str, tuple[int, int] | None]:
+    """Every file (its size and modification time) and directory (None) under root, by relative path."""
+    listing: dict[str, tuple[int, int] | None] = {}
+    for directory, subdirectories, files in os.walk(root):
+        subdirectories[:] = sorted(name for name in subdirectories
+                                   if name not in _NOT_WORK_TREE and not name.endswith(".egg-info"))
+        for name in subdirectories:
+            listing[os.path.relpath(os.path.join(directory, name), root) + os.sep] = None
+        for name in files:
+            if name in _NOT_WORK_TREE:  # .git is a file in a git worktree
+                continue
+            path = os.path.join(directory, name)
+            try:
+                status = os.lstat(path)
+            except FileNotFoundError:  # removed while listed
+                continue
+            listing[os.path.relpath(path, root)] = (status.st_size, status.st_mtime_ns)
+    return listing
+
+
+def work_tree_changes(before: dict[str, tuple[int, int] | None],
+                      after: dict[str, tuple[int, int] | None]) -> list[str]:
+    """What differs between two listings, one line a path: "appeared: …", "changed: …", "removed: …"."""
+    changes = [f"appeared: {path}" for path in sorted(after.keys() - before.keys())]
+    changes += [f"changed: {path}" for path in sorted(after.keys() & before.keys()) if after[path] != before[path]]
+    changes += [f"removed: {path}" for path in sorted(before.keys() - after.keys())]
+    return changes
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_WORK_TREE_KEY] = work_tree_listing(_WORK_TREE)  # before collection imports anything
+
+
+@pytest.fixture(scope="session", autouse=True)
+def work_tree_unchanged(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After the last test: the suite changed no file of the work tree (it writes only to temporary directories)."""
+    yield
+    changes = work_tree_changes(request.config.stash[_WORK_TREE_KEY], work_tree_listing(_WORK_TREE))
+    if changes:
+        pytest.fail(f"the test suite changed the work tree {_WORK_TREE} (tests must write only to temporary "
+                    f"directories):\n  " + "\n  ".join(changes), pytrace=False)
 
 
 @pytest.fixture(autouse=True)

@@ -73,13 +73,18 @@ RUNS = [(name, shard, shards) for name, shards in SUITES.items() for shard in ra
 
 
 @pytest.fixture(scope="module")
-def suite_runs() -> Iterator[dict[tuple[str, int, int], subprocess.Popen[str]]]:
-    """Every shard of every suite, started at once; killed (by PID, ours) if a test gives up on it."""
+def suite_runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[str, int, int], subprocess.Popen[str]]]:
+    """Every shard of every suite, started at once; killed (by PID, ours) if a test gives up on it.
+
+    Each runs in a temporary directory of its own: CPython's tests write their files
+    (``@test_<pid>_tmp…``) to the working directory.
+    """
     if importlib.util.find_spec("test.test_socketserver") is None:
         pytest.skip("this interpreter ships no 'test' package (Debian: python3-test / pyenv: built without tests)")
     runs = {
         run: subprocess.Popen([sys.executable, "-c", RUNNER, *map(str, run)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              cwd=tmp_path_factory.mktemp(f"{run[0]}-{run[1]}"))
         for run in RUNS
     }
     try:
