@@ -23,10 +23,10 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, final
 
-from .deadlines import deadline_after, remaining
 from ._loop import Loop
 from ._parts import LifecycleHooks
 from ._requests import Requests
+from .deadlines import deadline_after, remaining
 from .interfaces import Dispatcher, DispatcherHost, Transport, capability
 
 __all__ = ["Lifecycle"]

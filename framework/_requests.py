@@ -13,6 +13,7 @@ that fail.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import socket
@@ -213,10 +214,8 @@ class Requests:
             logger.warning("%d accepted request(s) never started before the drain deadline; "
                            "closing them unanswered", len(waiting))
         for connection in connections:
-            try:
+            with contextlib.suppress(OSError):  # already closed by its handler or the peer
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed by its handler or the peer
         return len(connections)
 
     def stop(self) -> None:

@@ -22,11 +22,11 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, final
 
-from .deadlines import deadline_after, remaining
 from ._lifecycle import Lifecycle
 from ._loop import ACCEPT_CAPACITY_ERRNOS, Loop
 from ._parts import Parts
 from ._requests import Requests
+from .deadlines import deadline_after, remaining
 from .errors import ConfigError
 from .interfaces import Address, Dispatcher, Request, Transport, capability
 from .limits import Limits, Outcome, ServerStats, WorkerExit
@@ -110,7 +110,9 @@ class Server:
             or not isinstance(drain_timeout, (int, float))
             or not 0 <= drain_timeout < math.inf
         ):
-            raise ConfigError(f"'drain_timeout' must be a finite number >= 0, or None to wait forever: {drain_timeout!r}")
+            raise ConfigError(
+                f"'drain_timeout' must be a finite number >= 0, or None to wait forever: {drain_timeout!r}"
+            )
         if limits is not None and not isinstance(limits, Limits):
             raise ConfigError(f"'limits' must be a sockwork.Limits, got {limits!r}")
         if parts is None:

@@ -257,7 +257,9 @@ def resolve_handler(ref: str | Callable[..., object]) -> Callable[..., object]:
         except AttributeError:
             raise ConfigError(f"handler {ref!r}: {module_name!r} has no attribute {attribute!r}") from None
     if not callable(target):
-        raise ConfigError(f"handler {ref!r} is {target!r}, which is not callable as handler(request, client_address, server)")
+        raise ConfigError(
+            f"handler {ref!r} is {target!r}, which is not callable as handler(request, client_address, server)"
+        )
     return target
 
 

@@ -32,6 +32,7 @@ skipped, and the report says so.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -265,10 +266,8 @@ def _cpu_seconds(pid: int) -> float:
     except OSError:
         return 0.0
     for child in _descendants(pid):
-        try:
+        with contextlib.suppress(OSError):  # exited meanwhile: counted in its parent's cutime once reaped
             total += sum(int(x) for x in fields(child)[11:13])
-        except OSError:
-            pass  # exited meanwhile: counted in its parent's cutime once reaped
     return total / _TICK
 
 
@@ -430,7 +429,7 @@ def _shutdown_latency(rounds: int) -> dict[str, float]:
     from sockwork import Server
 
     def measure(make: Any) -> float:
-        server, run, stop, close = make()
+        _server, run, stop, close = make()
         thread = threading.Thread(target=run)
         thread.start()
         time.sleep(random.uniform(0.01, 0.5))
@@ -572,7 +571,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="comma-separated; stdlib is always added first (default: all)")
     parser.add_argument("--rounds", type=int, help="runs per implementation, interleaved (default 3; quick 1)")
     parser.add_argument("--duration", type=float,
-                        help="measured seconds per run (default 2; quick 0.3; wrk rounds it to whole seconds, at least 1)")
+                        help="measured seconds per run "
+                             "(default 2; quick 0.3; wrk rounds it to whole seconds, at least 1)")
     parser.add_argument("--warmup", type=float,
                         help="warm-up seconds per run (default 1.5; quick 1.1): longer than the 1 s after "
                              "which a dropped connection attempt is retried, so every client is connected")

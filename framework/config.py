@@ -23,7 +23,6 @@ The file format (TOML shown; JSON has the same shape)::
 from __future__ import annotations
 
 import json
-import logging
 import math
 import tomllib
 from collections.abc import Callable, Mapping
@@ -140,7 +139,9 @@ class ServerConfig:
     """Connection cap and timeouts (see :class:`~sockwork.Limits`)."""
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], registry: Registry | None = None, source: str = "config") -> ServerConfig:
+    def from_dict(
+        cls, data: Mapping[str, Any], registry: Registry | None = None, source: str = "config"
+    ) -> ServerConfig:
         return load_config(data, registry, source=source)
 
     @classmethod

@@ -19,9 +19,9 @@ from typing import Any, final
 
 import attrs
 
-from .validators import positive_int
 from .hookspecs import hookimpl
 from .registry import HandlerEntry, NoOptions
+from .validators import positive_int
 
 __all__ = ["Connection", "LinesOptions", "datagram_handler", "discard", "echo", "lines", "stream_handler"]
 

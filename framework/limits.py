@@ -12,6 +12,7 @@ reader in another thread never sees a half-updated set.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import heapq
 import itertools
@@ -134,7 +135,9 @@ class ServerStats:
 
     def __add__(self, other: ServerStats) -> ServerStats:
         """Counters of two processes (or servers) together."""
-        return ServerStats(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in attrs.fields(ServerStats)})
+        return ServerStats(
+            **{f.name: getattr(self, f.name) + getattr(other, f.name) for f in attrs.fields(ServerStats)}
+        )
 
 
 class Counters:
@@ -247,10 +250,8 @@ class Deadlines:
                 heapq.heappop(self._heap)
                 connection = self._running.pop(token)
                 self.expired.add(token)
-                try:
+                with contextlib.suppress(OSError):  # already gone
                     connection.shutdown(socket.SHUT_RDWR)  # the handler's next read or write ends
-                except OSError:
-                    pass  # already gone
 
     def stop(self) -> None:
         with self._lock:

@@ -58,17 +58,28 @@ if hasattr(os, "fork"):
 
 __version__ = "0.4"
 
-__all__ = ["BaseServer", "TCPServer", "UDPServer",
-           "ThreadingUDPServer", "ThreadingTCPServer",
-           "BaseRequestHandler", "StreamRequestHandler",
-           "DatagramRequestHandler", "ThreadingMixIn"]
+__all__ = [
+    "BaseRequestHandler",
+    "BaseServer",
+    "DatagramRequestHandler",
+    "StreamRequestHandler",
+    "TCPServer",
+    "ThreadingMixIn",
+    "ThreadingTCPServer",
+    "ThreadingUDPServer",
+    "UDPServer",
+]
 if hasattr(os, "fork"):
-    __all__.extend(["ForkingUDPServer", "ForkingTCPServer", "ForkingMixIn"])
+    __all__.extend(["ForkingMixIn", "ForkingTCPServer", "ForkingUDPServer"])
 if hasattr(socket, "AF_UNIX"):
-    __all__.extend(["UnixStreamServer", "UnixDatagramServer",
-                    "ThreadingUnixStreamServer", "ThreadingUnixDatagramServer"])
+    __all__.extend([
+        "ThreadingUnixDatagramServer",
+        "ThreadingUnixStreamServer",
+        "UnixDatagramServer",
+        "UnixStreamServer",
+    ])
     if hasattr(os, "fork"):
-        __all__.extend(["ForkingUnixStreamServer", "ForkingUnixDatagramServer"])
+        __all__.extend(["ForkingUnixDatagramServer", "ForkingUnixStreamServer"])
 
 # ---- How the core sees a classic server ---------------------------------------
 
@@ -190,7 +201,7 @@ class _ClassicDispatch:
         self._handed_off = False
         self._server.process_request(request, client_address)
         if not self._handed_off:
-            self._server._sockwork_core.settle(request, _Outcome.COMPLETED)
+            self._server._sockwork_core.settle(request, _Outcome.COMPLETED)  # noqa: SLF001 -- this module's server
 
     def hand_off(self, request, client_address):
         self._handed_off = True
@@ -203,7 +214,7 @@ def _nothing(request):
 
 def _shutdown_and_close(request):
     """TCPServer.shutdown_request, for classes that override neither it nor close_request."""
-    try:
+    try:  # noqa: SIM105 -- per request: cheaper than contextlib.suppress
         request.shutdown(socket.SHUT_WR)
     except OSError:
         pass  # some platforms may raise ENOTCONN here
@@ -226,7 +237,7 @@ class _ThreadBody:
         finally:
             # Counted already if the override called super(); if it served the
             # request all by itself, count it now.
-            self._server._sockwork_core.settle(request, _Outcome.COMPLETED)
+            self._server._sockwork_core.settle(request, _Outcome.COMPLETED)  # noqa: SLF001 -- this module's server
 
 
 # ---- Servers ------------------------------------------------------------------------
@@ -494,7 +505,7 @@ class TCPServer(BaseServer):
 
     def shutdown_request(self, request):
         """Called to shutdown and close an individual request."""
-        try:
+        try:  # noqa: SIM105 -- per request: cheaper than contextlib.suppress
             # explicitly shutdown.  socket.close() merely releases
             # the socket and waits for GC to perform the actual close.
             request.shutdown(socket.SHUT_WR)
@@ -628,11 +639,17 @@ class ThreadingMixIn:
 
 
 if hasattr(os, "fork"):
-    class ForkingUDPServer(ForkingMixIn, UDPServer): pass
-    class ForkingTCPServer(ForkingMixIn, TCPServer): pass
+    class ForkingUDPServer(ForkingMixIn, UDPServer):
+        pass
 
-class ThreadingUDPServer(ThreadingMixIn, UDPServer): pass
-class ThreadingTCPServer(ThreadingMixIn, TCPServer): pass
+    class ForkingTCPServer(ForkingMixIn, TCPServer):
+        pass
+
+class ThreadingUDPServer(ThreadingMixIn, UDPServer):
+    pass
+
+class ThreadingTCPServer(ThreadingMixIn, TCPServer):
+    pass
 
 if hasattr(socket, "AF_UNIX"):
 
@@ -642,14 +659,18 @@ if hasattr(socket, "AF_UNIX"):
     class UnixDatagramServer(UDPServer):
         address_family = socket.AF_UNIX
 
-    class ThreadingUnixStreamServer(ThreadingMixIn, UnixStreamServer): pass
+    class ThreadingUnixStreamServer(ThreadingMixIn, UnixStreamServer):
+        pass
 
-    class ThreadingUnixDatagramServer(ThreadingMixIn, UnixDatagramServer): pass
+    class ThreadingUnixDatagramServer(ThreadingMixIn, UnixDatagramServer):
+        pass
 
     if hasattr(os, "fork"):
-        class ForkingUnixStreamServer(ForkingMixIn, UnixStreamServer): pass
+        class ForkingUnixStreamServer(ForkingMixIn, UnixStreamServer):
+            pass
 
-        class ForkingUnixDatagramServer(ForkingMixIn, UnixDatagramServer): pass
+        class ForkingUnixDatagramServer(ForkingMixIn, UnixDatagramServer):
+            pass
 
 
 _DEFAULT_SERVICE_ACTIONS = frozenset(
@@ -729,9 +750,9 @@ class StreamRequestHandler(BaseRequestHandler):
 
     def finish(self):
         if not self.wfile.closed:
-            try:
+            try:  # noqa: SIM105 -- per request: cheaper than contextlib.suppress
                 self.wfile.flush()
-            except socket.error:
+            except OSError:
                 # A final socket error may have occurred here, such as
                 # the local error ECONNABORTED.
                 pass

@@ -187,9 +187,8 @@ def _child_pids() -> frozenset[int]:
     if sys.platform.startswith("linux") and os.path.isdir(task_dir):
         pids: set[int] = set()
         for tid in os.listdir(task_dir):
-            with contextlib.suppress(OSError):
-                with open(f"{task_dir}/{tid}/children") as f:
-                    pids.update(int(p) for p in f.read().split())
+            with contextlib.suppress(OSError), open(f"{task_dir}/{tid}/children") as f:
+                pids.update(int(p) for p in f.read().split())
         return frozenset(pids)
     try:  # elsewhere: any child at all? (reaps a zombie, but reports it)
         found, _ = os.waitpid(-1, os.WNOHANG)

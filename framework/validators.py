@@ -35,6 +35,5 @@ def positive_int(instance: object, attribute: attrs.Attribute[Any], value: objec
 
 
 def optional_positive_int(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"'{attribute.name}' must be an int >= 1, or none for no limit, got {value!r}")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"'{attribute.name}' must be an int >= 1, or none for no limit, got {value!r}")

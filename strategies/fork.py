@@ -13,6 +13,7 @@ may raise in the parent (a failure to watch the child falls back to polling).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -25,11 +26,11 @@ import attrs
 
 from sockwork.deadlines import deadline_after, remaining
 from sockwork.forking import flush_stdio, fork
-from sockwork.validators import boolean, positive_int
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
 from sockwork.limits import Outcome
 from sockwork.registry import DispatcherEntry
+from sockwork.validators import boolean, positive_int
 
 __all__ = ["ForkDispatcher", "ForkOptions"]
 
@@ -169,15 +170,11 @@ class ForkDispatcher:
         if self._children and self.options.block_on_close:
             logger.warning("killing %d child process(es) still running after the drain", len(self._children))
             for pid in self._children:
-                try:
+                with contextlib.suppress(ProcessLookupError):  # exited meanwhile; reaped below
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass  # exited meanwhile; reaped below
             for pid in self._children:
-                try:
+                with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, 0)
-                except ChildProcessError:
-                    pass
                 self._host.finished(Outcome.FAILED)
         for pid in list(self._children):  # with block_on_close=False: left running, unwatched
             self._forget(pid)
@@ -187,15 +184,11 @@ class ForkDispatcher:
         """Kill every child at once and reap it (safe in a signal handler: no lock, nothing raises)."""
         pids = list(self._children)
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         for pid in pids:
-            try:
+            with contextlib.suppress(ChildProcessError):  # reaped meanwhile by the drain
                 os.waitpid(pid, 0)  # SIGKILL: at once
-            except ChildProcessError:
-                pass  # reaped meanwhile by the drain
 
     def _forget(self, pid: int) -> Any:
         """Stop watching a child (reaped, or let go); return the client it served."""

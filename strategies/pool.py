@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import logging
+import os
 import queue
 import threading
 from typing import Any, final
@@ -11,11 +11,11 @@ from typing import Any, final
 import attrs
 
 from sockwork.deadlines import join_all
-from sockwork.slots import Slots
-from sockwork.validators import positive_int
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
 from sockwork.registry import DispatcherEntry
+from sockwork.slots import Slots
+from sockwork.validators import positive_int
 
 __all__ = ["PoolDispatcher", "PoolOptions"]
 

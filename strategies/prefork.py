@@ -29,6 +29,7 @@ This is how a Python server uses several cores despite the GIL.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -42,12 +43,12 @@ from typing import Any, Literal, final
 import attrs
 
 from sockwork.deadlines import deadline_after, remaining
-from sockwork.validators import off_is_none, optional_positive_int, positive_int
 from sockwork.forking import flush_stdio, fork
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import Dispatcher, DispatcherHost
 from sockwork.limits import ServerStats, WorkerExit
 from sockwork.registry import DispatcherEntry
+from sockwork.validators import off_is_none, optional_positive_int, positive_int
 
 __all__ = ["PreforkDispatcher", "PreforkOptions"]
 
@@ -98,7 +99,9 @@ class PreforkDispatcher:
 
     accepts_itself: Literal[True] = True
 
-    def __init__(self, options: PreforkOptions | None = None, make_inner: Callable[[], Dispatcher] | None = None) -> None:
+    def __init__(
+        self, options: PreforkOptions | None = None, make_inner: Callable[[], Dispatcher] | None = None
+    ) -> None:
         self.options = options or PreforkOptions()
         self._make_inner = make_inner if make_inner is not None else _builtin_inner(self.options)
         # How many run at once depends on how the kernel spreads connections over
@@ -136,10 +139,8 @@ class PreforkDispatcher:
             self._work(reports_w)  # never returns
         os.close(reports_w)
         os.set_blocking(reports_r, False)
-        try:
+        with contextlib.suppress(OSError):  # the child has exec'd or exited already
             os.setpgid(pid, pid)  # also done in the child: whichever runs first
-        except OSError:
-            pass  # the child has exec'd or exited already
         worker = self._workers[pid] = _Worker(os.pidfd_open(pid), reports_r)
         self._host.add_reader(worker.pidfd, functools.partial(self._on_exit, pid))
         self._host.add_reader(reports_r, worker.read_reports)
@@ -257,17 +258,13 @@ class PreforkDispatcher:
             except OSError:
                 _signal(pid, signal.SIGKILL)  # not (yet) a group leader: the worker alone
         for pid in pids:
-            try:
+            with contextlib.suppress(ChildProcessError):  # reaped meanwhile by the drain
                 os.waitpid(pid, 0)  # SIGKILL: at once
-            except ChildProcessError:
-                pass  # reaped meanwhile by the drain
 
 
 def _signal(pid: int, signum: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # exited already; reaped by the caller
         os.kill(pid, signum)
-    except ProcessLookupError:
-        pass  # exited already; reaped by the caller
 
 
 def _builtin_inner(options: PreforkOptions) -> Callable[[], Dispatcher]:
@@ -310,10 +307,8 @@ class _Worker:
 
 
 def _send_report(fd: int, stats: ServerStats) -> None:
-    try:
+    with contextlib.suppress(OSError):  # the parent is gone or not listening: nothing to report to
         os.write(fd, _REPORT.pack(*attrs.astuple(stats)))  # 64 bytes: one atomic pipe write
-    except OSError:
-        pass  # the parent is gone or not listening: nothing to report to
 
 
 @hookimpl(trylast=True)

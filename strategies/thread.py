@@ -8,11 +8,11 @@ from typing import Any, final
 import attrs
 
 from sockwork.deadlines import join_all
-from sockwork.slots import Slots
-from sockwork.validators import boolean, off_is_none, optional_positive_int
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
 from sockwork.registry import DispatcherEntry
+from sockwork.slots import Slots
+from sockwork.validators import boolean, off_is_none, optional_positive_int
 
 __all__ = ["ThreadDispatcher", "ThreadOptions"]
 

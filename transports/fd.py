@@ -15,11 +15,11 @@ from typing import Any, final
 
 import attrs
 
-from sockwork.validators import positive_int
 from sockwork.errors import BindError, ConfigError
 from sockwork.hookspecs import hookimpl
 from sockwork.registry import TransportEntry
 from sockwork.urls import MAX_FD
+from sockwork.validators import positive_int
 
 from ._socket import DatagramRequests, SocketTransport, StreamRequests
 
@@ -68,7 +68,9 @@ def systemd_listen_fd(name: str | None = None, environ: Any = os.environ) -> int
     if name is None:
         return SD_LISTEN_FDS_START
     if name not in names[: int(count)]:
-        raise ConfigError(f"systemd socket activation: no socket named {name!r}; passed: {', '.join(names) or '(none)'}")
+        raise ConfigError(
+            f"systemd socket activation: no socket named {name!r}; passed: {', '.join(names) or '(none)'}"
+        )
     return SD_LISTEN_FDS_START + names.index(name)
 
 

@@ -8,9 +8,9 @@ from typing import final
 
 import attrs
 
-from sockwork.validators import boolean, positive_int
 from sockwork.hookspecs import hookimpl
 from sockwork.registry import TransportEntry
+from sockwork.validators import boolean, positive_int
 
 from ._socket import (
     NODELAY_INHERITED,

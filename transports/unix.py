@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 from typing import final
 
 import attrs
 
-from sockwork.validators import off_is_none, positive_int
 from sockwork.hookspecs import hookimpl
 from sockwork.registry import TransportEntry
+from sockwork.validators import off_is_none, positive_int
 
 from ._socket import DatagramRequests, StreamRequests, UnixAddress, check_mode, check_path, to_path
 

@@ -83,22 +83,20 @@ def test_overridden_service_actions_still_run_every_poll_interval() -> None:
         def service_actions(self) -> None:
             calls.release()
 
-    with Server(("127.0.0.1", 0), Echo) as server:
-        with running(server, poll_interval=0.01):
-            for _ in range(3):  # three idle rounds, no request at all
-                assert calls.acquire(timeout=10)
+    with Server(("127.0.0.1", 0), Echo) as server, running(server, poll_interval=0.01):
+        for _ in range(3):  # three idle rounds, no request at all
+            assert calls.acquire(timeout=10)
 
 
 @pytest.mark.skipif(not hasattr(ours, "ForkingTCPServer"), reason="no fork")
 def test_forked_children_are_reaped_without_waiting_for_the_next_request() -> None:
     """socketserver reaps in service_actions (every poll_interval) or on the next request."""
-    with ours.ForkingTCPServer(("127.0.0.1", 0), Echo) as server:
-        with running(server, poll_interval=60):
-            assert exchange_address(server.server_address, b"child\n") == b"child\n"
-            deadline = time.monotonic() + 10
-            while server.active_children and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert not server.active_children
+    with ours.ForkingTCPServer(("127.0.0.1", 0), Echo) as server, running(server, poll_interval=60):
+        assert exchange_address(server.server_address, b"child\n") == b"child\n"
+        deadline = time.monotonic() + 10
+        while server.active_children and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not server.active_children
 
 
 def test_out_of_descriptors_in_get_request_backs_off_instead_of_spinning() -> None:
@@ -112,9 +110,8 @@ def test_out_of_descriptors_in_get_request_backs_off_instead_of_spinning() -> No
                 raise OSError(errno.EMFILE, "Too many open files")
             return super().get_request()
 
-    with Server(("127.0.0.1", 0), Echo) as server:
-        with running(server):
-            assert exchange_address(server.server_address, b"eventually\n") == b"eventually\n"
+    with Server(("127.0.0.1", 0), Echo) as server, running(server):
+        assert exchange_address(server.server_address, b"eventually\n") == b"eventually\n"
     assert len(attempts) == 4
     assert attempts[3] - attempts[0] >= 0.01 + 0.02 + 0.04  # paused between failed accepts
 
@@ -136,10 +133,9 @@ def test_user_combined_mixins_and_handler_attributes_work() -> None:
             except TimeoutError:
                 self.wfile.write(b"timed out\n")
 
-    with Server(("127.0.0.1", 0), Slow) as server:
-        with running(server):
-            with socket.create_connection(server.server_address, timeout=10) as conn:
-                assert conn.recv(100) == b"timed out\n"  # sent nothing: the handler's timeout hit
+    with Server(("127.0.0.1", 0), Slow) as server, running(server):
+        with socket.create_connection(server.server_address, timeout=10) as conn:
+            assert conn.recv(100) == b"timed out\n"  # sent nothing: the handler's timeout hit
 
 
 def test_overridden_process_request_that_serves_by_itself_is_counted_and_released() -> None:
@@ -168,10 +164,9 @@ def test_overridden_process_request_thread_runs_in_the_request_thread() -> None:
             super().process_request_thread(request, client_address)
             cleaned.append(threading.current_thread().name)
 
-    with Server(("127.0.0.1", 0), Echo) as server:
-        with running(server):
-            for i in range(3):
-                assert exchange_address(server.server_address, b"%d\n" % i) == b"%d\n" % i
+    with Server(("127.0.0.1", 0), Echo) as server, running(server):
+        for i in range(3):
+            assert exchange_address(server.server_address, b"%d\n" % i) == b"%d\n" % i
     assert len(cleaned) == 3 and "loop" not in cleaned
     assert server._sockwork().stats.completed == 3
 
@@ -187,10 +182,9 @@ def test_failing_process_request_is_handled_once_and_handle_request_returns() ->
         def handle_error(self, request, client_address):  # type: ignore[no-untyped-def]
             errors.append(client_address)
 
-    with Server(("127.0.0.1", 0), Echo) as server:
-        with socket.create_connection(server.server_address) as conn:
-            server.handle_request()  # the 30 s timeout would catch a second, blocking accept
-            assert conn.recv(10) == b""  # shut down, not left hanging
+    with Server(("127.0.0.1", 0), Echo) as server, socket.create_connection(server.server_address) as conn:
+        server.handle_request()  # the 30 s timeout would catch a second, blocking accept
+        assert conn.recv(10) == b""  # shut down, not left hanging
     assert len(errors) == 1
 
 
@@ -267,9 +261,8 @@ def test_threading_mixin_process_request_called_explicitly_starts_the_thread() -
             finally:
                 self.slots.release()
 
-    with Server(("127.0.0.1", 0), WhoServes) as server:
-        with running(server):
-            served = [_who_serves(server.server_address) for _ in range(5)]
+    with Server(("127.0.0.1", 0), WhoServes) as server, running(server):
+        served = [_who_serves(server.server_address) for _ in range(5)]
     assert all(pid == os.getpid() and thread != "loop" for pid, thread in served), served
     assert len(server.handed) == 5
     stats = server._sockwork().stats
@@ -288,9 +281,8 @@ def test_forking_mixin_process_request_called_explicitly_forks_the_child() -> No
             self.handed += 1
             ours.ForkingMixIn.process_request(self, request, client_address)
 
-    with Server(("127.0.0.1", 0), WhoServes) as server:
-        with running(server):
-            served = [_who_serves(server.server_address) for _ in range(3)]
+    with Server(("127.0.0.1", 0), WhoServes) as server, running(server):
+        served = [_who_serves(server.server_address) for _ in range(3)]
     # server_close() (block_on_close) has reaped every child: each is counted
     assert len({pid for pid, _ in served}) == 3 and os.getpid() not in {pid for pid, _ in served}, served
     assert server.handed == 3
@@ -306,9 +298,8 @@ def test_base_process_request_called_explicitly_serves_in_the_calling_thread() -
         def process_request(self, request, client_address):  # type: ignore[no-untyped-def]
             ours.TCPServer.process_request(self, request, client_address)
 
-    with Server(("127.0.0.1", 0), WhoServes) as server:
-        with running(server):
-            served = [_who_serves(server.server_address) for _ in range(3)]
+    with Server(("127.0.0.1", 0), WhoServes) as server, running(server):
+        served = [_who_serves(server.server_address) for _ in range(3)]
     assert served == [(os.getpid(), "loop")] * 3
     stats = server._sockwork().stats
     assert (stats.completed, stats.failed, stats.active) == (3, 0, 0)
@@ -331,10 +322,9 @@ def test_base_process_request_lets_a_handler_error_through_to_handle_error() -> 
         def handle_error(self, request, client_address):  # type: ignore[no-untyped-def]
             errors.append(sys.exc_info()[0])
 
-    with Server(("127.0.0.1", 0), Failing) as server:
-        with socket.create_connection(server.server_address) as conn:
-            server.handle_request()
-            assert conn.recv(10) == b""  # shut down
+    with Server(("127.0.0.1", 0), Failing) as server, socket.create_connection(server.server_address) as conn:
+        server.handle_request()
+        assert conn.recv(10) == b""  # shut down
     assert (errors, after) == ([ValueError], [])
     assert server._sockwork().stats.failed == 1
 
@@ -371,9 +361,8 @@ def test_tcp_connections_get_nodelay_by_default(cls: type[ours.TCPServer], famil
         server = Server((_loopback(family), 0), ReportsNoDelay)
     except OSError as exc:  # IPv6 compiled in but not configured on this machine
         pytest.skip(f"cannot bind {_loopback(family)}: {exc}")
-    with server:
-        with running(server):
-            assert exchange_address(server.server_address[:2], b"") == b"1\n"
+    with server, running(server):
+        assert exchange_address(server.server_address[:2], b"") == b"1\n"
 
 
 def test_sockwork_nodelay_false_gives_the_standard_behaviour_back() -> None:
@@ -388,9 +377,8 @@ def test_sockwork_nodelay_false_gives_the_standard_behaviour_back() -> None:
 
 def test_nodelay_is_not_applied_to_datagram_or_unix_servers() -> None:
     """Only TCP has Nagle's algorithm; other sockets are left as they were."""
-    with ours.UDPServer(("127.0.0.1", 0), ours.DatagramRequestHandler) as server:
-        with pytest.raises(OSError):
-            server.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    with ours.UDPServer(("127.0.0.1", 0), ours.DatagramRequestHandler) as server, pytest.raises(OSError):
+        server.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     if hasattr(ours, "UnixStreamServer"):
         with tempfile.TemporaryDirectory() as directory:
             with ours.UnixStreamServer(os.path.join(directory, "s"), Echo) as unix:

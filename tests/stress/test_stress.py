@@ -17,7 +17,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import pytest
 from stress_handlers import echo_lines
 
 from sockwork import Limits, Registry, Server
-from sockwork.testing import client, exchange, serving
+from sockwork.testing import exchange, serving
 
 pytestmark = pytest.mark.timeout(180)
 

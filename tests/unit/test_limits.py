@@ -125,13 +125,12 @@ def test_stats_hook_reports_periodically() -> None:
 def test_oversized_datagrams_are_counted_and_dropped(caplog: pytest.LogCaptureFixture) -> None:
     server = Server(transport="udp", transport_options={"address": ("127.0.0.1", 0), "max_packet_size": 100},
                     handler=echo)
-    with caplog.at_level(logging.WARNING, logger="sockwork"), serving(server):
-        with client(server, timeout=0.3) as sock:
-            sock.send(b"x" * 200)
-            with pytest.raises(TimeoutError):
-                sock.recv(1000)  # dropped, not answered truncated
-            sock.send(b"y" * 100)
-            assert sock.recv(1000) == b"y" * 100
+    with caplog.at_level(logging.WARNING, logger="sockwork"), serving(server), client(server, timeout=0.3) as sock:
+        sock.send(b"x" * 200)
+        with pytest.raises(TimeoutError):
+            sock.recv(1000)  # dropped, not answered truncated
+        sock.send(b"y" * 100)
+        assert sock.recv(1000) == b"y" * 100
     assert server.stats.oversized == 1 and server.stats.completed == 1
     assert "larger than max_packet_size=100" in caplog.text
 

@@ -52,9 +52,8 @@ def test_shutdown_from_an_inline_handler_does_not_deadlock() -> None:
     def stop(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
         server.shutdown()
 
-    with Server(transport=TCP, dispatcher="inline", handler=stop) as server:
-        with client(server):
-            server.serve_forever()  # returns after the one request
+    with Server(transport=TCP, dispatcher="inline", handler=stop) as server, client(server):
+        server.serve_forever()  # returns after the one request
 
 
 def test_misuse_of_the_loop_is_refused() -> None:
@@ -69,9 +68,8 @@ def test_misuse_of_the_loop_is_refused() -> None:
         server.shutdown()
 
     server = Server(transport=TCP, dispatcher="inline", handler=close_from_handler)
-    with serving(server):
-        with pytest.raises(RuntimeError, match="already serving"):
-            server.serve_forever()
+    with serving(server), pytest.raises(RuntimeError, match="already serving"):
+        server.serve_forever()
     with pytest.raises(RuntimeError, match="closed"):
         server.serve_forever()
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import errno
-import re
 import os
+import re
 import socket
 import stat
 from pathlib import Path

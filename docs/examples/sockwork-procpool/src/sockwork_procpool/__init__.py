@@ -15,6 +15,7 @@ SIGTERM; ``drain`` waits for the busy ones, then closes their channels
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -159,10 +160,8 @@ class ProcPoolDispatcher:
         if self._workers:
             logger.warning("killing %d procpool worker(s) still busy after the drain", len(self._workers))
         for worker in list(self._workers):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(worker.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self._forget(worker)
             os.waitpid(worker.pid, 0)
             if worker.busy:
