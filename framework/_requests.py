@@ -56,7 +56,8 @@ class Requests:
         self._failure_hook = hooks.request_failed
         stream = transport.kind == "stream"
         cap = limits.max_connections if limits.over_limit == "wait" else None
-        self.reject_above = limits.max_connections if limits.over_limit == "close" else math.inf
+        close_above = limits.max_connections if limits.over_limit == "close" else None
+        self.reject_above: float = math.inf if close_above is None else close_above  # no cap: none turned away
         self.counters = Counters(wake_below=cap)
         self.cap = cap
         self._idle_timeout = limits.idle_timeout if stream else None

@@ -77,6 +77,14 @@ def test_over_limit_close_turns_clients_away_at_once() -> None:
     assert server.stats.rejected == 1 and server.stats.completed == 1
 
 
+def test_over_limit_close_without_a_cap_turns_nobody_away() -> None:
+    server = Server(transport=TCP, dispatcher="thread", handler=echo,
+                    limits=Limits(max_connections=None, over_limit="close"))
+    with serving(server):
+        assert exchange(server, b"served") == b"served"
+    assert server.stats.rejected == 0 and server.stats.completed == 1
+
+
 def test_idle_client_is_timed_out_and_the_worker_comes_back(caplog: pytest.LogCaptureFixture) -> None:
     limits = Limits(idle_timeout=0.2)
     server = Server(transport=TCP, dispatcher="pool", dispatcher_options={"workers": 1}, handler=echo, limits=limits)
