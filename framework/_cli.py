@@ -325,6 +325,6 @@ def _plugins(registry: Registry) -> int:
 
 
 def _show_default(default: Any) -> str:
-    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]  # a class, typed as a function in attrs' stubs
         return f"{default.factory()!r} (computed)" if not default.takes_self else "(computed)"
     return repr(default)

@@ -126,7 +126,7 @@ class Requests:
                 logger.error("handler serving %s raised %r; passing it on", client_label(client_address), exc)
             raise
         finally:
-            if token is not None and self._deadlines.remove(token) and outcome is not Outcome.TIMED_OUT:  # type: ignore[union-attr]
+            if token is not None and self._deadlines.remove(token) and outcome is not Outcome.TIMED_OUT:  # type: ignore[union-attr]  # token => _deadlines
                 self._log_deadline(client_address)  # the handler ended quietly on the shut-down connection
                 outcome = Outcome.TIMED_OUT
             # Always end it: a dispatcher may serve a request rebuilt in another
@@ -168,7 +168,7 @@ class Requests:
             logger.info("closing the connection of %s: idle for more than %ss", client_label(client_address),
                         self._idle_timeout)
             return Outcome.TIMED_OUT
-        if token is not None and isinstance(exc, OSError) and token in self._deadlines.expired:  # type: ignore[union-attr]
+        if token is not None and isinstance(exc, OSError) and token in self._deadlines.expired:  # type: ignore[union-attr]  # token => _deadlines
             self._log_deadline(client_address)
             return Outcome.TIMED_OUT
         if isinstance(exc, DISCONNECT_ERRORS) and self.on_error is None and not self.forcing:

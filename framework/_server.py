@@ -373,7 +373,7 @@ class Server:
         if now >= self._next_stats:
             self._next_stats = now + self.limits.stats_interval
             try:
-                self._stats_hook(server=self, stats=self.stats)  # type: ignore[misc]
+                self._stats_hook(server=self, stats=self.stats)  # type: ignore[misc]  # on_round: only if set
             except Exception:
                 logger.exception("sockwork_collect_stats hook raised")
         return max(0.0, self._next_stats - now)

@@ -85,10 +85,11 @@ def assemble_config(config: ServerConfig, registry: Registry | None = None, *, s
     errors: list[tuple[str, str]] = []
     built: dict[str, Any] = {}
     handler_ref = config.handler.ref
-    for kind, name, options, path in (
+    roles: tuple[tuple[Kind, str, Any, str], ...] = (
         ("transport", config.transport.name, config.transport.options, "transport"),
         ("dispatcher", config.dispatcher.name, config.dispatcher.options, "dispatcher"),
-    ):
+    )
+    for kind, name, options, path in roles:
         try:
             built[kind], _ = _component(registry, kind, name, options or None)
         except PluginError as exc:
@@ -131,13 +132,13 @@ def _component(
             name, options = registry.parse_transport_url(spec)
         entry = registry.get(kind, name)
         return build_component(registry, kind, entry, options), entry.name
-    entry = registry.entry_for_options(kind, spec)
-    if entry is not None:
+    owner = registry.entry_for_options(kind, spec)
+    if owner is not None:
         if options is not None:
             raise ConfigError(f"{kind} options were given twice: as {spec!r} and as {options!r}")
-        if entry.unavailable_reason is not None:
-            registry.get(kind, entry.name)  # raises, saying why
-        return build_component(registry, kind, entry, spec), entry.name
+        if owner.unavailable_reason is not None:
+            registry.get(kind, owner.name)  # raises, saying why
+        return build_component(registry, kind, owner, spec), owner.name
     if options is not None:
         raise ConfigError(f"{kind}_options only apply to a {kind} given by name, not to {spec!r}")
     missing = _missing_members(kind, spec)
@@ -260,7 +261,8 @@ def resolve_handler(ref: str | Callable[..., object]) -> Callable[..., object]:
         raise ConfigError(
             f"handler {ref!r} is {target!r}, which is not callable as handler(request, client_address, server)"
         )
-    return target
+    handler: Callable[..., object] = target
+    return handler
 
 
 def check_handler(handler: Callable[..., object], transport: object, shown: object = None) -> None:

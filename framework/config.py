@@ -121,6 +121,10 @@ def _check_log_level(instance: object, attribute: attrs.Attribute[Any], value: o
         raise ValueError(f"'{attribute.name}' must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
 
 
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
 @final
 @attrs.frozen(kw_only=True)
 class ServerConfig:
@@ -132,8 +136,7 @@ class ServerConfig:
     handler: HandlerConfig = attrs.field(factory=HandlerConfig)
     drain_timeout: float | None = attrs.field(default=10.0, validator=_check_drain_timeout)
     """Seconds ``close()`` lets running requests finish; None waits forever."""
-    log_level: str = attrs.field(default="INFO", converter=lambda v: v.upper() if isinstance(v, str) else v,
-                                 validator=_check_log_level)
+    log_level: str = attrs.field(default="INFO", converter=_upper, validator=_check_log_level)
     """Level of the ``sockwork`` logger."""
     limits: Limits = attrs.field(factory=Limits, validator=attrs.validators.instance_of(Limits))
     """Connection cap and timeouts (see :class:`~sockwork.Limits`)."""
@@ -202,7 +205,7 @@ def load_config(data: Mapping[str, Any], registry: Registry | None = None, *, so
         errors.append(("transport", 'missing; e.g. transport = "tcp://127.0.0.1:8000"'))
     dispatcher = _read_component(data.get("dispatcher", "thread"), "dispatcher", "name", errors)
     handler = _read_component(data.get("handler", "echo"), "handler", "ref", errors)
-    server_fields = {}
+    server_fields: dict[str, Any] = {}
     if "drain_timeout" in data:
         value = data["drain_timeout"]
         server_fields["drain_timeout"] = None if value == FOREVER else value
@@ -273,7 +276,8 @@ def _read_component(value: Any, kind: str, key: str, errors: list[tuple[str, str
     if not isinstance(options, Mapping):
         errors.append((f"{kind}.options", f"must be a table of options, got {options!r}"))
         options = {}
-    return config_class(**{key: name, "options": dict(options)})
+    fields: dict[str, Any] = {key: name, "options": dict(options)}
+    return config_class(**fields)
 
 
 def _unknown_keys(table: Mapping[str, Any], allowed: tuple[str, ...], path: str, errors: list[tuple[str, str]]) -> None:
@@ -331,9 +335,10 @@ def _component_options(
         errors.append((f"{path}.options" + (f".{field}" if field else ""), problem))
     if validated is not None and isinstance(entry, DispatcherEntry) and entry.supervisor:
         # A supervisor's inner dispatcher is a registry name with options of its own.
-        inner = validated.inner  # type: ignore[attr-defined]
+        # A supervisor's options class has "inner" and "inner_options" (checked at registration).
+        inner = validated.inner  # type: ignore[attr-defined]  # see above
         before = len(errors)
-        _component_options(registry, "dispatcher", inner, validated.inner_options,  # type: ignore[attr-defined]
+        _component_options(registry, "dispatcher", inner, validated.inner_options,  # type: ignore[attr-defined]  # see above
                            f"{path}.options.inner", errors)
         for index in range(before, len(errors)):
             field, problem = errors[index]

@@ -48,7 +48,8 @@ __all__ = [
 def _conformance(test: Callable[..., None]) -> Callable[..., None]:
     """Marks that travel with the test function into the module that imports it."""
     test = pytest.mark.usefixtures("sockwork_no_leaks")(test)
-    return pytest.mark.timeout(60)(test)
+    marked: Callable[..., None] = pytest.mark.timeout(60)(test)
+    return marked
 
 
 MakeServer = Callable[..., Any]
@@ -119,7 +120,7 @@ class Gate:
 
 def gated_handler(gate: Gate) -> Callable[..., None]:
     """Replies "started <payload>", waits at the gate, replies "done <payload>"."""
-    def handle(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
+    def handle(request: Any, client_address: Any, server: Any) -> None:
         if isinstance(request, tuple):
             payload, sock = request
             def send(data: bytes) -> None:
@@ -244,11 +245,11 @@ def test_saturation_stops_accepting_and_freed_capacity_wakes_the_loop(
     from sockwork.assembly import assemble
 
     entry = sockwork_registry.get("transport", sockwork_transport_name)
-    if entry.loopback_options is None:  # type: ignore[attr-defined]
+    if entry.loopback_options is None:
         pytest.skip(f"transport {sockwork_transport_name!r} has no loopback_options to test it with")
     with open_gate() as gate:
         parts = assemble(sockwork_transport_name, gated_handler(gate), sockwork_dispatcher_name,
-                         transport_options=entry.loopback_options(sockwork_tmp),  # type: ignore[attr-defined]
+                         transport_options=entry.loopback_options(sockwork_tmp),
                          registry=sockwork_registry)
         if capability(parts.dispatcher, "accepts_itself"):
             _discard(parts)
@@ -341,7 +342,7 @@ def test_close_after_drain_timeout_ends_stuck_connections(sockwork_make_server: 
     """A client that never sends cannot hold close() past the drain timeout (plus grace)."""
     holding_r, holding_w = os.pipe()  # a pipe: the handler may run in a forked child
 
-    def wait_for_client(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
+    def wait_for_client(request: Any, client_address: Any, server: Any) -> None:
         os.write(holding_w, b"h")
         request.recv(1)  # the client never sends
 
@@ -373,7 +374,7 @@ def test_raising_handler_does_not_stop_the_server(sockwork_make_server: MakeServ
     pm = make_plugin_manager()  # with installed plugins: the component under test may be one
     pm.register(Reporter())
 
-    def handle(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
+    def handle(request: Any, client_address: Any, server: Any) -> None:
         payload = request[0] if isinstance(request, tuple) else request.recv(100)
         if payload == b"boom":
             raise RuntimeError("handler exploded")

@@ -26,7 +26,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 
 @hookspec
-def sockwork_add_transports() -> list[TransportEntry]:
+def sockwork_add_transports() -> list[TransportEntry]:  # type: ignore[empty-body]  # a spec: pluggy never runs it
     """Contribute transports: a list of :class:`~sockwork.TransportEntry`.
 
     The first entry registered under a name wins. Built-ins are ``trylast``,
@@ -35,12 +35,12 @@ def sockwork_add_transports() -> list[TransportEntry]:
 
 
 @hookspec
-def sockwork_add_dispatchers() -> list[DispatcherEntry]:
+def sockwork_add_dispatchers() -> list[DispatcherEntry]:  # type: ignore[empty-body]  # a spec: pluggy never runs it
     """Contribute dispatchers: a list of :class:`~sockwork.DispatcherEntry`."""
 
 
 @hookspec
-def sockwork_add_handlers() -> list[HandlerEntry]:
+def sockwork_add_handlers() -> list[HandlerEntry]:  # type: ignore[empty-body]  # a spec: pluggy never runs it
     """Contribute named handler factories: a list of :class:`~sockwork.HandlerEntry`."""
 
 

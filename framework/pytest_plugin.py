@@ -137,12 +137,12 @@ def sockwork_make_server(
 
     def make(handler: Any, **kwargs: Any) -> Server:
         entry = sockwork_registry.get("transport", sockwork_transport_name)
-        if entry.loopback_options is None:  # type: ignore[attr-defined]
+        if entry.loopback_options is None:
             pytest.skip(f"transport {sockwork_transport_name!r} has no loopback_options to test it with")
         kwargs.setdefault("registry", sockwork_registry)
         server = Server(
             transport=sockwork_transport_name,
-            transport_options=entry.loopback_options(sockwork_tmp),  # type: ignore[attr-defined]
+            transport_options=entry.loopback_options(sockwork_tmp),
             dispatcher=sockwork_dispatcher_name, handler=handler, **kwargs,
         )
         created.append(server)

@@ -13,7 +13,7 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal, final
+from typing import Any, Literal, final, overload
 
 import attrs
 import pluggy
@@ -68,7 +68,7 @@ def _check_name(entry: Entry, attribute: attrs.Attribute[str], value: str) -> No
         )
 
 
-def _check_options_class(entry: Entry, attribute: attrs.Attribute[type], value: type) -> None:
+def _check_options_class(entry: Entry, attribute: attrs.Attribute[Any], value: object) -> None:
     if not (isinstance(value, type) and attrs.has(value)):
         raise PluginError(f"{entry.name!r}: options must be an attrs class, got {value!r}")
 
@@ -85,7 +85,7 @@ class Entry:
     """
 
     name: str = attrs.field(validator=_check_name)
-    factory: Callable[[Any], Any] = attrs.field(validator=attrs.validators.is_callable())
+    factory: Callable[..., Any] = attrs.field(validator=attrs.validators.is_callable())  # a supervisor's takes two
     options: type = attrs.field(default=NoOptions, validator=_check_options_class)
     description: str = ""
     unavailable_reason: str | None = None
@@ -279,6 +279,16 @@ class Registry:
         """Every registered entry of ``kind``, sorted by name."""
         return sorted(self._entries[kind].values(), key=lambda e: e.name)
 
+    # Each kind holds entries of its own class (checked when plugins register them).
+    @overload
+    def get(self, kind: Literal["transport"], name: str) -> TransportEntry: ...
+    @overload
+    def get(self, kind: Literal["dispatcher"], name: str) -> DispatcherEntry: ...
+    @overload
+    def get(self, kind: Literal["handler"], name: str) -> HandlerEntry: ...
+    @overload
+    def get(self, kind: Kind, name: str) -> Entry: ...
+
     def get(self, kind: Kind, name: str) -> Entry:
         """The entry called ``name``; fails listing the names that exist."""
         entry = self._entries[kind].get(name)
@@ -367,7 +377,7 @@ def field_problem(field: attrs.Attribute[Any], value: object) -> str | None:
     """What is wrong with one option's value, checked on its own."""
     try:
         if field.converter is not None:
-            value = field.converter(value)  # type: ignore[operator]
+            value = field.converter(value)  # type: ignore[operator]  # our options use plain callables
         if field.validator is not None:
             field.validator(None, field, value)
     except (TypeError, ValueError) as exc:

@@ -40,6 +40,7 @@ import sys
 import threading
 import time
 import traceback
+import typing as _typing
 
 from sockwork._loop import ACCEPT_CAPACITY_ERRNOS as _ACCEPT_CAPACITY_ERRNOS
 from sockwork._parts import NO_HOOKS as _NO_HOOKS
@@ -91,6 +92,7 @@ class _ClassicTransport:
     """
 
     accept_batch = 1  # the classic listening socket blocks: one accept per readiness
+    kind: _typing.Literal["stream", "datagram"]
 
     def __init__(self, server):
         self._server = server
@@ -102,14 +104,14 @@ class _ClassicTransport:
         cls = type(server)
         if cls.verify_request is BaseServer.verify_request:
             if cls.get_request is UDPServer.get_request:
-                self.accept = self._receive_datagram
+                self.accept = self._receive_datagram  # type: ignore[method-assign]  # the fast path, per instance
             elif cls.get_request is TCPServer.get_request:
-                self.accept = self._accept_connection
+                self.accept = self._accept_connection  # type: ignore[method-assign]  # the fast path, per instance
         if cls.close_request is UDPServer.close_request and cls.shutdown_request is UDPServer.shutdown_request:
-            self.close_request = self.release_request = _nothing
+            self.close_request = self.release_request = _nothing  # type: ignore[method-assign]  # the fast path, per instance
         elif cls.close_request is TCPServer.close_request and cls.shutdown_request is TCPServer.shutdown_request:
-            self.close_request = _shutdown_and_close
-            self.release_request = socket.socket.close
+            self.close_request = _shutdown_and_close  # type: ignore[method-assign]  # the fast path, per instance
+            self.release_request = socket.socket.close  # type: ignore[method-assign]  # the fast path, per instance
 
     def _accept_connection(self):
         try:
@@ -195,7 +197,7 @@ class _ClassicDispatch:
         if type(self._server).process_request in _DEFAULT_PROCESS_REQUEST:
             # Nothing to honour: straight to the mix-in's dispatcher (bound after its
             # start(), which may replace its submit, as inline's does).
-            self.submit = self._inner.submit
+            self.submit = self._inner.submit  # type: ignore[method-assign]  # the fast path, per instance
 
     def submit(self, request, client_address):
         self._handed_off = False
@@ -260,8 +262,9 @@ class BaseServer:
     installed plugin is loaded). Set it before the server first serves.
     """
 
-    timeout = None
+    timeout: float | None = None
     sockwork_registry = None
+    socket: socket.socket  # set by TCPServer and UDPServer (for mypy: handle_request() uses it)
 
     def __init__(self, server_address, RequestHandlerClass):
         """Constructor.  May be extended, do not override."""
@@ -543,8 +546,14 @@ class UDPServer(TCPServer):
         pass
 
 
+if _typing.TYPE_CHECKING:
+    _MixIn = BaseServer  # for mypy, a mix-in is what it is mixed into
+else:
+    _MixIn = object
+
+
 if hasattr(os, "fork"):
-    class ForkingMixIn:
+    class ForkingMixIn(_MixIn):
         """Mix-in class to handle each request in a new process.
 
         Selects sockwork's ``fork`` dispatcher: children are reaped as soon
@@ -552,7 +561,7 @@ if hasattr(os, "fork"):
         the server stops accepting until one exits).
         """
 
-        timeout = 300
+        timeout: float | None = 300
         max_children = 40
         # If true, server_close() waits until all child processes complete.
         block_on_close = True
@@ -597,7 +606,7 @@ if hasattr(os, "fork"):
             super().server_close()  # drains the fork dispatcher as block_on_close says
 
 
-class ThreadingMixIn:
+class ThreadingMixIn(_MixIn):
     """Mix-in class to handle each request in a new thread.
 
     Selects sockwork's ``thread`` dispatcher, with no limit on threads (as
@@ -730,7 +739,7 @@ class StreamRequestHandler(BaseRequestHandler):
     wbufsize = 0
 
     # A timeout to apply to the request socket, if not None.
-    timeout = None
+    timeout: float | None = None
 
     # Disable nagle algorithm for this socket, if True.
     # Use only when wbufsize != 0, to avoid small packets.

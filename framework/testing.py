@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from typing import final
+from typing import Any, final
 
 import attrs
 
@@ -94,10 +94,10 @@ def exchange(server: Server, payload: bytes, timeout: float = 10.0) -> bytes:
         return _exchange_stream(sock, payload)
 
 
-def exchange_address(address: object, payload: bytes, timeout: float = 10.0) -> bytes:
+def exchange_address(address: str | bytes | tuple[Any, ...], payload: bytes, timeout: float = 10.0) -> bytes:
     """Like :func:`exchange` for a TCP or Unix stream server known only by its address."""
     family = socket.AF_UNIX if isinstance(address, (str, bytes)) else (
-        socket.AF_INET6 if ":" in address[0] else socket.AF_INET)  # type: ignore[index]
+        socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.connect(address)
         sock.settimeout(timeout)

@@ -17,7 +17,7 @@ import os
 import socket
 import stat
 import sys
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import attrs
 
@@ -109,7 +109,7 @@ def check_mode(instance: object, attribute: attrs.Attribute[Any], value: object)
 class SocketTransport:
     """Binds one socket; subclasses say how to resolve and how to accept."""
 
-    name: ClassVar[str]
+    name: str  # a class constant, but an adopted descriptor (fd://) learns it per instance
     kind: ClassVar[Literal["stream", "datagram"]]
     socket_type: ClassVar[int]
 
@@ -198,7 +198,7 @@ class StreamRequests(SocketTransport):
 
     def accept(self) -> tuple[socket.socket, Any] | None:
         try:
-            return self.socket.accept()  # type: ignore[union-attr]
+            return self.socket.accept()  # type: ignore[union-attr]  # the loop accepts only while open
         except BlockingIOError:
             return None
         except OSError as exc:
@@ -238,10 +238,10 @@ class DatagramRequests(SocketTransport):
     oversized = 0
 
     def accept(self) -> tuple[tuple[bytes, socket.socket], Any] | None:
-        sock = self.socket
+        sock = cast(socket.socket, self.socket)  # the loop accepts only while the transport is open
         size = self.options.max_packet_size
         try:
-            data, _, flags, client_address = sock.recvmsg(size, 0, socket.MSG_DONTWAIT)  # type: ignore[union-attr]
+            data, _, flags, client_address = sock.recvmsg(size, 0, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return None
         except OSError as exc:

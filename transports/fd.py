@@ -64,7 +64,7 @@ def systemd_listen_fd(name: str | None = None, environ: Any = os.environ) -> int
         raise ConfigError(f"systemd socket activation: LISTEN_PID={pid} is not this process ({os.getpid()})")
     if not count.isdigit() or int(count) < 1:
         raise ConfigError(f"systemd socket activation: LISTEN_FDS={count!r} passes no socket")
-    names = environ.get("LISTEN_FDNAMES", "").split(":")
+    names: list[str] = environ.get("LISTEN_FDNAMES", "").split(":")
     if name is None:
         return SD_LISTEN_FDS_START
     if name not in names[: int(count)]:

@@ -54,7 +54,7 @@ class TCPTransport(InternetAddress, StreamRequests):
     def __init__(self, options: TCPOptions) -> None:
         super().__init__(options)
         if options.nodelay and not NODELAY_INHERITED:
-            self.accept = self._accept_nodelay  # type: ignore[method-assign]
+            self.accept = self._accept_nodelay  # type: ignore[method-assign]  # chosen once, per instance
 
     def configure(self, sock: socket.socket) -> None:
         super().configure(sock)
