@@ -133,9 +133,9 @@ def test_user_combined_mixins_and_handler_attributes_work() -> None:
             except TimeoutError:
                 self.wfile.write(b"timed out\n")
 
-    with Server(("127.0.0.1", 0), Slow) as server, running(server):
-        with socket.create_connection(server.server_address, timeout=10) as conn:
-            assert conn.recv(100) == b"timed out\n"  # sent nothing: the handler's timeout hit
+    with (Server(("127.0.0.1", 0), Slow) as server, running(server),
+          socket.create_connection(server.server_address, timeout=10) as conn):
+        assert conn.recv(100) == b"timed out\n"  # sent nothing: the handler's timeout hit
 
 
 def test_overridden_process_request_that_serves_by_itself_is_counted_and_released() -> None:
@@ -380,11 +380,10 @@ def test_nodelay_is_not_applied_to_datagram_or_unix_servers() -> None:
     with ours.UDPServer(("127.0.0.1", 0), ours.DatagramRequestHandler) as server, pytest.raises(OSError):
         server.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     if hasattr(ours, "UnixStreamServer"):
-        with tempfile.TemporaryDirectory() as directory:
-            with ours.UnixStreamServer(os.path.join(directory, "s"), Echo) as unix:
-                with running(unix):
-                    with socket.socket(socket.AF_UNIX) as conn:
-                        conn.settimeout(10)
-                        conn.connect(unix.server_address)
-                        conn.sendall(b"unix\n")
-                        assert conn.recv(100) == b"unix\n"
+        with (tempfile.TemporaryDirectory() as directory,
+              ours.UnixStreamServer(os.path.join(directory, "s"), Echo) as unix, running(unix),
+              socket.socket(socket.AF_UNIX) as conn):
+            conn.settimeout(10)
+            conn.connect(unix.server_address)
+            conn.sendall(b"unix\n")
+            assert conn.recv(100) == b"unix\n"

@@ -139,9 +139,7 @@ def test_descriptor_exhaustion_is_survived_and_recovered(tmp_path: Path) -> None
             clients.append(sock)
         first_log = process.stderr.readline()  # type: ignore[union-attr]
         assert "out of resources accepting" in first_log and "Too many open files" in first_log, first_log
-        served_early = []
-        for i, sock in enumerate(clients[:30]):  # the first ones are being served all along
-            served_early.append(sock.recv(100))
+        served_early = [sock.recv(100) for sock in clients[:30]]  # the first ones are being served all along
         assert served_early == [b"1: client %d\n" % i for i in range(30)]
         for sock in clients[:60]:  # hang up: the server gets descriptors back
             sock.close()
@@ -165,7 +163,7 @@ def test_sigterm_mid_traffic_completes_requests_in_flight(dispatcher: str) -> No
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen(
         [sys.executable, "-m", "sockwork", "serve", "--transport", "tcp://127.0.0.1:0", "--dispatcher", dispatcher,
-         "--handler", "stress_handlers:slow_echo", "--drain-timeout", "10", "--option", "dispatcher.%s=32" % (
+         "--handler", "stress_handlers:slow_echo", "--drain-timeout", "10", "--option", "dispatcher.{}=32".format(
              {"thread": "max_threads", "pool": "workers", "fork": "max_children"}[dispatcher])],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )

@@ -54,7 +54,8 @@ def test_every_way_of_naming_a_part_works(short_tmp: Path) -> None:
                                        "or a registered handler name (discard, echo, lines); got 42"),
         ({"handler": "ecko"}, UnknownPluginError, "no handler named 'ecko'; registered: discard, echo, lines."),
         ({"dispatcher": "threads"}, UnknownPluginError, "no dispatcher named 'threads'"),
-        ({"dispatcher": object()}, ConfigError, "dispatcher must be a registered name (fork, inline, pool, prefork, thread)"),
+        ({"dispatcher": object()}, ConfigError,
+         "dispatcher must be a registered name (fork, inline, pool, prefork, thread)"),
         ({"dispatcher": "pool", "dispatcher_options": {"workers": -1}}, OptionError,
          "dispatcher 'pool' option 'workers': must be an int >= 1, got -1"),
         ({"transport": "tcp://127.0.0.1:70000"}, ConfigError, "the port must be a number in 0..65535"),
@@ -82,7 +83,7 @@ def test_bad_values_fail_with_a_message_naming_them(kwargs: dict, error: type, m
 
 def test_unresolvable_host_is_a_bind_error() -> None:
     """A host that does not resolve fails with a BindError naming it."""
-    with pytest.raises(BindError, match="couldn't resolve host 'no-such-host.invalid'"):
+    with pytest.raises(BindError, match=r"couldn't resolve host 'no-such-host\.invalid'"):
         Server(transport="tcp://no-such-host.invalid:0", handler=echo)
 
 
@@ -223,9 +224,9 @@ def test_an_accept_error_that_cannot_heal_ends_serve_forever(caplog: pytest.LogC
             self._r.close()
             self._w.close()
 
-    with Server(transport=GoneListener(), handler=echo, dispatcher="inline") as server:
-        with caplog.at_level(logging.ERROR, logger="sockwork"), pytest.raises(OSError) as info:
-            server.serve_forever()
+    with (Server(transport=GoneListener(), handler=echo, dispatcher="inline") as server,
+          caplog.at_level(logging.ERROR, logger="sockwork"), pytest.raises(OSError) as info):
+        server.serve_forever()
     assert info.value.errno == errno.EBADF
     assert [r.getMessage() for r in caplog.records] == [
         "accepting on a closed listener failed: [Errno 9] Bad file descriptor; the listener cannot recover, stopping"]

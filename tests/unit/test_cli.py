@@ -112,7 +112,8 @@ def test_a_second_signal_forces_the_stop() -> None:
 def test_check_prints_the_resolved_config_or_every_error(tmp_path: Path) -> None:
     good = tmp_path / "good.toml"
     good.write_text('transport = "udp://127.0.0.1:0"\n')
-    result = subprocess.run([sys.executable, "-m", "sockwork", "check", str(good), "--option", "transport.max_packet_size=512"],
+    result = subprocess.run([sys.executable, "-m", "sockwork", "check", str(good),
+                             "--option", "transport.max_packet_size=512"],
                             capture_output=True, text=True, timeout=20)
     assert result.returncode == 0, result.stderr
     resolved = json.loads(result.stdout)
@@ -330,7 +331,8 @@ def test_the_script_finds_handler_modules_in_the_current_directory(tmp_path: Pat
     result = run_cli("check", "--handler", "my_cli_handler:handle", cwd=tmp_path, script=True)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["handler"]["ref"] == "my_cli_handler:handle"
-    safe = subprocess.run([str(Path(sys.executable).parent / "sockwork"), "check", "--handler", "my_cli_handler:handle"],
+    safe = subprocess.run([str(Path(sys.executable).parent / "sockwork"), "check",
+                           "--handler", "my_cli_handler:handle"],
                           capture_output=True, text=True, timeout=20, cwd=tmp_path,
                           env={**os.environ, "PYTHONSAFEPATH": "1"})
     assert safe.returncode == 1 and "cannot import module 'my_cli_handler'" in safe.stderr

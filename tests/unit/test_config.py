@@ -168,7 +168,7 @@ def test_unreadable_files_say_why(tmp_path: Path, name: str, text: str, message:
 
 
 def test_missing_file() -> None:
-    with pytest.raises(ConfigError, match="cannot read config file '/no/such/file.toml'"):
+    with pytest.raises(ConfigError, match=r"cannot read config file '/no/such/file\.toml'"):
         load_config_file("/no/such/file.toml", REGISTRY)
 
 
@@ -176,7 +176,7 @@ def test_nothing_is_bound_when_the_config_is_invalid() -> None:
     """Validation happens before any socket is opened (the leak check would catch one)."""
     config = ServerConfig(transport=TransportConfig.from_url("tcp://127.0.0.1:0"),
                           dispatcher=DispatcherConfig(name="pool", options={"workers": 0}))
-    with pytest.raises(ConfigErrors, match="dispatcher.options.workers: must be an int >= 1, got 0"):
+    with pytest.raises(ConfigErrors, match=r"dispatcher\.options\.workers: must be an int >= 1, got 0"):
         build_server(config, REGISTRY)
 
 

@@ -83,7 +83,8 @@ def test_the_kit_passes_an_honest_dispatcher(short_tmp: Path) -> None:
 
 def test_the_kit_catches_a_dispatcher_that_is_never_saturated(short_tmp: Path) -> None:
     """saturated() always False with every worker blocked: unbounded work, caught and named."""
-    with pytest.raises(AssertionError, match=r"saturated\(\) never returned True with \d+ requests accepted and 2 allowed to run"):
+    with pytest.raises(AssertionError,
+                       match=r"saturated\(\) never returned True with \d+ requests accepted and 2 allowed to run"):
         run_kit(registry_with("unbounded", says_saturated=False, wakes=True), "unbounded", short_tmp)
 
 

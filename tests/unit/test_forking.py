@@ -7,6 +7,7 @@ in the subprocess's main thread, with no other thread running.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -63,10 +64,8 @@ def own_process_group(args: list[str], env: dict[str, str]) -> Iterator[subproce
     try:
         yield process
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # every process of the group has exited
             os.killpg(process.pid, signal.SIGKILL)  # our group only: its id is the leader's pid
-        except ProcessLookupError:
-            pass  # every process of the group has exited
         process.wait()
         process.stdout.close()  # type: ignore[union-attr]
         process.stderr.close()  # type: ignore[union-attr]
@@ -186,7 +185,9 @@ def test_a_signal_between_fork_and_the_childs_first_line_waits_for_prepare_child
 
 
 def test_a_child_that_cannot_be_prepared_exits_instead_of_returning() -> None:
-    """If prepare_child() fails, the child says why and exits with CHILD_SETUP_FAILED: it never runs the parent's code."""
+    """If prepare_child() fails, the child says why and exits with CHILD_SETUP_FAILED.
+
+    It never runs the parent's code."""
     result = run_python("""
     import os
     from sockwork import forking

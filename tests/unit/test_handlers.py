@@ -124,8 +124,8 @@ def test_builtin_lines_and_discard_handlers() -> None:
         assert exchange(server, b"abcdef\n") == b"1: abcd2: ef\n"
     with serving(Server(transport="tcp://127.0.0.1:0", handler="discard")) as server:
         assert exchange(server, b"x" * 100_000) == b""
-    with serving(Server(transport="udp://127.0.0.1:0", handler="discard")) as server:
-        with client(server, timeout=0.2) as sock:
-            sock.send(b"into the void")
-            with pytest.raises(TimeoutError):
-                sock.recv(100)
+    with (serving(Server(transport="udp://127.0.0.1:0", handler="discard")) as server,
+          client(server, timeout=0.2) as sock):
+        sock.send(b"into the void")
+        with pytest.raises(TimeoutError):
+            sock.recv(100)

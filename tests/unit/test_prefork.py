@@ -98,7 +98,8 @@ def test_inner_dispatcher_and_its_options_are_validated() -> None:
     with pytest.raises(ConfigError, match="'prefork' supervises processes itself and cannot run inside a worker"):
         Server(transport=TCP, dispatcher="prefork", dispatcher_options={"inner": "prefork"}, handler=echo,
                registry=BUILTINS)
-    with pytest.raises(ConfigError, match=r"option 'inner_options' \(pool option 'workers'\): must be an int >= 1, got 0"):
+    with pytest.raises(ConfigError,
+                       match=r"option 'inner_options' \(pool option 'workers'\): must be an int >= 1, got 0"):
         Server(transport=TCP, dispatcher="prefork", registry=BUILTINS,
                dispatcher_options={"inner": "pool", "inner_options": {"workers": 0}}, handler=echo)
     with pytest.raises(OptionError, match="option 'inner_options': must be a table"):
@@ -169,9 +170,9 @@ def test_a_worker_that_exits_0_by_itself_is_not_called_retired(caplog: pytest.Lo
 
 
 def test_handle_request_is_refused_with_a_reason() -> None:
-    with Server(transport=TCP, dispatcher="prefork", dispatcher_options={"workers": 1}, handler=echo) as server:
-        with pytest.raises(RuntimeError, match="workers accept by themselves: use serve_forever"):
-            server.handle_request(0)
+    with (Server(transport=TCP, dispatcher="prefork", dispatcher_options={"workers": 1}, handler=echo) as server,
+          pytest.raises(RuntimeError, match="workers accept by themselves: use serve_forever")):
+        server.handle_request(0)
 
 
 SUPERVISOR = textwrap.dedent("""

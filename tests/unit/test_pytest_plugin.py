@@ -59,7 +59,8 @@ def test_without_opting_in_there_are_no_sockwork_fixtures(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("how", ["command line", "conftest"])
 def test_opting_in_gives_the_fixtures_and_the_ini_options(tmp_path: Path, how: str) -> None:
-    """``-p sockwork.pytest_plugin`` or ``pytest_plugins`` in conftest.py: the fixtures, and ini options pytest knows."""
+    """``-p sockwork.pytest_plugin`` or ``pytest_plugins`` in conftest.py: the fixtures, and ini options pytest
+    knows."""
     conftest = 'pytest_plugins = ["sockwork.pytest_plugin"]\n' if how == "conftest" else None
     project = make_project(tmp_path, USES_THE_FIXTURES, ini="sockwork_conformance_builtins = true\n",
                            conftest=conftest)

@@ -126,7 +126,7 @@ def test_bad_options_name_the_component_and_the_field(options: object, message: 
 
 def test_missing_required_option() -> None:
     """A transport without its address says which option is missing."""
-    with pytest.raises(OptionError, match="transport 'tcp': missing required option.*address"):
+    with pytest.raises(OptionError, match=r"transport 'tcp': missing required option.*address"):
         registry_with().build("transport", "tcp", {})
 
 

@@ -47,7 +47,7 @@ def test_close_with_zero_drain_timeout_never_hangs_the_loop(dispatcher: str) -> 
         server = Server(transport=TCP, dispatcher=dispatcher, handler=echo, drain_timeout=0)
         errors: list[BaseException] = []
 
-        def run(server: Server = server) -> None:
+        def run(server: Server = server, errors: list[BaseException] = errors) -> None:
             try:
                 server.serve_forever()
             except BaseException as exc:

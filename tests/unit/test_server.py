@@ -85,11 +85,10 @@ def test_handler_error_is_logged_with_the_client_address(caplog: pytest.LogCaptu
     def fail(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
         raise ValueError("bad request line")
 
-    with caplog.at_level(logging.ERROR, logger="sockwork"):
-        with serving(Server(transport=TCP, dispatcher="thread", handler=fail)) as server:
-            with client(server) as sock:
-                peer = sock.getsockname()
-                assert sock.recv(10) == b""
+    with (caplog.at_level(logging.ERROR, logger="sockwork"),
+          serving(Server(transport=TCP, dispatcher="thread", handler=fail)) as server, client(server) as sock):
+        peer = sock.getsockname()
+        assert sock.recv(10) == b""
     [record] = [r for r in caplog.records if r.name == "sockwork"]
     assert record.getMessage() == f"error while serving {peer}"
     assert record.exc_info and "bad request line" in str(record.exc_info[1])
