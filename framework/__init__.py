@@ -26,6 +26,7 @@ from .config import load_config as load_config
 from .config import load_config_file as load_config_file
 from .errors import BindError as BindError
 from .errors import ConfigError as ConfigError
+from .errors import FailedElsewhere as FailedElsewhere
 from .errors import OptionError as OptionError
 from .errors import PluginError as PluginError
 from .errors import ServerError as ServerError
@@ -63,6 +64,7 @@ __all__ = [
     "DispatcherConfig",
     "DispatcherEntry",
     "DispatcherHost",
+    "FailedElsewhere",
     "HandlerConfig",
     "HandlerEntry",
     "HandlerFactory",

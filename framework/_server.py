@@ -45,13 +45,16 @@ logger = logging.getLogger("sockwork")
 class _Host:
     """What a Dispatcher sees of its Server (see ``DispatcherHost``)."""
 
-    __slots__ = ("add_reader", "after_fork", "finished", "release", "remove_reader", "run_worker", "serve", "wake")
+    __slots__ = (
+        "add_reader", "after_fork", "finished", "release", "remove_reader", "run_worker", "serve", "take_error", "wake",
+    )
 
     def __init__(self, server: Server) -> None:
         requests, loop = server.requests, server.loop
         self.serve = requests.serve
         self.release = requests.release
         self.finished = requests.finished
+        self.take_error = requests.take_error
         self.after_fork = server.after_fork
         self.wake = loop.wake
         self.add_reader = loop.add_reader
@@ -308,6 +311,7 @@ class Server:
         """In a forked child that serves one request: drop the parent's loop and listener."""
         self.loop.close_in_child()
         self.transport.after_fork()
+        self.requests.in_child = True  # failures go to the parent's hook, through the dispatcher
 
     def run_worker(
         self, dispatcher: Dispatcher, max_requests: int | None = None,

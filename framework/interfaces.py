@@ -92,11 +92,16 @@ class DispatcherHost(Protocol):
     ``release(request)`` is for dispatchers that serve a request in another
     process: it drops the local handle without ending the request, which
     still counts as active until the dispatcher reports it with
-    ``finished(outcome, error)``; ``error`` (optional) describes a failure
-    that happened elsewhere, for the ``sockwork_request_failed`` hook.
+    ``finished(outcome, error, client_address)``; ``error`` (optional)
+    describes a failure that happened elsewhere, for the
+    ``sockwork_request_failed`` hook.
 
     ``after_fork()`` must be called first thing in a forked child that serves
-    one request. ``wake()`` asks the loop to look at
+    one request; from then on a handler's failure is not reported to the
+    ``sockwork_request_failed`` hook in the child: ``take_error()`` (after
+    ``serve``) returns it, for the dispatcher to send to the parent, which
+    reports it with ``finished(outcome, error, client_address)`` — e.g. as a
+    :class:`~sockwork.errors.FailedElsewhere`. ``wake()`` asks the loop to look at
     :meth:`Dispatcher.saturated` again; call it when capacity frees up after
     ``saturated()`` returned True. ``add_reader(fd, callback)`` and
     ``remove_reader(fd)`` watch a file descriptor from the loop's selector; the
@@ -114,7 +119,10 @@ class DispatcherHost(Protocol):
 
     def release(self, request: Request) -> None: ...
 
-    def finished(self, outcome: Outcome, error: BaseException | None = None) -> None: ...
+    def finished(self, outcome: Outcome, error: BaseException | None = None, client_address: Address = None) -> None:
+        ...
+
+    def take_error(self) -> BaseException | None: ...
 
     def after_fork(self) -> None: ...
 

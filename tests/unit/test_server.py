@@ -302,3 +302,33 @@ def test_a_client_that_resets_is_logged_as_info_and_counted_not_as_a_failure(
     lines = [r for r in caplog.records if "went away mid-request" in r.getMessage()]
     assert len(lines) == 1 and lines[0].levelno == logging.INFO and lines[0].exc_info is None
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_failure_in_a_forked_child_reaches_the_hook_in_the_parent() -> None:
+    """With fork, sockwork_request_failed runs in the server's process and names the child's exception."""
+    from sockwork import FailedElsewhere
+
+    seen: list[tuple[int, BaseException]] = []
+
+    class Recorder:
+        @hookimpl
+        def sockwork_request_failed(self, exc: BaseException) -> None:
+            seen.append((os.getpid(), exc))
+
+    def fail(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
+        raise ValueError("no such user\twith a tab")
+
+    pm = make_plugin_manager(entry_points=False)
+    pm.register(Recorder())
+    server = Server(transport=TCP, dispatcher="fork", handler=fail, registry=Registry(pm))
+    with serving(server), client(server) as sock:
+        sock.sendall(b"x")
+        assert sock.recv(10) == b""
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+    [(pid, exc)] = seen
+    assert pid == os.getpid() and isinstance(exc, FailedElsewhere)
+    assert exc.type_name == "ValueError" and exc.message == "no such user with a tab" and exc.pid != pid
+    assert server.stats.failed == 1
