@@ -24,19 +24,18 @@ from typing import TYPE_CHECKING, Any, final
 
 from .deadlines import deadline_after, remaining
 from ._lifecycle import Lifecycle
-from ._loop import ACCEPT_CAPACITY_ERRNOS, Loop
+from ._loop import Loop
 from ._parts import Parts
 from ._requests import Requests
 from .errors import ConfigError
 from .interfaces import Address, Dispatcher, Request, Transport, capability
 from .limits import Limits, Outcome, ServerStats, WorkerExit
-from .urls import format_address
 
 if TYPE_CHECKING:
     from .config import ServerConfig
     from .registry import Registry
 
-__all__ = ["ACCEPT_CAPACITY_ERRNOS", "Server", "build_server"]
+__all__ = ["Server", "build_server"]
 
 logger = logging.getLogger("sockwork")
 
@@ -161,6 +160,8 @@ class Server:
     @property
     def url(self) -> str:
         """The bound address as a transport URL, e.g. ``tcp://127.0.0.1:40123``."""
+        from .urls import format_address
+
         return format_address(self.parts.transport_name, self.address)
 
     @property

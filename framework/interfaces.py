@@ -12,6 +12,7 @@ stated in :data:`OPTIONAL_CAPABILITIES` — the only place a default lives.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from .limits import Outcome, ServerStats
 
 __all__ = [
+    "ACCEPT_CAPACITY_ERRNOS",
+    "ACCEPT_FATAL_ERRNOS",
     "OPTIONAL_CAPABILITIES",
     "Dispatcher",
     "DispatcherHost",
@@ -33,6 +36,12 @@ Request = Any
 
 Address = Any
 """A socket address as the socket module reports it: ``(host, port)``, a path, ..."""
+
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+"""accept() errors that mean "out of resources right now": the loop backs off and retries."""
+
+ACCEPT_FATAL_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK, errno.EINVAL})
+"""accept() errors that mean the listener itself is gone or unusable: retrying cannot help."""
 
 
 @runtime_checkable

@@ -8,12 +8,10 @@ Rule 2: there is no global plugin manager; each Registry owns one.
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
-from typing import Any, Literal, final
+from typing import TYPE_CHECKING, Any, Literal, final
 
 import attrs
 import pluggy
@@ -21,6 +19,10 @@ import pluggy
 from . import hookspecs
 from .errors import ConfigError, OptionError, PluginError, UnknownPluginError
 from .urls import parse_transport_url
+
+if TYPE_CHECKING:
+    import importlib.metadata
+    from pathlib import Path
 
 __all__ = [
     "BUILTIN_PLUGINS",
@@ -177,7 +179,9 @@ def make_plugin_manager(*, entry_points: bool = True) -> PluginManager:
         pm.distributions[name] = f"sockwork {_own_version()}"
     pm.check_pending()
     if entry_points:
-        for entry_point in importlib.metadata.entry_points(group=hookspecs.PROJECT):
+        from importlib import metadata  # costly: only where installed plugins are wanted
+
+        for entry_point in metadata.entry_points(group=hookspecs.PROJECT):
             _load_entry_point(pm, entry_point)
     return pm
 
@@ -206,9 +210,11 @@ def _load_entry_point(pm: PluginManager, entry_point: importlib.metadata.EntryPo
 
 
 def _own_version() -> str:
+    from importlib import metadata
+
     try:
-        return importlib.metadata.version("sockwork")
-    except importlib.metadata.PackageNotFoundError:
+        return metadata.version("sockwork")
+    except metadata.PackageNotFoundError:
         return "(not installed)"
 
 

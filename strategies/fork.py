@@ -19,7 +19,7 @@ import os
 import select
 import signal
 import time
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 import attrs
 
@@ -30,7 +30,9 @@ from sockwork.validators import boolean, positive_int
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
 from sockwork.limits import Outcome
-from sockwork.registry import DispatcherEntry
+
+if TYPE_CHECKING:
+    from sockwork.registry import DispatcherEntry
 
 __all__ = ["ForkDispatcher", "ForkOptions"]
 
@@ -263,6 +265,8 @@ def _outcome(pid: int, client_address: Any, status: int | None) -> Outcome:
 
 @hookimpl(trylast=True)
 def sockwork_add_dispatchers() -> list[DispatcherEntry]:
+    from sockwork.registry import DispatcherEntry  # the registry is loaded only when one is built
+
     return [
         DispatcherEntry(
             "fork", ForkDispatcher, ForkOptions,

@@ -37,7 +37,7 @@ import signal
 import struct
 import time
 from collections.abc import Callable
-from typing import Any, Literal, final
+from typing import TYPE_CHECKING, Any, Literal, final
 
 import attrs
 
@@ -47,7 +47,9 @@ from sockwork.forking import flush_stdio, fork
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import Dispatcher, DispatcherHost
 from sockwork.limits import ServerStats, WorkerExit
-from sockwork.registry import DispatcherEntry
+
+if TYPE_CHECKING:
+    from sockwork.registry import DispatcherEntry
 
 __all__ = ["PreforkDispatcher", "PreforkOptions"]
 
@@ -318,6 +320,8 @@ def _send_report(fd: int, stats: ServerStats) -> None:
 
 @hookimpl(trylast=True)
 def sockwork_add_dispatchers() -> list[DispatcherEntry]:
+    from sockwork.registry import DispatcherEntry  # the registry is loaded only when one is built
+
     reason = None if hasattr(os, "fork") and hasattr(os, "pidfd_open") else "needs fork() and pidfd_open() (Linux)"
     return [
         DispatcherEntry(
