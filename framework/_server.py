@@ -82,7 +82,9 @@ class Server:
     ``service_actions()``, if given, runs after every round of the loop, and
     at least every ``poll_interval`` seconds when ``serve_forever`` gets one.
     ``handler_server`` is the object handlers receive as ``server`` (default:
-    this Server).
+    this Server). ``plugin_options`` (``server.plugin_options``) maps a plugin's
+    name to its options, for lifecycle-hook plugins to read (a config file's
+    ``[plugins.NAME]`` tables).
 
     Resource handling: ``close()`` (or leaving a ``with`` block) stops
     accepting, lets running requests finish for up to ``drain_timeout``
@@ -106,6 +108,7 @@ class Server:
         on_error: Callable[[Request, Address, Exception], object] | None = None,
         service_actions: Callable[[], object] | None = None,
         handler_server: object = None,
+        plugin_options: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         if drain_timeout is not None and (
             isinstance(drain_timeout, bool)
@@ -133,6 +136,7 @@ class Server:
         self.handler = parts.handler
         self.registry = parts.registry
         self.limits = limits = limits if limits is not None else Limits()
+        self.plugin_options: Mapping[str, Mapping[str, Any]] = dict(plugin_options or {})
         self.drain_timeout = drain_timeout
         self._on_error = on_error
         self._service_actions = service_actions
@@ -407,5 +411,6 @@ def build_server(config: ServerConfig, registry: Registry | None = None) -> Serv
 
     parts = assemble_config(config, registry)
     logging.getLogger("sockwork").setLevel(config.log_level)
-    return Server(parts=parts, drain_timeout=config.drain_timeout, limits=config.limits)
+    return Server(parts=parts, drain_timeout=config.drain_timeout, limits=config.limits,
+                  plugin_options=config.plugins)
 

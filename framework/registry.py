@@ -54,6 +54,9 @@ BUILTIN_PLUGINS = (
     "sockwork.handlers",
 )
 
+LIFECYCLE_HOOKS = ("sockwork_server_started", "sockwork_request_failed", "sockwork_collect_stats",
+                   "sockwork_server_stopped")
+
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
 
 
@@ -276,6 +279,14 @@ class Registry:
                 raise ConfigError(f"transport URL {url!r}: {exc}") from None
         name, options = parse_transport_url(url)
         return (entry.name if entry is not None else name), options
+
+    def lifecycle_plugins(self) -> list[tuple[str, list[str]]]:
+        """``(plugin name, [lifecycle hooks it implements])`` for every plugin that implements one."""
+        found: dict[str, list[str]] = {}
+        for hook in LIFECYCLE_HOOKS:
+            for impl in getattr(self.plugin_manager.hook, hook).get_hookimpls():
+                found.setdefault(impl.plugin_name, []).append(hook)
+        return sorted(found.items())
 
     def distribution_of(self, plugin: str) -> str:
         """``"distribution version"`` of a plugin, or ``"?"`` when it is not known."""

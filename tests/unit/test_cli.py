@@ -385,3 +385,27 @@ def test_an_inline_handler_calling_sys_exit_stops_the_whole_server(tmp_path: Pat
         assert "raised SystemExit(3); passing it on" in process.stderr.read()  # type: ignore[union-attr]
     finally:
         stop(process)
+
+
+def test_plugins_lists_lifecycle_only_plugins(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A plugin that only implements lifecycle hooks is listed with its hooks."""
+    from sockwork import _cli, hookimpl, registry
+
+    class Audit:
+        @hookimpl
+        def sockwork_request_failed(self) -> None: ...
+
+        @hookimpl
+        def sockwork_server_stopped(self) -> None: ...
+
+    real = registry.make_plugin_manager
+
+    def with_audit(*, entry_points: bool = True) -> registry.PluginManager:
+        pm = real(entry_points=entry_points)
+        pm.register(Audit(), name="audit")
+        return pm
+
+    monkeypatch.setattr(registry, "make_plugin_manager", with_audit)
+    assert _cli.main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "lifecycle hooks:\n  audit        sockwork_request_failed, sockwork_server_stopped  [audit, ?]" in out

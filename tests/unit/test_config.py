@@ -205,3 +205,31 @@ def test_mistakes_only_a_whole_check_finds() -> None:
                           "dispatcher": {"name": "thread", "options": {"max_threads": False}},
                           "limits": {"idle_timeout": "none"}}, REGISTRY)
     assert config.dispatcher.options.max_threads is None and config.limits.idle_timeout is None
+
+
+def test_plugins_get_their_options_from_the_config() -> None:
+    """[plugins.NAME] tables reach server.plugin_options for that plugin; unknown names are errors."""
+    from sockwork import hookimpl, make_plugin_manager
+
+    seen: list[object] = []
+
+    class Metrics:
+        @hookimpl
+        def sockwork_server_started(self, server: object) -> None:
+            seen.append(server.plugin_options.get("metrics"))  # type: ignore[attr-defined]
+
+    pm = make_plugin_manager(entry_points=False)
+    pm.register(Metrics(), name="metrics")
+    registry = Registry(pm)
+    config = load_config({"transport": "tcp://127.0.0.1:0", "plugins": {"metrics": {"prefix": "edge"}}}, registry)
+    assert config.plugins == {"metrics": {"prefix": "edge"}}
+    assert config.to_dict()["plugins"] == {"metrics": {"prefix": "edge"}}
+    with serving(build_server(config, registry)):
+        pass
+    assert seen == [{"prefix": "edge"}]
+    with pytest.raises(ConfigErrors) as info:
+        load_config({"transport": "tcp://127.0.0.1:0", "plugins": {"metrix": {}, "metrics": 3}}, registry)
+    errors = dict(info.value.errors)
+    assert errors["plugins.metrix"].startswith("no plugin named 'metrix'; registered: ")
+    assert "metrics" in errors["plugins.metrix"]
+    assert errors["plugins.metrics"] == "must be a table of options, got 3"
