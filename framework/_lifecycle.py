@@ -201,7 +201,7 @@ class Lifecycle:
                 finally:
                     os._exit(1)
             stopping = True
-            running = self.requests.counters.active
+            running = self.server.stats.active  # with a supervisor, its workers' requests too
             logger.info("stopping on %s: %s", signal.Signals(signum).name,
                         f"draining {running} request(s) still running ({_up_to(self.drain_timeout)})"
                         if running else "no request is running")

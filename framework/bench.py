@@ -494,13 +494,12 @@ def _markdown(results: list[dict[str, Any]], shutdown: dict[str, float], args: a
             "peak RSS MiB | threads | processes | errors |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for row in rows:
-            cpu_ratio = (row["cpu_us_per_request"] / reference["cpu_us_per_request"]
-                         if row["cpu_us_per_request"] and reference["cpu_us_per_request"] else float("nan"))
+        for row in rows:  # a reference that served nothing gives no ratio ("–"), not a crash
             lines.append(
                 f"| {_label(row['implementation'], workload)} | {row['rps']:,.0f} | "
-                f"{row['rps'] / reference['rps']:.2f} | {_ms(row['p50_ms'])} | {_ms(row['p99_ms'])} | "
-                f"{_ms(row['p999_ms'])} | {row['cpu_us_per_request'] or float('nan'):.1f} | {cpu_ratio:.2f} | "
+                f"{_ratio(row['rps'], reference['rps'])} | {_ms(row['p50_ms'])} | {_ms(row['p99_ms'])} | "
+                f"{_ms(row['p999_ms'])} | {row['cpu_us_per_request'] or float('nan'):.1f} | "
+                f"{_ratio(row['cpu_us_per_request'], reference['cpu_us_per_request'])} | "
                 f"{row['peak_rss_mib']:.1f} | {row['threads']} | {row['processes']} | {row['errors']} |"
             )
         lines.append("")

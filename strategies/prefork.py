@@ -238,7 +238,10 @@ class PreforkDispatcher:
                 poller.register(worker.pidfd, select.POLLIN)
             for fd, _ in poller.poll(None if left is None else left * 1000):
                 pid = next(p for p, w in self._workers.items() if w.pidfd == fd)
-                _, status = os.waitpid(pid, 0)
+                try:
+                    _, status = os.waitpid(pid, 0)
+                except ChildProcessError:  # reaped by abort() on a second signal
+                    status = 0
                 self._forget(pid, crashed=os.waitstatus_to_exitcode(status) != WorkerExit.STOPPED)
         return True
 
