@@ -178,6 +178,11 @@ def test_inline_handler_is_held_to_the_drain_deadline() -> None:
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=10) == 0
             assert time.monotonic() - began < 5
+        log = process.stderr.read()  # type: ignore[union-attr]
+        stopping, deadline = log.index("INFO stopping on SIGTERM: draining 1 request(s)"), log.index(
+            "WARNING the 0.3 s drain deadline has passed with 1 request(s) still running; shut down their 1")
+        assert stopping < deadline, log  # the stop is announced before the deadline warning
+        assert "abandoning" not in log and "ERROR" not in log, log
     finally:
         stop(process)
 
