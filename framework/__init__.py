@@ -10,88 +10,99 @@ Assemble one from parts, by name or from objects::
 Plugins contribute parts through the hooks in :mod:`sockwork.hookspecs`.
 """
 
-from ._loop import ACCEPT_CAPACITY_ERRNOS as ACCEPT_CAPACITY_ERRNOS
-from ._parts import LifecycleHooks as LifecycleHooks
-from ._parts import Parts as Parts
-from ._server import Server as Server
-from ._server import build_server as build_server
-from .assembly import assemble as assemble
-from .assembly import assemble_config as assemble_config
-from .config import ConfigErrors as ConfigErrors
-from .config import DispatcherConfig as DispatcherConfig
-from .config import HandlerConfig as HandlerConfig
-from .config import ServerConfig as ServerConfig
-from .config import TransportConfig as TransportConfig
-from .config import load_config as load_config
-from .config import load_config_file as load_config_file
-from .errors import BindError as BindError
-from .errors import ConfigError as ConfigError
-from .errors import OptionError as OptionError
-from .errors import PluginError as PluginError
-from .errors import ServerError as ServerError
-from .errors import UnknownPluginError as UnknownPluginError
-from .handlers import Connection as Connection
-from .handlers import datagram_handler as datagram_handler
-from .handlers import stream_handler as stream_handler
-from .hookspecs import hookimpl as hookimpl
-from .interfaces import Dispatcher as Dispatcher
-from .interfaces import DispatcherHost as DispatcherHost
-from .interfaces import HandlerFactory as HandlerFactory
-from .interfaces import Supervisor as Supervisor
-from .interfaces import Transport as Transport
-from .limits import Limits as Limits
-from .limits import Outcome as Outcome
-from .limits import ServerStats as ServerStats
-from .limits import WorkerExit as WorkerExit
-from .registry import DispatcherEntry as DispatcherEntry
-from .registry import HandlerEntry as HandlerEntry
-from .registry import NoOptions as NoOptions
-from .registry import PluginManager as PluginManager
-from .registry import Registry as Registry
-from .registry import TransportEntry as TransportEntry
-from .registry import make_plugin_manager as make_plugin_manager
+# Names are imported when first used (PEP 562), so that `import sockwork.socketserver`
+# (the drop-in) loads only what a legacy server needs; type checkers see them all.
+import typing
+
+from ._lazy import lazy_exports as _lazy_exports
+
+if typing.TYPE_CHECKING:
+    from ._parts import LifecycleHooks as LifecycleHooks
+    from ._parts import Parts as Parts
+    from ._server import Server as Server
+    from ._server import build_server as build_server
+    from .assembly import assemble as assemble
+    from .assembly import assemble_config as assemble_config
+    from .config import ConfigErrors as ConfigErrors
+    from .config import DispatcherConfig as DispatcherConfig
+    from .config import HandlerConfig as HandlerConfig
+    from .config import ServerConfig as ServerConfig
+    from .config import TransportConfig as TransportConfig
+    from .config import load_config as load_config
+    from .config import load_config_file as load_config_file
+    from .errors import BindError as BindError
+    from .errors import ConfigError as ConfigError
+    from .errors import FailedElsewhere as FailedElsewhere
+    from .errors import OptionError as OptionError
+    from .errors import PluginError as PluginError
+    from .errors import ServerError as ServerError
+    from .errors import UnknownPluginError as UnknownPluginError
+    from .handlers import Connection as Connection
+    from .handlers import datagram_handler as datagram_handler
+    from .handlers import stream_handler as stream_handler
+    from .hookspecs import hookimpl as hookimpl
+    from .interfaces import ACCEPT_CAPACITY_ERRNOS as ACCEPT_CAPACITY_ERRNOS
+    from .interfaces import Dispatcher as Dispatcher
+    from .interfaces import DispatcherHost as DispatcherHost
+    from .interfaces import HandlerFactory as HandlerFactory
+    from .interfaces import Supervisor as Supervisor
+    from .interfaces import Transport as Transport
+    from .limits import Limits as Limits
+    from .limits import Outcome as Outcome
+    from .limits import ServerStats as ServerStats
+    from .limits import WorkerExit as WorkerExit
+    from .registry import DispatcherEntry as DispatcherEntry
+    from .registry import HandlerEntry as HandlerEntry
+    from .registry import NoOptions as NoOptions
+    from .registry import PluginManager as PluginManager
+    from .registry import Registry as Registry
+    from .registry import TransportEntry as TransportEntry
+    from .registry import make_plugin_manager as make_plugin_manager
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ACCEPT_CAPACITY_ERRNOS",
-    "BindError",
-    "ConfigError",
-    "ConfigErrors",
-    "Connection",
-    "Dispatcher",
-    "DispatcherConfig",
-    "DispatcherEntry",
-    "DispatcherHost",
-    "HandlerConfig",
-    "HandlerEntry",
-    "HandlerFactory",
-    "LifecycleHooks",
-    "Limits",
-    "NoOptions",
-    "OptionError",
-    "Outcome",
-    "Parts",
-    "PluginError",
-    "PluginManager",
-    "Registry",
-    "Server",
-    "ServerConfig",
-    "ServerError",
-    "ServerStats",
-    "Supervisor",
-    "Transport",
-    "TransportConfig",
-    "TransportEntry",
-    "UnknownPluginError",
-    "WorkerExit",
-    "assemble",
-    "assemble_config",
-    "build_server",
-    "datagram_handler",
-    "hookimpl",
-    "load_config",
-    "load_config_file",
-    "make_plugin_manager",
-    "stream_handler",
-]
+_EXPORTS = {
+    "ACCEPT_CAPACITY_ERRNOS": ".interfaces",
+    "LifecycleHooks": "._parts",
+    "Parts": "._parts",
+    "Server": "._server",
+    "build_server": "._server",
+    "assemble": ".assembly",
+    "assemble_config": ".assembly",
+    "ConfigErrors": ".config",
+    "DispatcherConfig": ".config",
+    "HandlerConfig": ".config",
+    "ServerConfig": ".config",
+    "TransportConfig": ".config",
+    "load_config": ".config",
+    "load_config_file": ".config",
+    "BindError": ".errors",
+    "ConfigError": ".errors",
+    "FailedElsewhere": ".errors",
+    "OptionError": ".errors",
+    "PluginError": ".errors",
+    "ServerError": ".errors",
+    "UnknownPluginError": ".errors",
+    "Connection": ".handlers",
+    "datagram_handler": ".handlers",
+    "stream_handler": ".handlers",
+    "hookimpl": ".hookspecs",
+    "Dispatcher": ".interfaces",
+    "DispatcherHost": ".interfaces",
+    "HandlerFactory": ".interfaces",
+    "Supervisor": ".interfaces",
+    "Transport": ".interfaces",
+    "Limits": ".limits",
+    "Outcome": ".limits",
+    "ServerStats": ".limits",
+    "WorkerExit": ".limits",
+    "DispatcherEntry": ".registry",
+    "HandlerEntry": ".registry",
+    "NoOptions": ".registry",
+    "PluginManager": ".registry",
+    "Registry": ".registry",
+    "TransportEntry": ".registry",
+    "make_plugin_manager": ".registry",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = _lazy_exports(__name__, _EXPORTS)

@@ -315,6 +315,9 @@ def _plugins(registry: Registry) -> int:
             for field in attrs.fields(entry.options):
                 default = "required" if field.default is attrs.NOTHING else _show_default(field.default)
                 print(f"      {field.alias} = {default}")
+    print("lifecycle hooks:")
+    for name, hooks in registry.lifecycle_plugins():
+        print(f"  {name:<12} {', '.join(hooks)}  [{name}, {distributions.get(name, '?')}]")
     failures = [(name, origin, exc) for name, origin, exc in getattr(pm, "load_failures", [])]
     failures += [(name, distributions.get(name, "?"), exc) for name, _, exc in registry.failures]
     if failures:

@@ -155,6 +155,8 @@ class Lifecycle:
         logger.warning("the %s drain deadline has passed with %d request(s) still running; %s",
                        format_seconds(self.drain_timeout), running,
                        f"shut down their {connections} connection(s)" if connections else "ending them")
+        if self.in_serving_thread:
+            return  # a signal handler in the loop's own thread: the held handler ends once this returns
         if connections and self._stop_and_drain(deadline_after(FORCE_GRACE)):
             return
         if self.requests.in_flight:
@@ -190,10 +192,9 @@ class Lifecycle:
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("handle_signals() must be used in the main thread (Python runs signal handlers there)")
         stopping = False
-        timer: threading.Timer | None = None
 
         def on_signal(signum: int, frame: Any) -> None:
-            nonlocal stopping, timer
+            nonlocal stopping
             if stopping:
                 os.write(2, b"sockwork: second signal, exiting without waiting for running requests\n")
                 try:
@@ -201,18 +202,22 @@ class Lifecycle:
                 finally:
                     os._exit(1)
             stopping = True
-            running = self.requests.counters.active
+            running = self.server.stats.active  # with a supervisor, its workers' requests too
             logger.info("stopping on %s: %s", signal.Signals(signum).name,
                         f"draining {running} request(s) still running ({_up_to(self.drain_timeout)})"
                         if running else "no request is running")
             self.shutdown()  # from the serving thread: returns at once, the loop ends next
             if self.drain_timeout is not None:
-                # An inline handler holds the loop: hold it to the deadline too.
-                timer = threading.Timer(self.drain_timeout, self._force_if_loop_held)
-                timer.daemon = True
-                timer.start()
+                # An inline handler holds the loop: hold it to the deadline too. A timer
+                # signal rather than a thread: a process about to fork stays single-threaded.
+                signal.setitimer(signal.ITIMER_REAL, max(self.drain_timeout, 0.001))
 
-        previous = {signum: signal.signal(signum, on_signal) for signum in signals}
+        def on_deadline(signum: int, frame: Any) -> None:
+            self._force_if_loop_held()
+
+        handled = (*signals, signal.SIGALRM)
+        previous = {signum: signal.signal(signum, on_signal if signum != signal.SIGALRM else on_deadline)
+                    for signum in handled}
         # A signal may be delivered to any thread; Python runs its handler in the
         # main thread only. Writing to the loop's wake-up socket makes the loop
         # notice at once instead of at the next request.
@@ -220,11 +225,10 @@ class Lifecycle:
         try:
             yield
         finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
             signal.set_wakeup_fd(previous_fd)
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-            if timer is not None:
-                timer.cancel()
 
     def _force_if_loop_held(self) -> None:
         if self._serving_thread is not None:

@@ -27,17 +27,11 @@ from typing import final
 
 from ._ratelimit import RateLimitedLog
 from ._requests import Requests
-from .interfaces import Dispatcher, Transport, capability
+from .interfaces import ACCEPT_CAPACITY_ERRNOS, ACCEPT_FATAL_ERRNOS, Dispatcher, Transport, capability
 
 __all__ = ["ACCEPT_CAPACITY_ERRNOS", "ACCEPT_FATAL_ERRNOS", "Loop"]
 
 logger = logging.getLogger("sockwork")
-
-ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-"""accept() errors that mean "out of resources right now": back off and retry."""
-
-ACCEPT_FATAL_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK, errno.EINVAL})
-"""accept() errors that mean the listener itself is gone or unusable: retrying cannot help."""
 
 SATURATED_RECHECK = 0.05
 """While the dispatcher is saturated, look again at least this often (seconds),

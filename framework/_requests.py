@@ -67,6 +67,7 @@ class Requests:
         self._started: set[int] = set()
         self.forcing = False  # past the drain deadline: connections were shut down on purpose
         self.in_child = False  # a forked child serving one request: the parent reports to hooks
+        self._child_error: BaseException | None = None
         self.wake: Callable[[], None] = _nothing  # the loop's, once there is one
         self._log_disconnect = RateLimitedLog(logger, LOG_EVERY)
 
@@ -154,6 +155,11 @@ class Requests:
         if self.counters.finish(outcome):
             self.wake()
 
+    def take_error(self) -> BaseException | None:
+        """In a forked child, after ``serve``: the exception that failed its request (once), or None."""
+        error, self._child_error = self._child_error, None
+        return error
+
     def settle(self, request: Request, outcome: Outcome) -> None:
         """Count a request that something else served and closed (a legacy override)."""
         if self.in_flight.pop(id(request), None) is not None:
@@ -183,7 +189,9 @@ class Requests:
 
     def report_failure(self, request: Request, client_address: Address, exc: Exception) -> None:
         """A handler (or a dispatcher taking a request) failed: hook, then on_error or the log."""
-        if not self.in_child:
+        if self.in_child:
+            self._child_error = exc  # for the dispatcher to send to the parent (take_error)
+        else:
             self._call_failure_hook(client_address, exc)
         if self.on_error is not None:
             self.on_error(request, client_address, exc)

@@ -23,20 +23,19 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, final
 
 from ._lifecycle import Lifecycle
-from ._loop import ACCEPT_CAPACITY_ERRNOS, Loop
+from ._loop import Loop
 from ._parts import Parts
 from ._requests import Requests
 from .deadlines import deadline_after, remaining
 from .errors import ConfigError
 from .interfaces import Address, Dispatcher, Request, Transport, capability
 from .limits import Limits, Outcome, ServerStats, WorkerExit
-from .urls import format_address
 
 if TYPE_CHECKING:
     from .config import ServerConfig
     from .registry import Registry
 
-__all__ = ["ACCEPT_CAPACITY_ERRNOS", "Server", "build_server"]
+__all__ = ["Server", "build_server"]
 
 logger = logging.getLogger("sockwork")
 
@@ -45,13 +44,16 @@ logger = logging.getLogger("sockwork")
 class _Host:
     """What a Dispatcher sees of its Server (see ``DispatcherHost``)."""
 
-    __slots__ = ("add_reader", "after_fork", "finished", "release", "remove_reader", "run_worker", "serve", "wake")
+    __slots__ = (
+        "add_reader", "after_fork", "finished", "release", "remove_reader", "run_worker", "serve", "take_error", "wake",
+    )
 
     def __init__(self, server: Server) -> None:
         requests, loop = server.requests, server.loop
         self.serve = requests.serve
         self.release = requests.release
         self.finished = requests.finished
+        self.take_error = requests.take_error
         self.after_fork = server.after_fork
         self.wake = loop.wake
         self.add_reader = loop.add_reader
@@ -80,7 +82,9 @@ class Server:
     ``service_actions()``, if given, runs after every round of the loop, and
     at least every ``poll_interval`` seconds when ``serve_forever`` gets one.
     ``handler_server`` is the object handlers receive as ``server`` (default:
-    this Server).
+    this Server). ``plugin_options`` (``server.plugin_options``) maps a plugin's
+    name to its options, for lifecycle-hook plugins to read (a config file's
+    ``[plugins.NAME]`` tables).
 
     Resource handling: ``close()`` (or leaving a ``with`` block) stops
     accepting, lets running requests finish for up to ``drain_timeout``
@@ -104,6 +108,7 @@ class Server:
         on_error: Callable[[Request, Address, Exception], object] | None = None,
         service_actions: Callable[[], object] | None = None,
         handler_server: object = None,
+        plugin_options: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         if drain_timeout is not None and (
             isinstance(drain_timeout, bool)
@@ -133,6 +138,7 @@ class Server:
         self.handler = parts.handler
         self.registry = parts.registry
         self.limits = limits = limits if limits is not None else Limits()
+        self.plugin_options: Mapping[str, Mapping[str, Any]] = dict(plugin_options or {})
         self.drain_timeout = drain_timeout
         self._on_error = on_error
         self._service_actions = service_actions
@@ -160,6 +166,8 @@ class Server:
     @property
     def url(self) -> str:
         """The bound address as a transport URL, e.g. ``tcp://127.0.0.1:40123``."""
+        from .urls import format_address
+
         return format_address(self.parts.transport_name, self.address)
 
     @property
@@ -310,6 +318,7 @@ class Server:
         """In a forked child that serves one request: drop the parent's loop and listener."""
         self.loop.close_in_child()
         self.transport.after_fork()
+        self.requests.in_child = True  # failures go to the parent's hook, through the dispatcher
 
     def run_worker(
         self, dispatcher: Dispatcher, max_requests: int | None = None,
@@ -404,5 +413,6 @@ def build_server(config: ServerConfig, registry: Registry | None = None) -> Serv
 
     parts = assemble_config(config, registry)
     logging.getLogger("sockwork").setLevel(config.log_level)
-    return Server(parts=parts, drain_timeout=config.drain_timeout, limits=config.limits)
+    return Server(parts=parts, drain_timeout=config.drain_timeout, limits=config.limits,
+                  plugin_options=config.plugins)
 

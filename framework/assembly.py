@@ -248,6 +248,9 @@ def resolve_handler(ref: str | Callable[..., object]) -> Callable[..., object]:
     if not isinstance(ref, str) or ref.count(":") != 1:
         raise ConfigError(f"must be a registered handler name or 'package.module:attribute', got {ref!r}")
     module_name, _, attribute = ref.partition(":")
+    if not module_name or module_name.startswith(".") or not attribute or "" in attribute.split("."):
+        raise ConfigError(f"handler {ref!r}: write 'package.module:attribute' with an absolute module name "
+                          "and an attribute, e.g. 'myapp.handlers:serve'")
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:

@@ -456,6 +456,23 @@ def _shutdown_latency(rounds: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+IMPORT_RUNS = 5
+
+
+def _import_times(runs: int = IMPORT_RUNS) -> dict[str, float]:
+    """Best-of-``runs`` ms to import the drop-in and the standard module, each in a fresh interpreter."""
+    def best(module: str) -> float:
+        times = []
+        for _ in range(runs):
+            result = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"],
+                                    capture_output=True, text=True, check=True)
+            lines = [line for line in result.stderr.splitlines() if line.rstrip().endswith(f"| {module}")]
+            times.append(int(lines[-1].split("|")[1]) / 1000)  # cumulative microseconds of that import
+        return min(times)
+
+    return {"stdlib": best("socketserver"), "sockwork": best("sockwork.socketserver")}
+
+
 def _markdown(results: list[dict[str, Any]], shutdown: dict[str, float], args: argparse.Namespace) -> str:
     lines = [
         f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}. "
@@ -477,13 +494,12 @@ def _markdown(results: list[dict[str, Any]], shutdown: dict[str, float], args: a
             "peak RSS MiB | threads | processes | errors |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        for row in rows:
-            cpu_ratio = (row["cpu_us_per_request"] / reference["cpu_us_per_request"]
-                         if row["cpu_us_per_request"] and reference["cpu_us_per_request"] else float("nan"))
+        for row in rows:  # a reference that served nothing gives no ratio ("–"), not a crash
             lines.append(
                 f"| {_label(row['implementation'], workload)} | {row['rps']:,.0f} | "
-                f"{row['rps'] / reference['rps']:.2f} | {_ms(row['p50_ms'])} | {_ms(row['p99_ms'])} | "
-                f"{_ms(row['p999_ms'])} | {row['cpu_us_per_request'] or float('nan'):.1f} | {cpu_ratio:.2f} | "
+                f"{_ratio(row['rps'], reference['rps'])} | {_ms(row['p50_ms'])} | {_ms(row['p99_ms'])} | "
+                f"{_ms(row['p999_ms'])} | {row['cpu_us_per_request'] or float('nan'):.1f} | "
+                f"{_ratio(row['cpu_us_per_request'], reference['cpu_us_per_request'])} | "
                 f"{row['peak_rss_mib']:.1f} | {row['threads']} | {row['processes']} | {row['errors']} |"
             )
         lines.append("")
@@ -494,6 +510,14 @@ def _markdown(results: list[dict[str, Any]], shutdown: dict[str, float], args: a
         "|---|---:|",
         f"| socketserver.ThreadingTCPServer | {shutdown['stdlib']:.3f} |",
         f"| sockwork Server (thread) | {shutdown['sockwork']:.3f} |",
+        "",
+        f"### Import time (best of {IMPORT_RUNS}, python -X importtime)",
+        "",
+        "| module | ms | ratio |",
+        "|---|---:|---:|",
+        f"| socketserver | {args.import_ms['stdlib']:.1f} | 1.00 |",
+        f"| sockwork.socketserver | {args.import_ms['sockwork']:.1f} | "
+        f"{args.import_ms['sockwork'] / args.import_ms['stdlib']:.2f} |",
         "",
     ]
     return "\n".join(lines)
@@ -611,10 +635,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         results.extend(_median_row(runs[i]) for i in chosen)
         print(f"{workload}: done", file=sys.stderr, flush=True)
     shutdown = _shutdown_latency(3 if args.quick else 10)
+    args.import_ms = _import_times()
     print(_markdown(results, shutdown, args))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"results": results, "shutdown_ms": shutdown, "http_skipped": args.http_skipped,
+            json.dump({"results": results, "shutdown_ms": shutdown, "import_ms": args.import_ms,
+                       "http_skipped": args.http_skipped,
                        "machine": platform.platform(),
                        "cpus": os.cpu_count(), "python": platform.python_version()}, f, indent=2)
     return 0

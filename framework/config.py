@@ -140,6 +140,9 @@ class ServerConfig:
     """Level of the ``sockwork`` logger."""
     limits: Limits = attrs.field(factory=Limits, validator=attrs.validators.instance_of(Limits))
     """Connection cap and timeouts (see :class:`~sockwork.Limits`)."""
+    plugins: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    """Options for plugins by plugin name (``[plugins.NAME]`` tables in a file): the Server
+    passes them on as ``server.plugin_options``, for lifecycle-hook plugins to read."""
 
     @classmethod
     def from_dict(
@@ -160,12 +163,13 @@ class ServerConfig:
             "drain_timeout": FOREVER if self.drain_timeout is None else self.drain_timeout,
             "log_level": self.log_level,
             "limits": _options_dict(self.limits),
+            "plugins": _plain(self.plugins),
         }
 
 
 # ---- Loading ------------------------------------------------------------------
 
-_TOP_KEYS = ("transport", "dispatcher", "handler", "drain_timeout", "log_level", "limits")
+_TOP_KEYS = ("transport", "dispatcher", "handler", "drain_timeout", "log_level", "limits", "plugins")
 
 
 def load_config_file(path: str | Path, registry: Registry | None = None) -> ServerConfig:
@@ -220,11 +224,30 @@ def load_config(data: Mapping[str, Any], registry: Registry | None = None, *, so
         limits, problems = validate_options(Limits, data["limits"])
         errors.extend((f"limits.{field}" if field else "limits", problem) for field, problem in problems)
         server_fields["limits"] = limits
+    if "plugins" in data:
+        server_fields["plugins"] = _read_plugin_options(data["plugins"], registry, errors)
     # The components check their own options, whatever else is wrong: all problems at once.
     resolved = _resolve_parts(transport, dispatcher, handler, registry, errors)
     if errors or resolved is None:
         raise ConfigErrors(_unique(errors), source)
     return ServerConfig(**resolved, **server_fields)
+
+
+def _read_plugin_options(value: Any, registry: Registry, errors: list[tuple[str, str]]) -> dict[str, Any]:
+    """``plugins = { NAME = { ... } }``: each NAME a registered plugin, each value a table."""
+    if not isinstance(value, Mapping):
+        errors.append(("plugins", f"must be a table of plugin names, each with a table of options, got {value!r}"))
+        return {}
+    registered = sorted(name for name, _ in registry.plugin_manager.list_name_plugin())
+    options: dict[str, Any] = {}
+    for name, table in value.items():
+        if registry.plugin_manager.get_plugin(name) is None:
+            errors.append((f"plugins.{name}", f"no plugin named {name!r}; registered: {', '.join(registered)}"))
+        elif not isinstance(table, Mapping):
+            errors.append((f"plugins.{name}", f"must be a table of options, got {table!r}"))
+        else:
+            options[name] = dict(table)
+    return options
 
 
 def _read_transport(value: Any, registry: Registry, errors: list[tuple[str, str]]) -> TransportConfig | None:

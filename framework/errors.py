@@ -7,6 +7,7 @@ Hierarchy::
     │   ├── UnknownPluginError (also LookupError)   no component by that name
     │   └── OptionError                     an option a component rejected
     ├── PluginError                         a plugin broke its contract
+    ├── FailedElsewhere                     a handler failed in another process (fork)
     └── BindError (also an OSError)         the transport could not bind/listen
 
 Every message names the bad value and what is allowed instead.
@@ -19,6 +20,7 @@ from collections.abc import Iterable
 __all__ = [
     "BindError",
     "ConfigError",
+    "FailedElsewhere",
     "OptionError",
     "PluginError",
     "ServerError",
@@ -69,6 +71,22 @@ class OptionError(ConfigError):
 
 class PluginError(ServerError):
     """A plugin returned something that breaks the hook's contract."""
+
+
+class FailedElsewhere(ServerError):
+    """A handler raised in another process (a ``fork`` child); what the parent learns of it.
+
+    ``type_name`` is the exception's class (``"RuntimeError"``, or
+    ``"package.module.Error"`` outside builtins), ``message`` its text, ``pid``
+    the process that ran the handler. The ``sockwork_request_failed`` hook gets
+    this in the server's own process.
+    """
+
+    def __init__(self, type_name: str, message: str, pid: int) -> None:
+        self.type_name = type_name
+        self.message = message
+        self.pid = pid
+        super().__init__(f"{type_name}: {message} (in process {pid})")
 
 
 class BindError(ServerError, OSError):

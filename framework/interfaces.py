@@ -12,6 +12,7 @@ stated in :data:`OPTIONAL_CAPABILITIES` — the only place a default lives.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from .limits import Outcome, ServerStats
 
 __all__ = [
+    "ACCEPT_CAPACITY_ERRNOS",
+    "ACCEPT_FATAL_ERRNOS",
     "OPTIONAL_CAPABILITIES",
     "Dispatcher",
     "DispatcherHost",
@@ -33,6 +36,12 @@ Request = Any
 
 Address = Any
 """A socket address as the socket module reports it: ``(host, port)``, a path, ..."""
+
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+"""accept() errors that mean "out of resources right now": the loop backs off and retries."""
+
+ACCEPT_FATAL_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK, errno.EINVAL})
+"""accept() errors that mean the listener itself is gone or unusable: retrying cannot help."""
 
 
 @runtime_checkable
@@ -92,11 +101,16 @@ class DispatcherHost(Protocol):
     ``release(request)`` is for dispatchers that serve a request in another
     process: it drops the local handle without ending the request, which
     still counts as active until the dispatcher reports it with
-    ``finished(outcome, error)``; ``error`` (optional) describes a failure
-    that happened elsewhere, for the ``sockwork_request_failed`` hook.
+    ``finished(outcome, error, client_address)``; ``error`` (optional)
+    describes a failure that happened elsewhere, for the
+    ``sockwork_request_failed`` hook.
 
     ``after_fork()`` must be called first thing in a forked child that serves
-    one request. ``wake()`` asks the loop to look at
+    one request; from then on a handler's failure is not reported to the
+    ``sockwork_request_failed`` hook in the child: ``take_error()`` (after
+    ``serve``) returns it, for the dispatcher to send to the parent, which
+    reports it with ``finished(outcome, error, client_address)`` — e.g. as a
+    :class:`~sockwork.errors.FailedElsewhere`. ``wake()`` asks the loop to look at
     :meth:`Dispatcher.saturated` again; call it when capacity frees up after
     ``saturated()`` returned True. ``add_reader(fd, callback)`` and
     ``remove_reader(fd)`` watch a file descriptor from the loop's selector; the
@@ -114,7 +128,10 @@ class DispatcherHost(Protocol):
 
     def release(self, request: Request) -> None: ...
 
-    def finished(self, outcome: Outcome, error: BaseException | None = None) -> None: ...
+    def finished(self, outcome: Outcome, error: BaseException | None = None, client_address: Address = None) -> None:
+        ...
+
+    def take_error(self) -> BaseException | None: ...
 
     def after_fork(self) -> None: ...
 

@@ -8,12 +8,10 @@ Rule 2: there is no global plugin manager; each Registry owns one.
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
-from typing import Any, Literal, final, overload
+from typing import TYPE_CHECKING, Any, Literal, final, overload
 
 import attrs
 import pluggy
@@ -21,6 +19,10 @@ import pluggy
 from . import hookspecs
 from .errors import ConfigError, OptionError, PluginError, UnknownPluginError
 from .urls import parse_transport_url
+
+if TYPE_CHECKING:
+    import importlib.metadata
+    from pathlib import Path
 
 __all__ = [
     "BUILTIN_PLUGINS",
@@ -51,6 +53,9 @@ BUILTIN_PLUGINS = (
     "sockwork.strategies.prefork",
     "sockwork.handlers",
 )
+
+LIFECYCLE_HOOKS = ("sockwork_server_started", "sockwork_request_failed", "sockwork_collect_stats",
+                   "sockwork_server_stopped")
 
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
 
@@ -177,7 +182,9 @@ def make_plugin_manager(*, entry_points: bool = True) -> PluginManager:
         pm.distributions[name] = f"sockwork {_own_version()}"
     pm.check_pending()
     if entry_points:
-        for entry_point in importlib.metadata.entry_points(group=hookspecs.PROJECT):
+        from importlib import metadata  # costly: only where installed plugins are wanted
+
+        for entry_point in metadata.entry_points(group=hookspecs.PROJECT):
             _load_entry_point(pm, entry_point)
     return pm
 
@@ -206,9 +213,11 @@ def _load_entry_point(pm: PluginManager, entry_point: importlib.metadata.EntryPo
 
 
 def _own_version() -> str:
+    from importlib import metadata
+
     try:
-        return importlib.metadata.version("sockwork")
-    except importlib.metadata.PackageNotFoundError:
+        return metadata.version("sockwork")
+    except metadata.PackageNotFoundError:
         return "(not installed)"
 
 
@@ -270,6 +279,14 @@ class Registry:
                 raise ConfigError(f"transport URL {url!r}: {exc}") from None
         name, options = parse_transport_url(url)
         return (entry.name if entry is not None else name), options
+
+    def lifecycle_plugins(self) -> list[tuple[str, list[str]]]:
+        """``(plugin name, [lifecycle hooks it implements])`` for every plugin that implements one."""
+        found: dict[str, list[str]] = {}
+        for hook in LIFECYCLE_HOOKS:
+            for impl in getattr(self.plugin_manager.hook, hook).get_hookimpls():
+                found.setdefault(impl.plugin_name, []).append(hook)
+        return sorted(found.items())
 
     def distribution_of(self, plugin: str) -> str:
         """``"distribution version"`` of a plugin, or ``"?"`` when it is not known."""

@@ -42,20 +42,23 @@ import time
 import traceback
 import typing as _typing
 
-from sockwork._loop import ACCEPT_CAPACITY_ERRNOS as _ACCEPT_CAPACITY_ERRNOS
-from sockwork._parts import NO_HOOKS as _NO_HOOKS
-from sockwork._parts import LifecycleHooks as _LifecycleHooks
-from sockwork._parts import Parts as _Parts
-from sockwork._server import Server as _Server
-from sockwork.limits import Limits as _Limits
-from sockwork.limits import Outcome as _Outcome
-from sockwork.strategies.inline import InlineDispatcher as _InlineDispatcher
-from sockwork.strategies.thread import ThreadDispatcher as _ThreadDispatcher
-from sockwork.strategies.thread import ThreadOptions as _ThreadOptions
+from sockwork.interfaces import ACCEPT_CAPACITY_ERRNOS as _ACCEPT_CAPACITY_ERRNOS
 
-if hasattr(os, "fork"):
-    from sockwork.strategies.fork import ForkDispatcher as _ForkDispatcher
-    from sockwork.strategies.fork import ForkOptions as _ForkOptions
+
+def _load_core():
+    """Import the core this module serves with: at the first server's construction, not at import.
+
+    ``import sockwork.socketserver`` then costs about what the standard module
+    does; a server built while descriptors are plentiful has everything it
+    needs loaded before it serves (no import at serve time).
+    """
+    import sockwork._server
+    import sockwork.strategies.inline
+    import sockwork.strategies.thread
+
+    if hasattr(os, "fork"):
+        import sockwork.strategies.fork
+    return sockwork._server  # noqa: SLF001 -- a module of this package
 
 __version__ = "0.4"
 
@@ -203,7 +206,7 @@ class _ClassicDispatch:
         self._handed_off = False
         self._server.process_request(request, client_address)
         if not self._handed_off:
-            self._server._sockwork_core.settle(request, _Outcome.COMPLETED)  # noqa: SLF001 -- this module's server
+            self._server._sockwork_core.settle(request)  # noqa: SLF001 -- this module's server
 
     def hand_off(self, request, client_address):
         self._handed_off = True
@@ -239,7 +242,7 @@ class _ThreadBody:
         finally:
             # Counted already if the override called super(); if it served the
             # request all by itself, count it now.
-            self._server._sockwork_core.settle(request, _Outcome.COMPLETED)  # noqa: SLF001 -- this module's server
+            self._server._sockwork_core.settle(request)  # noqa: SLF001 -- this module's server
 
 
 # ---- Servers ------------------------------------------------------------------------
@@ -273,6 +276,7 @@ class BaseServer:
         self._sockwork_lock = threading.Lock()
         self._sockwork_core = None
         self._sockwork_dispatcher = None
+        _load_core()  # now, not when serving begins (see _load_core)
 
     # -- the core server behind this one, assembled on first use, once the
     #    class and instance attributes that select its parts are final
@@ -297,26 +301,31 @@ class BaseServer:
         plain_finish = type(self).finish_request is BaseServer.finish_request
         transport = _ClassicTransport(self)
         registry = self.sockwork_registry
-        parts = _Parts(
+        from sockwork._parts import NO_HOOKS, LifecycleHooks, Parts
+        from sockwork.limits import Limits
+
+        parts = Parts(
             transport=transport,
             dispatcher=self._sockwork_dispatch,
             # finish_request(r, a) is RequestHandlerClass(r, a, self): called as such when not overridden
             handler=self.RequestHandlerClass if plain_finish else self._sockwork_finish_request,
             transport_name=transport.name,
-            hooks=_NO_HOOKS if registry is None else _LifecycleHooks(registry.plugin_manager),
+            hooks=NO_HOOKS if registry is None else LifecycleHooks(registry.plugin_manager),
             registry=registry,
         )
-        return _Server(
+        return _load_core().Server(
             parts=parts,
             drain_timeout=None,  # socketserver waits for every thread or child it waits for
-            limits=_Limits.none(),  # no cap, no timeouts: handlers see what they always saw
+            limits=Limits.none(),  # no cap, no timeouts: handlers see what they always saw
             on_error=self._sockwork_handle_error,
             service_actions=self.service_actions if overridden else None,
             handler_server=self,
         )
 
     def _sockwork_make_dispatcher(self):
-        return _InlineDispatcher()
+        from sockwork.strategies.inline import InlineDispatcher
+
+        return InlineDispatcher()
 
     def _sockwork_finish_request(self, request, client_address, server):
         self.finish_request(request, client_address)
@@ -566,7 +575,9 @@ if hasattr(os, "fork"):
         # If true, server_close() waits until all child processes complete.
         block_on_close = True
         def _sockwork_make_dispatcher(self):
-            return _ForkDispatcher(_ForkOptions(max_children=self.max_children,
+            from sockwork.strategies.fork import ForkDispatcher, ForkOptions
+
+            return ForkDispatcher(ForkOptions(max_children=self.max_children,
                                                 block_on_close=bool(self.block_on_close)))
 
         @property
@@ -619,7 +630,9 @@ class ThreadingMixIn(_MixIn):
     # If true, server_close() waits until all non-daemonic threads terminate.
     block_on_close = True
     def _sockwork_make_dispatcher(self):
-        return _ThreadDispatcher(_ThreadOptions(
+        from sockwork.strategies.thread import ThreadDispatcher, ThreadOptions
+
+        return ThreadDispatcher(ThreadOptions(
             max_threads=None,
             daemon=bool(self.daemon_threads),
             block_on_close=bool(self.block_on_close) and not self.daemon_threads,

@@ -20,17 +20,20 @@ import os
 import select
 import signal
 import time
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 import attrs
 
 from sockwork.deadlines import deadline_after, remaining
+from sockwork.errors import FailedElsewhere
 from sockwork.forking import flush_stdio, fork
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
 from sockwork.limits import Outcome
-from sockwork.registry import DispatcherEntry
 from sockwork.validators import boolean, positive_int
+
+if TYPE_CHECKING:
+    from sockwork.registry import DispatcherEntry
 
 __all__ = ["ForkDispatcher", "ForkOptions"]
 
@@ -70,9 +73,15 @@ class ForkDispatcher:
         self._limit = self.options.max_children
         self._children: dict[int, tuple[int | None, Any]] = {}  # pid -> (pidfd, client address)
         self._unwatched = 0  # children without a pidfd: reaped by polling
+        self._failures_r = self._failures_w = -1  # the pipe children report failures on (start())
+        self._failures: dict[int, FailedElsewhere] = {}
 
     def start(self, host: DispatcherHost) -> None:
         self._host = host
+        # Children tell the parent why their request failed, one line each (atomic: < PIPE_BUF).
+        self._failures_r, self._failures_w = os.pipe()
+        os.set_blocking(self._failures_r, False)
+        os.set_blocking(self._failures_w, False)
 
     def submit(self, request: Any, client_address: Any) -> None:
         pid = fork()  # flushes stdio; the child starts with its signal plumbing reset
@@ -108,6 +117,9 @@ class ForkDispatcher:
                     os.close(pidfd)
             self._children.clear()
             status = int(self._host.serve(request, client_address))  # an Outcome: 0 completed
+            error = self._host.take_error()
+            if error is not None:
+                _tell_parent(self._failures_w, error)
         finally:
             flush_stdio()  # only the child's own output: the parent flushed before fork()
             os._exit(status)
@@ -137,8 +149,25 @@ class ForkDispatcher:
         client_address = self._forget(pid)
         if pidfd is None:
             self._unwatched -= 1
-        self._host.finished(_outcome(pid, client_address, status))
+        self._read_failures()  # written before the child exited
+        self._host.finished(_outcome(pid, client_address, status), self._failures.pop(pid, None), client_address)
         return True
+
+    def _read_failures(self) -> None:
+        data = b""
+        while True:
+            try:
+                chunk = os.read(self._failures_r, 65536)
+            except (BlockingIOError, OSError):
+                break
+            if not chunk:
+                break
+            data += chunk
+        for line in data.decode(errors="replace").splitlines():
+            pid, _, rest = line.partition("\t")
+            type_name, _, message = rest.partition("\t")
+            if pid.isdigit():
+                self._failures[int(pid)] = FailedElsewhere(type_name, message.replace("\\n", "\n"), int(pid))
 
     def reap(self) -> None:
         """Collect every child that has exited, without waiting."""
@@ -179,6 +208,10 @@ class ForkDispatcher:
         for pid in list(self._children):  # with block_on_close=False: left running, unwatched
             self._forget(pid)
         self._unwatched = 0
+        for fd in (self._failures_r, self._failures_w):
+            if fd >= 0:
+                os.close(fd)
+        self._failures_r = self._failures_w = -1
 
     def abort(self) -> None:
         """Kill every child at once and reap it (safe in a signal handler: no lock, nothing raises)."""
@@ -199,13 +232,22 @@ class ForkDispatcher:
         return client_address
 
 
+def _tell_parent(fd: int, error: BaseException) -> None:
+    """In a child: one line ``pid TAB type TAB message`` on the failures pipe (dropped if it is full)."""
+    cls = type(error)
+    type_name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    message = str(error).replace("\t", " ").replace("\n", "\\n")[:1000]
+    with contextlib.suppress(OSError):  # the parent stopped reading: it still counts the request as failed
+        os.write(fd, f"{os.getpid()}\t{type_name}\t{message}\n".encode(errors="replace")[:4000])
+
+
 def _outcome(pid: int, client_address: Any, status: int | None) -> Outcome:
     """The child's exit status is its request's Outcome; anything else is a crash, logged."""
     if status is None:
         logger.warning("child %d serving %s was reaped by someone else; counted as failed", pid, client_address)
         return Outcome.FAILED
     code = os.waitstatus_to_exitcode(status)
-    if code in (Outcome.COMPLETED, Outcome.FAILED, Outcome.TIMED_OUT):
+    if code in list(Outcome):
         return Outcome(code)  # a failure was logged by the child itself
     how = f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
     logger.error("child %d serving %s %s", pid, client_address, how)
@@ -214,6 +256,8 @@ def _outcome(pid: int, client_address: Any, status: int | None) -> Outcome:
 
 @hookimpl(trylast=True)
 def sockwork_add_dispatchers() -> list[DispatcherEntry]:
+    from sockwork.registry import DispatcherEntry  # the registry is loaded only when one is built
+
     return [
         DispatcherEntry(
             "fork", ForkDispatcher, ForkOptions,

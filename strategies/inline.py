@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 import attrs
 
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
-from sockwork.registry import DispatcherEntry
+
+if TYPE_CHECKING:
+    from sockwork.registry import DispatcherEntry
 
 __all__ = ["InlineDispatcher", "InlineOptions"]
 
@@ -52,6 +54,8 @@ class InlineDispatcher:
 
 @hookimpl(trylast=True)
 def sockwork_add_dispatchers() -> list[DispatcherEntry]:
+    from sockwork.registry import DispatcherEntry  # the registry is loaded only when one is built
+
     return [
         DispatcherEntry(
             "inline", InlineDispatcher, InlineOptions,

@@ -6,16 +6,18 @@ import logging
 import os
 import queue
 import threading
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 import attrs
 
 from sockwork.deadlines import join_all
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
-from sockwork.registry import DispatcherEntry
 from sockwork.slots import Slots
 from sockwork.validators import positive_int
+
+if TYPE_CHECKING:
+    from sockwork.registry import DispatcherEntry
 
 __all__ = ["PoolDispatcher", "PoolOptions"]
 
@@ -94,6 +96,8 @@ class PoolDispatcher:
 
 @hookimpl(trylast=True)
 def sockwork_add_dispatchers() -> list[DispatcherEntry]:
+    from sockwork.registry import DispatcherEntry  # the registry is loaded only when one is built
+
     return [
         DispatcherEntry(
             "pool", PoolDispatcher, PoolOptions,

@@ -38,7 +38,7 @@ import signal
 import struct
 import time
 from collections.abc import Callable
-from typing import Any, Literal, final
+from typing import TYPE_CHECKING, Any, Literal, final
 
 import attrs
 
@@ -47,8 +47,10 @@ from sockwork.forking import flush_stdio, fork
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import Dispatcher, DispatcherHost
 from sockwork.limits import ServerStats, WorkerExit
-from sockwork.registry import DispatcherEntry
 from sockwork.validators import off_is_none, optional_positive_int, positive_int
+
+if TYPE_CHECKING:
+    from sockwork.registry import DispatcherEntry
 
 __all__ = ["PreforkDispatcher", "PreforkOptions"]
 
@@ -237,7 +239,10 @@ class PreforkDispatcher:
                 poller.register(worker.pidfd, select.POLLIN)
             for fd, _ in poller.poll(None if left is None else left * 1000):
                 pid = next(p for p, w in self._workers.items() if w.pidfd == fd)
-                _, status = os.waitpid(pid, 0)
+                try:
+                    _, status = os.waitpid(pid, 0)
+                except ChildProcessError:  # reaped by abort() on a second signal
+                    status = 0
                 self._forget(pid, crashed=os.waitstatus_to_exitcode(status) != WorkerExit.STOPPED)
         return True
 
@@ -313,6 +318,8 @@ def _send_report(fd: int, stats: ServerStats) -> None:
 
 @hookimpl(trylast=True)
 def sockwork_add_dispatchers() -> list[DispatcherEntry]:
+    from sockwork.registry import DispatcherEntry  # the registry is loaded only when one is built
+
     reason = None if hasattr(os, "fork") and hasattr(os, "pidfd_open") else "needs fork() and pidfd_open() (Linux)"
     return [
         DispatcherEntry(

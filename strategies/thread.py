@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 import attrs
 
 from sockwork.deadlines import join_all
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
-from sockwork.registry import DispatcherEntry
 from sockwork.slots import Slots
 from sockwork.validators import boolean, off_is_none, optional_positive_int
+
+if TYPE_CHECKING:
+    from sockwork.registry import DispatcherEntry
 
 __all__ = ["ThreadDispatcher", "ThreadOptions"]
 
@@ -97,6 +99,8 @@ class ThreadDispatcher:
 
 @hookimpl(trylast=True)
 def sockwork_add_dispatchers() -> list[DispatcherEntry]:
+    from sockwork.registry import DispatcherEntry  # the registry is loaded only when one is built
+
     return [
         DispatcherEntry(
             "thread", ThreadDispatcher, ThreadOptions,

@@ -387,3 +387,23 @@ def test_nodelay_is_not_applied_to_datagram_or_unix_servers() -> None:
             conn.connect(unix.server_address)
             conn.sendall(b"unix\n")
             assert conn.recv(100) == b"unix\n"
+
+
+def test_importing_the_drop_in_loads_only_what_a_legacy_server_needs() -> None:
+    """`import sockwork.socketserver` loads no plugin machinery, config, attrs or entry points;
+    constructing a server loads the core (before serving), still without entry points."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; import sockwork.socketserver as s; before = set(sys.modules);"
+        "srv = s.ThreadingTCPServer(('127.0.0.1', 0), s.BaseRequestHandler); after = set(sys.modules);"
+        "srv.server_close();"
+        "heavy = ('attrs', 'pluggy', 'importlib.metadata', 'sockwork.config', 'sockwork.registry',"
+        " 'sockwork.assembly');"
+        "print(sorted(m for m in heavy if m in before)); print(sorted(m for m in heavy if m in after))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True)
+    at_import, at_construction = result.stdout.splitlines()
+    assert at_import == "[]"
+    assert at_construction == "['attrs', 'pluggy']"  # the options classes; the built-ins' hook markers

@@ -179,6 +179,11 @@ def test_inline_handler_is_held_to_the_drain_deadline() -> None:
             process.send_signal(signal.SIGTERM)
             assert process.wait(timeout=10) == 0
             assert time.monotonic() - began < 5
+        log = process.stderr.read()  # type: ignore[union-attr]
+        stopping, deadline = log.index("INFO stopping on SIGTERM: draining 1 request(s)"), log.index(
+            "WARNING the 0.3 s drain deadline has passed with 1 request(s) still running; shut down their 1")
+        assert stopping < deadline, log  # the stop is announced before the deadline warning
+        assert "abandoning" not in log and "ERROR" not in log, log
     finally:
         stop(process)
 
@@ -387,3 +392,29 @@ def test_an_inline_handler_calling_sys_exit_stops_the_whole_server(tmp_path: Pat
         assert "raised SystemExit(3); passing it on" in process.stderr.read()  # type: ignore[union-attr]
     finally:
         stop(process)
+
+
+def test_plugins_lists_lifecycle_only_plugins(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A plugin that only implements lifecycle hooks is listed with its hooks."""
+    from sockwork import _cli, hookimpl, registry
+
+    class Audit:
+        @hookimpl
+        def sockwork_request_failed(self) -> None: ...
+
+        @hookimpl
+        def sockwork_server_stopped(self) -> None: ...
+
+    real = registry.make_plugin_manager
+
+    def with_audit(*, entry_points: bool = True) -> registry.PluginManager:
+        pm = real(entry_points=entry_points)
+        pm.register(Audit(), name="audit")
+        return pm
+
+    monkeypatch.setattr(registry, "make_plugin_manager", with_audit)
+    assert _cli.main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "lifecycle hooks:\n  audit        sockwork_request_failed, sockwork_server_stopped  [audit, ?]" in out

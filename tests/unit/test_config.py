@@ -122,6 +122,12 @@ def test_handler_reference_by_import_path() -> None:
         ({"transport": "tcp://h:0", "handler": "sockwork.handlers:nope"}, "handler.ref",
          "'sockwork.handlers' has no attribute 'nope'"),
         ({"transport": "tcp://h:0", "handler": "sockwork.handlers:__doc__"}, "handler.ref", "is not callable"),
+        ({"transport": "tcp://h:0", "handler": ":"}, "handler.ref",
+         "write 'package.module:attribute' with an absolute"),
+        ({"transport": "tcp://h:0", "handler": ".x:y"}, "handler.ref",
+         "write 'package.module:attribute' with an absolute"),
+        ({"transport": "tcp://h:0", "handler": "os:"}, "handler.ref",
+         "write 'package.module:attribute' with an absolute"),
         ({"transport": "tcp://h:0", "handler": {"ref": "sockwork.handlers:echo", "options": {"x": 1}}},
          "handler.options", "options only apply to a registered handler name"),
         ({"transport": "tcp://h:0", "drain_timeout": -1}, "drain_timeout", "must be a finite number of seconds"),
@@ -205,3 +211,31 @@ def test_mistakes_only_a_whole_check_finds() -> None:
                           "dispatcher": {"name": "thread", "options": {"max_threads": False}},
                           "limits": {"idle_timeout": "none"}}, REGISTRY)
     assert config.dispatcher.options.max_threads is None and config.limits.idle_timeout is None
+
+
+def test_plugins_get_their_options_from_the_config() -> None:
+    """[plugins.NAME] tables reach server.plugin_options for that plugin; unknown names are errors."""
+    from sockwork import hookimpl, make_plugin_manager
+
+    seen: list[object] = []
+
+    class Metrics:
+        @hookimpl
+        def sockwork_server_started(self, server: object) -> None:
+            seen.append(server.plugin_options.get("metrics"))  # type: ignore[attr-defined]
+
+    pm = make_plugin_manager(entry_points=False)
+    pm.register(Metrics(), name="metrics")
+    registry = Registry(pm)
+    config = load_config({"transport": "tcp://127.0.0.1:0", "plugins": {"metrics": {"prefix": "edge"}}}, registry)
+    assert config.plugins == {"metrics": {"prefix": "edge"}}
+    assert config.to_dict()["plugins"] == {"metrics": {"prefix": "edge"}}
+    with serving(build_server(config, registry)):
+        pass
+    assert seen == [{"prefix": "edge"}]
+    with pytest.raises(ConfigErrors) as info:
+        load_config({"transport": "tcp://127.0.0.1:0", "plugins": {"metrix": {}, "metrics": 3}}, registry)
+    errors = dict(info.value.errors)
+    assert errors["plugins.metrix"].startswith("no plugin named 'metrix'; registered: ")
+    assert "metrics" in errors["plugins.metrix"]
+    assert errors["plugins.metrics"] == "must be a table of options, got 3"

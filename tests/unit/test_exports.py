@@ -30,7 +30,7 @@ def test_all_names_exist_and_are_unique(name: str) -> None:
 
 
 def test_top_level_all_is_exact() -> None:
-    public = {n for n in vars(sockwork) if not n.startswith("_")}
+    public = {n for n in dir(sockwork) if not n.startswith("_")}  # lazy names too (PEP 562 __dir__)
     modules = {n for n in public if inspect.ismodule(getattr(sockwork, n))}
     assert set(sockwork.__all__) == public - modules
 

@@ -299,3 +299,58 @@ def test_a_client_that_resets_is_logged_as_info_and_counted_not_as_a_failure(
     lines = [r for r in caplog.records if "went away mid-request" in r.getMessage()]
     assert len(lines) == 1 and lines[0].levelno == logging.INFO and lines[0].exc_info is None
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork")
+def test_a_failure_in_a_forked_child_reaches_the_hook_in_the_parent() -> None:
+    """With fork, sockwork_request_failed runs in the server's process and names the child's exception."""
+    from sockwork import FailedElsewhere
+
+    seen: list[tuple[int, BaseException]] = []
+
+    class Recorder:
+        @hookimpl
+        def sockwork_request_failed(self, exc: BaseException) -> None:
+            seen.append((os.getpid(), exc))
+
+    def fail(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
+        raise ValueError("no such user\twith a tab")
+
+    pm = make_plugin_manager(entry_points=False)
+    pm.register(Recorder())
+    server = Server(transport=TCP, dispatcher="fork", handler=fail, registry=Registry(pm))
+    with serving(server), client(server) as sock:
+        sock.sendall(b"x")
+        assert sock.recv(10) == b""
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+    [(pid, exc)] = seen
+    assert pid == os.getpid() and isinstance(exc, FailedElsewhere)
+    assert exc.type_name == "ValueError" and exc.message == "no such user with a tab" and exc.pid != pid
+    assert server.stats.failed == 1
+
+
+def test_requests_never_started_at_the_drain_deadline_are_logged_and_closed_unanswered(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A forced drain says how many queued requests never started, and does not run them afterwards."""
+    started: list[object] = []
+
+    def wait_for_client(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
+        started.append(client_address)
+        request.recv(1)  # the clients never send
+
+    server = Server(transport=TCP, dispatcher="pool", dispatcher_options={"workers": 1, "queue_size": 8},
+                    handler=wait_for_client, drain_timeout=0.2)
+    with caplog.at_level(logging.INFO, logger="sockwork"), serving(server), ExitStack() as stack:
+        clients = [stack.enter_context(client(server)) for _ in range(4)]
+        deadline = time.monotonic() + 10
+        while (not started or server.stats.accepted < 4) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        server.close()
+        for sock in clients:
+            assert sock.recv(10) == b""  # closed, unanswered
+    assert len(started) == 1  # the three queued ones never ran, not even after the deadline
+    assert "3 accepted request(s) never started before the drain deadline; closing them unanswered" in caplog.text
+    assert server.stats.failed == 3 and server.stats.active == 0  # the running one returned on its own
