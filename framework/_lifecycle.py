@@ -83,7 +83,14 @@ class Lifecycle:
             first = not self.started
             self.started = True
         if first:
-            self.dispatcher.start(host)
+            try:
+                self.dispatcher.start(host)
+            except BaseException:
+                with self._lock:  # not serving after all: close() must not wait for a loop
+                    self.started = False
+                    self._serving_thread = None
+                    self._not_serving.set()
+                raise
             self._call_hook(self.hooks.started)
         self.serving.set()
 
@@ -202,7 +209,7 @@ class Lifecycle:
                 finally:
                     os._exit(1)
             stopping = True
-            running = self.server.stats.active  # with a supervisor, its workers' requests too
+            running = self._running_now()
             logger.info("stopping on %s: %s", signal.Signals(signum).name,
                         f"draining {running} request(s) still running ({_up_to(self.drain_timeout)})"
                         if running else "no request is running")
@@ -229,6 +236,12 @@ class Lifecycle:
             signal.set_wakeup_fd(previous_fd)
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+    def _running_now(self) -> int:
+        """Requests running here and in a supervisor's workers, read without a lock: this runs in a
+        signal handler, which may have interrupted the very thread that holds the counters' lock."""
+        elsewhere = capability(self.dispatcher, "stats_elsewhere")
+        return self.requests.counters.active + (elsewhere.active if elsewhere is not None else 0)
 
     def _force_if_loop_held(self) -> None:
         if self._serving_thread is not None:

@@ -115,6 +115,8 @@ class Loop:
         not ready in this round.
         """
         paused = self._paused_until and time.monotonic() < self._paused_until
+        if self._paused_until and not paused:
+            self._paused_until = 0.0  # over: the common round reads no clock again
         saturated = self.dispatcher.saturated() or self.requests.saturated
         listening = self.accepts and not (paused or saturated)
         if listening != self._listening:
@@ -145,8 +147,8 @@ class Loop:
         requests = self.requests
         admit = requests.admit
         in_flight = requests.in_flight
-        dispatched = 0
-        while dispatched < limit and not self.stop_requested:
+        dispatched = taken = 0  # taken: dispatched or closed at once; a round takes at most `limit`
+        while taken < limit and not self.stop_requested:
             try:
                 accepted = accept()
             except OSError as exc:
@@ -159,8 +161,9 @@ class Loop:
             if accepted is None:
                 break
             request, client_address = accepted
+            taken += 1
             if not admit(request):
-                continue
+                continue  # closed at once (over_limit = "close")
             try:
                 submit(request, client_address)
             except Exception as exc:

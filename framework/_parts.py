@@ -41,6 +41,16 @@ class LifecycleHooks:
         self.request_failed = implemented("sockwork_request_failed")
         self.collect_stats = implemented("sockwork_collect_stats")
 
+    def for_worker(self) -> LifecycleHooks:
+        """The hooks a supervisor's worker calls: only ``request_failed`` (failures happen there).
+
+        Started, stopped and the counters are the supervising server's: its
+        ``server.stats`` already includes the workers'.
+        """
+        hooks = LifecycleHooks()
+        hooks.request_failed = self.request_failed
+        return hooks
+
 
 NO_HOOKS = LifecycleHooks()
 

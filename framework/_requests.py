@@ -64,7 +64,10 @@ class Requests:
         self._deadlines = Deadlines(limits.request_timeout) if stream and limits.request_timeout else None
         self._guard_connections = self._idle_timeout is not None or self._deadlines is not None
         self.in_flight: dict[int, Request] = {}
-        self._started: set[int] = set()
+        # Accepted, not yet started: whoever pops a request from here first (a worker's
+        # serve(), or force() at the drain deadline) owns it; dict.pop is atomic.
+        self._unstarted: dict[int, Request] = {}
+        self._abandoned: set[int] = set()  # closed by force() before any worker started them
         self.forcing = False  # past the drain deadline: connections were shut down on purpose
         self.in_child = False  # a forked child serving one request: the parent reports to hooks
         self._child_error: BaseException | None = None
@@ -79,11 +82,12 @@ class Requests:
             self.counters.reject()
             self.transport.close_request(request)
             return False
-        self.in_flight[id(request)] = request
+        self.in_flight[id(request)] = self._unstarted[id(request)] = request
         return True
 
     def end(self, request: Request) -> None:
         """Close a request the dispatcher failed to take, unless it was served already."""
+        self._unstarted.pop(id(request), None)
         if self.in_flight.pop(id(request), None) is not None:
             self.transport.close_request(request)
             self.finished(Outcome.FAILED)
@@ -102,14 +106,11 @@ class Requests:
     def serve(self, request: Request, client_address: Address) -> Outcome:
         """Run the handler on one request, report, close and count it; never raises an Exception."""
         key = id(request)
-        if self.forcing and key not in self._started:
-            # Past the drain deadline and never started: end it unanswered (counted
-            # and logged, as a group, by force()).
-            self.in_flight.pop(key, None)
-            self.transport.close_request(request)
-            self.finished(Outcome.FAILED)
+        if self._unstarted.pop(key, None) is None and key in self._abandoned:
+            # Closed and counted unanswered at the drain deadline by force(); a worker
+            # picked it up only now.
+            self._abandoned.discard(key)
             return Outcome.FAILED
-        self._started.add(key)
         token = None
         if self._guard_connections and not isinstance(request, tuple):
             if self._idle_timeout is not None:
@@ -133,7 +134,6 @@ class Requests:
             # Always end it: a dispatcher may serve a request rebuilt in another
             # process, which this process never tracked.
             self.in_flight.pop(key, None)
-            self._started.discard(key)
             self.transport.close_request(request)
             self.finished(outcome)
         return outcome
@@ -142,7 +142,7 @@ class Requests:
         """Drop this process's handle on a request now served in another process."""
         key = id(request)
         self.in_flight.pop(key, None)
-        self._started.discard(key)
+        self._unstarted.pop(key, None)
         self.transport.release_request(request)
 
     def finished(self, outcome: Outcome, error: BaseException | None = None, client_address: Address = None) -> None:
@@ -162,6 +162,7 @@ class Requests:
 
     def settle(self, request: Request, outcome: Outcome) -> None:
         """Count a request that something else served and closed (a legacy override)."""
+        self._unstarted.pop(id(request), None)
         if self.in_flight.pop(id(request), None) is not None:
             self.finished(outcome)
 
@@ -211,17 +212,29 @@ class Requests:
     # ---- Stopping ---------------------------------------------------------------
 
     def force(self) -> int:
-        """At the drain deadline: shut down the connections still served here; return how many.
+        """At the drain deadline: end what is still here; return how many running connections were shut down.
 
-        Requests accepted but never started are logged as such; they are
-        closed unanswered when a worker picks them up.
+        Requests accepted but never started are closed unanswered now, counted
+        as failed and logged as a group (a worker that picks one up later skips
+        it). The connections of running requests are shut down, which ends a
+        handler blocked on its client at its next read or write.
         """
         self.forcing = True
-        waiting = [r for k, r in list(self.in_flight.items()) if k not in self._started]
-        connections = [r for r in list(self.in_flight.values()) if isinstance(r, socket.socket)]
-        if waiting:
+        closed = 0
+        for key in list(self._unstarted):
+            self._abandoned.add(key)  # first: a serve() that loses the pop below sees it
+            request = self._unstarted.pop(key, None)
+            if request is None:  # a worker started it just now: it is running, not waiting
+                self._abandoned.discard(key)
+                continue
+            self.in_flight.pop(key, None)
+            self.transport.close_request(request)
+            self.finished(Outcome.FAILED)
+            closed += 1
+        if closed:
             logger.warning("%d accepted request(s) never started before the drain deadline; "
-                           "closing them unanswered", len(waiting))
+                           "closed them unanswered", closed)
+        connections = [r for r in list(self.in_flight.values()) if isinstance(r, socket.socket)]
         for connection in connections:
             with contextlib.suppress(OSError):  # already closed by its handler or the peer
                 connection.shutdown(socket.SHUT_RDWR)

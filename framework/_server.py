@@ -150,12 +150,17 @@ class Server:
         self._stats_hook = parts.hooks.collect_stats
         self._next_stats = 0.0
 
-        self.transport.open()  # last: everything above fails without a socket open
+        try:
+            self.transport.open()  # last: everything above fails without a socket open
+        except BaseException:
+            self.dispatcher.close()  # built, never started: close() is still its to run
+            raise
         try:
             self.loop = Loop(self.transport, self.dispatcher, self.requests,
                              on_round=self._report_stats if self._stats_hook is not None else None)
         except BaseException:
             self.transport.close()
+            self.dispatcher.close()
             raise
         self.lifecycle = Lifecycle(self, self.transport, self.dispatcher, self.loop, self.requests,
                                    parts.hooks, drain_timeout)
@@ -272,8 +277,10 @@ class Server:
         keeps the loop busy (``inline``) to the drain deadline. A second
         signal kills the dispatcher's child processes and ends the process at
         once with status 1 (as a second Ctrl-C means). Signals delivered to
-        any thread wake the loop at once. Main thread only; the previous
-        handlers are restored on exit::
+        any thread wake the loop at once. Main thread only. Inside the block
+        sockwork also handles SIGALRM and uses ``ITIMER_REAL`` (the drain
+        deadline of an inline handler); the previous handlers, wake-up fd and
+        timer state are restored on exit::
 
             with server.handle_signals():
                 server.serve_forever()
@@ -284,10 +291,6 @@ class Server:
     def abort(self) -> None:
         """Kill the dispatcher's child processes at once, without waiting (for a process about to exit)."""
         self.lifecycle.abort()
-
-    def force_stop(self) -> None:
-        """Shut down the connections of the requests still running here now (as at the drain deadline)."""
-        self.lifecycle.force_stop()
 
     def wait_serving(self, timeout: float | None = None) -> bool:
         """Wait until ``serve_forever`` (in another thread) has started the dispatcher.
@@ -322,17 +325,21 @@ class Server:
 
     def run_worker(
         self, dispatcher: Dispatcher, max_requests: int | None = None,
-        report: Callable[[ServerStats], None] | None = None, report_every: float = 0.2,
+        report: Callable[[ServerStats], None] | None = None, report_every: float = 0.2, *,
+        parent: int | None = None,
     ) -> WorkerExit:
         """In a supervisor's worker (forked with :func:`sockwork.forking.fork`): serve with ``dispatcher``.
 
         Serves until SIGTERM (then stops accepting and drains, as ``close()``
         does), until ``max_requests`` requests have finished, or until the
-        parent process is gone. ``report`` gets the counters at most every
-        ``report_every`` seconds and once at the end. Returns why it ended.
+        parent process is gone (``parent``: its pid, read before the fork, so that a
+        parent that died before this call is noticed too). ``report`` gets the
+        counters at most every ``report_every`` seconds and once at the end.
+        Returns why it ended.
         """
         self.loop.close_in_child()  # the parent's loop, inherited: not ours
-        parent = os.getppid()
+        if parent is None:
+            parent = os.getppid()
         reason = WorkerExit.STOPPED
         next_check = 0.0
 
@@ -356,9 +363,10 @@ class Server:
 
         worker = Server(
             parts=Parts(transport=_Adopted(self.transport), dispatcher=dispatcher, handler=self.handler,
-                        transport_name=self.parts.transport_name, hooks=self.parts.hooks),
+                        transport_name=self.parts.transport_name, hooks=self.parts.hooks.for_worker()),
             drain_timeout=self.drain_timeout, limits=self.limits, on_error=self._on_error,
             handler_server=self.requests.handler_server, service_actions=check,
+            plugin_options=self.plugin_options,
         )
         counters = worker.requests.counters
         if max_requests is not None:

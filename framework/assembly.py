@@ -127,9 +127,13 @@ def _component(
     if isinstance(spec, str):
         name = spec
         if kind == "transport" and ":" in spec:
-            if options is not None:
-                raise ConfigError(f"transport_options cannot be combined with the URL {spec!r}")
-            name, options = registry.parse_transport_url(spec)
+            name, from_url = registry.parse_transport_url(spec)
+            if options is not None and not isinstance(options, Mapping):
+                raise ConfigError(f"transport_options given with the URL {spec!r} must be a mapping, got {options!r}")
+            twice = sorted(set(from_url) & set(options or {}))
+            if twice:
+                raise ConfigError(f"{', '.join(twice)} given twice: in the URL {spec!r} and in transport_options")
+            options = {**from_url, **(options or {})}
         entry = registry.get(kind, name)
         return build_component(registry, kind, entry, options), entry.name
     owner = registry.entry_for_options(kind, spec)
@@ -154,10 +158,14 @@ def _component(
 def build_component(registry: Registry, kind: Kind, entry: Entry, options: Mapping[str, Any] | object | None) -> Any:
     """Validate ``options`` for ``entry``, call its factory, check what it returned against the role."""
     validated = make_options(kind, entry, options)
-    if isinstance(entry, DispatcherEntry) and entry.supervisor:
-        built = entry.factory(validated, inner_dispatcher_factory(registry, entry, validated))
-    else:
-        built = entry.factory(validated)
+    make_inner = (inner_dispatcher_factory(registry, entry, validated)
+                  if isinstance(entry, DispatcherEntry) and entry.supervisor else None)
+    try:
+        built = entry.factory(validated) if make_inner is None else entry.factory(validated, make_inner)
+    except (ConfigError, PluginError):
+        raise  # the component's own words about its options or environment
+    except Exception as exc:
+        raise _broken(registry, kind, entry, None, f"its factory raised {type(exc).__name__}: {exc}") from exc
     if kind == "handler":
         if not callable(built):
             raise _broken(registry, kind, entry, built, "it is not callable")
@@ -165,6 +173,8 @@ def build_component(registry: Registry, kind: Kind, entry: Entry, options: Mappi
     missing = _missing_members(kind, built)
     if missing:
         raise _broken(registry, kind, entry, built, f"it lacks {', '.join(missing)}")
+    if make_inner is not None and capability(built, "accepts_itself") is not True:
+        raise _broken(registry, kind, entry, built, "a supervisor's dispatcher must declare accepts_itself = True")
     return built
 
 
@@ -184,7 +194,9 @@ def inner_dispatcher_factory(registry: Registry, entry: Entry, options: Any) -> 
         where = f" option {exc.field!r}" if exc.field else ""
         raise ConfigError(f"dispatcher {entry.name!r} option 'inner_options' ({inner.name}{where}): "
                           f"{exc.problem}") from None
-    return functools.partial(build_component, registry, "dispatcher", inner, inner_options)
+    make_inner = functools.partial(build_component, registry, "dispatcher", inner, inner_options)
+    make_inner().close()  # built once here, so that a broken one fails assembly, not every worker
+    return make_inner
 
 
 def _missing_members(kind: str, component: object) -> list[str]:
@@ -201,9 +213,12 @@ def _missing_members(kind: str, component: object) -> list[str]:
 
 
 def _broken(registry: Registry, kind: Kind, entry: Entry, built: object, why: str) -> PluginError:
+    """A plugin broke its contract: name the component, the plugin and its distribution."""
+    what = why if built is None and why.startswith("its factory raised") else (
+        f"its factory returned {built!r}, which is not a {ROLES[kind]}: {why}")
     return PluginError(
         f"{kind} {entry.name!r} from plugin {entry.plugin!r} ({registry.distribution_of(entry.plugin)}) "
-        f"is broken: its factory returned {built!r}, which is not a {ROLES[kind]}: {why}"
+        f"is broken: {what}"
     )
 
 

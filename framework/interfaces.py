@@ -116,12 +116,15 @@ class DispatcherHost(Protocol):
     ``remove_reader(fd)`` watch a file descriptor from the loop's selector; the
     callback runs in the loop's thread.
 
-    ``run_worker(dispatcher, max_requests=None, report=None, report_every=0.2)``
-    is for supervisors, in a forked worker process: it serves this server's
-    transport with ``dispatcher`` until SIGTERM (then drains), until
-    ``max_requests`` requests have finished, or until the parent process is
-    gone; ``report(stats)`` gets the worker's counters every ``report_every``
-    seconds and once at the end. It returns a :class:`~sockwork.limits.WorkerExit`.
+    ``run_worker(dispatcher, max_requests=None, report=None, report_every=0.2,
+    parent=None)`` is for supervisors, in a forked worker process: it serves
+    this server's transport with ``dispatcher`` until SIGTERM (then drains),
+    until ``max_requests`` requests have finished, or until the parent process
+    (``parent``, its pid as read before the fork) is gone; ``report(stats)``
+    gets the worker's counters every ``report_every`` seconds and once at the
+    end. It returns a :class:`~sockwork.limits.WorkerExit`. In a worker only the
+    ``sockwork_request_failed`` hook is called; started, stopped and the
+    counters hook are the supervising server's.
     """
 
     def serve(self, request: Request, client_address: Address) -> Outcome: ...
@@ -143,7 +146,8 @@ class DispatcherHost(Protocol):
 
     def run_worker(
         self, dispatcher: Dispatcher, max_requests: int | None = None,
-        report: Callable[[ServerStats], None] | None = None, report_every: float = 0.2,
+        report: Callable[[ServerStats], None] | None = None, report_every: float = 0.2, *,
+        parent: int | None = None,
     ) -> Any: ...
 
 

@@ -57,6 +57,7 @@ BUILTIN_PLUGINS = (
 LIFECYCLE_HOOKS = ("sockwork_server_started", "sockwork_request_failed", "sockwork_collect_stats",
                    "sockwork_server_stopped")
 
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*$")
 _NAME = re.compile(r"^[a-z][a-z0-9_.-]*$")
 
 
@@ -275,8 +276,9 @@ class Registry:
                 return entry.name, dict(entry.parse_url(url))
             except ConfigError:
                 raise
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"transport URL {url!r}: {exc}") from None
+            except Exception as exc:  # the plugin's parser: a bad URL, or a bug, told in one line
+                raise ConfigError(f"transport URL {url!r} could not be read by transport {entry.name!r} "
+                                  f"(plugin {entry.plugin!r}): {type(exc).__name__}: {exc}") from None
         name, options = parse_transport_url(url)
         return (entry.name if entry is not None else name), options
 
@@ -340,6 +342,12 @@ def _checked_entries(kind: Kind, returned: object) -> list[Entry]:
     for entry in entries:
         if not isinstance(entry, expected):
             raise PluginError(f"{_HOOK_NAMES[kind]} must return {expected.__name__} objects, got {entry!r}")
+        if isinstance(entry, TransportEntry) and (
+            not isinstance(entry.schemes, tuple)
+            or not all(isinstance(x, str) and _SCHEME.match(x) for x in entry.schemes)
+        ):
+            raise PluginError(f"transport {entry.name!r}: schemes must be a tuple of lower-case URL schemes "
+                              f"such as ('tls',), got {entry.schemes!r}")
         if isinstance(entry, DispatcherEntry) and entry.supervisor:
             fields = attrs.fields_dict(entry.options)
             if "inner" not in fields or "inner_options" not in fields:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import select
@@ -41,6 +42,7 @@ logger = logging.getLogger("sockwork")
 
 _UNAVAILABLE = None if hasattr(os, "fork") else "os.fork() is missing on this platform"
 _HAVE_PIDFD = hasattr(os, "pidfd_open")
+PIPE_RECORD = 4000  # a failure report's most bytes: one write under PIPE_BUF never interleaves
 _POLL_INTERVAL = 0.01  # where there are no pidfds, how often drain() looks for exits
 
 
@@ -164,10 +166,11 @@ class ForkDispatcher:
                 break
             data += chunk
         for line in data.decode(errors="replace").splitlines():
-            pid, _, rest = line.partition("\t")
-            type_name, _, message = rest.partition("\t")
-            if pid.isdigit():
-                self._failures[int(pid)] = FailedElsewhere(type_name, message.replace("\\n", "\n"), int(pid))
+            try:
+                pid, type_name, message = json.loads(line)
+            except ValueError:
+                continue  # cut at PIPE_RECORD: the request still counts as failed
+            self._failures[int(pid)] = FailedElsewhere(str(type_name), str(message), int(pid))
 
     def reap(self) -> None:
         """Collect every child that has exited, without waiting."""
@@ -204,6 +207,7 @@ class ForkDispatcher:
             for pid in self._children:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, 0)
+                self._failures.pop(pid, None)
                 self._host.finished(Outcome.FAILED)
         for pid in list(self._children):  # with block_on_close=False: left running, unwatched
             self._forget(pid)
@@ -233,12 +237,12 @@ class ForkDispatcher:
 
 
 def _tell_parent(fd: int, error: BaseException) -> None:
-    """In a child: one line ``pid TAB type TAB message`` on the failures pipe (dropped if it is full)."""
+    """In a child: one JSON line ``[pid, type, message]`` on the failures pipe (dropped if it is full)."""
     cls = type(error)
     type_name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    message = str(error).replace("\t", " ").replace("\n", "\\n")[:1000]
+    line = json.dumps([os.getpid(), type_name, str(error)[:1000]]) + "\n"  # no raw newline inside
     with contextlib.suppress(OSError):  # the parent stopped reading: it still counts the request as failed
-        os.write(fd, f"{os.getpid()}\t{type_name}\t{message}\n".encode(errors="replace")[:4000])
+        os.write(fd, line.encode()[:PIPE_RECORD])
 
 
 def _outcome(pid: int, client_address: Any, status: int | None) -> Outcome:

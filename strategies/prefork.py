@@ -58,6 +58,7 @@ logger = logging.getLogger("sockwork")
 
 _QUICK_DEATH = 1.0  # seconds: a worker dying sooner than this is a crash loop
 _MAX_RESPAWN_PAUSE = 5.0
+_RESIGNAL = 0.5  # seconds: how often drain() repeats SIGTERM to workers that have not exited
 REPORT_EVERY = 0.2
 
 
@@ -86,8 +87,9 @@ class PreforkOptions:
     validated by that dispatcher's own options class."""
     max_requests: int | None = attrs.field(default=None, converter=off_is_none, validator=optional_positive_int)
     """Replace a worker once it has finished this many requests (guards against
-    slow leaks in handlers; it is checked every 0.2 s, so a worker may serve
-    a few more); none: never."""
+    slow leaks in handlers; checked after every round of the worker's loop, one
+    accept per round, so an inner dispatcher with a queue may finish a few more
+    than this); none: never."""
 
 
 @final
@@ -135,10 +137,16 @@ class PreforkDispatcher:
 
     def _spawn(self) -> None:
         reports_r, reports_w = os.pipe()
-        pid = fork()  # flushes stdio; the child starts with the parent's signal plumbing dropped
+        parent = os.getpid()
+        try:
+            pid = fork()  # flushes stdio; the child starts with the parent's signal plumbing dropped
+        except BaseException:
+            os.close(reports_r)
+            os.close(reports_w)
+            raise
         if pid == 0:
             os.close(reports_r)
-            self._work(reports_w)  # never returns
+            self._work(reports_w, parent)  # never returns
         os.close(reports_w)
         os.set_blocking(reports_r, False)
         with contextlib.suppress(OSError):  # the child has exec'd or exited already
@@ -147,7 +155,7 @@ class PreforkDispatcher:
         self._host.add_reader(worker.pidfd, functools.partial(self._on_exit, pid))
         self._host.add_reader(reports_r, worker.read_reports)
 
-    def _work(self, reports: int) -> None:
+    def _work(self, reports: int, parent: int) -> None:
         """In the worker: serve until told to stop, then exit with the reason as status."""
         status = 1
         try:
@@ -157,9 +165,12 @@ class PreforkDispatcher:
                 os.close(worker.reports)
             self._workers.clear()
             report = functools.partial(_send_report, reports)
-            status = int(self._host.run_worker(self._make_inner(), self.options.max_requests, report, REPORT_EVERY))
-        except SystemExit as exc:  # a handler's sys.exit(N) ends its worker with status N
+            status = int(self._host.run_worker(self._make_inner(), self.options.max_requests, report, REPORT_EVERY,
+                                               parent=parent))
+        except SystemExit as exc:  # a handler's sys.exit(N) ends its worker with status N...
             status = exc.code if isinstance(exc.code, int) else 1
+            if status in (WorkerExit.RECYCLED, WorkerExit.ORPHANED):
+                status = 1  # ...but never one that would report a false reason
         except BaseException:
             logger.exception("prefork worker %d failed", os.getpid())
         finally:
@@ -170,13 +181,19 @@ class PreforkDispatcher:
 
     def _on_exit(self, pid: int) -> None:
         """In the parent's loop: a worker exited; say why, and replace it unless we are stopping."""
-        _, status = os.waitpid(pid, 0)
+        if pid not in self._workers:
+            return  # reaped and forgotten already (abort)
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:  # reaped by abort() meanwhile
+            self._forget(pid, crashed=True)
+            return
         code = os.waitstatus_to_exitcode(status)
         started = self._forget(pid, crashed=code not in (WorkerExit.STOPPED, WorkerExit.RECYCLED, WorkerExit.ORPHANED))
         if self._stopping:
             return
         if code == WorkerExit.RECYCLED:
-            logger.info("prefork worker %d retired after max_requests=%d; starting a new one",
+            logger.info("prefork worker %d retired after max_requests=%s; starting a new one",
                         pid, self.options.max_requests)
             self._respawn_pause = 0.0
         else:
@@ -237,7 +254,13 @@ class PreforkDispatcher:
             poller = select.poll()
             for worker in self._workers.values():
                 poller.register(worker.pidfd, select.POLLIN)
-            for fd, _ in poller.poll(None if left is None else left * 1000):
+            ready = poller.poll(_RESIGNAL * 1000 if left is None else min(left, _RESIGNAL) * 1000)
+            if not ready:
+                # A worker still starting up ignores SIGTERM until its own handler is in
+                # place (see sockwork.forking): say it again until it is heard.
+                for pid in self._workers:
+                    _signal(pid, signal.SIGTERM)
+            for fd, _ in ready:
                 pid = next(p for p, w in self._workers.items() if w.pidfd == fd)
                 try:
                     _, status = os.waitpid(pid, 0)
@@ -256,6 +279,7 @@ class PreforkDispatcher:
 
     def abort(self) -> None:
         """Kill every worker's process group at once and reap the workers (safe in a signal handler)."""
+        self._stopping = True  # nothing is replaced from here on
         pids = list(self._workers)
         for pid in pids:
             try:

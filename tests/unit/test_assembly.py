@@ -230,3 +230,77 @@ def test_an_accept_error_that_cannot_heal_ends_serve_forever(caplog: pytest.LogC
     assert info.value.errno == errno.EBADF
     assert [r.getMessage() for r in caplog.records] == [
         "accepting on a closed listener failed: [Errno 9] Bad file descriptor; the listener cannot recover, stopping"]
+
+
+class MorePlugins:
+    @hookimpl
+    def sockwork_add_dispatchers(self) -> list[DispatcherEntry]:
+        def explode(options: object) -> object:
+            raise RuntimeError("cannot reach the license server")
+
+        return [DispatcherEntry("returns-none", lambda options: None), DispatcherEntry("explodes", explode)]
+
+
+def more_plugins() -> Registry:
+    pm = make_plugin_manager(entry_points=False)
+    pm.register(MorePlugins(), name="more")
+    return Registry(pm)
+
+
+def test_a_factory_that_raises_is_a_plugin_error() -> None:
+    """A factory's unexpected exception is reported as the plugin's fault, in one line."""
+    with pytest.raises(PluginError, match=r"^dispatcher 'explodes' from plugin 'more' \(\?\) is broken: its factory "
+                                          r"raised RuntimeError: cannot reach the license server$"):
+        Server(transport=TCP, dispatcher="explodes", handler=echo, registry=more_plugins())
+
+
+def test_a_supervisors_broken_inner_dispatcher_fails_assembly() -> None:
+    """prefork with an inner dispatcher whose factory is broken fails assembly, not every worker later."""
+    with pytest.raises(PluginError, match="dispatcher 'returns-none' from plugin 'more'"):
+        Server(transport=TCP, dispatcher="prefork", dispatcher_options={"inner": "returns-none"}, handler=echo,
+               registry=more_plugins())
+
+
+def test_a_dispatcher_whose_start_raises_leaves_nothing_behind() -> None:
+    """start() raising: serve_forever raises it, close() works from the same thread, nothing leaks."""
+
+    class Broken:
+        concurrency = 1
+
+        def start(self, host: object) -> None:
+            raise RuntimeError("no workers today")
+
+        def submit(self, request: object, client_address: object) -> None: ...
+        def saturated(self) -> bool: return False
+        def drain(self, timeout: float | None) -> bool: return True
+        def close(self) -> None: ...
+
+    with (Server(transport=TCP, dispatcher=Broken(), handler=echo) as server,
+          pytest.raises(RuntimeError, match="no workers today")):
+        server.serve_forever()
+    # leaving the block closed it; the autouse leak check finds no descriptor left
+
+
+def test_url_and_transport_options_combine_as_in_config_files() -> None:
+    """Server(transport=URL, transport_options=...) merges them; a key given twice is refused."""
+    with Server(transport=TCP, transport_options={"backlog": 5}, handler=echo) as server:
+        assert server.transport.options.backlog == 5  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError,
+                       match=r"address given twice: in the URL 'tcp://127\.0\.0\.1:0' and in transport_options"):
+        Server(transport=TCP, transport_options={"address": ("127.0.0.1", 0)}, handler=echo)
+
+
+def test_transport_schemes_must_be_a_tuple_of_lower_case_schemes() -> None:
+    """schemes="tls" (a string) is refused at registration, not read as 't', 'l', 's'."""
+    from sockwork import TransportEntry
+    from sockwork.transports import TCPOptions, TCPTransport
+
+    class Plugin:
+        @hookimpl
+        def sockwork_add_transports(self) -> list[TransportEntry]:
+            return [TransportEntry("tls", TCPTransport, TCPOptions, schemes="tls")]  # type: ignore[arg-type]
+
+    pm = make_plugin_manager(entry_points=False)
+    pm.register(Plugin(), name="tlsplugin")
+    registry = Registry(pm)
+    assert "schemes must be a tuple of lower-case URL schemes" in str(registry.failures[0][2])

@@ -237,3 +237,65 @@ def test_a_second_signal_leaves_no_worker_alive() -> None:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
 
+
+
+def test_a_stop_right_after_the_spawn_is_not_lost(caplog: pytest.LogCaptureFixture) -> None:
+    """SIGTERM sent while workers are still starting is repeated until heard: nobody is killed."""
+    for _ in range(5):
+        server = Server(transport=TCP, dispatcher="prefork", dispatcher_options={"workers": 2}, handler=echo,
+                        drain_timeout=5)
+        with caplog.at_level(logging.INFO, logger="sockwork"), serving(server):
+            pass  # close() at once: the workers may not have installed their SIGTERM handler yet
+    assert "killing" not in caplog.text
+
+
+def test_a_handlers_exit_status_never_fakes_a_workers_reason(caplog: pytest.LogCaptureFixture) -> None:
+    """sys.exit(3) in a handler is a crash (status 1), not "retired after max_requests"."""
+    def exit_3(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
+        request.sendall(b"bye")
+        raise SystemExit(3)
+
+    server = Server(transport=TCP, dispatcher="prefork", handler=exit_3,
+                    dispatcher_options={"workers": 1, "inner": "inline"})
+    with caplog.at_level(logging.INFO, logger="sockwork"), serving(server):
+        first: Any = set(server.dispatcher.worker_pids)  # type: ignore[attr-defined]
+        assert exchange(server, b"x") == b"bye"
+        wait_until(lambda: server.dispatcher.worker_pids and server.dispatcher.worker_pids != first)  # type: ignore[attr-defined]
+    assert "retired" not in caplog.text and "Logging error" not in caplog.text
+    assert "exited with status 1; starting a new one" in caplog.text
+
+
+def test_workers_call_only_the_failure_hook_and_keep_plugin_options() -> None:
+    """started/stopped/collect_stats run once, in the supervising process; workers see plugin_options."""
+    reports_r, reports_w = os.pipe()
+
+    class Recorder:
+        @hookimpl
+        def sockwork_server_started(self, server: Any) -> None:
+            os.write(reports_w, b"started %d\n" % os.getpid())
+
+        @hookimpl
+        def sockwork_request_failed(self, server: Any) -> None:
+            os.write(reports_w, b"failed %d %s\n" % (os.getpid(), str(server.plugin_options).encode()))
+
+    def fail(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
+        raise RuntimeError("boom")
+
+    pm = make_plugin_manager(entry_points=False)
+    pm.register(Recorder(), name="recorder")
+    server = Server(transport=TCP, dispatcher="prefork", handler=fail, registry=Registry(pm),
+                    dispatcher_options={"workers": 2}, plugin_options={"recorder": {"x": 1}})
+    try:
+        with serving(server):
+            with client(server) as sock:
+                sock.sendall(b"x")
+                assert sock.recv(10) == b""
+            wait_until(lambda: server.stats.failed == 1)
+        os.set_blocking(reports_r, False)
+        lines = os.read(reports_r, 4096).decode().splitlines()
+    finally:
+        os.close(reports_r)
+        os.close(reports_w)
+    assert lines[0] == f"started {os.getpid()}"
+    assert len(lines) == 2 and lines[1].startswith("failed ") and lines[1].endswith("{'recorder': {'x': 1}}")
+    assert int(lines[1].split()[1]) != os.getpid()

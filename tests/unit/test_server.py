@@ -314,7 +314,7 @@ def test_a_failure_in_a_forked_child_reaches_the_hook_in_the_parent() -> None:
             seen.append((os.getpid(), exc))
 
     def fail(request, client_address, server) -> None:  # type: ignore[no-untyped-def]
-        raise ValueError("no such user\twith a tab")
+        raise ValueError("C:\\new\nuser\twith a tab")  # a backslash, a newline, a tab: all arrive
 
     pm = make_plugin_manager(entry_points=False)
     pm.register(Recorder())
@@ -327,7 +327,7 @@ def test_a_failure_in_a_forked_child_reaches_the_hook_in_the_parent() -> None:
             time.sleep(0.01)
     [(pid, exc)] = seen
     assert pid == os.getpid() and isinstance(exc, FailedElsewhere)
-    assert exc.type_name == "ValueError" and exc.message == "no such user with a tab" and exc.pid != pid
+    assert exc.type_name == "ValueError" and exc.message == "C:\\new\nuser\twith a tab" and exc.pid != pid
     assert server.stats.failed == 1
 
 
@@ -352,5 +352,5 @@ def test_requests_never_started_at_the_drain_deadline_are_logged_and_closed_unan
         for sock in clients:
             assert sock.recv(10) == b""  # closed, unanswered
     assert len(started) == 1  # the three queued ones never ran, not even after the deadline
-    assert "3 accepted request(s) never started before the drain deadline; closing them unanswered" in caplog.text
+    assert "3 accepted request(s) never started before the drain deadline; closed them unanswered" in caplog.text
     assert server.stats.failed == 3 and server.stats.active == 0  # the running one returned on its own
