@@ -45,7 +45,8 @@ class _Host:
     """What a Dispatcher sees of its Server (see ``DispatcherHost``)."""
 
     __slots__ = (
-        "add_reader", "after_fork", "finished", "release", "remove_reader", "run_worker", "serve", "take_error", "wake",
+        "add_reader", "after_fork", "call_later", "finished", "release", "remove_reader", "run_worker", "serve",
+        "take_error", "wake",
     )
 
     def __init__(self, server: Server) -> None:
@@ -58,6 +59,7 @@ class _Host:
         self.wake = loop.wake
         self.add_reader = loop.add_reader
         self.remove_reader = loop.remove_reader
+        self.call_later = loop.call_later
         self.run_worker = server.run_worker
 
 
