@@ -81,6 +81,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                                   "(VALUE is read as TOML: 8, true, \"text\", [\"::1\", 0]); repeatable")
         command.add_argument("--drain-timeout", metavar="SECONDS",
                              help=f"how long running requests may finish when stopping (default: 10; '{FOREVER}')")
+        command.add_argument("--access-log", choices=("text", "json"),
+                             help="log one line per request (client, duration, bytes in/out, outcome) on the "
+                                  "'sockwork.access' logger, as text or JSON lines (default: off)")
         command.add_argument("--log-level", metavar="LEVEL",
                              help=f"one of {', '.join(LOG_LEVELS)}, in any case (default: INFO)")
 
@@ -177,7 +180,7 @@ def _one_problem_one_line(exc: ConfigError, source: str | None = None) -> str:
 def _source(args: argparse.Namespace) -> str:
     """Where the settings came from, as problems are reported: a file, flags, or both."""
     flags = any((args.transport, args.dispatcher, args.workers, args.handler, args.drain_timeout, args.log_level,
-                 args.option))
+                 args.access_log, args.option))
     return f"{args.config} with the command line's flags" if args.config and flags else args.config or "command line"
 
 
@@ -194,6 +197,8 @@ def _config_from(args: argparse.Namespace, registry: Registry) -> ServerConfig:
         data["drain_timeout"] = args.drain_timeout if args.drain_timeout == FOREVER else _number(args.drain_timeout)
     if args.log_level:
         data["log_level"] = args.log_level
+    if args.access_log:
+        data["access_log"] = args.access_log
     if args.workers is not None:
         _apply_workers(data, args.workers, args.option, registry)
     for option in args.option:

@@ -18,6 +18,7 @@ no call but ``saturated()``.
 from __future__ import annotations
 
 import errno
+import heapq
 import logging
 import selectors
 import socket
@@ -71,6 +72,8 @@ class Loop:
         # A supervisor's workers accept by themselves: this loop only watches them.
         self.accepts = not capability(dispatcher, "accepts_itself")
         self._on_round = on_round  # runs after each round; returns the longest next wait
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []  # (when, order, callback): a heap
+        self._timer_order = 0
         self._listening = False
         self._closed = False
         self._paused_until = 0.0
@@ -106,6 +109,14 @@ class Loop:
     def remove_reader(self, fd: int) -> None:
         self._selector.unregister(fd)
 
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        """Run ``callback()`` in the loop's thread after ``delay`` seconds (never sooner; later if busy).
+
+        Only from the loop's thread (a dispatcher's callbacks run there).
+        """
+        self._timer_order += 1
+        heapq.heappush(self._timers, (time.monotonic() + delay, self._timer_order, callback))
+
     # ---- One round -------------------------------------------------------------
 
     def run_once(self, timeout: float | None, limit: int) -> int | None:
@@ -129,6 +140,8 @@ class Loop:
             next_due = self._on_round()
             if next_due is not None:
                 timeout = _shorter(timeout, next_due)
+        if self._timers:
+            timeout = _shorter(timeout, max(0.0, self._timers[0][0] - time.monotonic()))
         dispatched = None
         for key, _ in self._selector.select(timeout):
             what = key.data
@@ -138,7 +151,15 @@ class Loop:
                 _drain(self._wake_r)
             else:
                 what()
+        if self._timers:
+            self._run_due_timers()
         return dispatched
+
+    def _run_due_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, callback = heapq.heappop(self._timers)
+            callback()
 
     def _accept_batch(self, limit: int) -> int:
         accept = self.transport.accept

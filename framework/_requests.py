@@ -14,9 +14,12 @@ that fail.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import socket
+import struct
+import time
 from collections.abc import Callable
 from typing import Any, final
 
@@ -46,6 +49,7 @@ class Requests:
     def __init__(
         self, transport: Transport, handler: Callable[..., object], *, limits: Limits, hooks: LifecycleHooks,
         handler_server: Any, on_error: Callable[[Request, Address, Exception], object] | None,
+        access_log: str | None = None,
     ) -> None:
         self.transport = transport
         self.handler = handler
@@ -73,6 +77,9 @@ class Requests:
         self._child_error: BaseException | None = None
         self.wake: Callable[[], None] = _nothing  # the loop's, once there is one
         self._log_disconnect = RateLimitedLog(logger, LOG_EVERY)
+        if access_log not in (None, "text", "json"):
+            raise ValueError(f"'access_log' must be 'text', 'json' or None, got {access_log!r}")
+        self.access_log = access_log
 
     # ---- The loop's side ---------------------------------------------------
 
@@ -118,6 +125,7 @@ class Requests:
             if self._deadlines is not None:
                 token = self._deadlines.add(request)
         outcome = Outcome.FAILED  # until the handler returns; a BaseException leaves it so
+        began = time.perf_counter() if self.access_log is not None else 0.0
         try:
             self.handler(request, client_address, self.handler_server)
             outcome = Outcome.COMPLETED
@@ -131,6 +139,8 @@ class Requests:
             if token is not None and self._deadlines.remove(token) and outcome is not Outcome.TIMED_OUT:  # type: ignore[union-attr]  # token => _deadlines
                 self._log_deadline(client_address)  # the handler ended quietly on the shut-down connection
                 outcome = Outcome.TIMED_OUT
+            if self.access_log is not None:
+                _log_access(self.access_log, request, client_address, outcome, time.perf_counter() - began)
             # Always end it: a dispatcher may serve a request rebuilt in another
             # process, which this process never tracked.
             self.in_flight.pop(key, None)
@@ -243,6 +253,46 @@ class Requests:
     def stop(self) -> None:
         if self._deadlines is not None:
             self._deadlines.stop()
+
+
+access_logger = logging.getLogger("sockwork.access")
+
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+_TCP_BYTES = struct.Struct("QQ")  # tcp_info.tcpi_bytes_acked, tcpi_bytes_received (Linux >= 4.6)
+_TCP_BYTES_AT = 120
+_FIN_RECEIVED = frozenset({6, 8, 9, 11})  # TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLOSING (include/net/tcp_states.h)
+_FIN_SENT_AND_ACKED = frozenset({5, 6})  # FIN_WAIT2, TIME_WAIT
+
+
+def _traffic(request: Request) -> tuple[int | None, int | None]:
+    """(bytes in, bytes out) of a request, where the kernel can tell; None where it cannot."""
+    if isinstance(request, tuple):  # a datagram: its payload; replies are the handler's own sends
+        return len(request[0]), None
+    if _TCP_INFO is None or request.family not in (socket.AF_INET, socket.AF_INET6):
+        return None, None
+    try:
+        info = request.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, 256)
+    except OSError:
+        return None, None
+    if len(info) < _TCP_BYTES_AT + _TCP_BYTES.size:
+        return None, None
+    acked, received = _TCP_BYTES.unpack_from(info, _TCP_BYTES_AT)
+    state = info[0]  # a FIN takes one byte of sequence space: not data
+    return received - (state in _FIN_RECEIVED), acked - (state in _FIN_SENT_AND_ACKED)
+
+
+def _log_access(style: str, request: Request, client_address: Address, outcome: Outcome, seconds: float) -> None:
+    """One line for one request: client, duration, bytes in/out (TCP: as the kernel counted them), outcome."""
+    bytes_in, bytes_out = _traffic(request)
+    if style == "json":
+        access_logger.info(json.dumps({
+            "client": client_label(client_address), "duration_ms": round(seconds * 1000, 3),
+            "bytes_in": bytes_in, "bytes_out": bytes_out, "outcome": outcome.name.lower(),
+        }))
+    else:
+        access_logger.info("%s %s %.3f ms in=%s out=%s", client_label(client_address), outcome.name.lower(),
+                           seconds * 1000, "-" if bytes_in is None else bytes_in,
+                           "-" if bytes_out is None else bytes_out)
 
 
 def client_label(client_address: Address) -> str:

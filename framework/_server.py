@@ -45,7 +45,8 @@ class _Host:
     """What a Dispatcher sees of its Server (see ``DispatcherHost``)."""
 
     __slots__ = (
-        "add_reader", "after_fork", "finished", "release", "remove_reader", "run_worker", "serve", "take_error", "wake",
+        "add_reader", "after_fork", "call_later", "finished", "release", "remove_reader", "run_worker", "serve",
+        "take_error", "wake",
     )
 
     def __init__(self, server: Server) -> None:
@@ -58,6 +59,7 @@ class _Host:
         self.wake = loop.wake
         self.add_reader = loop.add_reader
         self.remove_reader = loop.remove_reader
+        self.call_later = loop.call_later
         self.run_worker = server.run_worker
 
 
@@ -84,7 +86,8 @@ class Server:
     ``handler_server`` is the object handlers receive as ``server`` (default:
     this Server). ``plugin_options`` (``server.plugin_options``) maps a plugin's
     name to its options, for lifecycle-hook plugins to read (a config file's
-    ``[plugins.NAME]`` tables).
+    ``[plugins.NAME]`` tables). ``access_log`` (``"text"`` or ``"json"``) logs one
+    line per request on the ``sockwork.access`` logger.
 
     Resource handling: ``close()`` (or leaving a ``with`` block) stops
     accepting, lets running requests finish for up to ``drain_timeout``
@@ -109,6 +112,7 @@ class Server:
         service_actions: Callable[[], object] | None = None,
         handler_server: object = None,
         plugin_options: Mapping[str, Mapping[str, Any]] | None = None,
+        access_log: str | None = None,
     ) -> None:
         if drain_timeout is not None and (
             isinstance(drain_timeout, bool)
@@ -144,7 +148,7 @@ class Server:
         self._service_actions = service_actions
         self.requests = Requests(
             self.transport, self.handler, limits=limits, hooks=parts.hooks, on_error=on_error,
-            handler_server=self if handler_server is None else handler_server,
+            handler_server=self if handler_server is None else handler_server, access_log=access_log,
         )
         self.requests.server = self
         self._stats_hook = parts.hooks.collect_stats
@@ -366,7 +370,7 @@ class Server:
                         transport_name=self.parts.transport_name, hooks=self.parts.hooks.for_worker()),
             drain_timeout=self.drain_timeout, limits=self.limits, on_error=self._on_error,
             handler_server=self.requests.handler_server, service_actions=check,
-            plugin_options=self.plugin_options,
+            plugin_options=self.plugin_options, access_log=self.requests.access_log,
         )
         counters = worker.requests.counters
         if max_requests is not None:
@@ -421,6 +425,8 @@ def build_server(config: ServerConfig, registry: Registry | None = None) -> Serv
 
     parts = assemble_config(config, registry)
     logging.getLogger("sockwork").setLevel(config.log_level)
+    if config.access_log is not None:
+        logging.getLogger("sockwork.access").setLevel(logging.INFO)  # asked for: shown whatever log_level says
     return Server(parts=parts, drain_timeout=config.drain_timeout, limits=config.limits,
-                  plugin_options=config.plugins)
+                  plugin_options=config.plugins, access_log=config.access_log)
 

@@ -121,8 +121,21 @@ def _check_log_level(instance: object, attribute: attrs.Attribute[Any], value: o
         raise ValueError(f"'{attribute.name}' must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
 
 
+ACCESS_LOG_FORMATS = ("text", "json")
+
+
+def _check_access_log(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and value not in ACCESS_LOG_FORMATS:
+        raise ValueError(f"'{attribute.name}' must be one of {', '.join(ACCESS_LOG_FORMATS)}, or false for none, "
+                         f"got {value!r}")
+
+
 def _upper(value: Any) -> Any:
     return value.upper() if isinstance(value, str) else value
+
+
+def _false_is_none(value: Any) -> Any:
+    return None if value in (False, "none") else value
 
 
 @final
@@ -140,6 +153,8 @@ class ServerConfig:
     """Level of the ``sockwork`` logger."""
     limits: Limits = attrs.field(factory=Limits, validator=attrs.validators.instance_of(Limits))
     """Connection cap and timeouts (see :class:`~sockwork.Limits`)."""
+    access_log: str | None = attrs.field(default=None, converter=_false_is_none, validator=_check_access_log)
+    """One line per request on the ``sockwork.access`` logger: ``"text"``, ``"json"`` (JSON lines), or None (off)."""
     plugins: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     """Options for plugins by plugin name (``[plugins.NAME]`` tables in a file): the Server
     passes them on as ``server.plugin_options``, for lifecycle-hook plugins to read."""
@@ -163,13 +178,14 @@ class ServerConfig:
             "drain_timeout": FOREVER if self.drain_timeout is None else self.drain_timeout,
             "log_level": self.log_level,
             "limits": _options_dict(self.limits),
+            "access_log": self.access_log if self.access_log is not None else False,
             "plugins": _plain(self.plugins),
         }
 
 
 # ---- Loading ------------------------------------------------------------------
 
-_TOP_KEYS = ("transport", "dispatcher", "handler", "drain_timeout", "log_level", "limits", "plugins")
+_TOP_KEYS = ("transport", "dispatcher", "handler", "drain_timeout", "log_level", "limits", "access_log", "plugins")
 
 
 def load_config_file(path: str | Path, registry: Registry | None = None) -> ServerConfig:
@@ -215,6 +231,8 @@ def load_config(data: Mapping[str, Any], registry: Registry | None = None, *, so
         server_fields["drain_timeout"] = None if value == FOREVER else value
     if "log_level" in data:
         server_fields["log_level"] = data["log_level"]
+    if "access_log" in data:
+        server_fields["access_log"] = data["access_log"]
     fields = attrs.fields_dict(ServerConfig)
     for name, value in server_fields.items():
         problem = field_problem(fields[name], value)

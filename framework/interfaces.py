@@ -114,7 +114,9 @@ class DispatcherHost(Protocol):
     :meth:`Dispatcher.saturated` again; call it when capacity frees up after
     ``saturated()`` returned True. ``add_reader(fd, callback)`` and
     ``remove_reader(fd)`` watch a file descriptor from the loop's selector; the
-    callback runs in the loop's thread.
+    callback runs in the loop's thread. ``call_later(delay, callback)`` runs
+    ``callback()`` in the loop's thread after ``delay`` seconds (call it from
+    the loop's thread: ``start``, ``submit`` or a callback).
 
     ``run_worker(dispatcher, max_requests=None, report=None, report_every=0.2,
     parent=None)`` is for supervisors, in a forked worker process: it serves
@@ -143,6 +145,8 @@ class DispatcherHost(Protocol):
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None: ...
 
     def remove_reader(self, fd: int) -> None: ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None: ...
 
     def run_worker(
         self, dispatcher: Dispatcher, max_requests: int | None = None,

@@ -208,10 +208,15 @@ class PreforkDispatcher:
             logger.error("prefork worker %d %s; starting a new one", pid, how)
             if time.monotonic() - started < _QUICK_DEATH:  # a crash loop: slow it down
                 self._respawn_pause = min(max(self._respawn_pause * 2, 0.1), _MAX_RESPAWN_PAUSE)
-                time.sleep(self._respawn_pause)  # the parent's loop has nothing else to do
-            else:
-                self._respawn_pause = 0.0
+                # A timer in the loop, not a sleep: signals and a stop are heard meanwhile.
+                self._host.call_later(self._respawn_pause, self._respawn)
+                return
+            self._respawn_pause = 0.0
         self._spawn()
+
+    def _respawn(self) -> None:
+        if not self._stopping:
+            self._spawn()
 
     def _forget(self, pid: int, crashed: bool) -> float:
         """Stop watching an exited worker, keeping its final counters; return when it started.

@@ -418,3 +418,22 @@ def test_plugins_lists_lifecycle_only_plugins(
     assert _cli.main(["plugins"]) == 0
     out = capsys.readouterr().out
     assert "lifecycle hooks:\n  audit        sockwork_request_failed, sockwork_server_stopped  [audit, ?]" in out
+
+
+def test_access_log_as_text_from_the_command_line() -> None:
+    """--access-log text: one line per request on stderr, with the bytes each way."""
+    process = start("--dispatcher", "pool", "--transport", "tcp://127.0.0.1:0", "--access-log", "text",
+                    "--log-level", "warning")
+    try:
+        started = read_started_line(process)
+        with socket.create_connection(("127.0.0.1", int(started.group(3))), timeout=10) as conn:
+            conn.sendall(b"twelve bytes")
+            conn.shutdown(socket.SHUT_WR)
+            assert conn.recv(100) == b"twelve bytes"
+        line = process.stderr.readline()  # type: ignore[union-attr]
+        assert re.search(r"sockwork\.access INFO \('127\.0\.0\.1', \d+\) completed [\d.]+ ms in=12 out=(0|12)$",
+                         line.rstrip()), line
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    finally:
+        stop(process)

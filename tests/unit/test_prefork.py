@@ -299,3 +299,35 @@ def test_workers_call_only_the_failure_hook_and_keep_plugin_options() -> None:
     assert lines[0] == f"started {os.getpid()}"
     assert len(lines) == 2 and lines[1].startswith("failed ") and lines[1].endswith("{'recorder': {'x': 1}}")
     assert int(lines[1].split()[1]) != os.getpid()
+
+
+class CrashingInner:
+    """A dispatcher whose start() fails: every worker dies at once (a crash loop)."""
+
+    @hookimpl
+    def sockwork_add_dispatchers(self) -> list[DispatcherEntry]:
+        class Doomed:
+            concurrency = 1
+
+            def start(self, host: Any) -> None:
+                raise RuntimeError("cannot start")
+
+            def submit(self, request: Any, client_address: Any) -> None: ...
+            def saturated(self) -> bool: return False
+            def drain(self, timeout: float | None) -> bool: return True
+            def close(self) -> None: ...
+
+        return [DispatcherEntry("doomed", lambda options: Doomed())]
+
+
+def test_a_crash_loop_backs_off_in_the_loop_and_stops_promptly(caplog: pytest.LogCaptureFixture) -> None:
+    """Workers that die at once are replaced after growing pauses, scheduled in the loop (no sleep)."""
+    pm = make_plugin_manager(entry_points=False)
+    pm.register(CrashingInner(), name="crashing")
+    server = Server(transport=TCP, dispatcher="prefork", registry=Registry(pm), handler=echo,
+                    dispatcher_options={"workers": 1, "inner": "doomed"})
+    with caplog.at_level(logging.INFO, logger="sockwork"), serving(server):
+        time.sleep(1.2)  # pauses of 0.1, 0.2, 0.4, 0.8 s: a handful of replacements, not hundreds
+        server.shutdown()  # heard during a pause: serve_forever returns at once
+    replaced = caplog.text.count("exited with status 1; starting a new one")
+    assert 2 <= replaced <= 8, replaced

@@ -354,3 +354,21 @@ def test_requests_never_started_at_the_drain_deadline_are_logged_and_closed_unan
     assert len(started) == 1  # the three queued ones never ran, not even after the deadline
     assert "3 accepted request(s) never started before the drain deadline; closed them unanswered" in caplog.text
     assert server.stats.failed == 3 and server.stats.active == 0  # the running one returned on its own
+
+
+def test_the_access_log_has_one_line_per_request(caplog: pytest.LogCaptureFixture) -> None:
+    """access_log="json": client, duration, bytes in/out (as TCP counted them) and outcome, one line each."""
+    import json
+
+    server = Server(transport=TCP, dispatcher="thread", handler=echo, access_log="json")
+    with caplog.at_level(logging.INFO, logger="sockwork.access"), serving(server):
+        assert exchange(server, b"hello") == b"hello"
+        deadline = time.monotonic() + 10
+        while not [r for r in caplog.records if r.name == "sockwork.access"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+    [record] = [r for r in caplog.records if r.name == "sockwork.access"]
+    line = json.loads(record.getMessage())
+    assert line["client"].startswith("('127.0.0.1', ") and line["outcome"] == "completed"
+    assert line["bytes_in"] == 5 and line["bytes_out"] in (0, 5) and line["duration_ms"] >= 0
+    with pytest.raises(ValueError, match="'access_log' must be 'text', 'json' or None, got 'xml'"):
+        Server(transport=TCP, handler=echo, access_log="xml")
