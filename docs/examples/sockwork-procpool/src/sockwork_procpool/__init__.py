@@ -26,7 +26,7 @@ from typing import Any, final
 
 import attrs
 
-from sockwork import DispatcherEntry, Outcome, hookimpl
+from sockwork import DispatcherEntry, FailedElsewhere, Outcome, hookimpl
 from sockwork.deadlines import deadline_after, remaining
 from sockwork.forking import flush_stdio, fork
 from sockwork.validators import positive_int
@@ -115,12 +115,15 @@ class ProcPoolDispatcher:
             self._spawn()
 
     def _read_outcome(self, worker: _Worker) -> bool:
-        """The worker's report on its request (one byte: an Outcome); False if it died."""
-        report = worker.channel.recv(16)
+        """The worker's report on its request (its Outcome, and what failed); False if it died."""
+        report = worker.channel.recv(_MAX_MESSAGE)
         if not report:
             return False
         worker.busy = False
-        self._host.finished(Outcome(report[0]))
+        outcome, client_address, failure = pickle.loads(report)
+        # A handler's failure happened in the worker: the hook hears of it here, in the server's process.
+        error = FailedElsewhere(*failure, worker.pid) if failure is not None else None
+        self._host.finished(Outcome(outcome), error, client_address)
         return True
 
     def _lost(self, worker: _Worker) -> None:
@@ -188,7 +191,9 @@ class ProcPoolDispatcher:
                         sock.close()  # our copy of the server's datagram socket
                 else:
                     outcome = self._host.serve(sock, client_address)  # shuts down and closes it
-                channel.send(bytes([int(outcome)]))
+                error = self._host.take_error()  # the worker does not call the hook itself
+                failure = None if error is None else (type(error).__qualname__, str(error)[:1000])
+                channel.send(pickle.dumps((int(outcome), client_address, failure)))
             status = 0
         finally:
             flush_stdio()
