@@ -122,7 +122,7 @@ class ProcPoolDispatcher:
         worker.busy = False
         outcome, client_address, failure = pickle.loads(report)
         # A handler's failure happened in the worker: the hook hears of it here, in the server's process.
-        error = FailedElsewhere(*failure, worker.pid) if failure is not None else None
+        error = None if failure is None else FailedElsewhere(failure[0], failure[1], worker.pid)
         self._host.finished(Outcome(outcome), error, client_address)
         return True
 
