@@ -149,7 +149,9 @@ class Loop:
                 dispatched = self._accept_batch(limit)
             elif what is _WAKE:
                 _drain(self._wake_r)
-            else:
+            elif self._selector.get_map().get(key.fd) is key:
+                # Still watched: an earlier callback of this round may have removed it
+                # (a worker's exit closes its report pipe), and its number may be reused.
                 what()
         if self._timers:
             self._run_due_timers()

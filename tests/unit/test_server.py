@@ -372,3 +372,39 @@ def test_the_access_log_has_one_line_per_request(caplog: pytest.LogCaptureFixtur
     assert line["bytes_in"] == 5 and line["bytes_out"] in (0, 5) and line["duration_ms"] >= 0
     with pytest.raises(ValueError, match="'access_log' must be 'text', 'json' or None, got 'xml'"):
         Server(transport=TCP, handler=echo, access_log="xml")
+
+
+def test_a_reader_removed_by_another_callback_in_the_same_round_is_not_called() -> None:
+    """Two watched descriptors ready at once, each callback removing the other: only one runs."""
+    called: list[str] = []
+    pairs = [socket.socketpair(), socket.socketpair()]
+
+    class Watching:
+        concurrency = 1
+
+        def start(self, host: Any) -> None:
+            def make(me: int) -> Callable[[], None]:
+                def callback() -> None:
+                    called.append(f"reader {me}")
+                    other = pairs[1 - me][0]
+                    host.remove_reader(other.fileno())
+                    host.remove_reader(pairs[me][0].fileno())
+                return callback
+
+            for index, (reader, writer) in enumerate(pairs):
+                writer.send(b"!")  # both readable before the round starts
+                host.add_reader(reader.fileno(), make(index))
+
+        def submit(self, request: Any, client_address: Any) -> None: ...
+        def saturated(self) -> bool: return False
+        def drain(self, timeout: float | None) -> bool: return True
+        def close(self) -> None: ...
+
+    try:
+        with Server(transport=TCP, dispatcher=Watching(), handler=echo) as server:
+            server.handle_request(0.2)
+    finally:
+        for reader, writer in pairs:
+            reader.close()
+            writer.close()
+    assert len(called) == 1, called
