@@ -191,6 +191,17 @@ SUPERVISOR = textwrap.dedent("""
 """)
 
 
+def end_supervisor(process: subprocess.Popen[str], workers: list[int]) -> None:
+    """Stop what the test started, by pid: the supervisor, then any worker a failed test left alive."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    process.stdout.close()  # type: ignore[union-attr]
+    for pid in workers:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_workers_stop_when_their_parent_dies() -> None:
     """A supervisor killed with SIGKILL leaves no worker serving: they notice and drain."""
     process = subprocess.Popen([sys.executable, "-c", SUPERVISOR], stdout=subprocess.PIPE, text=True)
@@ -202,13 +213,7 @@ def test_workers_stop_when_their_parent_dies() -> None:
         process.wait(timeout=10)
         wait_until(lambda: not any(alive(pid) for pid in workers), timeout=30)  # a loaded machine: slow, not wrong
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stdout.close()  # type: ignore[union-attr]
-        for pid in workers:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        end_supervisor(process, workers)
 
 
 def test_a_second_signal_leaves_no_worker_alive() -> None:
@@ -229,13 +234,7 @@ def test_a_second_signal_leaves_no_worker_alive() -> None:
             assert process.wait(timeout=10) == 1
         wait_until(lambda: not any(alive(pid) for pid in workers), timeout=5)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stdout.close()  # type: ignore[union-attr]
-        for pid in workers:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        end_supervisor(process, workers)
 
 
 
