@@ -264,6 +264,9 @@ def test_saturation_stops_accepting_and_freed_capacity_wakes_the_loop(
         with serving(server), ExitStack() as stack:
             clients = start_clients_from(stack, server, 0, 1)
             assert read_messages(clients, b"started", 1, timeout=10) == [0]
+            inside = time.monotonic() + 1.0  # submit() may still be returning while the handler starts
+            while watched.submitting and time.monotonic() < inside:
+                time.sleep(0.01)
             if watched.submitting:  # it serves in the loop's own thread: the loop cannot accept anyway
                 gate.open(1)
                 pytest.skip("this dispatcher serves inside submit(): no backpressure is needed")
