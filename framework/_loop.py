@@ -192,11 +192,14 @@ class Loop:
             except Exception as exc:
                 if id(request) not in in_flight:
                     raise  # served and reported already: it is on_error that raised
-                # Never lose an accepted request silently: report it, end it, and
-                # pause (unless the application handles its errors itself).
-                requests.report_failure(request, client_address, exc)
-                requests.end(request)
-                if requests.on_error is None:
+                # Never lose an accepted request silently: end it (counted as failed) and
+                # say so once: the application's on_error (socketserver's handle_error),
+                # or one rate-limited line and a pause. Not a handler failure: no hook.
+                if requests.on_error is not None:
+                    requests.on_error(request, client_address, exc)
+                    requests.end(request)
+                else:
+                    requests.end(request)
                     self._pause(exc)
                 break  # one request per round from here: the transport's next accept may block
             except BaseException:
