@@ -104,6 +104,32 @@ def short_tmp(sockwork_tmp: Path) -> Path:
     return sockwork_tmp
 
 
+@pytest.fixture
+def unix_path_with_full_backlog(short_tmp: Path) -> Iterator[Path]:
+    """A Unix socket path where a live listener's backlog is full: a blocking connect() would wait forever."""
+    import socket
+
+    path = short_tmp / "s.sock"
+    queued: list[socket.socket] = []
+    with socket.socket(socket.AF_UNIX) as live:
+        live.bind(str(path))
+        live.listen(0)
+        try:
+            while len(queued) < 1000:  # bounded: the backlog fills after a handful
+                client = socket.socket(socket.AF_UNIX)
+                client.setblocking(False)
+                try:
+                    client.connect(str(path))
+                except BlockingIOError:
+                    client.close()
+                    break
+                queued.append(client)
+            yield path
+        finally:
+            for client in queued:
+                client.close()
+
+
 @pytest.fixture(params=["parts", "socketserver"])
 def assembly(request: pytest.FixtureRequest) -> str:
     """How the server is built: from parts, or through the legacy socketserver classes."""

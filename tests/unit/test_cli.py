@@ -244,27 +244,10 @@ def test_a_unix_path_with_a_nul_byte_from_json_is_refused_without_a_stray_file(t
     assert os.listdir(tmp_path) == ["server.json"]
 
 
-def test_a_unix_path_where_a_server_with_a_full_backlog_listens_exits_2(short_tmp: Path) -> None:
+def test_a_unix_path_where_a_server_with_a_full_backlog_listens_exits_2(unix_path_with_full_backlog: Path) -> None:
     """The stale-socket check gives up at once (EAGAIN) instead of waiting in connect() forever."""
-    path = short_tmp / "s.sock"
-    queued: list[socket.socket] = []
-    with socket.socket(socket.AF_UNIX) as live:
-        live.bind(str(path))
-        live.listen(0)
-        try:
-            while len(queued) < 1000:
-                client = socket.socket(socket.AF_UNIX)
-                client.setblocking(False)
-                try:
-                    client.connect(str(path))
-                except BlockingIOError:
-                    client.close()
-                    break
-                queued.append(client)
-            result = run_cli("serve", "--transport", f"unix://{path}")  # timeout=20: fails rather than hangs
-        finally:
-            for client in queued:
-                client.close()
+    path = unix_path_with_full_backlog
+    result = run_cli("serve", "--transport", f"unix://{path}")  # timeout=20: fails rather than hangs
     assert result.returncode == 2
     assert f"couldn't bind unix transport to '{path}': another server is listening there" in result.stderr
 
