@@ -31,6 +31,15 @@ def sockwork(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
                           timeout=20, env=env)
 
 
+def end(process: subprocess.Popen[str]) -> None:
+    """Stop a process this test started (by its pid, if still running) and close its pipes."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    process.stdout.close()  # type: ignore[union-attr]
+    process.stderr.close()  # type: ignore[union-attr]
+
+
 def without_listen_variables() -> dict[str, str]:
     return {name: value for name, value in os.environ.items() if not name.startswith("LISTEN_")}
 
@@ -52,11 +61,7 @@ def test_the_readme_example_stops_on_ctrl_c_without_a_traceback() -> None:
         assert process.wait(timeout=10) == 0
         assert "Traceback" not in process.stderr.read()  # type: ignore[union-attr]
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stdout.close()  # type: ignore[union-attr]
-        process.stderr.close()  # type: ignore[union-attr]
+        end(process)
 
 
 def test_the_migrating_snippet_with_the_same_handler_class_runs_on_its_own() -> None:
@@ -133,11 +138,7 @@ def test_config_md_stop_message_is_what_serve_logs() -> None:
         assert process.wait(timeout=10) == 0
         assert process.stderr.read().split(" sockwork ", 1)[1].rstrip() == expected[1]  # type: ignore[union-attr]
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stdout.close()  # type: ignore[union-attr]
-        process.stderr.close()  # type: ignore[union-attr]
+        end(process)
 
 
 def test_bench_quick_duration_in_help_and_docs() -> None:
