@@ -239,3 +239,14 @@ def test_plugins_get_their_options_from_the_config() -> None:
     assert errors["plugins.metrix"].startswith("no plugin named 'metrix'; registered: ")
     assert "metrics" in errors["plugins.metrix"]
     assert errors["plugins.metrics"] == "must be a table of options, got 3"
+
+
+def test_config_does_not_import_the_server() -> None:
+    """config.py reads and validates data; building and serving are assembly's and the server's."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, sockwork.config; "
+             "print(sorted(m for m in ('sockwork._server', 'sockwork._loop') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True)
+    assert result.stdout.strip() == "[]"
