@@ -30,6 +30,10 @@ if typing.TYPE_CHECKING:
     from .config import TransportConfig as TransportConfig
     from .config import load_config as load_config
     from .config import load_config_file as load_config_file
+    from .connection import KEEP_ALIVE as KEEP_ALIVE
+    from .connection import Connection as Connection
+    from .connection import ConnectionStage as ConnectionStage
+    from .connection import StageFailed as StageFailed
     from .errors import BindError as BindError
     from .errors import ConfigError as ConfigError
     from .errors import FailedElsewhere as FailedElsewhere
@@ -37,7 +41,6 @@ if typing.TYPE_CHECKING:
     from .errors import PluginError as PluginError
     from .errors import ServerError as ServerError
     from .errors import UnknownPluginError as UnknownPluginError
-    from .handlers import Connection as Connection
     from .handlers import datagram_handler as datagram_handler
     from .handlers import stream_handler as stream_handler
     from .hookspecs import hookimpl as hookimpl
@@ -83,7 +86,10 @@ _EXPORTS = {
     "PluginError": ".errors",
     "ServerError": ".errors",
     "UnknownPluginError": ".errors",
-    "Connection": ".handlers",
+    "KEEP_ALIVE": ".connection",
+    "Connection": ".connection",
+    "ConnectionStage": ".connection",
+    "StageFailed": ".connection",
     "datagram_handler": ".handlers",
     "stream_handler": ".handlers",
     "hookimpl": ".hookspecs",

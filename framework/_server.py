@@ -45,8 +45,8 @@ class _Host:
     """What a Dispatcher sees of its Server (see ``DispatcherHost``)."""
 
     __slots__ = (
-        "add_reader", "after_fork", "call_later", "finished", "release", "remove_reader", "run_worker", "serve",
-        "take_error", "wake",
+        "add_reader", "after_fork", "call_later", "finished", "limits", "release", "remove_reader", "run_worker",
+        "serve", "take_error", "wake",
     )
 
     def __init__(self, server: Server) -> None:
@@ -61,6 +61,7 @@ class _Host:
         self.remove_reader = loop.remove_reader
         self.call_later = loop.call_later
         self.run_worker = server.run_worker
+        self.limits = server.limits
 
 
 @final

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import functools
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, final
 
 import attrs
 
+from .connection import Connection
 from .hookspecs import hookimpl
 from .registry import HandlerEntry, NoOptions
 from .validators import positive_int
@@ -26,85 +27,6 @@ from .validators import positive_int
 __all__ = ["Connection", "LinesOptions", "datagram_handler", "discard", "echo", "lines", "stream_handler"]
 
 _CHUNK = 65536
-
-
-@final
-class Connection:
-    """A connected stream client, as a stream function sees it.
-
-    Reads are buffered; writes go straight out (``write`` sends everything).
-    ``peer`` is the client's address, ``socket`` the connected socket for
-    anything not covered here (timeouts: ``conn.socket.settimeout(5)``).
-    """
-
-    __slots__ = ("_buffer", "peer", "server", "socket")
-
-    def __init__(self, sock: socket.socket, peer: Any, server: Any = None) -> None:
-        self.socket = sock
-        self.peer = peer
-        self.server = server
-        self._buffer = bytearray()
-
-    def __repr__(self) -> str:
-        return f"<Connection peer={self.peer!r}>"
-
-    def recv(self, size: int = _CHUNK) -> bytes:
-        """Up to ``size`` bytes, as soon as any are there; ``b""`` at end of stream."""
-        if self._buffer:
-            data = bytes(self._buffer[:size])
-            del self._buffer[:size]
-            return data
-        return self.socket.recv(size)
-
-    def read(self, size: int = -1) -> bytes:
-        """Exactly ``size`` bytes (fewer only at end of stream); all until EOF if negative."""
-        buffer = self._buffer
-        while size < 0 or len(buffer) < size:
-            chunk = self.socket.recv(_CHUNK if size < 0 else max(size - len(buffer), _CHUNK))
-            if not chunk:
-                break
-            buffer += chunk
-        end = len(buffer) if size < 0 else min(size, len(buffer))
-        data = bytes(buffer[:end])
-        del buffer[:end]
-        return data
-
-    def readline(self, limit: int = _CHUNK) -> bytes:
-        """One line including its ``b"\\n"``; at end of stream what is left (maybe ``b""``).
-
-        A line longer than ``limit`` bytes comes back in pieces of ``limit``
-        bytes, so a client cannot make the server buffer without bound.
-        """
-        buffer = self._buffer
-        start = 0
-        while True:
-            newline = buffer.find(b"\n", start)
-            if newline >= 0:
-                end = min(newline + 1, limit)
-                break
-            if len(buffer) >= limit:
-                end = limit
-                break
-            start = len(buffer)
-            chunk = self.socket.recv(_CHUNK)
-            if not chunk:
-                end = len(buffer)
-                break
-            buffer += chunk
-        line = bytes(buffer[:end])
-        del buffer[:end]
-        return line
-
-    def __iter__(self) -> Iterator[bytes]:
-        """The lines of the stream, until its end."""
-        while line := self.readline():
-            yield line
-
-    def write(self, data: bytes) -> None:
-        """Send all of ``data``."""
-        self.socket.sendall(data)
-
-    sendall = write
 
 
 def stream_handler(fn: Callable[[Connection], object]) -> Callable[[Any, Any, Any], None]:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
-    from .limits import Outcome, ServerStats
+    from .limits import Limits, Outcome, ServerStats
 
 __all__ = [
     "ACCEPT_CAPACITY_ERRNOS",
@@ -60,7 +60,7 @@ class Transport(Protocol):
     end ``serve_forever`` with that error.
 
     Optional capabilities (see :data:`OPTIONAL_CAPABILITIES`): ``name``,
-    ``accept_batch``, ``oversized``.
+    ``accept_batch``, ``oversized``, ``stages``.
     """
 
     kind: Literal["stream", "datagram"]
@@ -154,6 +154,10 @@ class DispatcherHost(Protocol):
         parent: int | None = None,
     ) -> Any: ...
 
+    @property
+    def limits(self) -> Limits:
+        """The server's :class:`~sockwork.Limits` (a dispatcher may enforce ``request_timeout`` itself)."""
+
 
 @runtime_checkable
 class Dispatcher(Protocol):
@@ -237,6 +241,8 @@ OPTIONAL_CAPABILITIES: dict[str, tuple[object, str]] = {
     "accept_batch": (16, "Transport: most requests the loop accepts per wake-up; "
                          "1 for a transport whose accept() may block"),
     "oversized": (0, "Transport: datagrams dropped for being too large (a live counter, in server.stats)"),
+    "stages": ((), "Transport: ConnectionStage objects the loop runs, in order, on each accepted stream "
+                   "connection before dispatch (a PROXY header, a TLS handshake)"),
     # Dispatcher
     "accepts_itself": (False, "Dispatcher: True for a Supervisor, whose workers accept; "
                               "the loop then never listens"),
@@ -245,6 +251,9 @@ OPTIONAL_CAPABILITIES: dict[str, tuple[object, str]] = {
                     "(a second SIGINT/SIGTERM under Server.handle_signals calls it, then the process exits)"),
     # Handler factory
     "sockwork_kind": (None, "Handler: 'stream' or 'datagram' if it serves only that kind of request"),
+    "sockwork_speaks_first": ("server", "Handler: 'client' if the client speaks first: the connection then waits "
+                                        "in the loop (no worker) until it has bytes to read; 'server' (the default "
+                                        "for handlers that do not say: classic classes) dispatches it at accept"),
 }
 """Every optional member of a part: ``name -> (default, what it means)``."""
 

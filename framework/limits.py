@@ -38,6 +38,9 @@ class Outcome(enum.IntEnum):
     TIMED_OUT = 2
     DISCONNECTED = 3
     """The client went away mid-request (connection reset, broken pipe): not a handler failure."""
+    REFUSED = 4
+    """Closed before any handler ran, for the client's fault: it failed a connection stage (a bad
+    PROXY header, a failed TLS handshake) or sent a message larger than allowed."""
 
 
 class WorkerExit(enum.IntEnum):
@@ -107,7 +110,7 @@ class Limits:
 class ServerStats:
     """Counters of one server since it was created (a consistent snapshot).
 
-    ``active`` = accepted − rejected − (completed + failed + timed_out + disconnected).
+    ``active`` = accepted − rejected − (completed + failed + timed_out + disconnected + refused).
     """
 
     accepted: int = 0
@@ -125,13 +128,15 @@ class ServerStats:
     """Requests ended by ``idle_timeout`` or ``request_timeout``."""
     disconnected: int = 0
     """Requests whose client went away mid-request (reset, broken pipe): logged at INFO, not failures."""
+    refused: int = 0
+    """Connections closed before dispatch for the client's fault (a failed stage, an oversized message)."""
     oversized: int = 0
     """Datagrams larger than ``max_packet_size``, dropped (never truncated)."""
 
     @property
     def finished(self) -> int:
         """Requests that have ended, however they ended (rejected ones aside)."""
-        return self.completed + self.failed + self.timed_out + self.disconnected
+        return self.completed + self.failed + self.timed_out + self.disconnected + self.refused
 
     def __add__(self, other: ServerStats) -> ServerStats:
         """Counters of two processes (or servers) together."""
@@ -144,13 +149,14 @@ class Counters:
     """The live counters behind :class:`ServerStats` (internal)."""
 
     __slots__ = (
-        "_lock", "accepted", "active", "completed", "disconnected", "failed", "rejected", "timed_out", "wake_below",
+        "_lock", "accepted", "active", "completed", "disconnected", "failed", "refused", "rejected", "timed_out",
+        "wake_below",
     )
 
     def __init__(self, wake_below: int | None) -> None:
         self._lock = threading.Lock()
         self.accepted = self.active = self.completed = self.failed = self.rejected = self.timed_out = 0
-        self.disconnected = 0
+        self.disconnected = self.refused = 0
         self.wake_below = wake_below  # the connection cap: crossing it downwards wakes the loop
 
     def accept(self) -> int:
@@ -174,6 +180,8 @@ class Counters:
                 self.timed_out += 1
             elif outcome is Outcome.DISCONNECTED:
                 self.disconnected += 1
+            elif outcome is Outcome.REFUSED:
+                self.refused += 1
             else:
                 self.failed += 1
             return self.active + 1 == self.wake_below
@@ -181,14 +189,14 @@ class Counters:
     @property
     def finished(self) -> int:
         """Requests ended so far, however they ended (a racy read: for "about how many")."""
-        return self.completed + self.failed + self.timed_out + self.disconnected
+        return self.completed + self.failed + self.timed_out + self.disconnected + self.refused
 
     def snapshot(self, oversized: int) -> ServerStats:
         with self._lock:
             return ServerStats(
                 accepted=self.accepted, active=self.active, completed=self.completed, failed=self.failed,
                 rejected=self.rejected, timed_out=self.timed_out, disconnected=self.disconnected,
-                oversized=oversized,
+                refused=self.refused, oversized=oversized,
             )
 
 
