@@ -254,6 +254,10 @@ OPTIONAL_CAPABILITIES: dict[str, tuple[object, str]] = {
     "sockwork_speaks_first": ("server", "Handler: 'client' if the client speaks first: the connection then waits "
                                         "in the loop (no worker) until it has bytes to read; 'server' (the default "
                                         "for handlers that do not say: classic classes) dispatches it at accept"),
+    "sockwork_takes_connection": (False, "Handler: True if it wants the loop's sockwork.Connection record (kept "
+                                         "across KEEP_ALIVE turns) instead of the bare socket (stream_handler's)"),
+    "sockwork_framing": (None, "Handler: a message handler's Framing; the loop then reads and splits messages "
+                               "and calls sockwork_answer(messages, conn) -> replies (see sockwork.messages)"),
 }
 """Every optional member of a part: ``name -> (default, what it means)``."""
 

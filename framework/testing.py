@@ -5,6 +5,8 @@
 - :func:`client` opens a socket connected to a server, of the transport's
   kind (a Unix datagram client is bound to a temporary path so it gets replies);
 - :func:`exchange` sends one payload and returns the whole reply;
+- :func:`eventually` waits (bounded) for a condition, such as a counter
+  the server updates just after the client saw its reply;
 - :class:`ResourceSnapshot` records threads, descriptors and child processes,
   and names whatever a test left behind.
 
@@ -20,14 +22,24 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, final
 
 import attrs
 
 from ._server import Server
 
-__all__ = ["ResourceSnapshot", "client", "exchange", "exchange_address", "recv_until_eof", "serving"]
+__all__ = ["ResourceSnapshot", "client", "eventually", "exchange", "exchange_address", "recv_until_eof", "serving"]
+
+
+def eventually(condition: Callable[[], object], timeout: float = 10.0) -> bool:
+    """Whether ``condition()`` became true within ``timeout`` seconds (checked every few milliseconds)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 @contextlib.contextmanager
