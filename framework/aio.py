@@ -8,7 +8,9 @@ moves over unchanged:
   ``start_server`` passes); ``writer.get_extra_info("peername")`` is the client;
 - a datagram handler is ``async def handle(payload, client_address)`` returning
   the reply bytes, or None for no reply (as :func:`sockwork.datagram_handler`,
-  awaited).
+  awaited). One that sends more than one reply takes a third parameter,
+  ``async def handle(payload, client_address, transport)``, and calls
+  ``transport.sendto(data, client_address)`` as with asyncio's datagram transport.
 
 Mark one with :func:`stream_handler` or :func:`datagram_handler` (or pass a
 bare ``async def`` function: assembly reads it as the transport's kind). The
@@ -57,7 +59,7 @@ class AsyncHandler:
 
     sockwork_async = True
 
-    __slots__ = ("__qualname__", "__wrapped__", "datagram", "stream")
+    __slots__ = ("__qualname__", "__wrapped__", "datagram", "datagram_sends", "stream")
 
     def __init__(self, stream: StreamFunction | None = None, datagram: DatagramFunction | None = None,
                  name: str | None = None) -> None:
@@ -68,6 +70,8 @@ class AsyncHandler:
                 raise TypeError(f"the {what} form of an async handler must be an 'async def' function, got {form!r}")
         self.stream = stream
         self.datagram = datagram
+        self.datagram_sends = datagram is not None and _positional(datagram) >= 3
+        """The datagram form takes a third parameter: something to ``sendto`` more replies with."""
         self.__wrapped__ = stream or datagram
         self.__qualname__ = name or getattr(self.__wrapped__, "__qualname__", repr(self.__wrapped__))
 
@@ -113,6 +117,15 @@ def as_async_handler(handler: object, kind: str | None) -> AsyncHandler | None:
     if inspect.iscoroutinefunction(handler):
         return AsyncHandler(datagram=handler) if kind == "datagram" else AsyncHandler(stream=handler)
     return None
+
+
+def _positional(fn: Callable[..., object]) -> int:
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 2
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return sum(1 for p in parameters if p.kind in kinds)
 
 
 def runs_async(dispatcher: object) -> bool:

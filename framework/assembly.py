@@ -323,10 +323,12 @@ def check_handler(
         async_handler = as_async_handler(handler, kind)
         if async_handler is None:  # marked async by a plugin of its own: its dispatcher knows it
             return handler
-        for form, arguments in ((async_handler.stream, "reader, writer"),
-                                (async_handler.datagram, "payload, client_address")):
-            if form is not None:
-                _check_signature(label, form, 2, arguments)
+        if async_handler.stream is not None:
+            _check_signature(label, async_handler.stream, 2, "reader, writer")
+        if async_handler.datagram is not None:
+            sends = async_handler.datagram_sends
+            _check_signature(label, async_handler.datagram, 3 if sends else 2,
+                             "payload, client_address" + (", transport" if sends else ""))
         return async_handler
     _check_signature(label, handler, 3, "request, client_address, server")
     return handler

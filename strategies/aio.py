@@ -206,7 +206,10 @@ class AsyncioDispatcher:
         outcome, error = Outcome.FAILED, None
         payload, sock = request
         try:
-            reply = await self._handler.datagram(payload, conn.address)  # type: ignore[misc]  # a datagram server
+            if self._handler.datagram_sends:
+                reply = await self._handler.datagram(payload, conn.address, _Sender(sock))  # type: ignore[call-arg,misc]
+            else:
+                reply = await self._handler.datagram(payload, conn.address)  # type: ignore[misc]  # a datagram server
             if reply is not None:
                 send_datagram(sock, reply, conn.address)
             outcome = Outcome.COMPLETED
@@ -349,6 +352,19 @@ class _Writer(asyncio.StreamWriter):
     def writelines(self, data: Any) -> None:
         self._conn.activity += 1
         super().writelines(data)
+
+
+@final
+class _Sender:
+    """What a datagram handler's third parameter gets: ``sendto`` on the transport's socket, nothing else."""
+
+    __slots__ = ("_sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def sendto(self, data: bytes, client_address: Any) -> None:
+        send_datagram(self._sock, data, client_address)
 
 
 def _new_loop(kind: str) -> asyncio.AbstractEventLoop:
