@@ -45,8 +45,8 @@ class _Host:
     """What a Dispatcher sees of its Server (see ``DispatcherHost``)."""
 
     __slots__ = (
-        "add_reader", "after_fork", "call_later", "finished", "handler", "limits", "release", "remove_reader", "run_worker",
-        "serve", "take_error", "wake",
+        "add_reader", "after_fork", "call_later", "finished", "handler", "limits", "release", "remove_reader",
+        "run_worker", "serve", "take_error", "wake",
     )
 
     def __init__(self, server: Server) -> None:

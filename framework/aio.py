@@ -42,8 +42,9 @@ _CHUNK = 65536
 
 StreamFunction = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[object]]
 """``async def handle(reader, writer)``, as ``asyncio.start_server`` calls it."""
-DatagramFunction = Callable[[bytes, Any], Awaitable[bytes | None]]
-"""``async def handle(payload, client_address) -> reply | None``."""
+DatagramFunction = Callable[..., Awaitable[bytes | None]]
+"""``async def handle(payload, client_address) -> reply | None``, or with a third parameter,
+``transport``, to ``sendto`` more replies."""
 
 
 @final

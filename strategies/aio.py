@@ -150,6 +150,7 @@ class AsyncioDispatcher:
 
     def submit(self, request: Any, client_address: Any) -> None:
         self._slots.take()
+        item: tuple[bytes, socket.socket] | socket.socket
         if isinstance(request, tuple):
             item = request  # (payload, socket): the socket is the transport's, for the reply
         else:
@@ -183,22 +184,24 @@ class AsyncioDispatcher:
     async def _serve_stream(self, conn: _Conn, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         outcome, error = Outcome.FAILED, None
-        transport: asyncio.BaseTransport | None = None
+        transport: asyncio.Transport | None = None
         try:
             reader = asyncio.StreamReader(STREAM_LIMIT, loop)
             protocol = _Protocol(reader, conn, loop)
             transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock=sock)
-            writer = _Writer(transport, protocol, reader, loop, conn)  # type: ignore[arg-type]
+            writer = _Writer(transport, protocol, reader, loop, conn)
             await self._handler.stream(reader, writer)  # type: ignore[misc]  # a stream server: has it
             writer.close()
             await writer.wait_closed()  # the reply is on its way before the request counts as done
             outcome = Outcome.COMPLETED
         except BaseException as exc:  # the event loop carries on whatever a handler raised
             outcome, error = self._outcome_of(conn, exc)
-            if transport is not None:
-                transport.abort()
-            else:
+            if transport is None:
                 sock.close()
+            elif outcome is Outcome.FAILED and conn.reason is None:
+                transport.close()  # as after any handler: what it wrote is still sent
+            else:
+                transport.abort()  # cut off (a timeout, the drain deadline) or gone: nothing to wait for
         finally:
             self._end(conn, outcome, error)
 
@@ -207,7 +210,7 @@ class AsyncioDispatcher:
         payload, sock = request
         try:
             if self._handler.datagram_sends:
-                reply = await self._handler.datagram(payload, conn.address, _Sender(sock))  # type: ignore[call-arg,misc]
+                reply = await self._handler.datagram(payload, conn.address, _Sender(sock))  # type: ignore[misc]
             else:
                 reply = await self._handler.datagram(payload, conn.address)  # type: ignore[misc]  # a datagram server
             if reply is not None:
