@@ -19,8 +19,8 @@ asyncio dispatcher"); this module only runs what it is handed:
 Rule 1: every request submitted ends with exactly one ``host.finished``:
 ``submit`` releases it from the server (which counts it active until then).
 Rule 2: limits are cancellations. ``idle_timeout`` cancels a stream handler
-whose connection moved no byte for that long; ``request_timeout`` one whose
-connection is older than that; both counted ``timed_out`` with an INFO line.
+that has waited that long on its client (one read pending, or the same
+bytes unsent); ``request_timeout`` one whose connection is older than that; both counted ``timed_out`` with an INFO line.
 A client that resets is ``disconnected`` (INFO, rate limited). At the drain
 deadline what still runs is cancelled (FAILED, INFO): no traceback for what
 we caused. One timer checks every connection at a quarter of the shorter
@@ -187,9 +187,10 @@ class AsyncioDispatcher:
         transport: asyncio.Transport | None = None
         try:
             reader = asyncio.StreamReader(STREAM_LIMIT, loop)
-            protocol = _Protocol(reader, conn, loop)
+            protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
             transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock=sock)
-            writer = _Writer(transport, protocol, reader, loop, conn)
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+            conn.reader, conn.transport = reader, transport  # for the idle check
             await self._handler.stream(reader, writer)  # type: ignore[misc]  # a stream server: has it
             writer.close()
             await writer.wait_closed()  # the reply is on its way before the request counts as done
@@ -262,11 +263,17 @@ class AsyncioDispatcher:
                 continue  # a datagram, or cancelled already
             if longest is not None and now - conn.started >= longest:
                 conn.cancel("request")
-            elif idle is not None:
-                if conn.activity != conn.seen:
-                    conn.seen, conn.quiet_since = conn.activity, now
-                elif now - conn.quiet_since >= idle:
-                    conn.cancel("idle")
+            elif idle is not None and conn.transport is not None:
+                # Waiting on the client: the same read still pending as at the last look
+                # (asyncio's StreamReader keeps it as ``_waiter``), or the same bytes still
+                # unsent because the client does not read. Nothing to count per request.
+                waiter = getattr(conn.reader, "_waiter", None)
+                unsent = conn.transport.get_write_buffer_size()
+                if (waiter is not None and waiter is conn.waiter) or (unsent and unsent == conn.unsent):
+                    if now - conn.quiet_since >= idle:
+                        conn.cancel("idle")
+                else:
+                    conn.waiter, conn.unsent, conn.quiet_since = waiter, unsent, now
         loop.call_later(self._sweep_every, self._sweep)  # type: ignore[union-attr,arg-type]
 
     def _cancel_all(self, reason: str) -> None:
@@ -312,13 +319,17 @@ class AsyncioDispatcher:
 class _Conn:
     """One request on the event loop: its task, and what the timeout sweep needs."""
 
-    __slots__ = ("activity", "address", "quiet_since", "reason", "seen", "sock", "started", "task")
+    __slots__ = ("address", "quiet_since", "reader", "reason", "sock", "started", "task", "transport", "unsent",
+                 "waiter")
 
     def __init__(self, address: Any, sock: socket.socket | None, started: float) -> None:
         self.address = address
         self.sock = sock  # None for a datagram
         self.started = self.quiet_since = started
-        self.activity = self.seen = 0  # reads and writes so far / as of the last sweep that saw a change
+        self.reader: asyncio.StreamReader | None = None
+        self.transport: asyncio.Transport | None = None
+        self.waiter: object = None  # the pending read, and the unsent bytes, at the last look that saw a change
+        self.unsent = 0
         self.reason: str | None = None  # why we cancelled it: "idle", "request", "drain"
         self.task: asyncio.Task[None] | None = None
 
@@ -326,35 +337,6 @@ class _Conn:
         self.reason = reason
         if self.task is not None:
             self.task.cancel()
-
-
-class _Protocol(asyncio.StreamReaderProtocol):
-    """asyncio's stream protocol, counting reads for the idle timeout."""
-
-    def __init__(self, reader: asyncio.StreamReader, conn: _Conn, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(reader, loop=loop)
-        self._conn = conn
-
-    def data_received(self, data: bytes) -> None:
-        self._conn.activity += 1
-        super().data_received(data)
-
-
-class _Writer(asyncio.StreamWriter):
-    """asyncio's StreamWriter, counting writes for the idle timeout."""
-
-    def __init__(self, transport: asyncio.WriteTransport, protocol: asyncio.BaseProtocol,
-                 reader: asyncio.StreamReader, loop: asyncio.AbstractEventLoop, conn: _Conn) -> None:
-        super().__init__(transport, protocol, reader, loop)
-        self._conn = conn
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._conn.activity += 1
-        super().write(data)
-
-    def writelines(self, data: Any) -> None:
-        self._conn.activity += 1
-        super().writelines(data)
 
 
 @final

@@ -4,6 +4,7 @@ supervisor and CLI every other dispatcher has (issue 12). The conformance kit ru
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import logging
 import os
@@ -170,7 +171,8 @@ def test_wrong_signatures_fail_at_assembly() -> None:
 
 
 def test_loop_option_is_validated_and_a_missing_uvloop_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ConfigError, match="dispatcher 'asyncio' option 'loop': must be 'asyncio' or 'uvloop', got 'trio'"):
+    with pytest.raises(ConfigError,
+                       match="dispatcher 'asyncio' option 'loop': must be 'asyncio' or 'uvloop', got 'trio'"):
         assemble(TCP, "echo", "asyncio", dispatcher_options={"loop": "trio"}, registry=BUILTINS)
     import sockwork.strategies.aio as strategy
 
@@ -202,7 +204,7 @@ def test_request_timeout_cancels_a_client_that_trickles(caplog: pytest.LogCaptur
     """One byte every 20 ms is never idle, but the whole connection may last 0.3 s at most."""
     server = Server(TCP, "echo", "asyncio", limits=Limits(idle_timeout=5, request_timeout=0.3))
     with caplog.at_level(logging.INFO, logger="sockwork"), serving(server), client(server) as slow:
-        with pytest.raises(OSError):  # noqa: PT012 -- the loop ends when the server cuts the connection
+        with pytest.raises(OSError):  # the loop ends when the server cuts the connection
             for _ in range(1000):
                 slow.sendall(b".")
                 if slow.recv(10) == b"":
@@ -269,10 +271,8 @@ def started(clients: list[socket.socket], wait: float) -> int:
     count = 0
     for sock in clients:
         sock.settimeout(wait)
-        try:
+        with contextlib.suppress(TimeoutError):
             count += sock.recv(100).startswith(b"started")
-        except TimeoutError:
-            pass
     return count
 
 

@@ -92,7 +92,8 @@ def test_a_third_party_dispatcher_runs_inside_the_workers() -> None:
 
 def test_inner_dispatcher_and_its_options_are_validated() -> None:
     """Unknown inner names, a supervisor inside a supervisor and bad inner options fail at assembly."""
-    with pytest.raises(ConfigError, match="no dispatcher named 'forks'; registered: asyncio, fork, inline, pool, prefork"):
+    with pytest.raises(ConfigError,
+                       match="no dispatcher named 'forks'; registered: asyncio, fork, inline, pool, prefork"):
         Server(transport=TCP, dispatcher="prefork", dispatcher_options={"inner": "forks"}, handler=echo,
                registry=BUILTINS)
     with pytest.raises(ConfigError, match="'prefork' supervises processes itself and cannot run inside a worker"):
