@@ -23,8 +23,9 @@ that has waited that long on its client (one read pending, or the same
 bytes unsent); ``request_timeout`` one whose connection is older than that;
 both counted ``timed_out`` with an INFO line. A client that resets is
 ``disconnected`` (INFO, rate limited). At the drain deadline what still runs
-is cancelled (FAILED, INFO): no traceback for what we caused. One timer checks every connection at a quarter of the shorter
-timeout (at most every second): nothing per request.
+is cancelled (FAILED, INFO): no traceback for what we caused. One timer
+checks every connection at a quarter of the shorter timeout (at most every
+second): nothing per request.
 Rule 3: the event loop thread is joined and the loop closed in ``close()``.
 """
 
