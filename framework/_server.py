@@ -45,8 +45,8 @@ class _Host:
     """What a Dispatcher sees of its Server (see ``DispatcherHost``)."""
 
     __slots__ = (
-        "add_reader", "after_fork", "call_later", "finished", "limits", "release", "remove_reader", "run_worker",
-        "serve", "take_error", "wake",
+        "add_reader", "after_fork", "call_later", "finished", "handler", "limits", "release", "remove_reader",
+        "run_worker", "serve", "take_error", "wake",
     )
 
     def __init__(self, server: Server) -> None:
@@ -62,6 +62,7 @@ class _Host:
         self.call_later = loop.call_later
         self.run_worker = server.run_worker
         self.limits = server.limits
+        self.handler = server.handler
 
 
 @final

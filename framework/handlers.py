@@ -170,13 +170,22 @@ def sockwork_add_handlers() -> list[HandlerEntry]:
         HandlerEntry(
             "echo", lambda options: echo, NoOptions,
             description="send back whatever arrives (streams and datagrams)",
+            async_factory=lambda options: _aio().echo,
         ),
         HandlerEntry(
             "discard", lambda options: discard, NoOptions,
             description="read and drop everything, never answer (streams and datagrams)",
+            async_factory=lambda options: _aio().discard,
         ),
         HandlerEntry(
             "lines", lines, LinesOptions,
             description="answer each line with '<n>: <line>' (streams)",
+            async_factory=lambda options: _aio().lines(options),
         ),
     ]
+
+
+def _aio() -> Any:
+    from . import aio  # asyncio is imported only when an async form is asked for
+
+    return aio

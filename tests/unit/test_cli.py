@@ -51,7 +51,7 @@ def test_serves_echo_and_stops_on_sigterm(dispatcher: str) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--dispatcher", "threads"], "no dispatcher named 'threads'; registered: fork, inline, pool,"),
+        (["--dispatcher", "threads"], "no dispatcher named 'threads'; registered: asyncio, fork, inline, pool,"),
         (["--transport", "tcp://127.0.0.1"], "must look like tcp://HOST:PORT"),
     ],
 )
