@@ -176,8 +176,9 @@ class Requests:
         record = self.connections.get(key)  # a connection the loop held until now
         token = None
         if record is not None:
-            request.settimeout(self._idle_timeout)  # the loop's sockets are non-blocking
-            if self._deadlines is not None:
+            # The loop set the socket's mode once: a timeout for handlers that read it,
+            # non-blocking where the loop itself reads (message turns do no I/O).
+            if self._deadlines is not None and record.batch is None:
                 token = self._deadlines.add(request)
         elif self._guard_connections and not isinstance(request, tuple):
             if self._idle_timeout is not None:
@@ -249,6 +250,7 @@ class Requests:
             return Outcome.COMPLETED
         conn = record.conn if record is not None else Connection(request, client_address, self.handler_server)
         try:
+            request.settimeout(self._idle_timeout)  # a message connection was non-blocking, for the loop
             if replies:
                 request.sendall(b"".join(replies))
             while True:

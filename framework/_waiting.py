@@ -126,7 +126,10 @@ class WaitingSet:
 
     def add(self, sock: socket.socket, client_address: Any, server: Any) -> None:
         """Take an accepted (and admitted) connection: run its stages, then wait for its first bytes."""
-        sock.setblocking(False)
+        if self._stages or self._framing is not None:
+            sock.setblocking(False)  # the loop reads and writes it: never block
+        else:
+            sock.settimeout(self._idle_timeout)  # only the handler does I/O on it: set once, not per turn
         record = Waiting(Connection(sock, client_address, server))
         self._requests.connections[id(sock)] = record
         self._next_stage(record)
@@ -160,6 +163,8 @@ class WaitingSet:
                 continue
             self._watch(record, _WRITE if want == "write" else _READ, record.due, stage.name)
             return
+        if stages and self._framing is None:
+            record.conn.socket.settimeout(self._idle_timeout)  # from here on only the handler does I/O on it
         if self._waits_for_client:
             self._wait_for_bytes(record)
         else:
@@ -239,10 +244,7 @@ class WaitingSet:
         while returned:
             record, replies = returned.popleft()
             record.batch = None
-            sock = record.conn.socket
-            try:
-                sock.setblocking(False)
-            except OSError:  # closed under us (force at the drain deadline)
+            if record.conn.socket.fileno() < 0:  # closed under us (force at the drain deadline)
                 self._close(record, Outcome.DISCONNECTED, None)
                 continue
             if replies:
