@@ -126,6 +126,8 @@ class Loop:
                 self.waiting = waiting
                 self.max_waiting = requests.limits.waiting_capacity()
                 requests.give_back = waiting.give_back
+                requests.forget = waiting.forget
+                requests.close_later = waiting.close_later
 
     @property
     def wakeup_fd(self) -> int:
