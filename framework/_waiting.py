@@ -55,6 +55,9 @@ READ_CHUNK = 65536
 REPLIES_HIGH_WATER = 256 * 1024
 """Unsent reply bytes above which the loop stops reading a client (it is not reading its replies)."""
 
+TURN_MESSAGES = 32
+"""Most messages one turn of a message handler answers; the rest wait for the next turn."""
+
 _READ: Final = selectors.EVENT_READ
 _WRITE: Final = selectors.EVENT_WRITE
 _EPOLL_SELECTOR: Any = getattr(selectors, "EpollSelector", ())
@@ -159,6 +162,8 @@ class WaitingSet:
             before = record.conn.socket
             try:
                 want = stage.advance(record.conn)
+            except BlockingIOError:
+                want = "read"  # nothing to read yet: try again when there is
             except StageFailed as exc:
                 self._close(record, Outcome.REFUSED, f"{stage.name} failed: {exc}")
                 return
@@ -241,8 +246,8 @@ class WaitingSet:
             self._submit(ready.popleft())
 
     def _submit(self, record: Waiting) -> None:
-        if self._framing is not None:
-            record.batch, record.messages = record.messages, []
+        if self._framing is not None:  # at most TURN_MESSAGES per turn: the replies are bounded too
+            record.batch, record.messages = record.messages[:TURN_MESSAGES], record.messages[TURN_MESSAGES:]
         record.busy = True
         self.busy += 1
         record.served += 1
