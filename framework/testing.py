@@ -5,6 +5,10 @@
 - :func:`client` opens a socket connected to a server, of the transport's
   kind (a Unix datagram client is bound to a temporary path so it gets replies);
 - :func:`exchange` sends one payload and returns the whole reply;
+- :class:`Clients` does both through a transport's ``loopback_client``
+  (TLS, a PROXY header first), and :class:`TLSClient` is a blocking TLS
+  client that can half-close (close_notify) and still read, as a plain
+  socket's ``shutdown(SHUT_WR)`` does;
 - :class:`ResourceSnapshot` records threads, descriptors and child processes,
   and names whatever a test left behind.
 
@@ -16,18 +20,23 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import ssl
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, final
 
 import attrs
 
 from ._server import Server
 
-__all__ = ["ResourceSnapshot", "client", "exchange", "exchange_address", "recv_until_eof", "serving"]
+__all__ = ["Clients", "ResourceSnapshot", "TLSClient", "client", "exchange", "exchange_address", "recv_until_eof",
+           "serving"]
+
+Wrap = Callable[[socket.socket], Any]
+"""Turns a connected client socket into what talks to the server (a :class:`TLSClient`, say)."""
 
 
 @contextlib.contextmanager
@@ -57,8 +66,12 @@ def serving(server: Server) -> Iterator[Server]:
 
 
 @contextlib.contextmanager
-def client(server: Server, timeout: float = 10.0) -> Iterator[socket.socket]:
-    """A socket connected to ``server``; datagram sockets are connected too."""
+def client(server: Server, timeout: float = 10.0, wrap: Wrap | None = None) -> Iterator[Any]:
+    """A socket connected to ``server``; datagram sockets are connected too.
+
+    ``wrap(sock)``, if given, is applied once connected (with the timeout set)
+    and its result is what the block gets and what is closed afterwards.
+    """
     transport = server.transport
     kind = socket.SOCK_STREAM if transport.kind == "stream" else socket.SOCK_DGRAM
     sock = socket.socket(transport.family, kind)
@@ -71,7 +84,14 @@ def client(server: Server, timeout: float = 10.0) -> Iterator[socket.socket]:
         # timeout fails with EAGAIN instead of waiting when the backlog is full.
         sock.connect(server.address)
         sock.settimeout(timeout)
-        yield sock
+        if wrap is None:
+            yield sock
+        else:
+            wrapped = wrap(sock)
+            try:
+                yield wrapped
+            finally:
+                wrapped.close()
     finally:
         sock.close()
         if directory is not None:
@@ -80,14 +100,14 @@ def client(server: Server, timeout: float = 10.0) -> Iterator[socket.socket]:
             os.rmdir(directory)
 
 
-def exchange(server: Server, payload: bytes, timeout: float = 10.0) -> bytes:
+def exchange(server: Server, payload: bytes, timeout: float = 10.0, wrap: Wrap | None = None) -> bytes:
     """Send ``payload`` and return the reply.
 
     Stream: sends while reading (so large payloads cannot deadlock), closes
     the sending side and reads until the server closes. Datagram: one datagram
     out, one datagram back.
     """
-    with client(server, timeout) as sock:
+    with client(server, timeout, wrap) as sock:
         if sock.type != socket.SOCK_STREAM:
             sock.send(payload)
             return sock.recv(1 << 17)
@@ -104,7 +124,7 @@ def exchange_address(address: str | bytes | tuple[Any, ...], payload: bytes, tim
         return _exchange_stream(sock, payload)
 
 
-def _exchange_stream(sock: socket.socket, payload: bytes) -> bytes:
+def _exchange_stream(sock: Any, payload: bytes) -> bytes:
     sender = threading.Thread(target=_send_and_close_write, args=(sock, payload))
     sender.start()
     try:
@@ -113,17 +133,174 @@ def _exchange_stream(sock: socket.socket, payload: bytes) -> bytes:
         sender.join()
 
 
-def _send_and_close_write(sock: socket.socket, payload: bytes) -> None:
+def _send_and_close_write(sock: Any, payload: bytes) -> None:
     with contextlib.suppress(OSError):  # the reply side reports what went wrong
         sock.sendall(payload)
         sock.shutdown(socket.SHUT_WR)
 
 
-def recv_until_eof(sock: socket.socket) -> bytes:
+def recv_until_eof(sock: Any) -> bytes:
     chunks = []
     while chunk := sock.recv(1 << 16):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+@final
+class Clients:
+    """Connecting to a server as its transport expects: ``wrap`` is the transport's ``loopback_client``.
+
+    The conformance kit gets one from the ``sockwork_client`` fixture, so a
+    transport that changes the wire format (TLS, a PROXY header) is tested
+    by the same tests as plain TCP.
+    """
+
+    def __init__(self, wrap: Wrap | None = None) -> None:
+        self.wrap = wrap
+
+    def connect(self, server: Any, timeout: float = 10.0) -> contextlib.AbstractContextManager[Any]:
+        """Like :func:`client`."""
+        return client(server, timeout, self.wrap)
+
+    def exchange(self, server: Any, payload: bytes, timeout: float = 10.0) -> bytes:
+        """Like :func:`exchange`."""
+        return exchange(server, payload, timeout, self.wrap)
+
+
+_RECORD_HEADER = 5  # a TLS record: type (1), version (2), length (2), then the length's bytes
+
+
+@final
+class TLSClient:
+    """A blocking TLS client over a connected socket, through memory BIOs.
+
+    What ``ssl.SSLSocket`` cannot do and a test needs: ``shutdown(SHUT_WR)``
+    sends close_notify and the client keeps reading (a half-close, as with a
+    plain socket), one thread may send while another receives, and
+    ``recv(n, socket.MSG_WAITALL)`` works. It reads the socket one TLS record
+    at a time, so no decrypted byte waits inside it where a selector on
+    :meth:`fileno` would miss it (as long as each read asks for at least a
+    record's worth). A connection that ends without close_notify reads as an
+    end of stream. The handshake happens in the constructor.
+    """
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext, server_hostname: str | None = None) -> None:
+        self.sock = sock
+        self.type, self.family = sock.type, sock.family
+        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=server_hostname)
+        self._state = threading.Lock()  # the SSL object: never used by two threads at once
+        self._sending = threading.Lock()  # records leave in the order they were made
+        self._eof = False
+        while True:
+            try:
+                with self._state:
+                    self._tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                if not self._read_record():
+                    raise ConnectionResetError("the server closed the connection during the TLS handshake") from None
+        self._flush()
+
+    @property
+    def version(self) -> str | None:
+        return self._tls.version()
+
+    def selected_alpn_protocol(self) -> str | None:
+        return self._tls.selected_alpn_protocol()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.sock.settimeout(timeout)
+
+    def _flush(self) -> None:
+        with self._sending:
+            with self._state:
+                data = self._outgoing.read()
+            if data:
+                self.sock.sendall(data)
+
+    def _read_record(self) -> bool:
+        """Feed one whole TLS record from the socket to the SSL object; False at the end of the stream."""
+        header = self._recv_exactly(_RECORD_HEADER)
+        body = self._recv_exactly(int.from_bytes(header[3:5], "big")) if len(header) == _RECORD_HEADER else b""
+        with self._state:
+            if header:
+                self._incoming.write(header + body)
+            if len(header) < _RECORD_HEADER or len(body) < int.from_bytes(header[3:5], "big"):
+                self._incoming.write_eof()
+                return False
+        return True
+
+    def _recv_exactly(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = self.sock.recv(size - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    def send(self, data: bytes) -> int:
+        with self._sending:
+            with self._state:
+                self._tls.write(data)
+                out = self._outgoing.read()
+            self.sock.sendall(out)
+        return len(data)
+
+    sendall = send
+
+    def recv(self, size: int, flags: int = 0) -> bytes:
+        if flags & ~socket.MSG_WAITALL:
+            raise ValueError(f"TLSClient.recv: only MSG_WAITALL is supported, got flags={flags:#x}")
+        data = b""
+        while len(data) < size:
+            chunk = self._recv_some(size - len(data))
+            if not chunk:
+                break
+            data += chunk
+            if not flags & socket.MSG_WAITALL:
+                break
+        return data
+
+    def _recv_some(self, size: int) -> bytes:
+        while not self._eof:
+            try:
+                with self._state:
+                    return self._tls.read(size)
+            except ssl.SSLWantReadError:
+                if not self._read_record():
+                    continue  # the SSL object now knows of the end: the next read says how it ended
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                self._eof = True  # close_notify, or the end of the stream without one: both end the stream
+        return b""
+
+    def shutdown(self, how: int) -> None:
+        """``SHUT_WR``: send close_notify, keep reading. ``SHUT_RD``/``SHUT_RDWR``: the socket's own."""
+        if how != socket.SHUT_WR:
+            self.sock.shutdown(how)
+            return
+        with self._sending:
+            with self._state:
+                try:
+                    self._tls.unwrap()
+                except ssl.SSLWantReadError:
+                    pass  # close_notify is written; the server's comes later, read by recv()
+                out = self._outgoing.read()
+            self.sock.sendall(out)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> TLSClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 @final
