@@ -20,6 +20,7 @@ any address.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import struct
 from collections.abc import Iterable
@@ -40,6 +41,9 @@ __all__ = [
     "ProxyHeaderStage",
     "ProxyProtocolError",
     "TrustedProxies",
+    "crc32c",
+    "encode_v1",
+    "encode_v2",
     "expected_length",
     "parse",
 ]
@@ -469,3 +473,32 @@ def _describe(peer: object) -> str:
         host = peer[0]
         return f"[{host}]:{peer[1]}" if ":" in str(host) else f"{host}:{peer[1]}"
     return f"peer {peer!r}"
+
+
+# ---- Writing headers (for tests, and for clients that sit behind no balancer) --------------------
+
+def encode_v1(source: tuple[Any, ...] | None, destination: tuple[Any, ...] | None) -> bytes:
+    """A v1 header line for TCP ``source`` -> ``destination``; ``None`` gives ``PROXY UNKNOWN``."""
+    if source is None or destination is None:
+        return b"PROXY UNKNOWN\r\n"
+    version = ipaddress.ip_address(source[0]).version
+    return (f"PROXY TCP{version} {source[0]} {destination[0]} {source[1]} {destination[1]}\r\n").encode("ascii")
+
+
+def encode_v2(source: Any, destination: Any, *, tlvs: Iterable[tuple[int, bytes]] = (),
+              command: Literal["PROXY", "LOCAL"] = "PROXY") -> bytes:
+    """A v2 header: ``(host, port)`` addresses (IPv4 or IPv6), Unix paths (str), or None (family unspec)."""
+    if source is None or destination is None:
+        family, addresses = 0x0, b""
+    elif isinstance(source, str):
+        family = 0x3
+        addresses = os.fsencode(source).ljust(108, b"\0") + os.fsencode(destination).ljust(108, b"\0")
+    else:
+        src, dst = ipaddress.ip_address(source[0]), ipaddress.ip_address(destination[0])
+        family = 0x1 if src.version == 4 else 0x2
+        addresses = src.packed + dst.packed + struct.pack("!HH", source[1], destination[1])
+    extensions = b"".join(bytes([kind]) + struct.pack("!H", len(value)) + value for kind, value in tlvs)
+    body = addresses + extensions
+    protocol = 0x1 if family else 0x0
+    return V2_SIGNATURE + bytes([0x20 | (1 if command == "PROXY" else 0), family << 4 | protocol]) + \
+        struct.pack("!H", len(body)) + body
