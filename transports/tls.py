@@ -20,6 +20,7 @@ client that closes without one reads as an ordinary end of stream.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import ssl
 from pathlib import Path
@@ -261,13 +262,14 @@ _REASONS: Final = {
 
 
 def _reason(exc: BaseException) -> str:
-    """One readable line for an SSLError: what it means, then OpenSSL's own words."""
+    """One readable line for an SSLError: what it means, then OpenSSL's reason code."""
     reason = getattr(exc, "reason", None)
-    words = getattr(exc, "verify_message", None) or (exc.args[1] if len(exc.args) > 1 else str(exc))
+    detail = getattr(exc, "verify_message", None)
     meaning = _REASONS.get(reason or "")
-    if meaning:
-        return f"{meaning} ({reason}: {words})" if words != reason else f"{meaning} ({reason})"
-    return f"{reason}: {words}" if reason and reason not in str(words) else str(words)
+    if meaning is None:
+        words = str(exc.args[1] if len(exc.args) > 1 else exc)
+        meaning = re.sub(r"^\[SSL: [A-Z0-9_]+\] |\s*\(_ssl\.c:\d+\)$", "", words)
+    return f"{meaning}{f': {detail}' if detail else ''}{f' ({reason})' if reason else ''}"
 
 
 def _remember_server_name(sock: Any, server_name: str | None, context: ssl.SSLContext) -> None:
