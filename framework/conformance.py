@@ -30,7 +30,7 @@ from sockwork import Registry, Server, hookimpl, make_plugin_manager
 from sockwork.errors import FailedElsewhere
 from sockwork.handlers import echo
 from sockwork.interfaces import capability
-from sockwork.testing import client, exchange, recv_until_eof, serving
+from sockwork.testing import Clients, recv_until_eof, serving
 
 __all__ = [
     "test_close_after_drain_timeout_ends_stuck_connections",
@@ -54,6 +54,9 @@ def _conformance(test: Callable[..., None]) -> Callable[..., None]:
 
 
 MakeServer = Callable[..., Any]
+# Every test connects through the ``sockwork_client`` fixture (a sockwork.testing.Clients): a
+# transport that changes the wire format (TLS, a PROXY header) says how through its entry's
+# loopback_client, and is tested by exactly these tests.
 
 
 def large_payload(server: Server) -> bytes:
@@ -63,30 +66,30 @@ def large_payload(server: Server) -> bytes:
 
 
 @_conformance
-def test_echo_small(sockwork_make_server: MakeServer) -> None:
+def test_echo_small(sockwork_make_server: MakeServer, sockwork_client: Clients) -> None:
     """A short payload comes back unchanged, several times over."""
     with serving(sockwork_make_server(echo)) as server:
         for i in range(5):
-            assert exchange(server, b"ping %d" % i) == b"ping %d" % i
+            assert sockwork_client.exchange(server, b"ping %d" % i) == b"ping %d" % i
 
 
 @_conformance
-def test_echo_large(sockwork_make_server: MakeServer) -> None:
+def test_echo_large(sockwork_make_server: MakeServer, sockwork_client: Clients) -> None:
     """A large payload (1 MiB stream, 60 kB datagram) comes back unchanged."""
     with serving(sockwork_make_server(echo)) as server:
         payload = large_payload(server)
-        assert exchange(server, payload) == payload
+        assert sockwork_client.exchange(server, payload) == payload
 
 
 @_conformance
-def test_many_clients_each_get_their_own_reply(sockwork_make_server: MakeServer) -> None:
+def test_many_clients_each_get_their_own_reply(sockwork_make_server: MakeServer, sockwork_client: Clients) -> None:
     """Twenty concurrent clients each get exactly their own payload back."""
     server = sockwork_make_server(echo)
     with serving(server):
         replies: dict[int, bytes] = {}
 
         def one(i: int) -> None:
-            replies[i] = exchange(server, b"client %02d" % i)
+            replies[i] = sockwork_client.exchange(server, b"client %02d" % i)
 
         threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
         for t in threads:
@@ -144,7 +147,7 @@ def open_gate() -> Iterator[Gate]:
         gate.close()
 
 
-def read_messages(clients: list[socket.socket], prefix: bytes, count: int, timeout: float) -> list[int]:
+def read_messages(clients: list[Any], prefix: bytes, count: int, timeout: float) -> list[int]:
     """Indices of clients that got a message ``prefix + b" cN"``, up to ``count``.
 
     Stream messages are read by their exact length, as two may arrive together.
@@ -167,15 +170,16 @@ def read_messages(clients: list[socket.socket], prefix: bytes, count: int, timeo
     return found
 
 
-def start_clients(stack: ExitStack, server: Server, count: int) -> list[socket.socket]:
-    clients = [stack.enter_context(client(server)) for _ in range(count)]
+def start_clients(stack: ExitStack, server: Server, count: int, connect: Clients) -> list[Any]:
+    clients = [stack.enter_context(connect.connect(server)) for _ in range(count)]
     for i, sock in enumerate(clients):
         sock.send(b"c%d" % i)
     return clients
 
 
 @_conformance
-def test_concurrency_is_what_the_dispatcher_promises(sockwork_make_server: MakeServer) -> None:
+def test_concurrency_is_what_the_dispatcher_promises(sockwork_make_server: MakeServer,
+                                                    sockwork_client: Clients) -> None:
     """N clients blocking in the handler run at once, up to the dispatcher's concurrency.
 
     A serial dispatcher (concurrency 1) serves them one at a time; with a
@@ -186,7 +190,7 @@ def test_concurrency_is_what_the_dispatcher_promises(sockwork_make_server: MakeS
         limit = server.dispatcher.concurrency
         n = limit + 2 if limit is not None and limit <= 16 else 4  # beyond a small limit: is it kept?
         at_once = n if limit is None else min(n, limit)
-        clients = start_clients(stack, server, n)
+        clients = start_clients(stack, server, n, sockwork_client)
         started = read_messages(clients, b"started", at_once, timeout=10)
         assert len(started) == at_once, f"only {len(started)} of {at_once} ran at once"
         if at_once < n:
@@ -238,19 +242,17 @@ SERVE_WITHIN = 20.0
 
 @_conformance
 def test_saturation_stops_accepting_and_freed_capacity_wakes_the_loop(
-    sockwork_transport_name: str, sockwork_dispatcher_name: str, sockwork_tmp: Any, sockwork_registry: Registry,
+    sockwork_transport_name: str, sockwork_dispatcher_name: str, sockwork_registry: Registry,
+    sockwork_loopback: Any, sockwork_client: Clients,
 ) -> None:
     """With every worker blocked, a dispatcher says saturated() (backpressure) before it holds an
     unbounded number of requests, and wakes the loop (host.wake(), or a descriptor it watches) when
     capacity frees up: here the loop does not poll, so a dispatcher that never wakes it hangs."""
     from sockwork.assembly import assemble
 
-    entry = sockwork_registry.get("transport", sockwork_transport_name)
-    if entry.loopback_options is None:
-        pytest.skip(f"transport {sockwork_transport_name!r} has no loopback_options to test it with")
     with open_gate() as gate:
         parts = assemble(sockwork_transport_name, gated_handler(gate), sockwork_dispatcher_name,
-                         transport_options=entry.loopback_options(sockwork_tmp),
+                         transport_options=sockwork_loopback.options,
                          registry=sockwork_registry)
         if capability(parts.dispatcher, "accepts_itself"):
             _discard(parts)
@@ -262,7 +264,7 @@ def test_saturation_stops_accepting_and_freed_capacity_wakes_the_loop(
         server = Server(parts=attrs_evolve(parts, dispatcher=watched))
         server.loop.saturated_recheck = None  # no polling: only the dispatcher's wake-up resumes accepting
         with serving(server), ExitStack() as stack:
-            clients = start_clients_from(stack, server, 0, 1)
+            clients = start_clients_from(stack, server, 0, 1, sockwork_client)
             assert read_messages(clients, b"started", 1, timeout=10) == [0]
             inside = time.monotonic() + 1.0  # submit() may still be returning while the handler starts
             while watched.submitting and time.monotonic() < inside:
@@ -272,7 +274,7 @@ def test_saturation_stops_accepting_and_freed_capacity_wakes_the_loop(
                 pytest.skip("this dispatcher serves inside submit(): no backpressure is needed")
             deadline = time.monotonic() + 20
             while not watched.saturated_seen and len(clients) < MOST_CLIENTS and time.monotonic() < deadline:
-                clients.extend(start_clients_from(stack, server, len(clients), 8))
+                clients.extend(start_clients_from(stack, server, len(clients), 8, sockwork_client))
                 time.sleep(0.02)  # let the loop accept them
             gate.open(len(clients))  # first: a failing check must not leave handlers blocked
             assert watched.saturated_seen, (
@@ -297,8 +299,8 @@ def attrs_evolve(parts: Any, **changes: Any) -> Any:
     return attrs.evolve(parts, **changes)
 
 
-def start_clients_from(stack: ExitStack, server: Server, first: int, count: int) -> list[socket.socket]:
-    clients = [stack.enter_context(client(server)) for _ in range(count)]
+def start_clients_from(stack: ExitStack, server: Server, first: int, count: int, connect: Clients) -> list[Any]:
+    clients = [stack.enter_context(connect.connect(server)) for _ in range(count)]
     for i, sock in enumerate(clients, first):
         sock.send(b"c%d" % i)
     return clients
@@ -307,21 +309,21 @@ def start_clients_from(stack: ExitStack, server: Server, first: int, count: int)
 # ---- Shutdown --------------------------------------------------------------
 
 @_conformance
-def test_shutdown_while_idle(sockwork_make_server: MakeServer) -> None:
+def test_shutdown_while_idle(sockwork_make_server: MakeServer, sockwork_client: Clients) -> None:
     """An idle server stops and closes promptly, and serves again if asked first."""
     server = sockwork_make_server(echo)
     with serving(server):
-        assert exchange(server, b"one") == b"one"
+        assert sockwork_client.exchange(server, b"one") == b"one"
         server.shutdown()
         thread = threading.Thread(target=server.serve_forever)
         thread.start()
-        assert exchange(server, b"two") == b"two"
+        assert sockwork_client.exchange(server, b"two") == b"two"
         server.shutdown()
         thread.join()
 
 
 @_conformance
-def test_close_waits_for_requests_in_flight(sockwork_make_server: MakeServer) -> None:
+def test_close_waits_for_requests_in_flight(sockwork_make_server: MakeServer, sockwork_client: Clients) -> None:
     """close() stops accepting but lets running requests finish and reply."""
     n = 2
     with open_gate() as gate, ExitStack() as stack:
@@ -329,7 +331,7 @@ def test_close_waits_for_requests_in_flight(sockwork_make_server: MakeServer) ->
         with serving(server):
             limit = server.dispatcher.concurrency
             at_once = n if limit is None else min(n, limit)
-            clients = start_clients(stack, server, at_once)
+            clients = start_clients(stack, server, at_once, sockwork_client)
             assert len(read_messages(clients, b"started", at_once, timeout=10)) == at_once
             closer = threading.Thread(target=server.close)
             closer.start()
@@ -342,7 +344,8 @@ def test_close_waits_for_requests_in_flight(sockwork_make_server: MakeServer) ->
 
 
 @_conformance
-def test_close_after_drain_timeout_ends_stuck_connections(sockwork_make_server: MakeServer) -> None:
+def test_close_after_drain_timeout_ends_stuck_connections(sockwork_make_server: MakeServer,
+                                                         sockwork_client: Clients) -> None:
     """A client that never sends cannot hold close() past the drain timeout (plus grace)."""
     holding_r, holding_w = os.pipe()  # a pipe: the handler may run in a forked child
 
@@ -354,7 +357,7 @@ def test_close_after_drain_timeout_ends_stuck_connections(sockwork_make_server: 
         server = sockwork_make_server(wait_for_client, drain_timeout=0.2)
         if server.transport.kind == "datagram":
             pytest.skip("a datagram request holds no connection to shut down")
-        with serving(server), client(server) as sock:
+        with serving(server), sockwork_client.connect(server) as sock:
             assert os.read(holding_r, 1) == b"h"
             started = time.monotonic()
             server.close()
@@ -366,7 +369,7 @@ def test_close_after_drain_timeout_ends_stuck_connections(sockwork_make_server: 
 
 
 @_conformance
-def test_raising_handler_does_not_stop_the_server(sockwork_make_server: MakeServer) -> None:
+def test_raising_handler_does_not_stop_the_server(sockwork_make_server: MakeServer, sockwork_client: Clients) -> None:
     """A handler that raises is reported to the hook; the next request is served."""
     reports_r, reports_w = os.pipe()
 
@@ -393,12 +396,12 @@ def test_raising_handler_does_not_stop_the_server(sockwork_make_server: MakeServ
 
     try:
         with serving(sockwork_make_server(handle, registry=Registry(pm))) as server:
-            with client(server) as sock:
+            with sockwork_client.connect(server) as sock:
                 sock.send(b"boom")
                 if server.transport.kind == "stream":
                     assert recv_until_eof(sock) == b""  # closed, not left hanging
             assert os.read(reports_r, 200) == b"RuntimeError: handler exploded\n"
-            with client(server) as sock:
+            with sockwork_client.connect(server) as sock:
                 sock.send(b"fine")
                 assert sock.recv(100) == b"fine"
     finally:
@@ -407,7 +410,7 @@ def test_raising_handler_does_not_stop_the_server(sockwork_make_server: MakeServ
 
 
 @_conformance
-def test_handle_request_serves_one_or_times_out(sockwork_make_server: MakeServer) -> None:
+def test_handle_request_serves_one_or_times_out(sockwork_make_server: MakeServer, sockwork_client: Clients) -> None:
     """handle_request() returns False after its timeout, True once it dispatched a request."""
     server = sockwork_make_server(echo)
     if capability(server.dispatcher, "accepts_itself"):
@@ -415,14 +418,25 @@ def test_handle_request_serves_one_or_times_out(sockwork_make_server: MakeServer
     started = time.monotonic()
     assert server.handle_request(timeout=0.05) is False
     assert time.monotonic() - started >= 0.05
-    with client(server) as sock:
-        sock.send(b"once")
-        stream = server.transport.kind == "stream"
-        if stream:
-            sock.shutdown(socket.SHUT_WR)  # echo reads to the end; inline serves right here
-        assert server.handle_request(timeout=10) is True
-        if stream:
-            assert recv_until_eof(sock) == b"once"
-        else:
-            assert sock.recv(100) == b"once"
+    replies: list[bytes] = []
+
+    def talk() -> None:
+        # In a thread: a client whose transport has a handshake (TLS) needs the server to run
+        # while it connects, and here only handle_request() runs it.
+        with sockwork_client.connect(server) as sock:
+            sock.send(b"once")
+            if server.transport.kind == "stream":
+                sock.shutdown(socket.SHUT_WR)  # echo reads to the end; inline serves right here
+                replies.append(recv_until_eof(sock))
+            else:
+                replies.append(sock.recv(100))
+
+    talker = threading.Thread(target=talk)
+    talker.start()
+    try:
+        served = server.handle_request(timeout=10)
+    finally:
+        talker.join(20)
+    assert served is True
+    assert replies == [b"once"]
     server.close()

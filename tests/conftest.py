@@ -223,7 +223,7 @@ class LegacyHarness:
 @pytest.fixture
 def sockwork_make_server(
     sockwork_transport_name: str, sockwork_dispatcher_name: str, assembly: str,
-    sockwork_tmp: Path, sockwork_registry: Registry,
+    sockwork_loopback: Any, sockwork_registry: Registry,
 ) -> Iterator[Callable[..., Any]]:
     """The plugin's fixture, plus a second way to assemble: the legacy classes."""
     created: list[Any] = []
@@ -232,13 +232,12 @@ def sockwork_make_server(
         pytest.fail(f"plugin(s) failed to load: {sockwork_registry.failures}", pytrace=False)
 
     def make(handler: Any, **kwargs: Any) -> Any:
-        entry = sockwork_registry.get("transport", sockwork_transport_name)
         if assembly == "socketserver":
-            server: Any = make_legacy(entry.loopback_options(sockwork_tmp), handler, **kwargs)
+            server: Any = make_legacy(sockwork_loopback.options, handler, **kwargs)
         else:
             kwargs.setdefault("registry", sockwork_registry)
             server = Server(
-                transport=sockwork_transport_name, transport_options=entry.loopback_options(sockwork_tmp),
+                transport=sockwork_transport_name, transport_options=sockwork_loopback.options,
                 dispatcher=sockwork_dispatcher_name, handler=handler, **kwargs,
             )
         created.append(server)
