@@ -220,6 +220,14 @@ class LegacyHarness:
         self.classic.server_close()
 
 
+@pytest.fixture(scope="session")
+def stages_run() -> bool:
+    """True once the Server runs transports' connection stages (TLS handshake, PROXY header) in its loop."""
+    from sockwork_stages import loop_runs_stages
+
+    return loop_runs_stages()
+
+
 @pytest.fixture
 def sockwork_make_server(
     sockwork_transport_name: str, sockwork_dispatcher_name: str, assembly: str,
