@@ -28,10 +28,10 @@ server that could not start.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import logging
-import contextlib
 import os
 import signal
 import sys

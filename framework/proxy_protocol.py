@@ -178,7 +178,7 @@ def expected_length(data: bytes, versions: Iterable[Version] = BOTH) -> int | No
         return None
     _v2_command(data[12])
     _v2_family(data[13])
-    (length,) = struct.unpack_from("!H", data, 14)
+    length: int = struct.unpack_from("!H", data, 14)[0]
     if 16 + length > V2_MAX_LENGTH:
         raise ProxyProtocolError(f"PROXY v2 header of {16 + length} bytes: longer than the {V2_MAX_LENGTH} "
                                  "accepted")
@@ -274,7 +274,8 @@ def _parse_v2(data: bytes) -> ProxyHeader:
     if command == "PROXY" and family != "unspec" and protocol != "stream":
         raise ProxyProtocolError(f"PROXY v2 header announces a {protocol} connection over {family} to a stream "
                                  "server")
-    source = destination = None
+    source: Any = None
+    destination: Any = None
     if family == "inet":
         src, dst, sport, dport = struct.unpack_from("!4s4sHH", body)
         source = _socket_address(ipaddress.IPv4Address(src), sport)

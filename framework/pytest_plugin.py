@@ -38,9 +38,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import attrs
+import pytest
 
 from ._server import Server
 from .registry import BUILTIN_PLUGINS, Entry, Registry, TransportEntry

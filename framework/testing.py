@@ -110,7 +110,8 @@ def exchange(server: Server, payload: bytes, timeout: float = 10.0, wrap: Wrap |
     with client(server, timeout, wrap) as sock:
         if sock.type != socket.SOCK_STREAM:
             sock.send(payload)
-            return sock.recv(1 << 17)
+            reply: bytes = sock.recv(1 << 17)
+            return reply
         return _exchange_stream(sock, payload)
 
 
@@ -286,10 +287,9 @@ class TLSClient:
             return
         with self._sending:
             with self._state:
-                try:
+                # close_notify is written; the server's comes later, read by recv()
+                with contextlib.suppress(ssl.SSLWantReadError):
                     self._tls.unwrap()
-                except ssl.SSLWantReadError:
-                    pass  # close_notify is written; the server's comes later, read by recv()
                 out = self._outgoing.read()
             self.sock.sendall(out)
 

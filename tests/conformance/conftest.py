@@ -11,6 +11,6 @@ from sockwork_stages import STAGES_NOT_RUN
 @pytest.fixture(autouse=True)
 def stages_are_run(sockwork_transport_name: str, sockwork_loopback: Any, stages_run: bool) -> None:
     """Skip (saying why) a transport with stages (tls, the PROXY option) while the Server does not run them."""
-    if getattr(sockwork_loopback.options, "proxy_protocol", None) or sockwork_transport_name == "tls":
-        if not stages_run:
-            pytest.skip(STAGES_NOT_RUN)
+    staged = getattr(sockwork_loopback.options, "proxy_protocol", None) or sockwork_transport_name == "tls"
+    if staged and not stages_run:
+        pytest.skip(STAGES_NOT_RUN)

@@ -62,7 +62,7 @@ def test_v1_at_its_longest_is_accepted() -> None:
     unknown = f"PROXY UNKNOWN {six} {six} 65535 65535\r\n".encode()
     assert len(unknown) == V1_MAX_LENGTH
     assert parse(unknown).length == V1_MAX_LENGTH
-    assert parse(f"PROXY TCP6 {six} {six} 65535 65535\r\n".encode()).source == (six.replace("ffff", "ffff"), 65535, 0, 0)
+    assert parse(f"PROXY TCP6 {six} {six} 65535 65535\r\n".encode()).source == (six, 65535, 0, 0)
 
 
 def test_v2_inet_with_tlvs() -> None:
@@ -262,13 +262,13 @@ def test_trusted_proxies_match_addresses_networks_and_mapped_ipv4() -> None:
 
 
 def test_options_need_trusted_proxies_and_check_them() -> None:
-    """proxy_protocol without trusted_proxies, a bad network, or trusted_proxies on a Unix socket fail as config errors."""
+    """proxy_protocol without trusted_proxies, a bad network, trusted_proxies on a Unix socket: config errors."""
     def build(transport: str, **options: object) -> None:
         Server(transport=transport, transport_options=options, handler="echo").close()
 
     with pytest.raises(ConfigError, match="option 'trusted_proxies': must list the balancers"):
         build("tcp", address=("127.0.0.1", 0), proxy_protocol="v2")
-    with pytest.raises(ConfigError, match="'10.0.0.1/8' is not an IP address or network"):
+    with pytest.raises(ConfigError, match=r"'10\.0\.0\.1/8' is not an IP address or network"):
         build("tcp", address=("127.0.0.1", 0), proxy_protocol="v2", trusted_proxies=["10.0.0.1/8"])
     with pytest.raises(ConfigError, match="must be 'v1', 'v2', 'any' or none"):
         build("tcp", address=("127.0.0.1", 0), proxy_protocol="v3", trusted_proxies=["::1"])

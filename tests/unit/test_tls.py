@@ -155,7 +155,7 @@ def test_a_required_client_certificate(open_transport: Any, files: dict[str, str
 
 
 def test_a_stalled_handshake_asks_to_wait_and_holds_nothing(open_transport: Any, files: dict[str, str]) -> None:
-    """A client that connects and sends nothing leaves the stage waiting for "read": it is the loop's timeout that ends it."""
+    """A client that sends nothing leaves the stage waiting for "read": handshake_timeout (the loop) ends it."""
     transport = open_transport(certfile=files["cert"], keyfile=files["key"], handshake_timeout=0.2)
     with socket.create_connection(transport.address):
         conn = accept_connection(transport.socket)
@@ -166,7 +166,7 @@ def test_a_stalled_handshake_asks_to_wait_and_holds_nothing(open_transport: Any,
 
 
 def test_close_sends_close_notify_and_tolerates_clients_that_do_not(open_transport: Any, files: dict[str, str]) -> None:
-    """The server's close is a clean TLS close (the client reads b"", not a ragged EOF); a client's bare TCP close reads as EOF."""
+    """The server's close sends close_notify (the client reads b"", no ragged EOF); a bare TCP close reads as EOF."""
     transport = open_transport(certfile=files["cert"], keyfile=files["key"])
 
     def read_to_end(sock: ssl.SSLSocket) -> bytes:
@@ -180,7 +180,7 @@ def test_close_sends_close_notify_and_tolerates_clients_that_do_not(open_transpo
 
     def drop(sock: ssl.SSLSocket) -> None:
         sock.sendall(b"bye")
-        sock.recv(1) if False else None  # noqa: B018 -- nothing to read; leave without close_notify
+        sock.recv(1) if False else None
         raw = socket.socket(fileno=sock.detach())  # the TCP socket alone: closing it sends no close_notify
         raw.close()
 
@@ -273,11 +273,11 @@ def test_the_testing_client_half_closes_and_keeps_reading(open_transport: Any, f
 # ---- Options ----------------------------------------------------------------------------------
 
 def test_options_are_checked_before_anything_opens(files: dict[str, str], sockwork_tmp: Path, ca: trustme.CA) -> None:
-    """Missing files, a key that is not the certificate's, a wrong password, verify_client without client_ca: config errors."""
+    """Missing files, a key that is not the certificate's, verify_client without client_ca...: config errors."""
     def build(**options: Any) -> None:
         Server(transport="tls://127.0.0.1:0", transport_options=options, handler="echo").close()
 
-    with pytest.raises(ConfigError, match="option 'certfile': file '/nonexistent.pem' does not exist"):
+    with pytest.raises(ConfigError, match=r"option 'certfile': file '/nonexistent\.pem' does not exist"):
         build(certfile="/nonexistent.pem")
     other_key = ca.issue_cert("elsewhere").private_key_pem
     other_key.write_to_path(str(sockwork_tmp / "other-key.pem"))
@@ -285,7 +285,7 @@ def test_options_are_checked_before_anything_opens(files: dict[str, str], sockwo
         build(certfile=files["cert"], keyfile=str(sockwork_tmp / "other-key.pem"))
     with pytest.raises(ConfigError, match="option 'verify_client': 'required' needs 'client_ca'"):
         build(certfile=files["cert"], keyfile=files["key"], verify_client="required")
-    with pytest.raises(ConfigError, match="option 'minimum_version': must be one of 'TLSv1.2', 'TLSv1.3'"):
+    with pytest.raises(ConfigError, match=r"option 'minimum_version': must be one of 'TLSv1\.2', 'TLSv1\.3'"):
         build(certfile=files["cert"], keyfile=files["key"], minimum_version="TLSv1.0")
     with pytest.raises(ConfigError, match="option 'alpn': must be a list of protocol names"):
         build(certfile=files["cert"], keyfile=files["key"], alpn=[""])

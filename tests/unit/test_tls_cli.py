@@ -1,4 +1,4 @@
-"""``sockwork serve --transport tls://...``: openssl s_client and Python's ssl talk to it; SIGHUP reloads the certificate."""
+"""``sockwork serve --transport tls://...``: openssl s_client and Python's ssl talk to it; SIGHUP reloads."""
 
 from __future__ import annotations
 
