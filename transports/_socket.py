@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Literal, cast
 import attrs
 
 from sockwork._ratelimit import RateLimitedLog
-from sockwork.errors import BindError
+from sockwork.errors import BindError, ConfigError
 from sockwork.validators import boolean, off_is_none
 
 logger = logging.getLogger("sockwork")
@@ -125,25 +125,29 @@ def _to_networks(value: object) -> object:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _check_trusted_proxies(unix: bool) -> Any:
+_NEEDS_TRUSTED = ("must list the balancers allowed to send a PROXY header (addresses or networks, "
+                  "e.g. ['10.0.0.0/8']) when proxy_protocol is set: any client could claim any address otherwise")
+_UNIX_UNTRUSTED = ("cannot apply to a Unix socket, whose peers have no address: who may send a PROXY header "
+                   "is who may connect; restrict that with 'mode'")
+
+
+def _check_trusted_proxies(unix: bool | None) -> Any:
+    """``unix`` None: the family is known only later (an inherited descriptor); the transport checks then."""
     def check(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
         if not isinstance(value, tuple) or not all(isinstance(item, str) for item in value):
             raise ValueError(f"'{attribute.name}' must be a list of addresses or networks such as "
                              f"['10.0.0.0/8', '::1'], got {value!r}")
         if unix:
             if value:
-                raise ValueError(f"'{attribute.name}' cannot apply to a Unix socket, whose peers have no address: "
-                                 "who may send a PROXY header is who may connect; restrict that with 'mode'")
+                raise ValueError(f"'{attribute.name}' {_UNIX_UNTRUSTED}")
             return
         for item in value:
             try:
                 ipaddress.ip_network(item)
             except ValueError as exc:
                 raise ValueError(f"'{attribute.name}' entry {item!r} is not an IP address or network: {exc}") from None
-        if instance.proxy_protocol is not None and not value:
-            raise ValueError(f"'{attribute.name}' must list the balancers allowed to send a PROXY header "
-                             "(addresses or networks, e.g. ['10.0.0.0/8']) when proxy_protocol is set: "
-                             "any client could claim any address otherwise")
+        if unix is False and instance.proxy_protocol is not None and not value:
+            raise ValueError(f"'{attribute.name}' {_NEEDS_TRUSTED}")
     return check
 
 
@@ -152,7 +156,7 @@ def proxy_protocol_field() -> Any:
     return attrs.field(default=None, converter=off_is_none, validator=_check_proxy_protocol)
 
 
-def trusted_proxies_field(*, unix: bool = False) -> Any:
+def trusted_proxies_field(*, unix: bool | None = False) -> Any:
     """``trusted_proxies``: addresses/networks that may send a PROXY header (none for a Unix socket)."""
     return attrs.field(default=(), converter=_to_networks, validator=_check_trusted_proxies(unix))
 
@@ -167,6 +171,10 @@ def proxy_stages(options: Any, *, unix: bool = False) -> tuple[Any, ...]:
     versions = _PROXY_VERSIONS[options.proxy_protocol]
     if not versions:
         return ()
+    if unix and options.trusted_proxies:
+        raise ConfigError(f"'trusted_proxies' {_UNIX_UNTRUSTED}")
+    if not unix and not options.trusted_proxies:
+        raise ConfigError(f"'trusted_proxies' {_NEEDS_TRUSTED}")
     from sockwork.proxy_protocol import ProxyHeaderStage, TrustedProxies  # only where it is used
 
     return (ProxyHeaderStage(versions, TrustedProxies(options.trusted_proxies, unix=unix), PROXY_HEADER_TIMEOUT),)

@@ -158,8 +158,8 @@ def make_context(options: TLSOptions) -> ssl.SSLContext:
         context.load_cert_chain(options.certfile, options.keyfile, options.password)
     except ssl.SSLError as exc:
         raise ValueError(f"couldn't load the certificate {options.certfile!r}"
-                         f"{f' with the key {options.keyfile!r}' if options.keyfile else ''}: {_reason(exc)} "
-                         "(is the key the certificate's, and the password right?)") from None
+                         f"{f' with the key {options.keyfile!r}' if options.keyfile else ''}: {_reason(exc)}; "
+                         "is the key the certificate's (and the password right)?") from None
     except OSError as exc:
         raise ValueError(f"couldn't read the certificate or key: {exc}") from None
     if options.client_ca is not None:
@@ -268,7 +268,7 @@ def _reason(exc: BaseException) -> str:
     meaning = _REASONS.get(reason or "")
     if meaning is None:
         words = str(exc.args[1] if len(exc.args) > 1 else exc)
-        meaning = re.sub(r"^\[SSL: [A-Z0-9_]+\] |\s*\(_ssl\.c:\d+\)$", "", words)
+        meaning = re.sub(r"^\[[A-Z0-9_]+: [A-Z0-9_]+\] |\s*\(_ssl\.c:\d+\)$", "", words)
     return f"{meaning}{f': {detail}' if detail else ''}{f' ({reason})' if reason else ''}"
 
 

@@ -52,7 +52,8 @@ def test_every_way_of_naming_a_part_works(short_tmp: Path) -> None:
     [
         ({"handler": 42}, ConfigError, "handler must be callable as handler(request, client_address, server) "
                                        "or a registered handler name (address, discard, echo, lines); got 42"),
-        ({"handler": "ecko"}, UnknownPluginError, "no handler named 'ecko'; registered: address, discard, echo, lines."),
+        ({"handler": "ecko"}, UnknownPluginError,
+         "no handler named 'ecko'; registered: address, discard, echo, lines."),
         ({"dispatcher": "threads"}, UnknownPluginError, "no dispatcher named 'threads'"),
         ({"dispatcher": object()}, ConfigError,
          "dispatcher must be a registered name (fork, inline, pool, prefork, thread)"),

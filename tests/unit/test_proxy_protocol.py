@@ -375,3 +375,24 @@ def test_stage_on_a_unix_socket() -> None:
         conn = Connection(server, "")
         run_stages([ProxyHeaderStage(("v2",), TrustedProxies([], unix=True), 5.0)], conn)
         assert conn.peer == ("203.0.113.7", 1)
+
+
+def test_an_inherited_descriptor_takes_the_proxy_options_too() -> None:
+    """fd:// (and systemd://) stream sockets get the PROXY stage; the family decides what trusted_proxies must be."""
+    from sockwork.transports.fd import FDOptions, make_fd_transport
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        with pytest.raises(ConfigError, match="'trusted_proxies' must list the balancers"):
+            make_fd_transport(FDOptions(fd=listener.fileno(), proxy_protocol="v2"))
+        transport = make_fd_transport(FDOptions(fd=listener.fileno(), proxy_protocol="v2",
+                                                trusted_proxies=["127.0.0.1"]))
+        assert [stage.name for stage in transport.stages] == ["PROXY header"]
+    finally:
+        listener.close()
+    datagram = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        with pytest.raises(ConfigError, match="is a datagram socket"):
+            make_fd_transport(FDOptions(fd=datagram.fileno(), proxy_protocol="v1", trusted_proxies=["::1"]))
+    finally:
+        datagram.close()
