@@ -19,6 +19,11 @@ asyncio. Rows:
 - ``tcp-pool-wrap``: what a handler could do before the tls transport: a
   ``tcp`` pool whose handler wraps the socket and handshakes in the worker.
 
+``--stalled N`` first opens N connections that never send a byte (a stalled
+handshake each) and holds them through the run: the issue's "1,000 stalled
+handshakes do not delay normal TLS clients" is ``--stalled 1000 --workloads
+new``, reading the p99 column.
+
 Needs ``trustme`` (the test extra) for the certificate.
 """
 
@@ -28,6 +33,7 @@ import argparse
 import multiprocessing
 import os
 import re
+import resource
 import signal
 import socket
 import ssl
@@ -157,10 +163,31 @@ def client_process(port: int, cafile: str, workload: str, threads: int, start_at
     results.put((latencies, errors[0]))
 
 
-def measure(kind: str, workload: str, directory: Path, clients: int, processes: int, duration: float,
-            workers: int) -> dict[str, float]:
-    server, port = start(kind, directory, workers)
+def hold(port: int, count: int, ready: Any, done: Any) -> None:
+    """Open ``count`` connections that never send anything; keep them until ``done`` is set."""
+    held = []
     try:
+        for _ in range(count):
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=10))
+        ready.set()
+        done.wait()
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def measure(kind: str, workload: str, directory: Path, clients: int, processes: int, duration: float,
+            workers: int, stalled: int = 0) -> dict[str, float]:
+    server, port = start(kind, directory, workers)
+    holder = None
+    done = multiprocessing.Event()
+    try:
+        if stalled:
+            ready = multiprocessing.Event()
+            holder = multiprocessing.Process(target=hold, args=(port, stalled, ready, done))
+            holder.start()
+            if not ready.wait(60):
+                raise SystemExit(f"could not open {stalled} stalled connections to {kind}")
         results: Any = multiprocessing.Queue()
         start_at = time.time() + 0.5
         threads = max(1, clients // processes)
@@ -178,6 +205,9 @@ def measure(kind: str, workload: str, directory: Path, clients: int, processes: 
         for process in load:
             process.join()
     finally:
+        done.set()
+        if holder is not None:
+            holder.join(30)
         server.send_signal(signal.SIGTERM)
         try:
             server.wait(timeout=20)
@@ -202,7 +232,10 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=8, help="pool workers for the sockwork rows")
     parser.add_argument("--only", default="asyncio,tls-pool,tcp-pool-wrap")
     parser.add_argument("--workloads", default="new,keepalive")
+    parser.add_argument("--stalled", type=int, default=0, help="connections that stall their handshake, held open")
     args = parser.parse_args()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # servers and the holder inherit it
     import trustme
 
     with tempfile.TemporaryDirectory(prefix="sw-tls-bench-") as name:
@@ -213,11 +246,12 @@ def main() -> int:
         issued.private_key_pem.write_to_path(str(directory / "key.pem"))
         ca.cert_pem.write_to_path(str(directory / "ca.pem"))
         print(f"python {sys.version.split()[0]}, {ssl.OPENSSL_VERSION}, {os.cpu_count()} CPUs; "
-              f"{args.clients} clients in {args.processes} processes, {args.duration} s per run")
+              f"{args.clients} clients in {args.processes} processes, {args.duration} s per run"
+              + (f", {args.stalled} stalled handshakes held open" if args.stalled else ""))
         for workload in args.workloads.split(","):
             print(f"\n{workload}:")
             rows = {kind: measure(kind, workload, directory, args.clients, args.processes, args.duration,
-                                  args.workers) for kind in args.only.split(",")}
+                                  args.workers, args.stalled) for kind in args.only.split(",")}
             base = rows.get("asyncio", {}).get("rps")
             for kind, row in rows.items():
                 ratio = f"{row['rps'] / base:5.2f}x asyncio" if base else ""
