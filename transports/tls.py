@@ -316,13 +316,15 @@ class TLSTransport(InternetAddress, StreamRequests):
         return accepted
 
     def close_request(self, request: socket.socket) -> None:
-        if isinstance(request, ssl.SSLSocket) and request._sslobj is not None:  # type: ignore[attr-defined]  # noqa: SLF001 -- the only way to ask "still TLS?" without an exception
+        if isinstance(request, ssl.SSLSocket):
             try:
                 # close_notify, without waiting for the client's (rule 2): it may never send one.
                 request.settimeout(0)
                 request.unwrap()
             except (OSError, ValueError):
-                pass  # SSLWantReadError: ours is sent, theirs not here yet; or the peer is gone already
+                # SSLWantReadError: ours is sent, theirs is not here yet. ValueError: no TLS left on it
+                # (unwrapped already). Other OSErrors: the peer is gone, or the handshake never ended.
+                pass
         StreamRequests.close_request(self, request)
 
 
