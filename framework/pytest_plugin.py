@@ -36,7 +36,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, final
 
 import attrs
 import pytest
@@ -134,6 +134,7 @@ def sockwork_tmp() -> Iterator[Path]:
     shutil.rmtree(directory)
 
 
+@final
 @attrs.frozen
 class Loopback:
     """How the transport under test listens on loopback, and how clients reach it.
