@@ -173,16 +173,24 @@ _RECORD_HEADER = 5  # a TLS record: type (1), version (2), length (2), then the 
 
 @final
 class TLSClient:
-    """A blocking TLS client over a connected socket, through memory BIOs.
+    """A TLS client over a connected socket, through memory BIOs, that behaves like a plain socket.
 
-    What ``ssl.SSLSocket`` cannot do and a test needs: ``shutdown(SHUT_WR)``
-    sends close_notify and the client keeps reading (a half-close, as with a
-    plain socket), one thread may send while another receives, and
-    ``recv(n, socket.MSG_WAITALL)`` works. It reads the socket one TLS record
-    at a time, so no decrypted byte waits inside it where a selector on
-    :meth:`fileno` would miss it (as long as each read asks for at least a
-    record's worth). A connection that ends without close_notify reads as an
-    end of stream. The handshake happens in the constructor.
+    What ``ssl.SSLSocket`` cannot do and a test needs:
+
+    - connecting does not wait for the server: the handshake runs in a
+      helper thread, and what is sent before it ends is kept and sent after
+      it, as the kernel keeps bytes for a server that has not accepted yet
+      (a test may open several clients to a server that serves one at a time);
+    - ``shutdown(SHUT_WR)`` sends close_notify and the client keeps reading
+      (a half-close, as with a plain socket);
+    - one thread may send while another receives, and
+      ``recv(n, socket.MSG_WAITALL)`` works.
+
+    It reads the socket one TLS record at a time, so no decrypted byte waits
+    inside it where a selector on :meth:`fileno` would miss it (as long as
+    each read asks for at least a record's worth). A connection that ends
+    without close_notify reads as an end of stream. ``close()`` ends the
+    helper thread.
     """
 
     def __init__(self, sock: socket.socket, context: ssl.SSLContext, server_hostname: str | None = None) -> None:
@@ -192,23 +200,58 @@ class TLSClient:
         self._tls = context.wrap_bio(self._incoming, self._outgoing, server_hostname=server_hostname)
         self._state = threading.Lock()  # the SSL object: never used by two threads at once
         self._sending = threading.Lock()  # records leave in the order they were made
+        self._established = False
+        self._early: list[bytes] = []  # sent before the handshake ended
+        self._early_shutdown = False
+        self._failed: BaseException | None = None
+        self._ready = threading.Event()
         self._eof = False
-        while True:
-            try:
+        self._handshaker = threading.Thread(target=self._handshake, name="sockwork-tls-client-handshake",
+                                            daemon=True)
+        self._handshaker.start()
+
+    def _handshake(self) -> None:
+        try:
+            while True:
+                try:
+                    with self._state:
+                        self._tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    self._flush()
+                    if not self._read_record():
+                        raise ConnectionResetError("the server closed the connection during the TLS handshake") \
+                            from None
+            with self._sending:
                 with self._state:
-                    self._tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                self._flush()
-                if not self._read_record():
-                    raise ConnectionResetError("the server closed the connection during the TLS handshake") from None
-        self._flush()
+                    self._established = True
+                    for data in self._early:
+                        self._tls.write(data)
+                    if self._early_shutdown:
+                        with contextlib.suppress(ssl.SSLWantReadError):
+                            self._tls.unwrap()
+                    out = self._outgoing.read()
+                if out:
+                    self.sock.sendall(out)
+        except BaseException as exc:  # reported to whoever reads next
+            self._failed = exc
+        finally:
+            self._ready.set()
+
+    def _wait(self) -> None:
+        """Until the handshake has ended; raises if it failed."""
+        if not self._ready.wait(self.sock.gettimeout()):
+            raise TimeoutError("the TLS handshake did not complete in time")
+        if self._failed is not None:
+            raise ConnectionError(f"the TLS handshake failed: {self._failed!r}") from self._failed
 
     @property
     def version(self) -> str | None:
+        self._wait()
         return self._tls.version()
 
     def selected_alpn_protocol(self) -> str | None:
+        self._wait()
         return self._tls.selected_alpn_protocol()
 
     def fileno(self) -> int:
@@ -248,6 +291,9 @@ class TLSClient:
     def send(self, data: bytes) -> int:
         with self._sending:
             with self._state:
+                if not self._established:
+                    self._early.append(bytes(data))
+                    return len(data)
                 self._tls.write(data)
                 out = self._outgoing.read()
             self.sock.sendall(out)
@@ -258,6 +304,7 @@ class TLSClient:
     def recv(self, size: int, flags: int = 0) -> bytes:
         if flags & ~socket.MSG_WAITALL:
             raise ValueError(f"TLSClient.recv: only MSG_WAITALL is supported, got flags={flags:#x}")
+        self._wait()
         data = b""
         while len(data) < size:
             chunk = self._recv_some(size - len(data))
@@ -287,6 +334,9 @@ class TLSClient:
             return
         with self._sending:
             with self._state:
+                if not self._established:
+                    self._early_shutdown = True
+                    return
                 # close_notify is written; the server's comes later, read by recv()
                 with contextlib.suppress(ssl.SSLWantReadError):
                     self._tls.unwrap()
@@ -294,6 +344,10 @@ class TLSClient:
             self.sock.sendall(out)
 
     def close(self) -> None:
+        if self._handshaker.is_alive():
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)  # ends the helper's wait for the server
+            self._handshaker.join()
         self.sock.close()
 
     def __enter__(self) -> TLSClient:

@@ -351,3 +351,24 @@ def test_ipv6_wildcard_accepts_ipv4_unless_ipv6_only() -> None:
             socket.create_connection(("127.0.0.1", only.address[1]), timeout=10).close()
     finally:
         only.close()
+
+
+def test_the_testing_client_does_not_wait_for_a_busy_server(open_transport: Any, files: dict[str, str]) -> None:
+    """TLSClient connects and sends before the server has even accepted; the bytes arrive once it handshakes."""
+    transport = open_transport(certfile=files["cert"], keyfile=files["key"])
+    with socket.create_connection(transport.address, timeout=10) as raw:
+        client = TLSClient(raw, client_context(files), "localhost")
+        try:
+            client.sendall(b"early")
+            client.shutdown(socket.SHUT_WR)
+            conn = accept_connection(transport.socket)  # only now does the server look at it
+            run_stages(transport.stages, conn)
+            conn.socket.settimeout(10)
+            assert conn.socket.recv(100) == b"early"
+            assert conn.socket.recv(100) == b""  # the close_notify sent after the early bytes
+            conn.socket.sendall(b"late reply")
+            transport.close_request(conn.socket)
+            assert client.recv(100, socket.MSG_WAITALL) == b"late reply"
+            assert client.version == "TLSv1.3"
+        finally:
+            client.close()
