@@ -25,6 +25,8 @@ parametrizes tests that ask for those fixtures; it changes nothing else.
   way ``sockwork_loopback`` says;
 - ``sockwork_make_server(handler, **server_kwargs)``: a Server on that pair,
   listening on loopback (or in a temporary directory), closed after the test;
+  ``handler`` may be a :class:`sockwork.testing.HandlerForms`, of which the
+  form the dispatcher serves (blocking or async) is used;
 - ``sockwork_no_leaks``: fails the test if it leaves a thread, a descriptor
   or a child process behind;
 - ``sockwork_registry``: the Registry, with installed plugins, built once.
@@ -43,7 +45,7 @@ import pytest
 
 from ._server import Server
 from .registry import BUILTIN_PLUGINS, Entry, Registry, TransportEntry
-from .testing import Clients, ResourceSnapshot, Wrap
+from .testing import Clients, HandlerForms, ResourceSnapshot, Wrap, dispatcher_runs_async
 
 __all__ = ["Loopback"]  # otherwise a pytest plugin: reached through hooks and fixtures
 
@@ -194,6 +196,8 @@ def sockwork_make_server(
         pytest.fail("plugin(s) failed to load: " + "; ".join(_load_failures(sockwork_registry)), pytrace=False)
 
     def make(handler: Any, **kwargs: Any) -> Server:
+        if isinstance(handler, HandlerForms):  # the form this dispatcher serves: blocking or async
+            handler = handler.pick(dispatcher_runs_async(sockwork_registry, sockwork_dispatcher_name))
         kwargs.setdefault("registry", sockwork_registry)
         server = Server(
             transport=sockwork_transport_name,

@@ -9,8 +9,12 @@
   (TLS, a PROXY header first), and :class:`TLSClient` is a blocking TLS
   client that can half-close (close_notify) and still read, as a plain
   socket's ``shutdown(SHUT_WR)`` does;
+- :func:`eventually` waits (bounded) for a condition, such as a counter
+  the server updates just after the client saw its reply;
 - :class:`ResourceSnapshot` records threads, descriptors and child processes,
-  and names whatever a test left behind.
+  and names whatever a test left behind;
+- :class:`HandlerForms` holds one test handler in its blocking and its async
+  form; :func:`dispatcher_runs_async` says which form a dispatcher serves.
 
 Everything talks to loopback or Unix sockets only.
 """
@@ -26,17 +30,58 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 import attrs
 
 from ._server import Server
 
-__all__ = ["Clients", "ResourceSnapshot", "TLSClient", "client", "exchange", "exchange_address", "recv_until_eof",
-           "serving"]
+if TYPE_CHECKING:
+    from .registry import Registry
+
+__all__ = [
+    "Clients", "HandlerForms", "ResourceSnapshot", "TLSClient", "client", "dispatcher_runs_async", "eventually",
+    "exchange", "exchange_address", "recv_until_eof", "serving",
+]
 
 Wrap = Callable[[socket.socket], Any]
 """Turns a connected client socket into what talks to the server (a :class:`TLSClient`, say)."""
+
+
+@final
+@attrs.frozen
+class HandlerForms:
+    """One test handler in both forms: blocking (``handler(request, client_address, server)``)
+    and async (:mod:`sockwork.aio`). The conformance kit passes these, and
+    ``sockwork_make_server`` serves the form its dispatcher runs."""
+
+    blocking: Callable[..., object]
+    asynchronous: Callable[..., object]
+
+    def pick(self, runs_async: bool) -> Callable[..., object]:
+        return self.asynchronous if runs_async else self.blocking
+
+
+def dispatcher_runs_async(registry: Registry, name: str) -> bool:
+    """Whether the dispatcher registered as ``name`` (default options) serves async handlers."""
+    from .aio import runs_async
+    from .assembly import build_component
+
+    dispatcher = build_component(registry, "dispatcher", registry.get("dispatcher", name), None)
+    try:
+        return runs_async(dispatcher)
+    finally:
+        dispatcher.close()
+
+
+def eventually(condition: Callable[[], object], timeout: float = 10.0) -> bool:
+    """Whether ``condition()`` became true within ``timeout`` seconds (checked every few milliseconds)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 @contextlib.contextmanager
@@ -168,12 +213,9 @@ class Clients:
         return exchange(server, payload, timeout, self.wrap)
 
 
-_RECORD_HEADER = 5  # a TLS record: type (1), version (2), length (2), then the length's bytes
-
-
 @final
 class TLSClient:
-    """A TLS client over a connected socket, through memory BIOs, that behaves like a plain socket.
+    """A TLS client over a connected socket that behaves like a plain socket, for tests.
 
     What ``ssl.SSLSocket`` cannot do and a test needs:
 
@@ -181,16 +223,18 @@ class TLSClient:
       helper thread, and what is sent before it ends is kept and sent after
       it, as the kernel keeps bytes for a server that has not accepted yet
       (a test may open several clients to a server that serves one at a time);
+    - :meth:`fileno` is readable exactly when application data (or the end
+      of the stream) is there to ``recv``, as with a plain socket: the helper
+      thread decrypts everything that arrives, so TLS's own records (session
+      tickets after the handshake) never wake a selector for nothing;
     - ``shutdown(SHUT_WR)`` sends close_notify and the client keeps reading
       (a half-close, as with a plain socket);
     - one thread may send while another receives, and
       ``recv(n, socket.MSG_WAITALL)`` works.
 
-    It reads the socket one TLS record at a time, so no decrypted byte waits
-    inside it where a selector on :meth:`fileno` would miss it (as long as
-    each read asks for at least a record's worth). A connection that ends
-    without close_notify reads as an end of stream. ``close()`` ends the
-    helper thread.
+    A connection that ends without close_notify reads as an end of stream.
+    ``recv`` waits at most the socket's timeout (``TimeoutError``). ``close()``
+    ends the helper thread.
     """
 
     def __init__(self, sock: socket.socket, context: ssl.SSLContext, server_hostname: str | None = None) -> None:
@@ -204,61 +248,93 @@ class TLSClient:
         self._early: list[bytes] = []  # sent before the handshake ended
         self._early_shutdown = False
         self._failed: BaseException | None = None
-        self._ready = threading.Event()
+        self._ready = threading.Event()  # the handshake has ended, well or not
+        self._received = threading.Condition()
+        self._buffer = bytearray()  # decrypted, not yet recv'd
         self._eof = False
-        self._handshaker = threading.Thread(target=self._handshake, name="sockwork-tls-client-handshake",
-                                            daemon=True)
-        self._handshaker.start()
+        # Readable (one byte in it) while there is something to recv: what fileno() shows a selector.
+        self._signal_r, self._signal_w = socket.socketpair()
+        self._signalled = False
+        self._helper = threading.Thread(target=self._run, name="sockwork-tls-client", daemon=True)
+        self._helper.start()
 
-    def _handshake(self) -> None:
+    # ---- The helper thread: handshake, then decrypt whatever arrives ----------------------
+
+    def _run(self) -> None:
         try:
-            while True:
-                try:
-                    with self._state:
-                        self._tls.do_handshake()
-                    break
-                except ssl.SSLWantReadError:
-                    self._flush()
-                    if not self._read_record():
-                        raise ConnectionResetError("the server closed the connection during the TLS handshake") \
-                            from None
-            with self._sending:
-                with self._state:
-                    self._established = True
-                    for data in self._early:
-                        self._tls.write(data)
-                    if self._early_shutdown:
-                        with contextlib.suppress(ssl.SSLWantReadError):
-                            self._tls.unwrap()
-                    out = self._outgoing.read()
-                if out:
-                    self.sock.sendall(out)
+            self._handshake()
         except BaseException as exc:  # reported to whoever reads next
             self._failed = exc
-        finally:
             self._ready.set()
+            self._deliver(b"", eof=True)
+            return
+        self._ready.set()
+        try:
+            while True:
+                data = self.sock.recv(65536)
+                with self._state:
+                    if data:
+                        self._incoming.write(data)
+                    else:
+                        self._incoming.write_eof()
+                    plain, ended = self._decrypt()
+                self._deliver(plain, eof=ended or not data)
+                if ended or not data:
+                    return
+        except OSError:  # closed under us (close()), or reset: the end of the stream
+            self._deliver(b"", eof=True)
 
-    def _wait(self) -> None:
-        """Until the handshake has ended; raises if it failed."""
-        if not self._ready.wait(self.sock.gettimeout()):
-            raise TimeoutError("the TLS handshake did not complete in time")
-        if self._failed is not None:
-            raise ConnectionError(f"the TLS handshake failed: {self._failed!r}") from self._failed
+    def _handshake(self) -> None:
+        while True:
+            try:
+                with self._state:
+                    self._tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                data = self.sock.recv(65536)
+                with self._state:
+                    if data:
+                        self._incoming.write(data)
+                    else:
+                        raise ConnectionResetError("the server closed the connection during the TLS handshake") \
+                            from None
+        with self._sending:
+            with self._state:
+                self._established = True
+                for data in self._early:
+                    self._tls.write(data)
+                if self._early_shutdown:
+                    with contextlib.suppress(ssl.SSLWantReadError):
+                        self._tls.unwrap()
+                out = self._outgoing.read()
+                plain, ended = self._decrypt()  # application data that came with the handshake's end
+            if out:
+                self.sock.sendall(out)
+        self._deliver(plain, eof=ended)
 
-    @property
-    def version(self) -> str | None:
-        self._wait()
-        return self._tls.version()
+    def _decrypt(self) -> tuple[bytes, bool]:
+        """Everything the SSL object can decrypt now (call with ``_state`` held), and whether it ended."""
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunk = self._tls.read(65536)
+            except ssl.SSLWantReadError:
+                return b"".join(chunks), False
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                return b"".join(chunks), True  # close_notify, or the end of the stream without one
+            if not chunk:
+                return b"".join(chunks), True
+            chunks.append(chunk)
 
-    def selected_alpn_protocol(self) -> str | None:
-        self._wait()
-        return self._tls.selected_alpn_protocol()
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def settimeout(self, timeout: float | None) -> None:
-        self.sock.settimeout(timeout)
+    def _deliver(self, data: bytes, eof: bool) -> None:
+        with self._received:
+            self._buffer += data
+            self._eof = self._eof or eof
+            if (self._buffer or self._eof) and not self._signalled:
+                self._signal_w.send(b"x")
+                self._signalled = True
+            self._received.notify_all()
 
     def _flush(self) -> None:
         with self._sending:
@@ -267,26 +343,28 @@ class TLSClient:
             if data:
                 self.sock.sendall(data)
 
-    def _read_record(self) -> bool:
-        """Feed one whole TLS record from the socket to the SSL object; False at the end of the stream."""
-        header = self._recv_exactly(_RECORD_HEADER)
-        body = self._recv_exactly(int.from_bytes(header[3:5], "big")) if len(header) == _RECORD_HEADER else b""
-        with self._state:
-            if header:
-                self._incoming.write(header + body)
-            if len(header) < _RECORD_HEADER or len(body) < int.from_bytes(header[3:5], "big"):
-                self._incoming.write_eof()
-                return False
-        return True
+    # ---- The socket-like side -------------------------------------------------------------
 
-    def _recv_exactly(self, size: int) -> bytes:
-        data = b""
-        while len(data) < size:
-            chunk = self.sock.recv(size - len(data))
-            if not chunk:
-                break
-            data += chunk
-        return data
+    def _wait_handshake(self) -> None:
+        if not self._ready.wait(self.sock.gettimeout()):
+            raise TimeoutError("the TLS handshake did not complete in time")
+        if self._failed is not None:
+            raise ConnectionError(f"the TLS handshake failed: {self._failed!r}") from self._failed
+
+    @property
+    def version(self) -> str | None:
+        self._wait_handshake()
+        return self._tls.version()
+
+    def selected_alpn_protocol(self) -> str | None:
+        self._wait_handshake()
+        return self._tls.selected_alpn_protocol()
+
+    def fileno(self) -> int:
+        return self._signal_r.fileno()
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.sock.settimeout(timeout)
 
     def send(self, data: bytes) -> int:
         with self._sending:
@@ -304,28 +382,19 @@ class TLSClient:
     def recv(self, size: int, flags: int = 0) -> bytes:
         if flags & ~socket.MSG_WAITALL:
             raise ValueError(f"TLSClient.recv: only MSG_WAITALL is supported, got flags={flags:#x}")
-        self._wait()
-        data = b""
-        while len(data) < size:
-            chunk = self._recv_some(size - len(data))
-            if not chunk:
-                break
-            data += chunk
-            if not flags & socket.MSG_WAITALL:
-                break
-        return data
-
-    def _recv_some(self, size: int) -> bytes:
-        while not self._eof:
-            try:
-                with self._state:
-                    return self._tls.read(size)
-            except ssl.SSLWantReadError:
-                if not self._read_record():
-                    continue  # the SSL object now knows of the end: the next read says how it ended
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                self._eof = True  # close_notify, or the end of the stream without one: both end the stream
-        return b""
+        want = size if flags & socket.MSG_WAITALL else 1
+        timeout = self.sock.gettimeout()
+        with self._received:
+            if not self._received.wait_for(lambda: len(self._buffer) >= want or self._eof, timeout):
+                raise TimeoutError("timed out")
+            if not self._buffer and self._failed is not None:
+                raise ConnectionError(f"the TLS handshake failed: {self._failed!r}") from self._failed
+            data = bytes(self._buffer[:size])
+            del self._buffer[:size]
+            if not self._buffer and not self._eof and self._signalled:
+                self._signal_r.recv(1)
+                self._signalled = False
+            return data
 
     def shutdown(self, how: int) -> None:
         """``SHUT_WR``: send close_notify, keep reading. ``SHUT_RD``/``SHUT_RDWR``: the socket's own."""
@@ -337,18 +406,20 @@ class TLSClient:
                 if not self._established:
                     self._early_shutdown = True
                     return
-                # close_notify is written; the server's comes later, read by recv()
+                # close_notify is written; the server's comes later, read by the helper
                 with contextlib.suppress(ssl.SSLWantReadError):
                     self._tls.unwrap()
                 out = self._outgoing.read()
             self.sock.sendall(out)
 
     def close(self) -> None:
-        if self._handshaker.is_alive():
+        if self._helper.is_alive():
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)  # ends the helper's wait for the server
-            self._handshaker.join()
+            self._helper.join()
         self.sock.close()
+        self._signal_r.close()
+        self._signal_w.close()
 
     def __enter__(self) -> TLSClient:
         return self

@@ -145,11 +145,7 @@ def ask(port: int, cafile: Path) -> tuple[bytes, int]:
 
 
 @pytest.fixture
-def running(certificates: Path, stages_run: bool) -> Iterator[tuple[list[Backend], HAProxy]]:
-    if not stages_run:
-        from sockwork_stages import STAGES_NOT_RUN
-
-        pytest.skip(STAGES_NOT_RUN)
+def running(certificates: Path) -> Iterator[tuple[list[Backend], HAProxy]]:
     backends: list[Backend] = []
     haproxy = None
     try:
@@ -183,12 +179,8 @@ def test_clients_are_seen_with_their_own_addresses(running: tuple[list[Backend],
         assert backend.stop() == 0
 
 
-def test_a_balancer_outside_trusted_proxies_is_refused(certificates: Path, stages_run: bool) -> None:
+def test_a_balancer_outside_trusted_proxies_is_refused(certificates: Path) -> None:
     """A server whose trusted_proxies does not cover HAProxy refuses its connections (logged at INFO)."""
-    if not stages_run:
-        from sockwork_stages import STAGES_NOT_RUN
-
-        pytest.skip(STAGES_NOT_RUN)
     backend = Backend(certificates, "strict", ["10.0.0.0/8"])
     haproxy = None
     try:

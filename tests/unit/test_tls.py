@@ -250,8 +250,8 @@ def test_the_testing_client_half_closes_and_keeps_reading(open_transport: Any, f
     result: list[bytes] = []
 
     def run() -> None:
-        with socket.create_connection(transport.address, timeout=10) as raw:
-            client = TLSClient(raw, client_context(files), "127.0.0.1")
+        with socket.create_connection(transport.address, timeout=10) as raw, \
+                TLSClient(raw, client_context(files), "127.0.0.1") as client:
             client.sendall(b"all of it")
             client.shutdown(socket.SHUT_WR)
             result.append(client.recv(100, socket.MSG_WAITALL))
