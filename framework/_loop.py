@@ -99,6 +99,7 @@ class Loop:
         self._paused_until = 0.0
         self._backoff = BACKOFF_MIN
         self._log_accept_failure = RateLimitedLog(logger, LOG_EVERY)
+        self._wake_pending = False  # a byte is in the wake-up socket, or about to be
         self._wake_r, self._wake_w = socket.socketpair()
         try:
             for end in (self._wake_r, self._wake_w):
@@ -125,6 +126,8 @@ class Loop:
                 self.waiting = waiting
                 self.max_waiting = requests.limits.waiting_capacity()
                 requests.give_back = waiting.give_back
+                requests.forget = waiting.forget
+                requests.close_later = waiting.close_later
 
     @property
     def wakeup_fd(self) -> int:
@@ -132,6 +135,11 @@ class Loop:
         return self._wake_w.fileno()
 
     def wake(self) -> None:
+        # One byte per round is enough: whatever changed before this call is seen
+        # at the start of the loop's next round, which the pending byte guarantees.
+        if self._wake_pending:
+            return
+        self._wake_pending = True
         try:  # noqa: SIM105 -- per request: cheaper than contextlib.suppress
             self._wake_w.send(b"\0")
         except OSError:
@@ -195,6 +203,7 @@ class Loop:
                 dispatched = self._accept_batch(limit)
             elif what is _WAKE:
                 _drain(self._wake_r)
+                self._wake_pending = False  # after draining: a wake() from here on sends again
             elif self._selector.get_map().get(key.fd) is key:
                 # Still watched: an earlier callback of this round may have removed it
                 # (a worker's exit closes its report pipe), and its number may be reused.

@@ -80,6 +80,10 @@ class Requests:
         self.connections: dict[int, Waiting] = {}
         # The loop's: takes a connection back after a KEEP_ALIVE turn; False once it takes none (draining).
         self.give_back: Callable[[Waiting, list[bytes] | None], bool] = _refuse
+        # The loop's, for records its selector still maps between turns: drop one now (loop thread),
+        # or have the loop close one a worker ended (so its descriptor number is not reused under it).
+        self.forget: Callable[[Waiting], None] = _ignore
+        self.close_later: Callable[[Waiting], bool] = _refuse_close
         # Accepted, not yet started: whoever pops a request from here first (a worker's
         # serve(), or force() at the drain deadline) owns it; dict.pop is atomic.
         self._unstarted: dict[int, Request] = {}
@@ -107,7 +111,9 @@ class Requests:
     def end(self, request: Request) -> None:
         """Close a request the dispatcher failed to take, unless it was served already."""
         self._unstarted.pop(id(request), None)
-        self.connections.pop(id(request), None)
+        record = self.connections.pop(id(request), None)
+        if record is not None:
+            self.forget(record)
         if self.in_flight.pop(id(request), None) is not None:
             self.transport.close_request(request)
             self.finished(Outcome.FAILED)
@@ -176,8 +182,9 @@ class Requests:
         record = self.connections.get(key)  # a connection the loop held until now
         token = None
         if record is not None:
-            request.settimeout(self._idle_timeout)  # the loop's sockets are non-blocking
-            if self._deadlines is not None:
+            # The loop set the socket's mode once: a timeout for handlers that read it,
+            # non-blocking where the loop itself reads (message turns do no I/O).
+            if self._deadlines is not None and record.batch is None:
                 token = self._deadlines.add(request)
         elif self._guard_connections and not isinstance(request, tuple):
             if self._idle_timeout is not None:
@@ -230,7 +237,11 @@ class Requests:
         key = id(request)
         self.in_flight.pop(key, None)
         self.connections.pop(key, None)
-        self.transport.close_request(request)
+        if record is not None and record.oneshot and not self.in_child and self.close_later(record):
+            with contextlib.suppress(OSError):  # the client hears the end now; the loop closes it
+                request.shutdown(socket.SHUT_WR)
+        else:
+            self.transport.close_request(request)
         self.finished(outcome)
 
     def _keep_here(self, request: socket.socket, client_address: Address, record: Waiting | None,
@@ -249,6 +260,7 @@ class Requests:
             return Outcome.COMPLETED
         conn = record.conn if record is not None else Connection(request, client_address, self.handler_server)
         try:
+            request.settimeout(self._idle_timeout)  # a message connection was non-blocking, for the loop
             if replies:
                 request.sendall(b"".join(replies))
             while True:
@@ -268,7 +280,9 @@ class Requests:
         key = id(request)
         self.in_flight.pop(key, None)
         self._unstarted.pop(key, None)
-        self.connections.pop(key, None)
+        record = self.connections.pop(key, None)
+        if record is not None:
+            self.forget(record)  # before its descriptor is closed here: the loop's selector maps it
         self.transport.release_request(request)
 
     def finished(self, outcome: Outcome, error: BaseException | None = None, client_address: Address = None) -> None:
@@ -425,6 +439,14 @@ def _nothing() -> None:
 
 def _refuse(record: Waiting, replies: list[bytes] | None) -> bool:
     return False
+
+
+def _refuse_close(record: Waiting) -> bool:
+    return False
+
+
+def _ignore(record: Waiting) -> None:
+    pass
 
 
 def _wait_readable(sock: socket.socket, timeout: float | None) -> bool:

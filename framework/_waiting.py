@@ -28,6 +28,7 @@ import collections
 import heapq
 import itertools
 import logging
+import select
 import selectors
 import socket
 import threading
@@ -54,22 +55,31 @@ READ_CHUNK = 65536
 REPLIES_HIGH_WATER = 256 * 1024
 """Unsent reply bytes above which the loop stops reading a client (it is not reading its replies)."""
 
+TURN_MESSAGES = 32
+"""Most messages one turn of a message handler answers; the rest wait for the next turn."""
+
 _READ: Final = selectors.EVENT_READ
 _WRITE: Final = selectors.EVENT_WRITE
+_EPOLL_SELECTOR: Any = getattr(selectors, "EpollSelector", ())
+_EPOLLIN_ONESHOT: Final = getattr(select, "EPOLLIN", 0) | getattr(select, "EPOLLONESHOT", 0)
 
 
 @final
 class Waiting:
     """The loop's record of one connection (internal)."""
 
-    __slots__ = ("batch", "conn", "due", "eof", "events", "messages", "partial_since", "replies", "served",
-                 "since", "stage", "why")
+    __slots__ = ("batch", "busy", "closed", "conn", "due", "eof", "events", "heap_due", "messages", "oneshot",
+                 "partial_since", "replies", "served", "since", "stage", "why")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.stage = 0  # index of the next stage to run; len(stages) when all are done
         self.events = 0  # what the selector watches for it now (0: not registered)
         self.due: float | None = None  # when its current wait ends (monotonic)
+        self.heap_due: float | None = None  # when its entry in the timer heap is due (one entry at a time)
+        self.busy = False  # with a worker (between submit and its return)
+        self.closed = False
+        self.oneshot = False  # watched for bytes with EPOLLONESHOT: a worker re-arms it, no loop round-trip
         self.why = ""  # what the current wait is, for the log line when it expires
         self.served = 0  # handler turns so far
         self.messages: list[bytes] = []  # complete messages not yet handed to a worker
@@ -100,12 +110,19 @@ class WaitingSet:
         self._idle_timeout = idle_timeout
         self._message_timeout = message_timeout
         self._wake = wake
-        self._timers: list[tuple[float, int, Waiting]] = []  # (due, order, record): a heap, stale entries skipped
+        self._timers: list[tuple[float, int, Waiting]] = []  # (due, order, record): a heap, see expire()
         self._order = itertools.count()
         self.ready: collections.deque[Waiting] = collections.deque()
         self._returned: collections.deque[tuple[Waiting, list[bytes] | None]] = collections.deque()
-        self.registered = 0  # records in the selector
+        self.held = 0  # records alive: watched, ready, or with a worker
+        self.busy = 0  # of which with a worker
+        self._rearmed: collections.deque[None] = collections.deque()  # one entry per re-arm by a worker
+        self._ending: collections.deque[Waiting] = collections.deque()  # ended by workers, for the loop to close
         self.draining = False
+        # Linux: a connection between turns is watched with EPOLLONESHOT, which a worker
+        # re-arms itself after a KEEP_ALIVE turn: no wake-up and no two loop syscalls per request.
+        raw = getattr(selector, "_selector", None) if isinstance(selector, _EPOLL_SELECTOR) else None
+        self._epoll: Any = raw if framing is None and hasattr(raw, "modify") else None
         self._returns_lock = threading.Lock()
         self._taking_returns = True
         self._log_timeout = RateLimitedLog(logger, LOG_EVERY)
@@ -115,7 +132,7 @@ class WaitingSet:
     @property
     def waiting(self) -> int:
         """Connections held here without a worker: watched, or readable and queued for one."""
-        return self.registered + len(self.ready)
+        return self.held - self.busy
 
     @property
     def needed(self) -> bool:
@@ -126,9 +143,13 @@ class WaitingSet:
 
     def add(self, sock: socket.socket, client_address: Any, server: Any) -> None:
         """Take an accepted (and admitted) connection: run its stages, then wait for its first bytes."""
-        sock.setblocking(False)
+        if self._stages or self._framing is not None:
+            sock.setblocking(False)  # the loop reads and writes it: never block
+        else:
+            sock.settimeout(self._idle_timeout)  # only the handler does I/O on it: set once, not per turn
         record = Waiting(Connection(sock, client_address, server))
         self._requests.connections[id(sock)] = record
+        self.held += 1
         self._next_stage(record)
 
     def _next_stage(self, record: Waiting) -> None:
@@ -137,11 +158,12 @@ class WaitingSet:
         while record.stage < len(stages):
             stage = stages[record.stage]
             if record.why != stage.name:  # entering this stage: its clock starts
-                record.why = stage.name
-                record.due = None if stage.timeout is None else time.monotonic() + stage.timeout
+                self._set_due(record, None if stage.timeout is None else time.monotonic() + stage.timeout, stage.name)
             before = record.conn.socket
             try:
                 want = stage.advance(record.conn)
+            except BlockingIOError:
+                want = "read"  # nothing to read yet: try again when there is
             except StageFailed as exc:
                 self._close(record, Outcome.REFUSED, f"{stage.name} failed: {exc}")
                 return
@@ -160,6 +182,8 @@ class WaitingSet:
                 continue
             self._watch(record, _WRITE if want == "write" else _READ, record.due, stage.name)
             return
+        if stages and self._framing is None:
+            record.conn.socket.settimeout(self._idle_timeout)  # from here on only the handler does I/O on it
         if self._waits_for_client:
             self._wait_for_bytes(record)
         else:
@@ -169,7 +193,10 @@ class WaitingSet:
     # ---- Selector events ---------------------------------------------------------------
 
     def on_event(self, record: Waiting, mask: int) -> None:
-        if record.stage < len(self._stages):
+        if record.oneshot:
+            if not record.busy:  # fired once: the kernel disarmed it; it stays in the selector's map
+                self._to_worker(record)
+        elif record.stage < len(self._stages):
             self._next_stage(record)
         elif self._framing is None:
             self._unwatch(record)
@@ -185,10 +212,20 @@ class WaitingSet:
     def _wait_for_bytes(self, record: Waiting) -> None:
         conn = record.conn
         if conn.buffered or _tls_pending(conn.socket):
-            self._unwatch(record)
+            if not record.oneshot:
+                self._unwatch(record)
             self._to_worker(record)  # the next request is here already (pipelined)
             return
-        self._watch(record, _READ, _after(self._idle_timeout), "idle")
+        if self._epoll is None:
+            self._watch(record, _READ, _after(self._idle_timeout), "idle")
+            return
+        if not record.oneshot:
+            if record.events:
+                self._selector.unregister(conn.socket)
+            self._selector.register(conn.socket, _READ, record)  # in the map, for select() to find it
+            record.events, record.oneshot = _READ, True
+        self._set_due(record, _after(self._idle_timeout), "idle")
+        self._epoll.modify(conn.socket.fileno(), _EPOLLIN_ONESHOT)
 
     # ---- To and from workers ------------------------------------------------------
 
@@ -196,6 +233,7 @@ class WaitingSet:
         if self.draining and record.served and not record.conn.buffered and not record.messages:
             self._close(record, Outcome.COMPLETED, None)  # between requests at shutdown: nothing is lost
             return
+        record.due, record.why = None, "ready"  # it has work: no deadline until its turn is over
         if self.ready or self._dispatcher.saturated():
             self.ready.append(record)  # first come, first served when a worker frees up
         else:
@@ -208,9 +246,10 @@ class WaitingSet:
             self._submit(ready.popleft())
 
     def _submit(self, record: Waiting) -> None:
-        if self._framing is not None:
-            record.batch, record.messages = record.messages, []
-        record.due = None
+        if self._framing is not None:  # at most TURN_MESSAGES per turn: the replies are bounded too
+            record.batch, record.messages = record.messages[:TURN_MESSAGES], record.messages[TURN_MESSAGES:]
+        record.busy = True
+        self.busy += 1
         record.served += 1
         sock = record.conn.socket
         self._requests.redispatch(sock)
@@ -221,12 +260,48 @@ class WaitingSet:
 
         False once the loop takes no more (the end of a shutdown): the worker ends the connection itself.
         """
+        if (record.oneshot and not replies and not self.draining and not record.conn.buffered
+                and not _tls_pending(record.conn.socket)):
+            # The common keep-alive case, done by the worker: the next bytes wake the loop,
+            # and the idle deadline is read by the loop when its timer comes due.
+            record.due = None if self._idle_timeout is None else time.monotonic() + self._idle_timeout
+            record.why = "idle"
+            record.busy = False
+            self._rearmed.append(None)
+            try:  # noqa: SIM105 -- per request: cheaper than contextlib.suppress
+                self._epoll.modify(record.conn.socket.fileno(), _EPOLLIN_ONESHOT)
+            except (OSError, ValueError):
+                pass  # closed meanwhile by the loop (a shutdown): it was counted there
+            return True
         with self._returns_lock:
             if not self._taking_returns:
                 return False
             self._returned.append((record, replies))
         self._wake()
         return True
+
+    def close_later(self, record: Waiting) -> bool:
+        """From a worker that ended a connection the selector still maps: the loop unregisters and closes it.
+
+        False once the loop takes no more (the end of a shutdown): the worker closes it itself.
+        """
+        with self._returns_lock:
+            if not self._taking_returns:
+                return False
+            self._ending.append(record)
+        self._wake()
+        return True
+
+    def forget(self, record: Waiting) -> None:
+        """Drop a record whose connection left the loop for good (released to another process, ended)."""
+        if record.closed:
+            return
+        self._unwatch(record)
+        record.closed = True
+        self.held -= 1
+        if record.busy:
+            record.busy = False
+            self.busy -= 1
 
     def stop_taking_returns(self) -> None:
         with self._returns_lock:
@@ -235,14 +310,22 @@ class WaitingSet:
 
     def take_returned(self) -> None:
         """Back from workers: write their replies, then wait for the next bytes (or close)."""
+        rearmed = self._rearmed
+        while rearmed:
+            rearmed.popleft()
+            self.busy -= 1
+        ending = self._ending
+        while ending:
+            record = ending.popleft()
+            self.forget(record)
+            self._requests.transport.close_request(record.conn.socket)
         returned = self._returned
         while returned:
             record, replies = returned.popleft()
             record.batch = None
-            sock = record.conn.socket
-            try:
-                sock.setblocking(False)
-            except OSError:  # closed under us (force at the drain deadline)
+            record.busy = False
+            self.busy -= 1
+            if record.conn.socket.fileno() < 0:  # closed under us (force at the drain deadline)
                 self._close(record, Outcome.DISCONNECTED, None)
                 continue
             if replies:
@@ -330,19 +413,38 @@ class WaitingSet:
     # ---- Deadlines ------------------------------------------------------------------
 
     def expire(self) -> float | None:
-        """Close connections whose wait is over; return seconds until the next deadline (None: none)."""
+        """Close connections whose wait is over; return seconds until the next deadline (None: none).
+
+        One heap entry per record at a time: a record whose deadline moved
+        later (a worker re-armed it; it is with a worker now) is pushed back,
+        not re-pushed on every turn.
+        """
         timers = self._timers
-        if not timers:
-            return None
         now = time.monotonic()
         while timers:
             due, _, record = timers[0]
             if due > now:
                 return due - now
             heapq.heappop(timers)
-            if record.due == due and record.events:  # still this wait: not rescheduled or taken since
+            if record.heap_due != due or record.closed:
+                continue  # superseded by an earlier entry, or gone
+            record.heap_due = None
+            if record.busy:
+                self._push(record, now + (self._idle_timeout or 1.0))  # look again after its turn
+            elif record.due is not None and record.due > now:
+                self._push(record, record.due)
+            elif record.due is not None:
                 self._expired(record)
         return None
+
+    def _set_due(self, record: Waiting, due: float | None, why: str) -> None:
+        record.due, record.why = due, why
+        if due is not None and (record.heap_due is None or due < record.heap_due):
+            self._push(record, due)
+
+    def _push(self, record: Waiting, due: float) -> None:
+        record.heap_due = due
+        heapq.heappush(self._timers, (due, next(self._order), record))
 
     def _expired(self, record: Waiting) -> None:
         why = record.why
@@ -365,23 +467,20 @@ class WaitingSet:
                 self._selector.modify(sock, events, record)
             else:
                 self._selector.register(sock, events, record)
-            self.registered += (events != 0) - (record.events != 0)
             record.events = events
-        record.why = why
-        if due != record.due or due is None:
-            record.due = due
-            if due is not None:
-                heapq.heappush(self._timers, (due, next(self._order), record))
+        self._set_due(record, due, why)
 
     def _unwatch(self, record: Waiting) -> None:
         if record.events:
             self._selector.unregister(record.conn.socket)
             record.events = 0
-            self.registered -= 1
+            record.oneshot = False
         record.due = None
 
     def _close(self, record: Waiting, outcome: Outcome, detail: str | None) -> None:
         self._unwatch(record)
+        record.closed = True
+        self.held -= 1
         if detail is not None:
             label = record.conn.peer or "an unnamed client"
             if outcome is Outcome.TIMED_OUT:
@@ -402,7 +501,7 @@ class WaitingSet:
         closed = 0
         for key in list(self._selector.get_map().values()):
             record = key.data
-            if (isinstance(record, Waiting) and not record.messages and not record.replies
+            if (isinstance(record, Waiting) and not record.busy and not record.messages and not record.replies
                     and (fresh_too or (record.served and record.why == "idle"))):
                 self._close(record, Outcome.COMPLETED, None)
                 closed += 1

@@ -45,6 +45,7 @@ __all__ = [
     "test_echo_large",
     "test_echo_small",
     "test_handle_request_serves_one_or_times_out",
+    "test_keep_alive_clients_beyond_the_workers_are_all_served",
     "test_many_clients_each_get_their_own_reply",
     "test_raising_handler_does_not_stop_the_server",
     "test_saturation_stops_accepting_and_freed_capacity_wakes_the_loop",
@@ -494,3 +495,34 @@ def test_handle_request_serves_one_or_times_out(sockwork_make_server: MakeServer
     assert served is True
     assert replies == [b"once"]
     server.close()
+
+
+@_conformance
+def test_keep_alive_clients_beyond_the_workers_are_all_served(sockwork_make_server: MakeServer) -> None:
+    """Three times as many persistent clients as the dispatcher runs at once, taking turns: every one
+    is answered every time (connections wait in the loop between requests, not in a worker)."""
+    server = sockwork_make_server(echo)
+    if server.transport.kind != "stream":
+        pytest.skip("a datagram client holds no connection")
+    waiting = getattr(getattr(server, "loop", None), "waiting", None)
+    accepts_itself = capability(server.dispatcher, "accepts_itself")
+    if waiting is None and not accepts_itself:
+        pytest.skip("this handler is dispatched at accept (a classic handler): a connection holds its worker")
+    if capability(server.dispatcher, "keeps_connections_elsewhere"):
+        pytest.skip("this dispatcher serves a kept-alive connection to its end in another process")
+    concurrency = server.dispatcher.concurrency
+    count = 24 if concurrency is None else min(3 * concurrency + 1, 48)
+    rounds = 5
+    with serving(server), ExitStack() as stack:
+        clients = [stack.enter_context(client(server)) for _ in range(count)]
+        for turn in range(rounds):
+            for i, sock in enumerate(clients):
+                sock.sendall(b"%d.%d;" % (i, turn))
+            for i, sock in enumerate(clients):
+                expected = b"%d.%d;" % (i, turn)
+                received = b""
+                while len(received) < len(expected):
+                    chunk = sock.recv(100)
+                    assert chunk, f"client {i} was closed in round {turn}"
+                    received += chunk
+                assert received == expected

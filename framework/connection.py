@@ -69,8 +69,9 @@ class ConnectionStage(Protocol):
 
     It may replace ``conn.socket`` (with a TLS-wrapped socket, say) and
     ``conn.peer`` (the real client behind a proxy), and add to ``conn.info``.
-    Raising :class:`StageFailed` refuses the client; an ``OSError`` means it
-    went away (counted ``disconnected``); a stage not done ``timeout``
+    Raising :class:`StageFailed` refuses the client; ``BlockingIOError``
+    means "call again when readable"; any other ``OSError`` means it went
+    away (counted ``disconnected``); a stage not done ``timeout``
     seconds after it began is cut (counted ``timed_out``). Any other
     exception is a bug in the stage: logged with its traceback, the
     connection closed and counted as failed; the server keeps serving.

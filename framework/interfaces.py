@@ -260,6 +260,9 @@ OPTIONAL_CAPABILITIES: dict[str, tuple[object, str]] = {
     "stats_elsewhere": (None, "Dispatcher: counters of requests served in other processes (a ServerStats)"),
     "runs_async": (False, "Dispatcher: True if it serves async handlers (sockwork_async) on an event loop instead "
                           "of blocking ones (asyncio); a supervisor answers for its inner dispatcher"),
+    "keeps_connections_elsewhere": (False, "Dispatcher: True if it serves each request in another process, "
+                                           "which serves a KEEP_ALIVE connection to its end (fork): such a "
+                                           "connection then holds that worker between requests"),
     "abort": (None, "Dispatcher: a method that kills its child processes at once, without waiting or locks "
                     "(a second SIGINT/SIGTERM under Server.handle_signals calls it, then the process exits)"),
     # Handler factory

@@ -81,6 +81,8 @@ class ForkDispatcher:
     it is killed, logged at WARNING and counted ``timed_out`` (see Rule 4).
     """
 
+    keeps_connections_elsewhere = True  # a child serves a keep-alive connection to its end
+
     def __init__(self, options: ForkOptions | None = None) -> None:
         self.options = options or ForkOptions()
         self.concurrency = self.options.max_children

@@ -132,10 +132,10 @@ def test_config_md_stop_message_is_what_serve_logs() -> None:
                 assert client.recv(100) == b"1: x\n"  # both connections now wait in the loop for a next line
             process.send_signal(signal.SIGTERM)
             assert process.stderr.readline().split(" sockwork ", 1)[1].rstrip() == expected[0]  # type: ignore[union-attr]
+            assert process.wait(timeout=10) == 0  # idle clients are closed by the server, not the other way
         finally:
             for client in clients:
                 client.close()
-        assert process.wait(timeout=10) == 0
         rest = process.stderr.read().splitlines()  # type: ignore[union-attr]
         assert [line.split(" sockwork ", 1)[1].rstrip() for line in rest] == expected[1:]
     finally:

@@ -1,0 +1,357 @@
+"""Connections that wait in the loop: silent clients, keep-alive turns, message handlers, stages, limits."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, suppress
+from typing import Any
+
+import pytest
+
+from sockwork import (
+    KEEP_ALIVE,
+    Connection,
+    ConnectionStage,
+    Limits,
+    Server,
+    StageFailed,
+    message_handler,
+    stream_handler,
+)
+from sockwork.messages import LengthPrefixed, Lines
+from sockwork.testing import client, eventually, exchange, serving
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("sockwork_no_leaks")]
+
+TCP = "tcp://127.0.0.1:0"
+SMALL = {
+    "pool": {"workers": 2, "queue_size": 2},
+    "thread": {"max_threads": 2},
+    "fork": {"max_children": 2},
+}
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+# ---- Silent clients cost no worker ------------------------------------------------------
+
+@pytest.mark.parametrize("dispatcher", ["pool", "thread", "fork", "inline"])
+def test_silent_clients_do_not_hold_workers(dispatcher: str) -> None:
+    """Ten times as many silent connections as workers: a client that speaks is still answered."""
+    server = Server(transport=TCP, dispatcher=dispatcher, dispatcher_options=SMALL.get(dispatcher), handler="echo")
+    with serving(server), ExitStack() as stack:
+        for _ in range(20):
+            stack.enter_context(client(server))  # connect, say nothing
+        assert eventually(lambda: server.stats.accepted == 20)
+        for i in range(3):
+            assert exchange(server, b"still here %d" % i) == b"still here %d" % i
+        assert eventually(lambda: server.stats.active == 20)  # the silent ones, waiting in the loop
+
+
+def test_idle_connections_in_the_loop_are_closed_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    server = Server(transport=TCP, dispatcher="pool", handler="echo", limits=Limits(idle_timeout=0.2))
+    with caplog.at_level(logging.INFO, logger="sockwork"), serving(server), client(server) as silent:
+        assert silent.recv(10) == b""  # closed by the server
+        assert eventually(lambda: server.stats.timed_out == 1)
+        with client(server) as talker:  # between keep-alive turns too
+            talker.sendall(b"one")
+            assert talker.recv(10) == b"one"
+            assert talker.recv(10) == b""
+        assert eventually(lambda: server.stats.timed_out == 2)
+    assert "idle for more than 0.2s" in caplog.text
+
+
+def test_max_waiting_stops_accepting_at_the_cap() -> None:
+    server = Server(transport=TCP, dispatcher="pool", handler="echo", limits=Limits(max_waiting=3))
+    with serving(server), ExitStack() as stack:
+        silent = [stack.enter_context(client(server)) for _ in range(3)]
+        assert eventually(lambda: server.stats.accepted == 3)
+        late = stack.enter_context(client(server))  # in the kernel's backlog, not accepted
+        late.sendall(b"late")
+        time.sleep(0.2)
+        assert server.stats.accepted == 3
+        silent[0].close()  # a place frees up: the late client is accepted and served
+        assert late.recv(10) == b"late"
+
+
+# ---- Keep-alive turns -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("dispatcher", ["pool", "thread", "fork", "inline", "prefork"])
+def test_keep_alive_turns_keep_the_connection_and_its_state(dispatcher: str) -> None:
+    @stream_handler
+    def count(conn: Connection) -> object:
+        line = conn.readline()
+        if not line:
+            return None
+        conn.state["n"] = conn.state.get("n", 0) + 1
+        conn.write(b"%d %s" % (conn.state["n"], line))
+        return KEEP_ALIVE
+
+    options = {"workers": 1, "inner": "pool"} if dispatcher == "prefork" else SMALL.get(dispatcher)
+    server = Server(transport=TCP, dispatcher=dispatcher, dispatcher_options=options, handler=count)
+    with serving(server), client(server) as sock:
+        for i in range(1, 4):
+            sock.sendall(b"line\n")
+            assert recv_exactly(sock, 7) == b"%d line\n" % i
+        sock.sendall(b"a\nb\n")  # pipelined: the second is already buffered after the first turn
+        assert recv_exactly(sock, 8) == b"4 a\n5 b\n"
+
+
+def test_server_speaks_first_handlers_are_dispatched_at_accept() -> None:
+    @stream_handler(speaks_first="server")
+    def greet(conn: Connection) -> None:
+        conn.write(b"220 hello\n")
+        conn.write(b"echo " + conn.readline())
+
+    def classic(request: Any, client_address: Any, server: Any) -> None:  # no declaration: dispatched at accept
+        request.sendall(b"welcome\n")
+
+    with serving(Server(transport=TCP, dispatcher="pool", handler=greet)) as server, client(server) as sock:
+        assert sock.recv(100) == b"220 hello\n"
+        sock.sendall(b"x\n")
+        assert sock.recv(100) == b"echo x\n"
+    with serving(Server(transport=TCP, dispatcher="pool", handler=classic)) as server, client(server) as sock:
+        assert sock.recv(100) == b"welcome\n"
+
+
+def test_shutdown_closes_idle_keep_alive_connections_and_serves_what_was_sent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = Server(transport=TCP, dispatcher="pool", handler="echo")
+    idle = socket.create_connection(server.address, timeout=10)
+    with idle:
+        with caplog.at_level(logging.INFO, logger="sockwork"), serving(server):
+            idle.sendall(b"hi")
+            assert idle.recv(10) == b"hi"
+        assert idle.recv(10) == b""
+    assert server.stats.active == 0 and server.stats.completed == 1
+    assert "closed 1 idle connection(s) at shutdown" in caplog.text
+
+
+# ---- Message handlers --------------------------------------------------------------------
+
+@message_handler
+def shout(message: bytes, conn: Connection) -> bytes | None:
+    if message == b"quiet":
+        return None
+    if message == b"boom":
+        raise RuntimeError("asked to fail")
+    return message.upper()
+
+
+@pytest.mark.parametrize("dispatcher", ["pool", "thread", "fork", "inline", "prefork"])
+def test_message_handler_answers_each_line_in_order(dispatcher: str) -> None:
+    options = {"workers": 1} if dispatcher == "prefork" else SMALL.get(dispatcher)
+    server = Server(transport=TCP, dispatcher=dispatcher, dispatcher_options=options, handler=shout)
+    with serving(server), client(server) as sock:
+        sock.sendall(b"one\r\ntwo\nquiet\nth")
+        sock.sendall(b"ree\n")
+        assert recv_exactly(sock, 14) == b"ONE\nTWO\nTHREE\n"
+        sock.sendall(b"last")  # no newline: still a line at the end of the stream
+        sock.shutdown(socket.SHUT_WR)
+        assert recv_exactly(sock, 10) == b"LAST\n"
+        assert sock.recv(10) == b""
+
+
+def test_message_handler_on_datagrams_answers_each_datagram() -> None:
+    with serving(Server(transport="udp://127.0.0.1:0", dispatcher="pool", handler=shout)) as server:
+        assert exchange(server, b"ping") == b"PING"
+
+
+def test_length_prefixed_messages() -> None:
+    @message_handler(framing="length", max_message=10)
+    def reverse(message: bytes, conn: Connection) -> bytes:
+        return message[::-1]
+
+    server = Server(transport=TCP, dispatcher="pool", handler=reverse)
+    with serving(server), client(server) as sock:
+        sock.sendall(struct.pack("!I", 3) + b"abc" + struct.pack("!I", 2) + b"xy")
+        assert recv_exactly(sock, 13) == struct.pack("!I", 3) + b"cba" + struct.pack("!I", 2) + b"yx"
+        sock.sendall(struct.pack("!I", 11))  # over max_message: refused at once, before its bytes come
+        assert sock.recv(10) == b""
+        assert eventually(lambda: server.stats.refused == 1)
+
+
+def test_oversized_line_is_refused_after_the_lines_before_it() -> None:
+    server = Server(transport=TCP, dispatcher="pool", handler="lines", handler_options={"max_line": 8})
+    with serving(server), client(server) as sock:
+        sock.sendall(b"short\n" + b"x" * 100)
+        assert recv_exactly(sock, 100) == b"1: short\n"
+        assert eventually(lambda: server.stats.refused == 1)
+
+
+def test_trickling_message_is_cut_at_message_timeout_and_costs_no_worker(caplog: pytest.LogCaptureFixture) -> None:
+    limits = Limits(message_timeout=0.3)
+    server = Server(transport=TCP, dispatcher="pool", dispatcher_options={"workers": 1, "queue_size": 1},
+                    handler="lines", limits=limits)
+    with caplog.at_level(logging.INFO, logger="sockwork"), serving(server), client(server) as slow:
+        slow.sendall(b"a")  # a line begins...
+        assert exchange(server, b"meanwhile\n") == b"1: meanwhile\n"  # the only worker is free
+        started = time.monotonic()
+        while time.monotonic() - started < 10:  # a byte every 50 ms: never idle, never a whole line
+            try:
+                slow.sendall(b"b")
+            except OSError:
+                break
+            if _readable(slow) and slow.recv(10) == b"":
+                break
+            time.sleep(0.05)
+        assert eventually(lambda: server.stats.timed_out == 1)
+    assert "not complete 0.3s after its first byte" in caplog.text
+
+
+def _readable(sock: socket.socket) -> bool:
+    import select
+
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def test_failing_message_handler_is_reported_and_others_are_served(caplog: pytest.LogCaptureFixture) -> None:
+    server = Server(transport=TCP, dispatcher="pool", handler=shout)
+    with caplog.at_level(logging.ERROR, logger="sockwork"), serving(server):
+        with client(server) as sock:
+            sock.sendall(b"boom\n")
+            assert sock.recv(10) == b""
+        assert exchange(server, b"fine\n") == b"FINE\n"
+    assert "asked to fail" in caplog.text and server.stats.failed == 1
+
+
+def test_a_client_that_does_not_read_is_not_read_either() -> None:
+    """Replies pile up to the high-water mark; then the loop stops reading that client (bounded memory)."""
+    @message_handler
+    def big(message: bytes, conn: Connection) -> bytes:
+        return b"y" * 65536
+
+    server = Server(transport=TCP, dispatcher="pool", handler=big)
+    with serving(server), client(server) as greedy:
+        greedy.setblocking(False)
+        sent = 0
+        with pytest.raises(BlockingIOError):
+            while sent < 50_000_000:
+                sent += greedy.send(b"q\n" * 4096)  # never reads a reply
+        assert sent < 50_000_000  # the server stopped taking its requests
+        assert exchange(server, b"other\n") == b"y" * 65536 + b"\n"  # and serves everyone else
+
+
+def test_framings_split_and_frame() -> None:
+    lines = Lines(max_message=5)
+    buffer = bytearray(b"ab\r\ncd\nef")
+    assert lines.split(buffer) == [b"ab", b"cd"] and buffer == b"ef"
+    assert lines.finish(buffer) == [b"ef"] and not buffer
+    with pytest.raises(ValueError, match="longer than 5 bytes"):
+        lines.split(bytearray(b"abcdefgh"))
+    length = LengthPrefixed(max_message=4)
+    assert length.frame(b"ab") == b"\0\0\0\2ab"
+    buffer = bytearray(b"\0\0\0\2ab\0\0\0\3c")
+    assert length.split(buffer) == [b"ab"] and buffer == b"\0\0\0\3c"
+    with pytest.raises(ValueError, match="middle of a message"):
+        length.finish(buffer)
+    with pytest.raises(ValueError, match="unknown framing"):
+        message_handler(framing="json")
+
+
+# ---- Connection stages ------------------------------------------------------------------------
+
+class Hello:
+    """A toy stage: the client must first send b"HELO" (peeked, then consumed exactly)."""
+
+    name = "HELO greeting"
+    timeout = 0.3
+
+    def advance(self, conn: Connection) -> str:
+        head = conn.socket.recv(4, socket.MSG_PEEK)
+        if not head:
+            raise ConnectionResetError("closed before greeting")
+        if not b"HELO".startswith(head):
+            raise StageFailed(f"expected HELO, got {head!r}")
+        if len(head) < 4:
+            return "read"
+        conn.socket.recv(4)
+        conn.info["greeted"] = True
+        return "done"
+
+
+@pytest.fixture
+def staged() -> Iterator[Server]:
+    @stream_handler
+    def report(conn: Connection) -> object:
+        data = conn.recv()
+        if not data:
+            return None
+        conn.write(b"%s %s" % (str(conn.info.get("greeted")).encode(), data))
+        return KEEP_ALIVE
+
+    from sockwork.assembly import assemble
+
+    parts = assemble(TCP, report, "pool")
+    assert isinstance(Hello(), ConnectionStage)
+    parts.transport.stages = (Hello(),)  # type: ignore[attr-defined]
+    server = Server(parts=parts)
+    with serving(server):
+        yield server
+
+
+def test_stage_runs_before_the_handler(staged: Server) -> None:
+    with client(staged) as sock:
+        sock.sendall(b"HE")
+        time.sleep(0.05)
+        sock.sendall(b"LOdata")
+        assert sock.recv(100) == b"True data"
+
+
+def test_failed_stage_is_refused_at_info(staged: Server, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="sockwork"), client(staged) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert sock.recv(100) == b""
+        assert eventually(lambda: staged.stats.refused == 1)
+    [record] = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert record.levelno == logging.INFO and "HELO greeting failed: expected HELO" in record.getMessage()
+
+
+def test_stalled_stage_times_out(staged: Server) -> None:
+    with client(staged) as sock:
+        sock.sendall(b"HE")
+        assert sock.recv(100) == b""
+        assert eventually(lambda: staged.stats.timed_out == 1)
+    assert staged.stats.failed == 0
+
+
+# ---- Many clients, few workers -------------------------------------------------------------------
+
+def test_hundreds_of_silent_and_trickling_clients_do_not_delay_others() -> None:
+    """The issue's attack in small: silent and trickling connections, two workers, normal clients served."""
+    server = Server(transport=TCP, dispatcher="pool", dispatcher_options={"workers": 2, "queue_size": 2},
+                    handler="lines")
+    stop = threading.Event()
+    with serving(server), ExitStack() as stack:
+        silent = [stack.enter_context(client(server)) for _ in range(200)]
+        tricklers = [stack.enter_context(client(server)) for _ in range(20)]
+
+        def trickle() -> None:
+            while not stop.wait(0.05):
+                for sock in tricklers:
+                    with suppress(OSError):  # cut by message_timeout: that is the point
+                        sock.send(b"z")
+
+        thread = threading.Thread(target=trickle)
+        thread.start()
+        try:
+            for i in range(20):
+                assert exchange(server, b"normal %d\n" % i) == b"1: normal %d\n" % i
+        finally:
+            stop.set()
+            thread.join()
+        assert len(silent) == 200
