@@ -498,7 +498,8 @@ def test_handle_request_serves_one_or_times_out(sockwork_make_server: MakeServer
 
 
 @_conformance
-def test_keep_alive_clients_beyond_the_workers_are_all_served(sockwork_make_server: MakeServer) -> None:
+def test_keep_alive_clients_beyond_the_workers_are_all_served(sockwork_make_server: MakeServer,
+                                                              sockwork_client: Clients) -> None:
     """Three times as many persistent clients as the dispatcher runs at once, taking turns: every one
     is answered every time (connections wait in the loop between requests, not in a worker)."""
     server = sockwork_make_server(echo)
@@ -514,7 +515,7 @@ def test_keep_alive_clients_beyond_the_workers_are_all_served(sockwork_make_serv
     count = 24 if concurrency is None else min(3 * concurrency + 1, 48)
     rounds = 5
     with serving(server), ExitStack() as stack:
-        clients = [stack.enter_context(client(server)) for _ in range(count)]
+        clients = [stack.enter_context(sockwork_client.connect(server)) for _ in range(count)]
         for turn in range(rounds):
             for i, sock in enumerate(clients):
                 sock.sendall(b"%d.%d;" % (i, turn))
