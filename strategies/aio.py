@@ -48,7 +48,7 @@ from sockwork.aio import AsyncHandler, as_async_handler
 from sockwork.handlers import send_datagram
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
-from sockwork.limits import Outcome
+from sockwork.limits import Outcome, auto_waiting_capacity
 from sockwork.slots import Slots
 from sockwork.validators import off_is_none, optional_positive_int
 
@@ -85,9 +85,11 @@ class AsyncioOptions:
 
     loop: Literal["asyncio", "uvloop"] = attrs.field(default="asyncio", validator=_check_loop)
     """The event loop: asyncio's own, or uvloop's (faster; install ``sockwork[uvloop]``)."""
-    max_tasks: int | None = attrs.field(default=None, converter=off_is_none, validator=optional_positive_int)
+    max_tasks: int | None = attrs.field(factory=auto_waiting_capacity, converter=off_is_none,
+                                        validator=optional_positive_int)
     """Requests served at once on the loop; at this many the server stops accepting until one
-    ends. Default none: the server's ``limits.max_connections`` is the bound."""
+    ends. Default: the process's descriptor limit less a quarter in reserve (as ``limits.max_waiting``,
+    an event loop's connections wait in it). None (in files: false): no bound of its own."""
 
 
 @final
