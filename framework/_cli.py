@@ -14,7 +14,9 @@ config file name (``.toml``/``.json``) is refused as an unknown command.
 With no arguments at all it serves the built-in echo handler on
 tcp://127.0.0.1:9999. SIGINT or SIGTERM stops a server gracefully (stop
 accepting, drain, exit 0); a second signal during the drain exits at once
-with status 1.
+with status 1. SIGHUP asks the transport to reload what it read from files
+(the ``tls`` transport: its certificate and key), without dropping a
+connection; a reload that fails is logged and the old files stay in use.
 
 Handler modules are imported with the current directory first on
 ``sys.path``, for the ``sockwork`` script as for ``python -m sockwork``.
@@ -26,14 +28,16 @@ server that could not start.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -275,7 +279,7 @@ def _serve(config: ServerConfig, registry: Registry, source: str) -> int:
     except (ServerError, OSError) as exc:
         print(f"sockwork: {exc}", file=sys.stderr)
         return 2
-    with server.handle_signals():
+    with server.handle_signals(), _reload_on_sighup(server):
         try:
             handler = config.handler.ref if isinstance(config.handler.ref, str) else repr(config.handler.ref)
             print(
@@ -294,6 +298,34 @@ def _serve(config: ServerConfig, registry: Registry, source: str) -> int:
         sys.stdout.flush()
         os._exit(0)
     return 0
+
+
+@contextlib.contextmanager
+def _reload_on_sighup(server: Any) -> Iterator[None]:
+    """SIGHUP calls the transport's ``reload()`` (a capability: tls has it), in the main thread."""
+    if not hasattr(signal, "SIGHUP"):
+        yield
+        return
+    from .interfaces import capability
+
+    def reload(signum: int, frame: object) -> None:
+        transport = server.transport
+        method = capability(transport, "reload")
+        name = capability(transport, "name") or type(transport).__name__
+        if method is None:
+            logger.info("SIGHUP: the %s transport has nothing to reload", name)
+            return
+        try:
+            method()
+        except Exception as exc:  # a renewed file that does not load must not stop the server
+            logger.error("SIGHUP: reloading the %s transport failed; still using what was loaded before: %s",
+                         name, exc)
+
+    previous = signal.signal(signal.SIGHUP, reload)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def _close_attentively(server: Any) -> None:

@@ -36,7 +36,7 @@ from sockwork import aio as aio
 from sockwork.errors import FailedElsewhere
 from sockwork.handlers import echo as blocking_echo
 from sockwork.interfaces import capability
-from sockwork.testing import HandlerForms, client, dispatcher_runs_async, exchange, recv_until_eof, serving
+from sockwork.testing import Clients, HandlerForms, dispatcher_runs_async, recv_until_eof, serving
 
 __all__ = [
     "test_close_after_drain_timeout_ends_stuck_connections",
@@ -61,6 +61,9 @@ def _conformance(test: Callable[..., None]) -> Callable[..., None]:
 
 
 MakeServer = Callable[..., Any]
+# Every test connects through the ``sockwork_client`` fixture (a sockwork.testing.Clients): a
+# transport that changes the wire format (TLS, a PROXY header) says how through its entry's
+# loopback_client, and is tested by exactly these tests.
 
 echo = HandlerForms(blocking_echo, aio.echo)
 """The built-in echo handler, in the form the dispatcher under test serves."""
@@ -73,30 +76,30 @@ def large_payload(server: Server) -> bytes:
 
 
 @_conformance
-def test_echo_small(sockwork_make_server: MakeServer) -> None:
+def test_echo_small(sockwork_make_server: MakeServer, sockwork_client: Clients) -> None:
     """A short payload comes back unchanged, several times over."""
     with serving(sockwork_make_server(echo)) as server:
         for i in range(5):
-            assert exchange(server, b"ping %d" % i) == b"ping %d" % i
+            assert sockwork_client.exchange(server, b"ping %d" % i) == b"ping %d" % i
 
 
 @_conformance
-def test_echo_large(sockwork_make_server: MakeServer) -> None:
+def test_echo_large(sockwork_make_server: MakeServer, sockwork_client: Clients) -> None:
     """A large payload (1 MiB stream, 60 kB datagram) comes back unchanged."""
     with serving(sockwork_make_server(echo)) as server:
         payload = large_payload(server)
-        assert exchange(server, payload) == payload
+        assert sockwork_client.exchange(server, payload) == payload
 
 
 @_conformance
-def test_many_clients_each_get_their_own_reply(sockwork_make_server: MakeServer) -> None:
+def test_many_clients_each_get_their_own_reply(sockwork_make_server: MakeServer, sockwork_client: Clients) -> None:
     """Twenty concurrent clients each get exactly their own payload back."""
     server = sockwork_make_server(echo)
     with serving(server):
         replies: dict[int, bytes] = {}
 
         def one(i: int) -> None:
-            replies[i] = exchange(server, b"client %02d" % i)
+            replies[i] = sockwork_client.exchange(server, b"client %02d" % i)
 
         threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
         for t in threads:
@@ -177,7 +180,7 @@ def open_gate() -> Iterator[Gate]:
         gate.close()
 
 
-def read_messages(clients: list[socket.socket], prefix: bytes, count: int, timeout: float) -> list[int]:
+def read_messages(clients: list[Any], prefix: bytes, count: int, timeout: float) -> list[int]:
     """Indices of clients that got a message ``prefix + b" cN"``, up to ``count``.
 
     Stream messages are read by their exact length, as two may arrive together.
@@ -200,15 +203,16 @@ def read_messages(clients: list[socket.socket], prefix: bytes, count: int, timeo
     return found
 
 
-def start_clients(stack: ExitStack, server: Server, count: int) -> list[socket.socket]:
-    clients = [stack.enter_context(client(server)) for _ in range(count)]
+def start_clients(stack: ExitStack, server: Server, count: int, connect: Clients) -> list[Any]:
+    clients = [stack.enter_context(connect.connect(server)) for _ in range(count)]
     for i, sock in enumerate(clients):
         sock.send(b"c%d" % i)
     return clients
 
 
 @_conformance
-def test_concurrency_is_what_the_dispatcher_promises(sockwork_make_server: MakeServer) -> None:
+def test_concurrency_is_what_the_dispatcher_promises(sockwork_make_server: MakeServer,
+                                                    sockwork_client: Clients) -> None:
     """N clients blocking in the handler run at once, up to the dispatcher's concurrency.
 
     A serial dispatcher (concurrency 1) serves them one at a time; with a
@@ -219,7 +223,7 @@ def test_concurrency_is_what_the_dispatcher_promises(sockwork_make_server: MakeS
         limit = server.dispatcher.concurrency
         n = limit + 2 if limit is not None and limit <= 16 else 4  # beyond a small limit: is it kept?
         at_once = n if limit is None else min(n, limit)
-        clients = start_clients(stack, server, n)
+        clients = start_clients(stack, server, n, sockwork_client)
         started = read_messages(clients, b"started", at_once, timeout=10)
         assert len(started) == at_once, f"only {len(started)} of {at_once} ran at once"
         if at_once < n:
@@ -271,20 +275,18 @@ SERVE_WITHIN = 20.0
 
 @_conformance
 def test_saturation_stops_accepting_and_freed_capacity_wakes_the_loop(
-    sockwork_transport_name: str, sockwork_dispatcher_name: str, sockwork_tmp: Any, sockwork_registry: Registry,
+    sockwork_transport_name: str, sockwork_dispatcher_name: str, sockwork_registry: Registry,
+    sockwork_loopback: Any, sockwork_client: Clients,
 ) -> None:
     """With every worker blocked, a dispatcher says saturated() (backpressure) before it holds an
     unbounded number of requests, and wakes the loop (host.wake(), or a descriptor it watches) when
     capacity frees up: here the loop does not poll, so a dispatcher that never wakes it hangs."""
     from sockwork.assembly import assemble
 
-    entry = sockwork_registry.get("transport", sockwork_transport_name)
-    if entry.loopback_options is None:
-        pytest.skip(f"transport {sockwork_transport_name!r} has no loopback_options to test it with")
     with open_gate() as gate:
         handler = gated_handler(gate).pick(dispatcher_runs_async(sockwork_registry, sockwork_dispatcher_name))
         parts = assemble(sockwork_transport_name, handler, sockwork_dispatcher_name,
-                         transport_options=entry.loopback_options(sockwork_tmp),
+                         transport_options=sockwork_loopback.options,
                          registry=sockwork_registry)
         if capability(parts.dispatcher, "accepts_itself"):
             _discard(parts)
@@ -296,7 +298,7 @@ def test_saturation_stops_accepting_and_freed_capacity_wakes_the_loop(
         server = Server(parts=attrs_evolve(parts, dispatcher=watched))
         server.loop.saturated_recheck = None  # no polling: only the dispatcher's wake-up resumes accepting
         with serving(server), ExitStack() as stack:
-            clients = start_clients_from(stack, server, 0, 1)
+            clients = start_clients_from(stack, server, 0, 1, sockwork_client)
             assert read_messages(clients, b"started", 1, timeout=10) == [0]
             inside = time.monotonic() + 1.0  # submit() may still be returning while the handler starts
             while watched.submitting and time.monotonic() < inside:
@@ -306,7 +308,7 @@ def test_saturation_stops_accepting_and_freed_capacity_wakes_the_loop(
                 pytest.skip("this dispatcher serves inside submit(): no backpressure is needed")
             deadline = time.monotonic() + 20
             while not watched.saturated_seen and len(clients) < MOST_CLIENTS and time.monotonic() < deadline:
-                clients.extend(start_clients_from(stack, server, len(clients), 8))
+                clients.extend(start_clients_from(stack, server, len(clients), 8, sockwork_client))
                 time.sleep(0.02)  # let the loop accept them
             gate.open(len(clients))  # first: a failing check must not leave handlers blocked
             assert watched.saturated_seen, (
@@ -331,8 +333,8 @@ def attrs_evolve(parts: Any, **changes: Any) -> Any:
     return attrs.evolve(parts, **changes)
 
 
-def start_clients_from(stack: ExitStack, server: Server, first: int, count: int) -> list[socket.socket]:
-    clients = [stack.enter_context(client(server)) for _ in range(count)]
+def start_clients_from(stack: ExitStack, server: Server, first: int, count: int, connect: Clients) -> list[Any]:
+    clients = [stack.enter_context(connect.connect(server)) for _ in range(count)]
     for i, sock in enumerate(clients, first):
         sock.send(b"c%d" % i)
     return clients
@@ -341,21 +343,21 @@ def start_clients_from(stack: ExitStack, server: Server, first: int, count: int)
 # ---- Shutdown --------------------------------------------------------------
 
 @_conformance
-def test_shutdown_while_idle(sockwork_make_server: MakeServer) -> None:
+def test_shutdown_while_idle(sockwork_make_server: MakeServer, sockwork_client: Clients) -> None:
     """An idle server stops and closes promptly, and serves again if asked first."""
     server = sockwork_make_server(echo)
     with serving(server):
-        assert exchange(server, b"one") == b"one"
+        assert sockwork_client.exchange(server, b"one") == b"one"
         server.shutdown()
         thread = threading.Thread(target=server.serve_forever)
         thread.start()
-        assert exchange(server, b"two") == b"two"
+        assert sockwork_client.exchange(server, b"two") == b"two"
         server.shutdown()
         thread.join()
 
 
 @_conformance
-def test_close_waits_for_requests_in_flight(sockwork_make_server: MakeServer) -> None:
+def test_close_waits_for_requests_in_flight(sockwork_make_server: MakeServer, sockwork_client: Clients) -> None:
     """close() stops accepting but lets running requests finish and reply."""
     n = 2
     with open_gate() as gate, ExitStack() as stack:
@@ -363,7 +365,7 @@ def test_close_waits_for_requests_in_flight(sockwork_make_server: MakeServer) ->
         with serving(server):
             limit = server.dispatcher.concurrency
             at_once = n if limit is None else min(n, limit)
-            clients = start_clients(stack, server, at_once)
+            clients = start_clients(stack, server, at_once, sockwork_client)
             assert len(read_messages(clients, b"started", at_once, timeout=10)) == at_once
             closer = threading.Thread(target=server.close)
             closer.start()
@@ -376,7 +378,8 @@ def test_close_waits_for_requests_in_flight(sockwork_make_server: MakeServer) ->
 
 
 @_conformance
-def test_close_after_drain_timeout_ends_stuck_connections(sockwork_make_server: MakeServer) -> None:
+def test_close_after_drain_timeout_ends_stuck_connections(sockwork_make_server: MakeServer,
+                                                         sockwork_client: Clients) -> None:
     """A client that never sends cannot hold close() past the drain timeout (plus grace)."""
     holding_r, holding_w = os.pipe()  # a pipe: the handler may run in a forked child
 
@@ -396,7 +399,7 @@ def test_close_after_drain_timeout_ends_stuck_connections(sockwork_make_server: 
         server = sockwork_make_server(HandlerForms(wait_for_client, waiting), drain_timeout=0.2)
         if server.transport.kind == "datagram":
             pytest.skip("a datagram request holds no connection to shut down")
-        with serving(server), client(server) as sock:
+        with serving(server), sockwork_client.connect(server) as sock:
             assert os.read(holding_r, 1) == b"h"
             started = time.monotonic()
             server.close()
@@ -408,7 +411,7 @@ def test_close_after_drain_timeout_ends_stuck_connections(sockwork_make_server: 
 
 
 @_conformance
-def test_raising_handler_does_not_stop_the_server(sockwork_make_server: MakeServer) -> None:
+def test_raising_handler_does_not_stop_the_server(sockwork_make_server: MakeServer, sockwork_client: Clients) -> None:
     """A handler that raises is reported to the hook; the next request is served."""
     reports_r, reports_w = os.pipe()
 
@@ -447,12 +450,12 @@ def test_raising_handler_does_not_stop_the_server(sockwork_make_server: MakeServ
     forms = HandlerForms(handle, aio.AsyncHandler(handle_stream, handle_datagram, name="raising"))
     try:
         with serving(sockwork_make_server(forms, registry=Registry(pm))) as server:
-            with client(server) as sock:
+            with sockwork_client.connect(server) as sock:
                 sock.send(b"boom")
                 if server.transport.kind == "stream":
                     assert recv_until_eof(sock) == b""  # closed, not left hanging
             assert os.read(reports_r, 200) == b"RuntimeError: handler exploded\n"
-            with client(server) as sock:
+            with sockwork_client.connect(server) as sock:
                 sock.send(b"fine")
                 assert sock.recv(100) == b"fine"
     finally:
@@ -461,7 +464,7 @@ def test_raising_handler_does_not_stop_the_server(sockwork_make_server: MakeServ
 
 
 @_conformance
-def test_handle_request_serves_one_or_times_out(sockwork_make_server: MakeServer) -> None:
+def test_handle_request_serves_one_or_times_out(sockwork_make_server: MakeServer, sockwork_client: Clients) -> None:
     """handle_request() returns False after its timeout, True once it dispatched a request."""
     server = sockwork_make_server(echo)
     if capability(server.dispatcher, "accepts_itself"):
@@ -469,20 +472,34 @@ def test_handle_request_serves_one_or_times_out(sockwork_make_server: MakeServer
     started = time.monotonic()
     assert server.handle_request(timeout=0.05) is False
     assert time.monotonic() - started >= 0.05
-    with client(server) as sock:
-        sock.send(b"once")
-        if server.transport.kind == "stream":
-            # The end of the stream too: a forked child holds a copy of this client
-            # socket, so only a shutdown (not a close) can show it the end.
-            sock.shutdown(socket.SHUT_WR)
-        assert server.handle_request(timeout=10) is True
-        # One turn of echo (on a stream the connection then waits in the loop for more).
-        assert sock.recv(100) == b"once"
+    replies: list[bytes] = []
+
+    def talk() -> None:
+        # In a thread: a client whose transport has a handshake (TLS) needs the server to run
+        # while it connects, and here only handle_request() runs it.
+        with sockwork_client.connect(server) as sock:
+            sock.send(b"once")
+            if server.transport.kind == "stream":
+                # The end of the stream too: a forked child holds a copy of this client
+                # socket, so only a shutdown (not a close) can show it the end.
+                sock.shutdown(socket.SHUT_WR)
+            # One turn of echo (on a stream the connection then waits in the loop for more).
+            replies.append(sock.recv(100))
+
+    talker = threading.Thread(target=talk)
+    talker.start()
+    try:
+        served = server.handle_request(timeout=10)
+    finally:
+        talker.join(20)
+    assert served is True
+    assert replies == [b"once"]
     server.close()
 
 
 @_conformance
-def test_keep_alive_clients_beyond_the_workers_are_all_served(sockwork_make_server: MakeServer) -> None:
+def test_keep_alive_clients_beyond_the_workers_are_all_served(sockwork_make_server: MakeServer,
+                                                              sockwork_client: Clients) -> None:
     """Three times as many persistent clients as the dispatcher runs at once, taking turns: every one
     is answered every time (connections wait in the loop between requests, not in a worker)."""
     server = sockwork_make_server(echo)
@@ -498,7 +515,7 @@ def test_keep_alive_clients_beyond_the_workers_are_all_served(sockwork_make_serv
     count = 24 if concurrency is None else min(3 * concurrency + 1, 48)
     rounds = 5
     with serving(server), ExitStack() as stack:
-        clients = [stack.enter_context(client(server)) for _ in range(count)]
+        clients = [stack.enter_context(sockwork_client.connect(server)) for _ in range(count)]
         for turn in range(rounds):
             for i, sock in enumerate(clients):
                 sock.sendall(b"%d.%d;" % (i, turn))

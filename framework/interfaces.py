@@ -60,7 +60,7 @@ class Transport(Protocol):
     end ``serve_forever`` with that error.
 
     Optional capabilities (see :data:`OPTIONAL_CAPABILITIES`): ``name``,
-    ``accept_batch``, ``oversized``, ``stages``.
+    ``accept_batch``, ``oversized``, ``stages``, ``reload``.
     """
 
     kind: Literal["stream", "datagram"]
@@ -252,6 +252,8 @@ OPTIONAL_CAPABILITIES: dict[str, tuple[object, str]] = {
     "oversized": (0, "Transport: datagrams dropped for being too large (a live counter, in server.stats)"),
     "stages": ((), "Transport: ConnectionStage objects the loop runs, in order, on each accepted stream "
                    "connection before dispatch (a PROXY header, a TLS handshake)"),
+    "reload": (None, "Transport: a method that loads again what the transport read from files (tls: certificate, "
+                     "key, client CAs) for new connections, dropping none; SIGHUP under sockwork serve calls it"),
     # Dispatcher
     "accepts_itself": (False, "Dispatcher: True for a Supervisor, whose workers accept; "
                               "the loop then never listens"),

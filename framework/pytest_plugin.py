@@ -16,6 +16,13 @@ parametrizes tests that ask for those fixtures; it changes nothing else.
   option ``sockwork_conformance_plugins``, if given — or every pair when the
   ini option ``sockwork_conformance_builtins`` is true. If an installed plugin
   fails to load, a test named ``plugin-load-failure`` fails and says why;
+- ``sockwork_loopback``: how the transport under test listens on loopback
+  (its ``loopback_options``) and how a client talks to it (its
+  ``loopback_client``: TLS, a PROXY header), as a :class:`Loopback`; override
+  this one fixture to test a variant (sockwork's own suite adds the PROXY
+  header to tcp, tls and unix this way);
+- ``sockwork_client``: a :class:`sockwork.testing.Clients` that connects the
+  way ``sockwork_loopback`` says;
 - ``sockwork_make_server(handler, **server_kwargs)``: a Server on that pair,
   listening on loopback (or in a temporary directory), closed after the test;
   ``handler`` may be a :class:`sockwork.testing.HandlerForms`, of which the
@@ -31,15 +38,16 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, final
 
+import attrs
 import pytest
 
 from ._server import Server
-from .registry import BUILTIN_PLUGINS, Entry, Registry
-from .testing import HandlerForms, ResourceSnapshot, dispatcher_runs_async
+from .registry import BUILTIN_PLUGINS, Entry, Registry, TransportEntry
+from .testing import Clients, HandlerForms, ResourceSnapshot, Wrap, dispatcher_runs_async
 
-__all__: list[str] = []  # a pytest plugin: everything here is reached through hooks and fixtures
+__all__ = ["Loopback"]  # otherwise a pytest plugin: reached through hooks and fixtures
 
 _BUILTINS_INI = "sockwork_conformance_builtins"
 _PLUGINS_INI = "sockwork_conformance_plugins"
@@ -128,9 +136,59 @@ def sockwork_tmp() -> Iterator[Path]:
     shutil.rmtree(directory)
 
 
+@final
+@attrs.frozen
+class Loopback:
+    """How the transport under test listens on loopback, and how clients reach it.
+
+    ``options``: the transport's options (from its entry's
+    ``loopback_options``); ``wrap``: turns a connected client socket into
+    what speaks the transport's wire format, or None for plain bytes.
+    """
+
+    options: Any
+    wrap: Wrap | None = None
+
+
+def loopback_of(entry: TransportEntry, directory: Path) -> Loopback:
+    """A transport entry's own :class:`Loopback`; skips the test if it has none or cannot make one here."""
+    if entry.loopback_options is None:
+        pytest.skip(f"transport {entry.name!r} has no loopback_options to test it with")
+    try:
+        options = entry.loopback_options(directory)
+    except ImportError as exc:  # e.g. tls makes its test certificate with trustme
+        pytest.skip(f"transport {entry.name!r} needs {exc.name!r} to listen on loopback in tests "
+                    f"(pip install {exc.name})")
+    make_client = entry.loopback_client
+    if make_client is None:
+        return Loopback(options)
+
+    def wrap(sock: Any) -> Any:
+        return make_client(sock, options)
+
+    return Loopback(options, wrap)
+
+
+@pytest.fixture
+def sockwork_loopback(sockwork_transport_name: str, sockwork_tmp: Path, sockwork_registry: Registry) -> Loopback:
+    """The transport under test's loopback options and client (override to test a variant)."""
+    if sockwork_transport_name == _BROKEN:
+        pytest.fail("plugin(s) failed to load: " + "; ".join(_load_failures(sockwork_registry)), pytrace=False)
+    entry = sockwork_registry.get("transport", sockwork_transport_name)
+    assert isinstance(entry, TransportEntry)
+    return loopback_of(entry, sockwork_tmp)
+
+
+@pytest.fixture
+def sockwork_client(sockwork_loopback: Loopback) -> Clients:
+    """Connects to the server under test as its transport expects (``client.connect(server)``, ``client.exchange``)."""
+    return Clients(sockwork_loopback.wrap)
+
+
 @pytest.fixture
 def sockwork_make_server(
-    sockwork_transport_name: str, sockwork_dispatcher_name: str, sockwork_tmp: Path, sockwork_registry: Registry
+    sockwork_transport_name: str, sockwork_dispatcher_name: str, sockwork_registry: Registry,
+    sockwork_loopback: Loopback,
 ) -> Iterator[Callable[..., Server]]:
     """Build a Server on the parametrized transport (loopback) and dispatcher."""
     created: list[Server] = []
@@ -138,15 +196,12 @@ def sockwork_make_server(
         pytest.fail("plugin(s) failed to load: " + "; ".join(_load_failures(sockwork_registry)), pytrace=False)
 
     def make(handler: Any, **kwargs: Any) -> Server:
-        entry = sockwork_registry.get("transport", sockwork_transport_name)
-        if entry.loopback_options is None:
-            pytest.skip(f"transport {sockwork_transport_name!r} has no loopback_options to test it with")
         if isinstance(handler, HandlerForms):  # the form this dispatcher serves: blocking or async
             handler = handler.pick(dispatcher_runs_async(sockwork_registry, sockwork_dispatcher_name))
         kwargs.setdefault("registry", sockwork_registry)
         server = Server(
             transport=sockwork_transport_name,
-            transport_options=entry.loopback_options(sockwork_tmp),
+            transport_options=sockwork_loopback.options,
             dispatcher=sockwork_dispatcher_name, handler=handler, **kwargs,
         )
         created.append(server)

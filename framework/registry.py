@@ -22,6 +22,7 @@ from .urls import parse_transport_url
 
 if TYPE_CHECKING:
     import importlib.metadata
+    import socket
     from pathlib import Path
 
 __all__ = [
@@ -46,6 +47,7 @@ BUILTIN_PLUGINS = (
     "sockwork.transports.udp",
     "sockwork.transports.unix",
     "sockwork.transports.fd",
+    "sockwork.transports.tls",
     "sockwork.strategies.inline",
     "sockwork.strategies.thread",
     "sockwork.strategies.fork",
@@ -53,6 +55,7 @@ BUILTIN_PLUGINS = (
     "sockwork.strategies.prefork",
     "sockwork.strategies.aio",
     "sockwork.handlers",
+    "sockwork.address_handler",
 )
 
 LIFECYCLE_HOOKS = ("sockwork_server_started", "sockwork_request_failed", "sockwork_collect_stats",
@@ -108,6 +111,11 @@ class TransportEntry(Entry):
     (or, for file-based transports, inside ``directory``); the conformance
     suite and :mod:`sockwork.testing` use it to test the transport.
 
+    ``loopback_client(sock, options)`` is for transports that change the wire
+    format (TLS, a PROXY header): given a client socket connected to a server
+    built with ``options``, it returns the socket to talk through (wrapped,
+    or with a header sent). Without it, clients speak plain bytes.
+
     ``schemes`` are URL schemes that mean this transport besides its name
     (``("tls",)``, ``("proxy+tcp",)``); ``parse_url(url)`` turns such a URL
     into a mapping of options. Without ``parse_url``, a URL is read the
@@ -116,6 +124,7 @@ class TransportEntry(Entry):
     """
 
     loopback_options: Callable[[Path], Any] | None = None
+    loopback_client: Callable[[socket.socket, Any], Any] | None = None
     schemes: tuple[str, ...] = ()
     parse_url: Callable[[str], Mapping[str, Any]] | None = None
 

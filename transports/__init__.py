@@ -1,4 +1,4 @@
-"""The built-in transports: tcp, udp, unix (stream), unix-dgram and fd (inherited).
+"""The built-in transports: tcp, tls, udp, unix (stream), unix-dgram and fd (inherited).
 
 Each module is a sockwork plugin registering its transports through the
 ``sockwork_add_transports`` hook, like any third-party plugin.
@@ -12,6 +12,9 @@ if typing.TYPE_CHECKING:
     from .fd import FDOptions as FDOptions
     from .tcp import TCPOptions as TCPOptions
     from .tcp import TCPTransport as TCPTransport
+    from .tls import TLSInfo as TLSInfo
+    from .tls import TLSOptions as TLSOptions
+    from .tls import TLSTransport as TLSTransport
     from .udp import UDPOptions as UDPOptions
     from .udp import UDPTransport as UDPTransport
     from .unix import UnixDatagramOptions as UnixDatagramOptions
@@ -23,6 +26,9 @@ _EXPORTS = {
     "FDOptions": ".fd",
     "TCPOptions": ".tcp",
     "TCPTransport": ".tcp",
+    "TLSInfo": ".tls",
+    "TLSOptions": ".tls",
+    "TLSTransport": ".tls",
     "UDPOptions": ".udp",
     "UDPTransport": ".udp",
     "UnixDatagramOptions": ".unix",

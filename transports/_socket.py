@@ -22,7 +22,8 @@ from typing import Any, ClassVar, Literal, cast
 import attrs
 
 from sockwork._ratelimit import RateLimitedLog
-from sockwork.errors import BindError
+from sockwork.errors import BindError, ConfigError
+from sockwork.validators import boolean, off_is_none
 
 logger = logging.getLogger("sockwork")
 
@@ -102,6 +103,81 @@ def check_mode(instance: object, attribute: attrs.Attribute[Any], value: object)
         raise ValueError(f"'{attribute.name}' must be a permission mode such as 0o660 (or none), got {shown}")
 
 
+# ---- Options every stream transport shares: the PROXY protocol, dual stack --------------
+
+PROXY_HEADER_TIMEOUT = 10.0
+"""Seconds a balancer gets to send its PROXY header (it sends it at once, before any client byte)."""
+
+_PROXY_VERSIONS: dict[str | None, tuple[Literal["v1", "v2"], ...]] = {
+    None: (), "v1": ("v1",), "v2": ("v2",), "any": ("v1", "v2"),
+}
+
+
+def _check_proxy_protocol(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value not in _PROXY_VERSIONS:
+        raise ValueError(f"'{attribute.name}' must be 'v1', 'v2', 'any' or none (off), got {value!r}")
+
+
+def _to_networks(value: object) -> object:
+    """A list (TOML, JSON) or a single string of addresses/networks, as a tuple of strings."""
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value) if isinstance(value, list) else value
+
+
+_NEEDS_TRUSTED = ("must list the balancers allowed to send a PROXY header (addresses or networks, "
+                  "e.g. ['10.0.0.0/8']) when proxy_protocol is set: any client could claim any address otherwise")
+_UNIX_UNTRUSTED = ("cannot apply to a Unix socket, whose peers have no address: who may send a PROXY header "
+                   "is who may connect; restrict that with 'mode'")
+
+
+def _check_trusted_proxies(unix: bool | None) -> Any:
+    """``unix`` None: the family is known only later (an inherited descriptor); the transport checks then."""
+    def check(instance: Any, attribute: attrs.Attribute[Any], value: object) -> None:
+        if not isinstance(value, tuple) or not all(isinstance(item, str) for item in value):
+            raise ValueError(f"'{attribute.name}' must be a list of addresses or networks such as "
+                             f"['10.0.0.0/8', '::1'], got {value!r}")
+        if unix:
+            if value:
+                raise ValueError(f"'{attribute.name}' {_UNIX_UNTRUSTED}")
+            return
+        for item in value:
+            try:
+                ipaddress.ip_network(item)
+            except ValueError as exc:
+                raise ValueError(f"'{attribute.name}' entry {item!r} is not an IP address or network: {exc}") from None
+        if unix is False and instance.proxy_protocol is not None and not value:
+            raise ValueError(f"'{attribute.name}' {_NEEDS_TRUSTED}")
+    return check
+
+
+def proxy_protocol_field() -> Any:
+    """``proxy_protocol``: "v1", "v2", "any" or None (off, the default)."""
+    return attrs.field(default=None, converter=off_is_none, validator=_check_proxy_protocol)
+
+
+def trusted_proxies_field(*, unix: bool | None = False) -> Any:
+    """``trusted_proxies``: addresses/networks that may send a PROXY header (none for a Unix socket)."""
+    return attrs.field(default=(), converter=_to_networks, validator=_check_trusted_proxies(unix))
+
+
+def ipv6_only_field() -> Any:
+    """``ipv6_only``: IPV6_V6ONLY; off by default, so ``[::]`` also accepts IPv4 clients (dual stack)."""
+    return attrs.field(default=False, validator=boolean)
+
+
+def proxy_stages(options: Any, *, unix: bool = False) -> tuple[Any, ...]:
+    """The PROXY-header stage the options ask for (none when ``proxy_protocol`` is off)."""
+    versions = _PROXY_VERSIONS[options.proxy_protocol]
+    if not versions:
+        return ()
+    if unix and options.trusted_proxies:
+        raise ConfigError(f"'trusted_proxies' {_UNIX_UNTRUSTED}")
+    if not unix and not options.trusted_proxies:
+        raise ConfigError(f"'trusted_proxies' {_NEEDS_TRUSTED}")
+    from sockwork.proxy_protocol import ProxyHeaderStage, TrustedProxies  # only where it is used
+
+    return (ProxyHeaderStage(versions, TrustedProxies(options.trusted_proxies, unix=unix), PROXY_HEADER_TIMEOUT),)
 
 
 # ---- The base ----------------------------------------------------------------
@@ -298,6 +374,9 @@ class InternetAddress(SocketTransport):
         return family, sockaddr
 
     def configure(self, sock: socket.socket) -> None:
+        if sock.family == socket.AF_INET6 and hasattr(socket, "IPV6_V6ONLY"):
+            # Set either way: the system default (Linux: net.ipv6.bindv6only) must not decide.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(self.options.ipv6_only))
         if self.options.reuse_address:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if self.options.reuse_port:

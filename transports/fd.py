@@ -21,7 +21,14 @@ from sockwork.registry import TransportEntry
 from sockwork.urls import MAX_FD
 from sockwork.validators import positive_int
 
-from ._socket import DatagramRequests, SocketTransport, StreamRequests
+from ._socket import (
+    DatagramRequests,
+    SocketTransport,
+    StreamRequests,
+    proxy_protocol_field,
+    proxy_stages,
+    trusted_proxies_field,
+)
 
 __all__ = ["FDOptions", "make_fd_transport"]
 
@@ -46,6 +53,10 @@ class FDOptions:
     """With ``systemd``: the socket's ``FileDescriptorName=`` (default: the first socket)."""
     max_packet_size: int = attrs.field(default=65535, validator=positive_int)
     """Receive buffer per datagram, for a datagram socket."""
+    proxy_protocol: str | None = proxy_protocol_field()
+    """For a stream socket: expect a PROXY protocol header first (``"v1"``, ``"v2"``, ``"any"``; none: off)."""
+    trusted_proxies: tuple[str, ...] = trusted_proxies_field(unix=None)
+    """Addresses or networks allowed to send it: required for TCP, empty for a Unix socket."""
 
     def __attrs_post_init__(self) -> None:
         if (self.fd is None) == (not self.systemd):
@@ -86,6 +97,10 @@ class _Inherited(SocketTransport):
         unix = family == getattr(socket, "AF_UNIX", None)
         datagram = self.kind == "datagram"
         self.name = ("unix-dgram" if datagram else "unix") if unix else ("udp" if datagram else "tcp")
+        if datagram and options.proxy_protocol is not None:
+            raise ConfigError(f"proxy_protocol: descriptor {fd} is a datagram socket; the PROXY protocol is for "
+                              "stream sockets")
+        self.stages = () if datagram else proxy_stages(options, unix=unix)
 
     def describe(self) -> str:
         return f"inherited descriptor {self._fd}"

@@ -17,7 +17,11 @@ from ._socket import (
     InternetAddress,
     StreamRequests,
     check_port_address,
+    ipv6_only_field,
+    proxy_protocol_field,
+    proxy_stages,
     to_port_address,
+    trusted_proxies_field,
 )
 
 __all__ = ["TCPOptions", "TCPTransport"]
@@ -43,6 +47,15 @@ class TCPOptions:
     nodelay: bool = attrs.field(default=True, validator=boolean)
     """TCP_NODELAY on connections: small replies go out at once instead of
     waiting for Nagle's algorithm (which stalls request/response protocols)."""
+    ipv6_only: bool = ipv6_only_field()
+    """IPV6_V6ONLY for an IPv6 address: off (the default), ``[::]`` also accepts
+    IPv4 clients, seen as ``::ffff:a.b.c.d`` (dual stack); on, IPv6 clients only."""
+    proxy_protocol: str | None = proxy_protocol_field()
+    """Expect a PROXY protocol header from a load balancer first: ``"v1"``,
+    ``"v2"``, ``"any"`` (either), or none (off, the default)."""
+    trusted_proxies: tuple[str, ...] = trusted_proxies_field()
+    """Addresses or networks (``["10.0.0.0/8", "::1"]``) allowed to send a PROXY
+    header; required with ``proxy_protocol``; connections from elsewhere are refused."""
 
 
 @final
@@ -53,6 +66,7 @@ class TCPTransport(InternetAddress, StreamRequests):
 
     def __init__(self, options: TCPOptions) -> None:
         super().__init__(options)
+        self.stages = proxy_stages(options)
         if options.nodelay and not NODELAY_INHERITED:
             self.accept = self._accept_nodelay  # type: ignore[method-assign]  # chosen once, per instance
 

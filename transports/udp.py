@@ -11,7 +11,7 @@ from sockwork.hookspecs import hookimpl
 from sockwork.registry import TransportEntry
 from sockwork.validators import boolean, positive_int
 
-from ._socket import DatagramRequests, InternetAddress, check_port_address, to_port_address
+from ._socket import DatagramRequests, InternetAddress, check_port_address, ipv6_only_field, to_port_address
 
 __all__ = ["UDPOptions", "UDPTransport"]
 
@@ -29,6 +29,9 @@ class UDPOptions:
     """SO_REUSEADDR. Off by default: for UDP it lets another socket share the port."""
     reuse_port: bool = attrs.field(default=False, validator=boolean)
     """SO_REUSEPORT: several processes share the port, the kernel spreads datagrams."""
+    ipv6_only: bool = ipv6_only_field()
+    """IPV6_V6ONLY for an IPv6 address: off (the default), ``[::]`` also receives
+    IPv4 datagrams (dual stack); on, IPv6 only."""
 
 
 @final

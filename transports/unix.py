@@ -11,7 +11,17 @@ from sockwork.hookspecs import hookimpl
 from sockwork.registry import TransportEntry
 from sockwork.validators import off_is_none, positive_int
 
-from ._socket import DatagramRequests, StreamRequests, UnixAddress, check_mode, check_path, to_path
+from ._socket import (
+    DatagramRequests,
+    StreamRequests,
+    UnixAddress,
+    check_mode,
+    check_path,
+    proxy_protocol_field,
+    proxy_stages,
+    to_path,
+    trusted_proxies_field,
+)
 
 __all__ = ["UnixDatagramOptions", "UnixDatagramTransport", "UnixOptions", "UnixStreamTransport"]
 
@@ -30,6 +40,11 @@ class UnixOptions:
     """Connections the kernel may hold before they are accepted."""
     mode: int | None = attrs.field(default=None, converter=off_is_none, validator=check_mode)
     """Permission bits for the socket file (e.g. ``0o660``); None keeps the umask's."""
+    proxy_protocol: str | None = proxy_protocol_field()
+    """Expect a PROXY protocol header first (``"v1"``, ``"v2"``, ``"any"``; none: off).
+    Anyone who may connect to the socket file may send one: restrict that with ``mode``."""
+    trusted_proxies: tuple[str, ...] = trusted_proxies_field(unix=True)
+    """Must stay empty: a Unix socket's peers have no address to check."""
 
 
 @final
@@ -50,6 +65,10 @@ class UnixStreamTransport(UnixAddress, StreamRequests):
     """Accepts Unix stream connections; a request is the connected socket."""
 
     name = "unix"
+
+    def __init__(self, options: UnixOptions) -> None:
+        super().__init__(options)
+        self.stages = proxy_stages(options, unix=True)
 
 
 @final

@@ -51,8 +51,9 @@ def test_every_way_of_naming_a_part_works(short_tmp: Path) -> None:
     ("kwargs", "error", "message"),
     [
         ({"handler": 42}, ConfigError, "handler must be callable as handler(request, client_address, server) "
-                                       "or a registered handler name (discard, echo, lines); got 42"),
-        ({"handler": "ecko"}, UnknownPluginError, "no handler named 'ecko'; registered: discard, echo, lines."),
+                                       "or a registered handler name (address, discard, echo, lines); got 42"),
+        ({"handler": "ecko"}, UnknownPluginError,
+         "no handler named 'ecko'; registered: address, discard, echo, lines."),
         ({"dispatcher": "threads"}, UnknownPluginError, "no dispatcher named 'threads'"),
         ({"dispatcher": object()}, ConfigError,
          "dispatcher must be a registered name (asyncio, fork, inline, pool, prefork, thread)"),

@@ -119,7 +119,8 @@ def test_check_prints_the_resolved_config_or_every_error(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     resolved = json.loads(result.stdout)
     assert resolved["transport"] == {"name": "udp", "options": {
-        "address": ["127.0.0.1", 0], "max_packet_size": 512, "reuse_address": False, "reuse_port": False}}
+        "address": ["127.0.0.1", 0], "max_packet_size": 512, "reuse_address": False, "reuse_port": False,
+        "ipv6_only": False}}
     assert resolved["dispatcher"]["name"] == "thread" and resolved["handler"]["ref"] == "echo"
 
     bad = tmp_path / "bad.toml"

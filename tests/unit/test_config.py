@@ -107,7 +107,8 @@ def test_handler_reference_by_import_path() -> None:
         ({"transport": "quic://h:1"}, "transport.name", "no transport named 'quic'; registered: fd, tcp"),
         ({"transport": {"name": "tcp"}}, "transport.options", "missing required option(s): address"),
         ({"transport": {"url": "tcp://h:0", "options": {"backlg": 1}}}, "transport.options.backlg",
-         "unknown option; allowed: address, backlog, nodelay, reuse_address, reuse_port"),
+         "unknown option; allowed: address, backlog, ipv6_only, nodelay, proxy_protocol, reuse_address, "
+         "reuse_port, trusted_proxies"),
         ({"transport": {"url": "tcp://h:0", "options": []}}, "transport.options", "must be a table of options"),
         ({"transport": {"url": "tcp://h:0", "port": 1}}, "transport.port", "unknown key; allowed: name, url, options"),
         ({"transport": "tcp://h:0", "dispatcher": "threads"}, "dispatcher.name", "no dispatcher named 'threads'"),

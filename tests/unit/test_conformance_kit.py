@@ -72,8 +72,16 @@ def registry_with(name: str, **behaviour: bool) -> Registry:
 
 
 def run_kit(registry: Registry, name: str, tmp: Path) -> None:
+    from sockwork.pytest_plugin import loopback_of
+    from sockwork.registry import TransportEntry
+    from sockwork.testing import Clients
+
+    entry = registry.get("transport", "tcp")
+    assert isinstance(entry, TransportEntry)
+    loopback = loopback_of(entry, tmp)
     conformance.test_saturation_stops_accepting_and_freed_capacity_wakes_the_loop(
-        sockwork_transport_name="tcp", sockwork_dispatcher_name=name, sockwork_tmp=tmp, sockwork_registry=registry)
+        sockwork_transport_name="tcp", sockwork_dispatcher_name=name, sockwork_registry=registry,
+        sockwork_loopback=loopback, sockwork_client=Clients(loopback.wrap))
 
 
 def test_the_kit_passes_an_honest_dispatcher(short_tmp: Path) -> None:

@@ -32,7 +32,7 @@ def registry_with(*plugins: object) -> Registry:
 def test_builtins_register_through_the_hooks() -> None:
     """Every built-in arrives through a registration hook and names its plugin."""
     registry = registry_with()
-    assert [e.name for e in registry.entries("transport")] == ["fd", "tcp", "udp", "unix", "unix-dgram"]
+    assert [e.name for e in registry.entries("transport")] == ["fd", "tcp", "tls", "udp", "unix", "unix-dgram"]
     assert [e.name for e in registry.entries("dispatcher")] == [
         "asyncio", "fork", "inline", "pool", "prefork", "thread"]
     assert "echo" in [e.name for e in registry.entries("handler")]

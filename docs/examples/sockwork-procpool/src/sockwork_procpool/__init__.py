@@ -61,6 +61,9 @@ class _Worker:
 class ProcPoolDispatcher:
     """Serves requests in a fixed set of worker processes (see the module docstring)."""
 
+    # A worker serves a keep-alive connection to its end: it never comes back to the server's loop.
+    keeps_connections_elsewhere = True
+
     def __init__(self, options: ProcPoolOptions | None = None) -> None:
         self.options = options or ProcPoolOptions()
         self.concurrency = self.options.workers

@@ -1,0 +1,251 @@
+"""Two sockwork servers behind a real HAProxy with ``send-proxy-v2``, TLS terminated by sockwork.
+
+HAProxy (from the distribution's packages; skipped without it) listens on a
+socket this test binds on 127.0.0.1:0 and passes to it (``bind fd@N``), so no
+port is guessed. Each sockwork server is ``sockwork serve`` in a process of
+its own, started and stopped by PID. Checks: a client through HAProxy is
+seen with its own address (the ``address`` handler), a server whose
+``trusted_proxies`` does not cover HAProxy refuses the connection, and
+stopping one server gracefully (SIGTERM) while clients keep going loses no
+request: HAProxy retries the refused connections on the other.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+HAPROXY = shutil.which("haproxy") or next(
+    (p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy") if Path(p).exists()), None)
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(HAPROXY is None, reason="haproxy is not on PATH: install it from the distribution's packages "
+                                               "(apt-get update && apt-get install -y haproxy) to run this test"),
+]
+
+
+@pytest.fixture
+def certificates(sockwork_tmp: Path) -> Path:
+    ca = trustme.CA()
+    issued = ca.issue_cert("localhost", "127.0.0.1")
+    issued.cert_chain_pems[0].write_to_path(str(sockwork_tmp / "cert.pem"))
+    issued.private_key_pem.write_to_path(str(sockwork_tmp / "key.pem"))
+    ca.cert_pem.write_to_path(str(sockwork_tmp / "ca.pem"))
+    return sockwork_tmp
+
+
+class Backend:
+    """``sockwork serve`` with tls + PROXY v2 and the address handler, in its own process."""
+
+    def __init__(self, directory: Path, name: str, trusted: list[str]) -> None:
+        config = directory / f"{name}.toml"
+        config.write_text(
+            'handler = "address"\n'
+            'drain_timeout = 10\n'
+            '[dispatcher]\nname = "pool"\noptions = { workers = 4 }\n'
+            '[transport]\nurl = "tls://127.0.0.1:0"\n'
+            f'options = {{ certfile = "{directory / "cert.pem"}", keyfile = "{directory / "key.pem"}", '
+            f'proxy_protocol = "v2", trusted_proxies = {trusted!r} }}\n'.replace("'", '"'))
+        self.log = directory / f"{name}.log"
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "sockwork", "serve", str(config)],
+                                            stdout=subprocess.PIPE, stderr=log, text=True)
+        line = self.process.stdout.readline()  # type: ignore[union-attr]
+        started = re.match(r"sockwork: serving 'address' on tls://127\.0\.0\.1:(\d+) ", line)
+        assert started, line + self.log.read_text()
+        self.port = int(started.group(1))
+
+    def stop(self) -> int:
+        """SIGTERM (a graceful stop) to this PID; the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=30)
+        finally:
+            self.process.stdout.close()  # type: ignore[union-attr]
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if not self.process.stdout.closed:  # type: ignore[union-attr]
+            self.process.stdout.close()  # type: ignore[union-attr]
+
+
+class HAProxy:
+    """haproxy -db on a listening socket this test made; stopped by PID."""
+
+    def __init__(self, directory: Path, backends: list[Backend]) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=256)
+        self.port = self.listener.getsockname()[1]
+        servers = "\n".join(f"    server s{i} 127.0.0.1:{b.port} send-proxy-v2" for i, b in enumerate(backends))
+        config = directory / "haproxy.cfg"
+        config.write_text(f"""\
+global
+    maxconn 512
+
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 20s
+    timeout server 20s
+    retries 5
+    option redispatch 1
+
+frontend front
+    bind fd@{self.listener.fileno()}
+    default_backend sockwork
+
+backend sockwork
+    balance roundrobin
+{servers}
+""")
+        check = subprocess.run([HAPROXY, "-c", "-f", str(config)], capture_output=True, text=True,  # type: ignore[list-item]
+                               pass_fds=[self.listener.fileno()], timeout=30)
+        assert check.returncode == 0, check.stdout + check.stderr
+        self.log = directory / "haproxy.log"
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen([HAPROXY, "-db", "-f", str(config)],  # type: ignore[list-item]
+                                            pass_fds=[self.listener.fileno()], stdout=log, stderr=log)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.listener.close()
+
+
+def ask(port: int, cafile: Path) -> tuple[bytes, int]:
+    """One request through HAProxy: the server's reply and this client's own port."""
+    context = ssl.create_default_context(cafile=str(cafile))
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
+        own_port = raw.getsockname()[1]
+        with context.wrap_socket(raw, server_hostname="localhost") as sock:
+            reply = b""
+            while chunk := sock.recv(100):
+                reply += chunk
+    return reply, own_port
+
+
+@pytest.fixture
+def running(certificates: Path) -> Iterator[tuple[list[Backend], HAProxy]]:
+    backends: list[Backend] = []
+    haproxy = None
+    try:
+        backends.append(Backend(certificates, "one", ["127.0.0.1"]))
+        backends.append(Backend(certificates, "two", ["127.0.0.1"]))
+        haproxy = HAProxy(certificates, backends)
+        deadline = time.monotonic() + 20
+        while True:  # HAProxy is up once a request goes through
+            try:
+                ask(haproxy.port, certificates / "ca.pem")
+                break
+            except OSError:
+                if time.monotonic() > deadline or haproxy.process.poll() is not None:
+                    raise AssertionError("haproxy did not start: " + haproxy.log.read_text()) from None
+                time.sleep(0.05)
+        yield backends, haproxy
+    finally:
+        if haproxy is not None:
+            haproxy.stop()
+        for backend in backends:
+            backend.kill()
+
+
+def test_clients_are_seen_with_their_own_addresses(running: tuple[list[Backend], HAProxy], certificates: Path) -> None:
+    """Through HAProxy (send-proxy-v2) and TLS, the address handler answers with the client's own address and port."""
+    backends, haproxy = running
+    for _ in range(6):  # round robin: both servers answer
+        reply, own_port = ask(haproxy.port, certificates / "ca.pem")
+        assert reply == f"127.0.0.1 {own_port}\n".encode()
+    for backend in backends:
+        assert backend.stop() == 0
+
+
+def test_a_balancer_outside_trusted_proxies_is_refused(certificates: Path) -> None:
+    """A server whose trusted_proxies does not cover HAProxy refuses its connections (logged at INFO)."""
+    backend = Backend(certificates, "strict", ["10.0.0.0/8"])
+    haproxy = None
+    try:
+        haproxy = HAProxy(certificates, [backend])
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                ask(haproxy.port, certificates / "ca.pem")
+            except (OSError, ssl.SSLError):
+                if "is not in trusted_proxies" in backend.log.read_text():
+                    break
+            else:
+                raise AssertionError("a request went through a balancer that is not trusted")
+            assert time.monotonic() < deadline, backend.log.read_text() + haproxy.log.read_text()
+            time.sleep(0.05)
+        assert backend.stop() == 0
+    finally:
+        if haproxy is not None:
+            haproxy.stop()
+        backend.kill()
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "the loop's graceful stop can still lose a request behind a balancer: a connection mid-stage (PROXY header "
+    "read, TLS handshake under way) at SIGTERM is closed within milliseconds instead of being let finish its "
+    "stages and served, and connections still in the kernel's accept queue are reset when the listener closes; "
+    "HAProxy cannot retry either (the TCP connection was established). See the issue 11 report."))
+def test_a_graceful_stop_behind_haproxy_loses_no_request(
+    running: tuple[list[Backend], HAProxy], certificates: Path,
+) -> None:
+    """While clients keep sending through HAProxy, one server stops on SIGTERM: every request still gets its answer."""
+    backends, haproxy = running
+    errors: list[BaseException] = []
+    answered = [0]
+    lock = threading.Lock()
+    stop_clients = threading.Event()
+
+    def client() -> None:
+        while not stop_clients.is_set():
+            try:
+                reply, own_port = ask(haproxy.port, certificates / "ca.pem")
+                assert reply == f"127.0.0.1 {own_port}\n".encode(), reply
+            except BaseException as exc:  # counted: any request without its answer fails the test
+                with lock:
+                    errors.append(exc)
+                return
+            with lock:
+                answered[0] += 1
+
+    clients = [threading.Thread(target=client) for _ in range(4)]
+    for thread in clients:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while answered[0] < 100 and not errors and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stopped_at = answered[0]
+        assert backends[0].stop() == 0  # graceful: the SIGTERM drain
+        while answered[0] < stopped_at + 200 and not errors and time.monotonic() < deadline + 30:
+            time.sleep(0.01)
+    finally:
+        stop_clients.set()
+        for thread in clients:
+            thread.join(30)
+    assert not errors, (f"{len(errors)} request(s) lost after {answered[0]} answered: {errors[:3]!r}\n"
+                        f"the stopped server's log:\n{backends[0].log.read_text()}")
+    assert answered[0] >= stopped_at + 200
+    assert backends[1].stop() == 0
