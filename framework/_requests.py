@@ -311,7 +311,12 @@ class Requests:
     def _handler_failed(self, request: Request, client_address: Address, exc: Exception, token: int | None) -> Outcome:
         # A socket timeout says exactly "timed out"; a handler's own TimeoutError
         # (a database's, say) is a failure like any other.
-        if isinstance(exc, TimeoutError) and self._idle_timeout is not None and exc.args == ("timed out",):
+        # (Or EAGAIN on a blocking socket: the kernel's timeout, which the loop sets on
+        # the sockets of connections it holds; see _waiting.set_idle_timeout.)
+        if self._idle_timeout is not None and (
+            (isinstance(exc, TimeoutError) and exc.args == ("timed out",))
+            or (isinstance(exc, BlockingIOError) and not isinstance(request, tuple) and request.gettimeout() is None)
+        ):
             logger.info("closing the connection of %s: idle for more than %ss", client_label(client_address),
                         self._idle_timeout)
             return Outcome.TIMED_OUT

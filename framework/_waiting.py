@@ -31,6 +31,8 @@ import logging
 import select
 import selectors
 import socket
+import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -146,7 +148,7 @@ class WaitingSet:
         if self._stages or self._framing is not None:
             sock.setblocking(False)  # the loop reads and writes it: never block
         else:
-            sock.settimeout(self._idle_timeout)  # only the handler does I/O on it: set once, not per turn
+            set_idle_timeout(sock, self._idle_timeout)  # only the handler does I/O on it: set once, not per turn
         record = Waiting(Connection(sock, client_address, server))
         self._requests.connections[id(sock)] = record
         self.held += 1
@@ -183,7 +185,7 @@ class WaitingSet:
             self._watch(record, _WRITE if want == "write" else _READ, record.due, stage.name)
             return
         if stages and self._framing is None:
-            record.conn.socket.settimeout(self._idle_timeout)  # from here on only the handler does I/O on it
+            set_idle_timeout(record.conn.socket, self._idle_timeout)  # from here on only the handler does I/O on it
         if self._waits_for_client:
             self._wait_for_bytes(record)
         else:
@@ -513,6 +515,30 @@ class WaitingSet:
         while self.ready:
             self._close(self.ready.popleft(), Outcome.FAILED, None)
         return count
+
+
+def set_idle_timeout(sock: socket.socket, seconds: float | None) -> None:
+    """Bound each wait of a handler on ``sock`` to ``seconds``.
+
+    A plain socket gets the kernel's SO_RCVTIMEO/SO_SNDTIMEO on a blocking
+    descriptor: each read or write is then one system call, where Python's own
+    timeout polls before every one (measured: half the CPU per keep-alive
+    request with 8 workers). A wait that runs out raises ``BlockingIOError``
+    (EAGAIN), which the server counts as ``timed_out`` and ``Connection``
+    turns into ``TimeoutError``. Other sockets (TLS) get Python's timeout.
+    """
+    if seconds is None or type(sock) is not socket.socket or _SO_TIMEOUTS is None:
+        sock.settimeout(seconds)
+        return
+    whole = int(seconds)
+    timeval = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+    sock.settimeout(None)
+    for option in _SO_TIMEOUTS:
+        sock.setsockopt(socket.SOL_SOCKET, option, timeval)
+
+
+_SO_TIMEOUTS = ((socket.SO_RCVTIMEO, socket.SO_SNDTIMEO)
+                if hasattr(socket, "SO_RCVTIMEO") and sys.platform.startswith("linux") else None)
 
 
 def _after(seconds: float | None) -> float | None:

@@ -122,13 +122,19 @@ class Connection:
             data = bytes(self._buffer[:size])
             del self._buffer[:size]
             return data
-        return self.socket.recv(size)
+        return self._recv(size)
+
+    def _recv(self, size: int) -> bytes:
+        try:
+            return self.socket.recv(size)
+        except BlockingIOError:  # the kernel's receive timeout (see Limits.idle_timeout)
+            raise TimeoutError("timed out") from None
 
     def read(self, size: int = -1) -> bytes:
         """Exactly ``size`` bytes (fewer only at end of stream); all until EOF if negative."""
         buffer = self._buffer
         while size < 0 or len(buffer) < size:
-            chunk = self.socket.recv(_CHUNK if size < 0 else max(size - len(buffer), _CHUNK))
+            chunk = self._recv(_CHUNK if size < 0 else max(size - len(buffer), _CHUNK))
             if not chunk:
                 break
             buffer += chunk
@@ -154,7 +160,7 @@ class Connection:
                 end = limit
                 break
             start = len(buffer)
-            chunk = self.socket.recv(_CHUNK)
+            chunk = self._recv(_CHUNK)
             if not chunk:
                 end = len(buffer)
                 break
@@ -170,6 +176,9 @@ class Connection:
 
     def write(self, data: bytes) -> None:
         """Send all of ``data``."""
-        self.socket.sendall(data)
+        try:
+            self.socket.sendall(data)
+        except BlockingIOError:  # the kernel's send timeout (see Limits.idle_timeout)
+            raise TimeoutError("timed out") from None
 
     sendall = write

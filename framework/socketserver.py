@@ -636,6 +636,7 @@ class ThreadingMixIn(_MixIn):
             max_threads=None,
             daemon=bool(self.daemon_threads),
             block_on_close=bool(self.block_on_close) and not self.daemon_threads,
+            idle_linger=0,  # a new thread per request, as socketserver
         ))
 
     @property

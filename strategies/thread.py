@@ -1,13 +1,15 @@
-"""The ``thread`` dispatcher: a new thread per request."""
+"""The ``thread`` dispatcher: a thread per request, reused for the next one while it lingers."""
 
 from __future__ import annotations
 
+import math
+import queue
 import threading
 from typing import TYPE_CHECKING, Any, final
 
 import attrs
 
-from sockwork.deadlines import join_all
+from sockwork.deadlines import deadline_after, join_all, remaining
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
 from sockwork.slots import Slots
@@ -17,6 +19,15 @@ if TYPE_CHECKING:
     from sockwork.registry import DispatcherEntry
 
 __all__ = ["ThreadDispatcher", "ThreadOptions"]
+
+
+IDLE_RECHECK = 0.05
+"""While draining, how often idle threads are told again to end (one may go idle just then)."""
+
+
+def _seconds_or_zero(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ValueError(f"'{attribute.name}' must be a number of seconds >= 0, got {value!r}")
 
 
 @final
@@ -33,15 +44,23 @@ class ThreadOptions:
     """Whether closing the server waits for running threads (up to the drain
     timeout). False: close returns at once and running requests finish on
     their own (socketserver's ``block_on_close = False``)."""
+    idle_linger: float = attrs.field(default=2.0, validator=_seconds_or_zero)
+    """Seconds a thread that finished a request waits for another before it
+    ends: keep-alive clients come back every few milliseconds, and starting a
+    thread per request costs more than serving it. 0: a new thread for every
+    request, as socketserver did."""
 
 
 @final
 class ThreadDispatcher:
-    """Starts a thread for every request (what ``ThreadingMixIn`` did).
+    """Runs every request in a thread of its own (what ``ThreadingMixIn`` did).
 
     Good for handlers that block for long (slow clients, long-lived
-    connections); each running request costs a thread and its stack.
-    ``drain`` joins every thread it started.
+    connections); each running request costs a thread and its stack. A thread
+    that finished lingers ``idle_linger`` seconds for the next request (the
+    way ``concurrent.futures`` reuses idle workers), so keep-alive turns do
+    not start a thread each. ``drain`` ends the idle ones and joins every
+    thread it started.
     """
 
     def __init__(self, options: ThreadOptions | None = None) -> None:
@@ -50,6 +69,11 @@ class ThreadDispatcher:
         self._slots = Slots(self.options.max_threads)
         self._daemon = self.options.daemon
         self._block_on_close = self.options.block_on_close
+        self._linger = self.options.idle_linger
+        # Work for idle threads; one token in _idle per idle thread not yet promised work.
+        self._work: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._stopping = False
         # Every thread started and maybe not yet joined; dead ones are pruned
         # when the list doubles, so appending stays O(1) on average.
         self._threads: list[threading.Thread] = []
@@ -60,8 +84,11 @@ class ThreadDispatcher:
         self._slots.wake_with(host.wake)
 
     def submit(self, request: Any, client_address: Any) -> None:
-        thread = threading.Thread(target=self._run, args=(request, client_address), daemon=self._daemon)
         self._slots.take()
+        if self._idle.acquire(blocking=False):  # an idle thread takes it
+            self._work.put((request, client_address))
+            return
+        thread = threading.Thread(target=self._run, args=(request, client_address), daemon=self._daemon)
         try:
             thread.start()
         except BaseException:
@@ -74,24 +101,50 @@ class ThreadDispatcher:
             self._prune_at = 2 * len(threads) + 64
 
     def _run(self, request: Any, client_address: Any) -> None:
+        item: tuple[Any, Any] | None = (request, client_address)
+        while item is not None:
+            try:
+                self._serve(*item)
+            finally:
+                self._slots.give_back()
+            item = self._next()
+
+    def _next(self) -> tuple[Any, Any] | None:
+        """The next request for this thread, or None when it should end."""
+        if self._linger <= 0 or self._stopping:
+            return None
+        self._idle.release()
         try:
-            self._serve(request, client_address)
-        finally:
-            self._slots.give_back()
+            return self._work.get(timeout=self._linger)
+        except queue.Empty:
+            if self._idle.acquire(blocking=False):
+                return None  # took our token back: nobody was promised to us
+            return self._work.get()  # a submit took our token: its request is on its way
 
     def saturated(self) -> bool:
         return self._slots.full()
 
     @property
     def threads(self) -> list[threading.Thread]:
-        """The threads still running requests."""
+        """The threads still alive: running a request, or idle for ``idle_linger``."""
         return [t for t in self._threads if t.is_alive()]
 
     def drain(self, timeout: float | None) -> bool:
+        self._stopping = True
+        self._end_idle()
         if not self._block_on_close:
             return True  # by request: running threads finish on their own
-        self._threads = join_all(self._threads, timeout)
-        return not self._threads
+        deadline = deadline_after(timeout)
+        while True:
+            left = remaining(deadline)
+            self._threads = join_all(self._threads, IDLE_RECHECK if left is None else min(left, IDLE_RECHECK))
+            if not self._threads or (left is not None and left <= IDLE_RECHECK):
+                return not self._threads
+            self._end_idle()  # one that went idle just as the drain began
+
+    def _end_idle(self) -> None:
+        while self._idle.acquire(blocking=False):
+            self._work.put(None)  # an idle thread ends now instead of lingering
 
     def close(self) -> None:
         pass  # threads cannot be stopped from outside; the Server logs any still running
