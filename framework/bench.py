@@ -901,7 +901,7 @@ def _one_http_run(implementation: str, workload: str, warmup: float, duration: f
     with open(script, "w") as f:
         f.write(WRK_SCRIPT)
     server = subprocess.Popen(
-        [sys.executable, "-m", "sockwork.bench", "--serve", implementation, spec["protocol"], directory],
+        [sys.executable, "-m", "sockwork.bench", "--serve", implementation, workload, directory],
         stdout=subprocess.PIPE, text=True,
     )
     try:
@@ -1257,8 +1257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.http_skipped = None
     if http_workloads and wrk is None:
         args.http_skipped = WRK_MISSING.format(", ".join(http_workloads))
-        args.skipped.append(args.http_skipped)
-    for note in args.skipped:
+    for note in [*args.skipped, *([args.http_skipped] if args.http_skipped else [])]:
         print(f"sockwork bench: skipped: {note}", file=sys.stderr, flush=True)
     results: list[dict[str, Any]] = []
     for workload in args.workloads:
