@@ -1222,8 +1222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="measured seconds per run "
                              "(default 2; quick 0.3; wrk rounds it to whole seconds, at least 1)")
     parser.add_argument("--warmup", type=float,
-                        help="warm-up seconds per run (default 1.5; quick 1.1): longer than the 1 s after "
-                             "which a dropped connection attempt is retried, so every client is connected")
+                        help="warm-up seconds per run (default 1.5; quick 1.1), counted from when every "
+                             "client process has set up (its clients connected and answered once, see above)")
     parser.add_argument("--clients", type=int, metavar="N",
                         help="clients per workload instead of each workload's own number (not the HTTP ones)")
     parser.add_argument("--silent", type=int, metavar="N", help="silent connections held open by 'silent' (2000)")
