@@ -54,6 +54,7 @@ if typing.TYPE_CHECKING:
     from .limits import Outcome as Outcome
     from .limits import ServerStats as ServerStats
     from .limits import WorkerExit as WorkerExit
+    from .messages import message_handler as message_handler
     from .registry import DispatcherEntry as DispatcherEntry
     from .registry import HandlerEntry as HandlerEntry
     from .registry import NoOptions as NoOptions
@@ -93,6 +94,7 @@ _EXPORTS = {
     "datagram_handler": ".handlers",
     "stream_handler": ".handlers",
     "hookimpl": ".hookspecs",
+    "message_handler": ".messages",
     "Dispatcher": ".interfaces",
     "DispatcherHost": ".interfaces",
     "HandlerFactory": ".interfaces",

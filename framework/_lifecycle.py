@@ -150,6 +150,8 @@ class Lifecycle:
         if self.transport.kind == "stream":
             # (A datagram socket is also the reply channel of running requests.)
             self.transport.close()
+        if self.started:
+            self.loop.drain_waiting(deadline)  # what waiting clients sent is served; idle ones close
         return not self.started or self.dispatcher.drain(remaining(deadline))
 
     def force_stop(self) -> None:
@@ -209,10 +211,12 @@ class Lifecycle:
                 finally:
                     os._exit(1)
             stopping = True
-            running = self._running_now()
-            logger.info("stopping on %s: %s", signal.Signals(signum).name,
+            waiting = self.loop.waiting.waiting if self.loop.waiting is not None else 0
+            running = self._running_now() - waiting
+            logger.info("stopping on %s: %s%s", signal.Signals(signum).name,
                         f"draining {running} request(s) still running ({_up_to(self.drain_timeout)})"
-                        if running else "no request is running")
+                        if running else "no request is running",
+                        f"; {waiting} connection(s) waiting in the loop" if waiting else "")
             self.shutdown()  # from the serving thread: returns at once, the loop ends next
             if self.drain_timeout is not None:
                 # An inline handler holds the loop: hold it to the deadline too. A timer

@@ -1,8 +1,17 @@
-"""The loop: one selector that accepts requests and hands them to the dispatcher.
+"""The loop: one selector that accepts requests, holds waiting connections, and hands work to the dispatcher.
 
     selector ──► listener readable ──► accept (a batch) ──► admit (count, cap) ──► dispatcher.submit
-             ──► wake-up socket    ──► look again (shutdown, freed capacity, a signal)
+             │                                                      └─ or ──► the waiting set (below)
+             ──► a waiting connection ──► its stage / its first bytes / its framed messages (_waiting.py)
+             ──► wake-up socket    ──► look again (shutdown, freed capacity, connections given back, a signal)
              ──► a watched fd      ──► its callback (a child's pidfd, a worker's report pipe)
+
+Stream connections whose handler waits for the client (``sockwork_speaks_first
+= "client"``: sockwork's own handlers), or whose transport has stages (PROXY,
+TLS), wait in the loop's selector — a descriptor and a small record, no
+worker — until there is work for a handler; handlers that serve one request
+at a time give the connection back (``KEEP_ALIVE``). Classic handlers, which
+may speak first, are dispatched at accept as socketserver did.
 
 Rule 1: the loop never busy-waits. It sleeps in one selector that also
 watches a wake-up socket, so shutdown, freed capacity and signals wake it at
@@ -13,6 +22,9 @@ pause accepting for a growing time; an error that cannot heal (EBADF,
 ENOTSOCK, EINVAL: the listener is gone) is logged once and ends the loop.
 Rule 3: the common round (not paused, no stats hook) reads no clock and makes
 no call but ``saturated()``.
+Rule 4: with a waiting set, a busy dispatcher does not stop accepting: new
+connections wait here (up to ``max_waiting``), readable ones queue first come,
+first served; only a full waiting set (or the connection cap) does.
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ from __future__ import annotations
 import errno
 import heapq
 import logging
+import math
 import selectors
 import socket
 import time
@@ -28,7 +41,8 @@ from typing import final
 
 from ._ratelimit import RateLimitedLog
 from ._requests import Requests
-from .interfaces import ACCEPT_CAPACITY_ERRNOS, ACCEPT_FATAL_ERRNOS, Dispatcher, Transport, capability
+from ._waiting import Waiting, WaitingSet
+from .interfaces import ACCEPT_CAPACITY_ERRNOS, ACCEPT_FATAL_ERRNOS, Address, Dispatcher, Request, Transport, capability
 
 __all__ = ["ACCEPT_CAPACITY_ERRNOS", "ACCEPT_FATAL_ERRNOS", "Loop"]
 
@@ -40,6 +54,10 @@ in case a plugin dispatcher frees capacity without calling ``wake()``."""
 
 BACKOFF_MIN, BACKOFF_MAX = 0.01, 1.0
 """Pause after a failed accept (seconds); doubles on each failure in a row."""
+
+DRAIN_GRACE = 0.5
+"""At shutdown, how long connections accepted but not yet readable (or mid-stage) get
+for bytes already on their way, before they are closed (within the drain timeout)."""
 
 LOG_EVERY = 5.0
 """Accept failures are logged at most once per this many seconds."""
@@ -67,6 +85,7 @@ class Loop:
         self.dispatcher = dispatcher
         self.requests = requests
         self.stop_requested = False
+        self.submitted = 0  # requests handed to the dispatcher, ever
         self.saturated_recheck: float | None = SATURATED_RECHECK  # None: trust the dispatcher's wake()
         self.batch: int = capability(transport, "accept_batch")
         # A supervisor's workers accept by themselves: this loop only watches them.
@@ -75,10 +94,12 @@ class Loop:
         self._timers: list[tuple[float, int, Callable[[], None]]] = []  # (when, order, callback): a heap
         self._timer_order = 0
         self._listening = False
+        self._stopped_listening = False  # for good: the listener is closing (shutdown)
         self._closed = False
         self._paused_until = 0.0
         self._backoff = BACKOFF_MIN
         self._log_accept_failure = RateLimitedLog(logger, LOG_EVERY)
+        self._wake_pending = False  # a byte is in the wake-up socket, or about to be
         self._wake_r, self._wake_w = socket.socketpair()
         try:
             for end in (self._wake_r, self._wake_w):
@@ -91,6 +112,20 @@ class Loop:
             raise
         self._listener_fd = transport.fileno()
         requests.wake = self.wake
+        self.waiting: WaitingSet | None = None
+        self.max_waiting: int | float = 0  # inf: no cap
+        if transport.kind == "stream" and self.accepts:
+            waiting = WaitingSet(
+                self._selector, requests, dispatcher, stages=tuple(capability(transport, "stages")),
+                speaks_first=capability(requests.handler, "sockwork_speaks_first"),
+                framing=getattr(requests.handler, "sockwork_framing", None),
+                idle_timeout=requests.limits.idle_timeout, message_timeout=requests.limits.message_timeout,
+                wake=self.wake, submit=self.submit,
+            )
+            if waiting.needed:
+                self.waiting = waiting
+                self.max_waiting = requests.limits.waiting_capacity()
+                requests.give_back = waiting.give_back
 
     @property
     def wakeup_fd(self) -> int:
@@ -98,6 +133,11 @@ class Loop:
         return self._wake_w.fileno()
 
     def wake(self) -> None:
+        # One byte per round is enough: whatever changed before this call is seen
+        # at the start of the loop's next round, which the pending byte guarantees.
+        if self._wake_pending:
+            return
+        self._wake_pending = True
         try:  # noqa: SIM105 -- per request: cheaper than contextlib.suppress
             self._wake_w.send(b"\0")
         except OSError:
@@ -128,7 +168,16 @@ class Loop:
         paused = self._paused_until and time.monotonic() < self._paused_until
         if self._paused_until and not paused:
             self._paused_until = 0.0  # over: the common round reads no clock again
-        saturated = self.dispatcher.saturated() or self.requests.saturated
+        waiting = self.waiting
+        if waiting is None:
+            saturated = self.dispatcher.saturated() or self.requests.saturated
+        else:
+            waiting.take_returned()
+            waiting.dispatch_ready()
+            saturated = waiting.waiting >= self.max_waiting or self.requests.saturated
+            next_due = waiting.expire()
+            if next_due is not None:
+                timeout = _shorter(timeout, next_due)
         listening = self.accepts and not (paused or saturated)
         if listening != self._listening:
             self._set_listening(listening)
@@ -143,12 +192,16 @@ class Loop:
         if self._timers:
             timeout = _shorter(timeout, max(0.0, self._timers[0][0] - time.monotonic()))
         dispatched = None
-        for key, _ in self._selector.select(timeout):
+        for key, mask in self._selector.select(timeout):
             what = key.data
-            if what is _LISTENER:
+            if type(what) is Waiting:
+                if what.events:  # not closed by an earlier event of this round
+                    waiting.on_event(what, mask)  # type: ignore[union-attr]  # records exist only with a waiting set
+            elif what is _LISTENER:
                 dispatched = self._accept_batch(limit)
             elif what is _WAKE:
                 _drain(self._wake_r)
+                self._wake_pending = False  # after draining: a wake() from here on sends again
             elif self._selector.get_map().get(key.fd) is key:
                 # Still watched: an earlier callback of this round may have removed it
                 # (a worker's exit closes its report pipe), and its number may be reused.
@@ -165,11 +218,10 @@ class Loop:
 
     def _accept_batch(self, limit: int) -> int:
         accept = self.transport.accept
-        submit = self.dispatcher.submit
         saturated = self.dispatcher.saturated
         requests = self.requests
         admit = requests.admit
-        in_flight = requests.in_flight
+        waiting = self.waiting
         dispatched = taken = 0  # taken: dispatched or closed at once; a round takes at most `limit`
         while taken < limit and not self.stop_requested:
             try:
@@ -187,30 +239,33 @@ class Loop:
             taken += 1
             if not admit(request):
                 continue  # closed at once (over_limit = "close")
-            try:
-                submit(request, client_address)
-            except Exception as exc:
-                if id(request) not in in_flight:
-                    raise  # served and reported already: it is on_error that raised
-                # Never lose an accepted request silently: end it (counted as failed) and
-                # say so once: the application's on_error (socketserver's handle_error),
-                # or one rate-limited line and a pause. Not a handler failure: no hook.
-                if requests.on_error is not None:
-                    requests.on_error(request, client_address, exc)
-                    requests.end(request)
-                else:
-                    requests.end(request)
-                    self._pause(exc)
+            if waiting is not None:
+                waiting.add(request, client_address, requests.handler_server)
+                if waiting.waiting >= self.max_waiting or requests.saturated:
+                    break
+                continue
+            if not self.submit(request, client_address):
                 break  # one request per round from here: the transport's next accept may block
-            except BaseException:
-                requests.end(request)
-                raise
             dispatched += 1
             if saturated() or requests.saturated:
                 break
-        if dispatched:
+        if dispatched or (taken and waiting is not None):
             self._backoff = BACKOFF_MIN
         return dispatched
+
+    def submit(self, request: Request, client_address: Address) -> bool:
+        """Hand one admitted request to the dispatcher; False if it raised (the request was ended)."""
+        try:
+            self.dispatcher.submit(request, client_address)
+            self.submitted += 1
+        except Exception as exc:
+            if self.requests.submit_failed(request, client_address, exc):
+                self._pause(exc)
+            return False
+        except BaseException:
+            self.requests.end(request)
+            raise
+        return True
 
     def _pause(self, exc: Exception) -> None:
         """Stop accepting for a growing pause and log it, at most every LOG_EVERY seconds."""
@@ -226,7 +281,7 @@ class Loop:
         )
 
     def _set_listening(self, listening: bool) -> None:
-        if listening == self._listening or (self._closed and listening):
+        if listening == self._listening or ((self._closed or self._stopped_listening) and listening):
             return
         if listening:
             self._selector.register(self._listener_fd, selectors.EVENT_READ, _LISTENER)
@@ -238,6 +293,37 @@ class Loop:
 
     def stop_listening(self) -> None:
         self._set_listening(False)
+        self._stopped_listening = True
+
+    def drain_waiting(self, deadline: float | None) -> None:
+        """At shutdown, after the listener closed: serve what waiting connections already sent, close the rest.
+
+        Connections idle between requests (or never used) are closed at once;
+        readable ones and framed messages go to the dispatcher, which takes
+        them before it drains; what no worker took by the deadline is closed
+        unanswered and logged.
+        """
+        waiting = self.waiting
+        if waiting is None:
+            return
+        waiting.draining = True
+        waiting.take_returned()
+        idle = waiting.close_idle(fresh_too=False)
+        grace_over = time.monotonic() + DRAIN_GRACE
+        while waiting.waiting and not self._closed:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            if now >= grace_over:
+                idle += waiting.close_idle(fresh_too=True)
+            self.run_once(_shorter(SATURATED_RECHECK, max(0.0, (deadline or math.inf) - now)), 0)
+        abandoned = waiting.abandon_ready()
+        waiting.stop_taking_returns()
+        if idle:
+            logger.info("closed %d idle connection(s) at shutdown", idle)
+        if abandoned:
+            logger.warning("%d connection(s) with a request read were not taken by a worker before the drain "
+                           "deadline; closed them unanswered", abandoned)
 
     def close(self) -> None:
         self._closed = True

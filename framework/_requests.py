@@ -17,16 +17,21 @@ import contextlib
 import json
 import logging
 import math
+import selectors
 import socket
 import struct
 import time
 from collections.abc import Callable
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 from ._parts import LifecycleHooks
 from ._ratelimit import RateLimitedLog
+from .connection import KEEP_ALIVE, Connection, StageFailed
 from .interfaces import Address, Request, Transport
 from .limits import Counters, Deadlines, Limits, Outcome, ServerStats
+
+if TYPE_CHECKING:
+    from ._waiting import Waiting
 
 __all__ = ["DISCONNECT_ERRORS", "Requests"]
 
@@ -67,7 +72,14 @@ class Requests:
         self._idle_timeout = limits.idle_timeout if stream else None
         self._deadlines = Deadlines(limits.request_timeout) if stream and limits.request_timeout else None
         self._guard_connections = self._idle_timeout is not None or self._deadlines is not None
+        self._takes_connection = bool(getattr(handler, "sockwork_takes_connection", False))
+        self._answer: Callable[[list[bytes], Connection], list[bytes]] | None = getattr(
+            handler, "sockwork_answer", None)  # a message handler's turn
         self.in_flight: dict[int, Request] = {}
+        # Connections the loop holds between turns (see _waiting): the record of each, by its socket.
+        self.connections: dict[int, Waiting] = {}
+        # The loop's: takes a connection back after a KEEP_ALIVE turn; False once it takes none (draining).
+        self.give_back: Callable[[Waiting, list[bytes] | None], bool] = _refuse
         # Accepted, not yet started: whoever pops a request from here first (a worker's
         # serve(), or force() at the drain deadline) owns it; dict.pop is atomic.
         self._unstarted: dict[int, Request] = {}
@@ -95,9 +107,52 @@ class Requests:
     def end(self, request: Request) -> None:
         """Close a request the dispatcher failed to take, unless it was served already."""
         self._unstarted.pop(id(request), None)
+        self.connections.pop(id(request), None)
         if self.in_flight.pop(id(request), None) is not None:
             self.transport.close_request(request)
             self.finished(Outcome.FAILED)
+
+    def submit_failed(self, request: Request, client_address: Address, exc: Exception) -> bool:
+        """The dispatcher raised taking ``request``: end it (counted failed) and say so once.
+
+        Returns True if the caller should pause accepting (nobody else was told).
+        Raises again if the request was served already (it is ``on_error`` that raised).
+        """
+        if id(request) not in self.in_flight:
+            raise exc
+        # Never lose an accepted request silently: the application's on_error
+        # (socketserver's handle_error), or one rate-limited line and a pause.
+        # Not a handler failure: no hook.
+        if self.on_error is not None:
+            self.on_error(request, client_address, exc)
+            self.end(request)
+            return False
+        self.end(request)
+        return True
+
+    # ---- Connections the loop holds (see _waiting) -------------------------------
+
+    def redispatch(self, request: Request) -> None:
+        """A held connection goes to a worker (again): until one starts it, force() may close it."""
+        self._unstarted[id(request)] = request
+
+    def replace(self, old: Request, new: Request) -> None:
+        """A connection stage replaced the socket (TLS wraps it): track the new one."""
+        for table in (self.in_flight, self.connections):
+            if id(old) in table:
+                table[id(new)] = table.pop(id(old))
+        self.in_flight[id(new)] = new
+
+    def close_waiting(self, request: Request, outcome: Outcome) -> None:
+        """End a connection the loop holds: close it and count it once."""
+        key = id(request)
+        record = self.connections.pop(key, None)
+        self._unstarted.pop(key, None)
+        if self.access_log is not None and record is not None:
+            _log_access(self.access_log, request, record.conn.peer, outcome, time.perf_counter() - record.since)
+        if self.in_flight.pop(key, None) is not None:
+            self.transport.close_request(request)
+            self.finished(outcome)
 
     def stats(self, oversized: int, elsewhere: ServerStats | None) -> ServerStats:
         own = self.counters.snapshot(oversized=oversized)
@@ -118,41 +173,104 @@ class Requests:
             # picked it up only now.
             self._abandoned.discard(key)
             return Outcome.FAILED
+        record = self.connections.get(key)  # a connection the loop held until now
         token = None
-        if self._guard_connections and not isinstance(request, tuple):
+        if record is not None:
+            # The loop set the socket's mode once: a timeout for handlers that read it,
+            # non-blocking where the loop itself reads (message turns do no I/O).
+            if self._deadlines is not None and record.batch is None:
+                token = self._deadlines.add(request)
+        elif self._guard_connections and not isinstance(request, tuple):
             if self._idle_timeout is not None:
                 request.settimeout(self._idle_timeout)
             if self._deadlines is not None:
                 token = self._deadlines.add(request)
         outcome = Outcome.FAILED  # until the handler returns; a BaseException leaves it so
         began = time.perf_counter() if self.access_log is not None else 0.0
+        kept: list[bytes] | None = None  # the connection stays open: these replies (message handlers) to send
         try:
-            self.handler(request, client_address, self.handler_server)
+            if record is not None and record.batch is not None:
+                kept = self._answer(record.batch, record.conn)  # type: ignore[misc]  # batch => a message handler
+            elif self.handler(
+                record.conn if record is not None and self._takes_connection else request,
+                client_address, self.handler_server,
+            ) is KEEP_ALIVE and not isinstance(request, tuple):
+                kept = []
             outcome = Outcome.COMPLETED
         except Exception as exc:
             outcome = self._handler_failed(request, client_address, exc, token)
         except BaseException as exc:
             if self.on_error is None:  # SystemExit in a thread is otherwise silent
                 logger.error("handler serving %s raised %r; passing it on", client_label(client_address), exc)
+            kept = None
             raise
         finally:
             if token is not None and self._deadlines.remove(token) and outcome is not Outcome.TIMED_OUT:  # type: ignore[union-attr]  # token => _deadlines
                 self._log_deadline(client_address)  # the handler ended quietly on the shut-down connection
                 outcome = Outcome.TIMED_OUT
-            if self.access_log is not None:
-                _log_access(self.access_log, request, client_address, outcome, time.perf_counter() - began)
-            # Always end it: a dispatcher may serve a request rebuilt in another
-            # process, which this process never tracked.
-            self.in_flight.pop(key, None)
-            self.transport.close_request(request)
-            self.finished(outcome)
+            if kept is None or outcome is not Outcome.COMPLETED:
+                self._end_served(request, client_address, outcome, began, record)
+        if kept is None or outcome is not Outcome.COMPLETED:
+            return outcome
+        if record is not None and not self.in_child and self.give_back(record, kept):
+            return outcome  # waiting in the loop again; counted (and logged) when it ends
+        try:
+            outcome = self._keep_here(request, client_address, record, kept)
+        finally:
+            self._end_served(request, client_address, outcome, began, record)
         return outcome
+
+    def _end_served(self, request: Request, client_address: Address, outcome: Outcome, began: float,
+                    record: Waiting | None) -> None:
+        """Close a served request and count it (and log it: one access line per connection)."""
+        if self.access_log is not None:
+            _log_access(self.access_log, request, client_address, outcome,
+                        time.perf_counter() - (began if record is None else record.since))
+        # Always end it: a dispatcher may serve a request rebuilt in another
+        # process, which this process never tracked.
+        key = id(request)
+        self.in_flight.pop(key, None)
+        self.connections.pop(key, None)
+        self.transport.close_request(request)
+        self.finished(outcome)
+
+    def _keep_here(self, request: socket.socket, client_address: Address, record: Waiting | None,
+                   replies: list[bytes]) -> Outcome:
+        """Keep-alive without the loop (a forked child; a dispatcher that moved the socket; shutdown).
+
+        The connection is served to its end right here, as a classic handler
+        would: wait (under ``idle_timeout``) for the next bytes, take another turn.
+        """
+        if record is not None and not self.in_child:
+            # The loop took no more (the end of a shutdown): the turn is answered; the
+            # connection ends, after what is left of its replies.
+            if replies:
+                with contextlib.suppress(OSError):
+                    request.sendall(b"".join(replies))
+            return Outcome.COMPLETED
+        conn = record.conn if record is not None else Connection(request, client_address, self.handler_server)
+        try:
+            request.settimeout(self._idle_timeout)  # a message connection was non-blocking, for the loop
+            if replies:
+                request.sendall(b"".join(replies))
+            while True:
+                if not conn.buffered and not _wait_readable(request, self._idle_timeout):
+                    logger.info("closing the connection of %s: idle for more than %ss",
+                                client_label(client_address), self._idle_timeout)
+                    return Outcome.TIMED_OUT
+                # A message handler, given the Connection, serves the rest of the stream itself.
+                target = conn if self._takes_connection else request
+                if self.handler(target, client_address, self.handler_server) is not KEEP_ALIVE:
+                    return Outcome.COMPLETED
+        except Exception as exc:
+            return self._handler_failed(request, client_address, exc, None)
 
     def release(self, request: Request) -> None:
         """Drop this process's handle on a request now served in another process."""
         key = id(request)
         self.in_flight.pop(key, None)
         self._unstarted.pop(key, None)
+        self.connections.pop(key, None)
         self.transport.release_request(request)
 
     def finished(self, outcome: Outcome, error: BaseException | None = None, client_address: Address = None) -> None:
@@ -188,6 +306,9 @@ class Requests:
         if token is not None and isinstance(exc, OSError) and token in self._deadlines.expired:  # type: ignore[union-attr]  # token => _deadlines
             self._log_deadline(client_address)
             return Outcome.TIMED_OUT
+        if isinstance(exc, StageFailed):  # a message handler's client broke its framing: its fault
+            logger.info("refused the connection of %s: %s", client_label(client_address), exc)
+            return Outcome.REFUSED
         if isinstance(exc, DISCONNECT_ERRORS) and self.on_error is None and not self.forcing:
             self._log_disconnect(logging.INFO, "client %s went away mid-request: %s", client_label(client_address), exc)
             return Outcome.DISCONNECTED
@@ -302,3 +423,17 @@ def client_label(client_address: Address) -> str:
 
 def _nothing() -> None:
     pass
+
+
+def _refuse(record: Waiting, replies: list[bytes] | None) -> bool:
+    return False
+
+
+def _wait_readable(sock: socket.socket, timeout: float | None) -> bool:
+    """Block until ``sock`` has bytes (or its end) to read; False after ``timeout`` seconds."""
+    pending = getattr(sock, "pending", None)  # TLS: decrypted bytes the descriptor does not show
+    if pending is not None and pending():
+        return True
+    with selectors.DefaultSelector() as selector:
+        selector.register(sock, selectors.EVENT_READ)
+        return bool(selector.select(timeout))

@@ -45,8 +45,8 @@ class _Host:
     """What a Dispatcher sees of its Server (see ``DispatcherHost``)."""
 
     __slots__ = (
-        "add_reader", "after_fork", "call_later", "finished", "limits", "release", "remove_reader", "run_worker",
-        "serve", "take_error", "wake",
+        "add_reader", "after_fork", "call_later", "finished", "handler", "limits", "release", "remove_reader",
+        "run_worker", "serve", "take_error", "wake",
     )
 
     def __init__(self, server: Server) -> None:
@@ -62,6 +62,7 @@ class _Host:
         self.call_later = loop.call_later
         self.run_worker = server.run_worker
         self.limits = server.limits
+        self.handler = server.handler
 
 
 @final
@@ -232,7 +233,9 @@ class Server:
         """Wait at most ``timeout`` seconds for a request and dispatch it.
 
         Returns True if a request was handed to the dispatcher (with ``inline``
-        it has also been served). Returns False if the timeout passed, if
+        it has also been served). A connection whose handler waits for the
+        client counts once the client has sent something (until then it waits
+        in the loop, and the next call goes on waiting for it). Returns False if the timeout passed, if
         :meth:`shutdown` was called, or if the pending request vanished before
         it could be taken (a connection the client aborted, one the transport
         refused) — as ``socketserver``'s ``handle_request`` does. ``timeout=0``
@@ -244,10 +247,14 @@ class Server:
         deadline = deadline_after(timeout)
         self.lifecycle.begin_serving(_Host(self))
         try:
-            while not self.loop.stop_requested:
-                dispatched = self.loop.run_once(remaining(deadline), 1)
-                if dispatched is not None:
-                    return dispatched > 0
+            loop = self.loop
+            while not loop.stop_requested:
+                before = loop.submitted
+                dispatched = loop.run_once(remaining(deadline), 1)
+                if loop.submitted > before:
+                    return True
+                if dispatched is not None and loop.waiting is None:
+                    return False  # the pending request vanished (aborted, refused)
                 if deadline is not None and time.monotonic() >= deadline:
                     return False
             return False

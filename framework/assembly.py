@@ -20,10 +20,12 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from ._parts import LifecycleHooks, Parts
 from .errors import ConfigError, OptionError, PluginError, UnknownPluginError
 from .interfaces import capability
-from .registry import DispatcherEntry, Entry, Kind, Registry, make_options
+from .registry import DispatcherEntry, Entry, HandlerEntry, Kind, Registry, make_options
 
 if TYPE_CHECKING:
     from .config import ServerConfig
@@ -62,9 +64,9 @@ def assemble(
     """
     registry = registry if registry is not None else Registry()
     built_transport, transport_name = _component(registry, "transport", transport, transport_options)
-    built_dispatcher, _ = _component(registry, "dispatcher", dispatcher, dispatcher_options)
-    built_handler = _handler(registry, handler, handler_options)
-    check_handler(built_handler, built_transport, handler)
+    built_dispatcher, dispatcher_name = _component(registry, "dispatcher", dispatcher, dispatcher_options)
+    built_handler = _handler(registry, handler, handler_options, _runs_async(built_dispatcher))
+    built_handler = check_handler(built_handler, built_transport, handler, built_dispatcher, dispatcher_name)
     return Parts(
         transport=built_transport, dispatcher=built_dispatcher, handler=built_handler,
         transport_name=str(capability(built_transport, "name") or transport_name),
@@ -99,14 +101,16 @@ def assemble_config(config: ServerConfig, registry: Registry | None = None, *, s
         except ConfigError as exc:
             errors.append((f"{path}.name" if isinstance(exc, UnknownPluginError) else path, _first_line(exc)))
     try:
-        built["handler"] = _handler(registry, handler_ref, config.handler.options or None)
+        built["handler"] = _handler(registry, handler_ref, config.handler.options or None,
+                                    _runs_async(built.get("dispatcher")))
     except PluginError as exc:
         raise PluginError(f"handler: {exc}") from None
     except ConfigError as exc:
         errors.append(("handler.ref", _first_line(exc)))
     if not errors:
         try:
-            check_handler(built["handler"], built["transport"], handler_ref)
+            built["handler"] = check_handler(built["handler"], built["transport"], handler_ref,
+                                             built["dispatcher"], config.dispatcher.name)
         except ConfigError as exc:
             errors.append(("handler", str(exc)))
     if errors:
@@ -228,7 +232,13 @@ def _first_line(exc: Exception) -> str:
 
 # ---- Handlers -------------------------------------------------------------------------
 
-def _handler(registry: Registry, spec: object, options: Mapping[str, Any] | object | None) -> Callable[..., object]:
+def _runs_async(dispatcher: object) -> bool:
+    return dispatcher is not None and bool(capability(dispatcher, "runs_async"))
+
+
+def _handler(
+    registry: Registry, spec: object, options: Mapping[str, Any] | object | None, runs_async: bool = False,
+) -> Callable[..., object]:
     if isinstance(spec, str) and ":" not in spec:
         try:
             entry = registry.get("handler", spec)
@@ -236,6 +246,9 @@ def _handler(registry: Registry, spec: object, options: Mapping[str, Any] | obje
             if "." not in spec:
                 raise
             raise ConfigError(_first_line(exc) + " To import a handler, write 'package.module:attribute'.") from None
+        if runs_async and isinstance(entry, HandlerEntry) and entry.async_factory is not None:
+            # The one place a name turns into its async form: same entry, same options.
+            entry = attrs.evolve(entry, factory=entry.async_factory)
         handler: Callable[..., object] = build_component(registry, "handler", entry, options)
         return handler
     if options is not None:
@@ -283,8 +296,16 @@ def resolve_handler(ref: str | Callable[..., object]) -> Callable[..., object]:
     return handler
 
 
-def check_handler(handler: Callable[..., object], transport: object, shown: object = None) -> None:
-    """Refuse a handler made for the other kind of request, or one that cannot take three arguments."""
+def check_handler(
+    handler: Callable[..., object], transport: object, shown: object = None, dispatcher: object = None,
+    dispatcher_name: str = "",
+) -> Callable[..., object]:
+    """Refuse a handler made for the other kind of request, one that cannot take its arguments,
+    or one made for the other kind of dispatcher (async vs blocking); return the handler to serve.
+
+    A bare ``async def`` function comes back as a :class:`sockwork.aio.AsyncHandler` of the
+    transport's kind.
+    """
     label = shown if isinstance(shown, str) else getattr(handler, "__qualname__", handler)
     handles = capability(handler, "sockwork_kind")
     kind = getattr(transport, "kind", None)
@@ -293,14 +314,50 @@ def check_handler(handler: Callable[..., object], transport: object, shown: obje
             f"handler {label!r} serves {handles} requests, "
             f"but the {capability(transport, 'name') or 'given'} transport delivers {kind} requests"
         )
+    is_async = bool(capability(handler, "sockwork_async")) or inspect.iscoroutinefunction(handler)
+    if dispatcher is not None:
+        _check_async_pairing(label, is_async, dispatcher, dispatcher_name)
+    if is_async:
+        from .aio import as_async_handler
+
+        async_handler = as_async_handler(handler, kind)
+        if async_handler is None:  # marked async by a plugin of its own: its dispatcher knows it
+            return handler
+        if async_handler.stream is not None:
+            _check_signature(label, async_handler.stream, 2, "reader, writer")
+        if async_handler.datagram is not None:
+            sends = async_handler.datagram_sends
+            _check_signature(label, async_handler.datagram, 3 if sends else 2,
+                             "payload, client_address" + (", transport" if sends else ""))
+        return async_handler
+    _check_signature(label, handler, 3, "request, client_address, server")
+    return handler
+
+
+def _check_signature(label: object, fn: Callable[..., object], count: int, arguments: str) -> None:
     try:
-        signature = inspect.signature(handler, follow_wrapped=False)  # a wrapper is what gets called
+        signature = inspect.signature(fn, follow_wrapped=False)  # a wrapper is what gets called
     except (TypeError, ValueError):
         return  # a builtin without a signature: it will tell at the first request
     try:
-        signature.bind(None, None, None)
+        signature.bind(*([None] * count))
     except TypeError:
         raise ConfigError(
-            f"handler {label!r} cannot be called as handler(request, client_address, server): "
-            f"its signature is {signature}"
+            f"handler {label!r} cannot be called as handler({arguments}): its signature is {signature}"
         ) from None
+
+
+def _check_async_pairing(label: object, is_async: bool, dispatcher: object, name: str) -> None:
+    runs_async = _runs_async(dispatcher)
+    shown = repr(name) if name and name != "dispatcher" else type(dispatcher).__name__
+    if is_async and not runs_async:
+        raise ConfigError(
+            f"handler {label!r} is async (async def): serve it with dispatcher 'asyncio' "
+            f"(or prefork with inner = 'asyncio'); dispatcher {shown} runs blocking handlers"
+        )
+    if runs_async and not is_async:
+        raise ConfigError(
+            f"handler {label!r} is a blocking handler, but dispatcher {shown} runs async handlers: "
+            "write it as 'async def handle(reader, writer)' (see sockwork.aio), "
+            "or serve it with a blocking dispatcher such as pool, thread or inline"
+        )

@@ -15,12 +15,13 @@ from __future__ import annotations
 import functools
 import socket
 from collections.abc import Callable
-from typing import Any, final
+from typing import Any, Literal, final, overload
 
 import attrs
 
-from .connection import Connection
+from .connection import KEEP_ALIVE, Connection
 from .hookspecs import hookimpl
+from .messages import MessageHandler, message_handler
 from .registry import HandlerEntry, NoOptions
 from .validators import positive_int
 
@@ -29,23 +30,53 @@ __all__ = ["Connection", "LinesOptions", "datagram_handler", "discard", "echo", 
 _CHUNK = 65536
 
 
-def stream_handler(fn: Callable[[Connection], object]) -> Callable[[Any, Any, Any], None]:
+@overload
+def stream_handler(fn: Callable[[Connection], object], /) -> Callable[[Any, Any, Any], object]: ...
+
+
+@overload
+def stream_handler(
+    *, speaks_first: Literal["client", "server"] = "client",
+) -> Callable[[Callable[[Connection], object]], Callable[[Any, Any, Any], object]]: ...
+
+
+def stream_handler(
+    fn: Callable[[Connection], object] | None = None, /, *, speaks_first: Literal["client", "server"] = "client",
+) -> Callable[[Any, Any, Any], object] | Callable[[Callable[[Connection], object]], Callable[[Any, Any, Any], object]]:
     """Turn ``fn(conn)`` into a handler factory for stream transports.
 
-    Usable as a decorator. The connection is closed by the server after
-    ``fn`` returns.
+    Usable as a decorator, with or without arguments. The connection is
+    closed by the server after ``fn`` returns, unless it returns
+    :data:`~sockwork.KEEP_ALIVE`: then the connection waits in the loop and
+    ``fn`` is called again, with the same ``conn``, when the client sends more.
+
+    ``speaks_first``: ``"client"`` (the default) means the connection waits
+    in the loop, without a worker, until the client has sent something, so
+    silent clients cost no worker. A protocol where the server speaks first
+    (an SMTP or FTP greeting) must say ``"server"``: ``fn`` then runs at accept.
     """
-    if not callable(fn):
-        raise TypeError(f"stream_handler() needs a function taking a Connection, got {fn!r}")
+    if speaks_first not in ("client", "server"):
+        raise ValueError(f"'speaks_first' must be 'client' or 'server', got {speaks_first!r}")
 
-    @functools.wraps(fn)
-    def handle(request: Any, client_address: Any, server: Any) -> None:
-        if isinstance(request, tuple):
-            raise TypeError(f"{fn.__qualname__} is a stream handler; it cannot serve datagrams")
-        fn(Connection(request, client_address, server))
+    def wrap(function: Callable[[Connection], object]) -> Callable[[Any, Any, Any], object]:
+        if not callable(function):
+            raise TypeError(f"stream_handler() needs a function taking a Connection, got {function!r}")
 
-    handle.sockwork_kind = "stream"  # type: ignore[attr-defined]  # checked when a Server is assembled
-    return handle
+        @functools.wraps(function)
+        def handle(request: Any, client_address: Any, server: Any) -> object:
+            if isinstance(request, tuple):
+                raise TypeError(f"{function.__qualname__} is a stream handler; it cannot serve datagrams")
+            if isinstance(request, Connection):  # the loop's record, kept across keep-alive turns
+                return function(request)
+            return function(Connection(request, client_address, server))
+
+        # Read when a Server is assembled and by its loop:
+        handle.sockwork_kind = "stream"  # type: ignore[attr-defined]
+        handle.sockwork_speaks_first = speaks_first  # type: ignore[attr-defined]
+        handle.sockwork_takes_connection = True  # type: ignore[attr-defined]
+        return handle
+
+    return wrap if fn is None else wrap(fn)
 
 
 def datagram_handler(fn: Callable[[bytes, Any], bytes | None]) -> Callable[[Any, Any, Any], None]:
@@ -79,21 +110,31 @@ def send_datagram(sock: socket.socket, data: bytes, client_address: Any) -> None
     sock.sendto(data, client_address)
 
 
-def echo(request: Any, client_address: Any, server: Any) -> None:
-    """Send back whatever arrives: each datagram, or a stream until its end."""
+def echo(request: Any, client_address: Any, server: Any) -> object:
+    """Send back whatever arrives: each datagram, or a stream until its end.
+
+    On a stream, one turn sends back what one read returns, then gives the
+    connection back to the loop (KEEP_ALIVE): a silent or slow client holds no worker.
+    """
     if isinstance(request, tuple):
         payload, sock = request
         send_datagram(sock, payload, client_address)
-        return
-    while chunk := request.recv(_CHUNK):
-        request.sendall(chunk)
+        return None
+    chunk = request.recv(_CHUNK)
+    if not chunk:
+        return None
+    request.sendall(chunk)
+    return KEEP_ALIVE
 
 
-def discard(request: Any, client_address: Any, server: Any) -> None:
+def discard(request: Any, client_address: Any, server: Any) -> object:
     """Read and drop everything (stream: until its end); never answer."""
-    if not isinstance(request, tuple):
-        while request.recv(_CHUNK):
-            pass
+    if isinstance(request, tuple):
+        return None
+    return KEEP_ALIVE if request.recv(_CHUNK) else None
+
+
+echo.sockwork_speaks_first = discard.sockwork_speaks_first = "client"  # type: ignore[attr-defined]
 
 
 @final
@@ -102,23 +143,24 @@ class LinesOptions:
     """Options of the ``lines`` handler."""
 
     max_line: int = attrs.field(default=_CHUNK, validator=positive_int)
-    """Longest line read at once; a longer one is answered in pieces."""
+    """Longest line accepted, in bytes; a client sending a longer one is
+    refused (its connection closed, counted ``refused``)."""
 
 
-def lines(options: LinesOptions) -> Callable[[Any, Any, Any], None]:
+def lines(options: LinesOptions) -> MessageHandler:
     """A line protocol to try things with: each line is answered ``"<n>: <line>"``.
 
-    The counter is per connection, to show state kept across one client's lines.
+    A message handler: the loop reads and splits the lines, a worker only
+    numbers them. The counter is per connection (``conn.state``), to show
+    state kept across one client's lines.
     """
-    max_line = options.max_line
 
-    @stream_handler
-    def number_lines(conn: Connection) -> None:
-        count = 0
-        while line := conn.readline(max_line):
-            count += 1
-            conn.write(b"%d: %s" % (count, line))
+    @message_handler(framing="lines", max_message=options.max_line)
+    def number_lines(line: bytes, conn: Connection) -> bytes:
+        count = conn.state["count"] = conn.state.get("count", 0) + 1
+        return b"%d: %s" % (count, line)
 
+    number_lines.sockwork_kind = "stream"  # a count per connection means nothing for datagrams
     return number_lines
 
 
@@ -128,13 +170,22 @@ def sockwork_add_handlers() -> list[HandlerEntry]:
         HandlerEntry(
             "echo", lambda options: echo, NoOptions,
             description="send back whatever arrives (streams and datagrams)",
+            async_factory=lambda options: _aio().echo,
         ),
         HandlerEntry(
             "discard", lambda options: discard, NoOptions,
             description="read and drop everything, never answer (streams and datagrams)",
+            async_factory=lambda options: _aio().discard,
         ),
         HandlerEntry(
             "lines", lines, LinesOptions,
             description="answer each line with '<n>: <line>' (streams)",
+            async_factory=lambda options: _aio().lines(options),
         ),
     ]
+
+
+def _aio() -> Any:
+    from . import aio  # asyncio is imported only when an async form is asked for
+
+    return aio

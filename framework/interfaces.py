@@ -158,6 +158,11 @@ class DispatcherHost(Protocol):
     def limits(self) -> Limits:
         """The server's :class:`~sockwork.Limits` (a dispatcher may enforce ``request_timeout`` itself)."""
 
+    @property
+    def handler(self) -> HandlerFactory:
+        """The server's handler: a dispatcher that ``runs_async`` awaits it its own way
+        (:class:`sockwork.aio.AsyncHandler`) instead of calling ``serve``."""
+
 
 @runtime_checkable
 class Dispatcher(Protocol):
@@ -182,7 +187,9 @@ class Dispatcher(Protocol):
 
     Optional capabilities (see :data:`OPTIONAL_CAPABILITIES`):
     ``accepts_itself`` and ``stats_elsewhere`` (supervisors), ``abort()``
-    (dispatchers with child processes).
+    (dispatchers with child processes), ``runs_async`` (event loops: the
+    handler is async, awaited by the dispatcher, which reports each request
+    with ``host.release`` and ``host.finished`` instead of ``host.serve``).
     """
 
     concurrency: int | None
@@ -228,7 +235,9 @@ class HandlerFactory(Protocol):
     Optional capability ``sockwork_kind``: ``"stream"`` or ``"datagram"`` for
     a handler that serves only that kind of request (set by
     :func:`~sockwork.stream_handler` and :func:`~sockwork.datagram_handler`);
-    assembling it with a transport of the other kind fails.
+    assembling it with a transport of the other kind fails. Optional capability
+    ``sockwork_async``: True for an async handler (:mod:`sockwork.aio`), which
+    only a dispatcher that ``runs_async`` serves.
     """
 
     def __call__(self, request: Request, client_address: Address, server: Any) -> object: ...
@@ -247,13 +256,21 @@ OPTIONAL_CAPABILITIES: dict[str, tuple[object, str]] = {
     "accepts_itself": (False, "Dispatcher: True for a Supervisor, whose workers accept; "
                               "the loop then never listens"),
     "stats_elsewhere": (None, "Dispatcher: counters of requests served in other processes (a ServerStats)"),
+    "runs_async": (False, "Dispatcher: True if it serves async handlers (sockwork_async) on an event loop instead "
+                          "of blocking ones (asyncio); a supervisor answers for its inner dispatcher"),
     "abort": (None, "Dispatcher: a method that kills its child processes at once, without waiting or locks "
                     "(a second SIGINT/SIGTERM under Server.handle_signals calls it, then the process exits)"),
     # Handler factory
     "sockwork_kind": (None, "Handler: 'stream' or 'datagram' if it serves only that kind of request"),
+    "sockwork_async": (False, "Handler: True for an async handler (sockwork.aio): only a dispatcher that "
+                              "runs_async can serve it, and such a dispatcher serves nothing else"),
     "sockwork_speaks_first": ("server", "Handler: 'client' if the client speaks first: the connection then waits "
                                         "in the loop (no worker) until it has bytes to read; 'server' (the default "
                                         "for handlers that do not say: classic classes) dispatches it at accept"),
+    "sockwork_takes_connection": (False, "Handler: True if it wants the loop's sockwork.Connection record (kept "
+                                         "across KEEP_ALIVE turns) instead of the bare socket (stream_handler's)"),
+    "sockwork_framing": (None, "Handler: a message handler's Framing; the loop then reads and splits messages "
+                               "and calls sockwork_answer(messages, conn) -> replies (see sockwork.messages)"),
 }
 """Every optional member of a part: ``name -> (default, what it means)``."""
 

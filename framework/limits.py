@@ -71,6 +71,11 @@ def _optional_count(instance: object, attribute: attrs.Attribute[Any], value: ob
         raise ValueError(f"'{attribute.name}' must be an int >= 1, or none for no limit, got {value!r}")
 
 
+def _waiting_count(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value != "auto":
+        _optional_count(instance, attribute, value)
+
+
 def _over_limit(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value not in ("wait", "close"):
         raise ValueError(f"'{attribute.name}' must be 'wait' or 'close', got {value!r}")
@@ -82,27 +87,67 @@ class Limits:
     """What bounds one server. The optional limits may be None (in files:
     ``false`` or ``"none"``) to turn them off."""
 
-    max_connections: int | None = attrs.field(default=1024, converter=off_is_none, validator=_optional_count)
+    max_connections: int | None = attrs.field(default=None, converter=off_is_none, validator=_optional_count)
     """Requests accepted and not yet finished, across the whole server
-    (in threads, workers or child processes). At the cap the server stops
-    accepting; new clients wait in the kernel's backlog."""
+    (in threads, workers or child processes; waiting connections included).
+    At the cap the server stops accepting; new clients wait in the kernel's
+    backlog. Default: no cap of its own (``max_waiting`` and the dispatcher
+    bound what a server holds)."""
     over_limit: Literal["wait", "close"] = attrs.field(default="wait", validator=_over_limit)
     """At the cap: ``"wait"`` (stop accepting) or ``"close"`` (accept and close
     at once, so clients learn immediately; counted as ``rejected``)."""
+    max_waiting: int | Literal["auto"] | None = attrs.field(default="auto", converter=off_is_none,
+                                                           validator=_waiting_count)
+    """Stream connections waiting in the loop (for their first bytes, between
+    keep-alive requests, mid-stage, or readable and queued for a worker).
+    At the cap the server stops accepting. ``"auto"``: the process's
+    descriptor limit less a reserve of a quarter (at least 16), so the
+    server never runs out of descriptors for its own work."""
     idle_timeout: float | None = attrs.field(default=60.0, converter=off_is_none, validator=_optional_seconds)
-    """Stream requests: seconds a read or write on the connection may wait
-    (the socket's timeout). A client that sends nothing, or a byte a minute,
-    cannot hold a worker longer; the handler sees ``TimeoutError``."""
+    """Stream connections: seconds a connection may wait for its client,
+    in the loop (for its first bytes, between keep-alive requests) or in a
+    handler's read or write (the socket's timeout). A client that sends
+    nothing cannot hold a worker at all, and a waiting descriptor no longer
+    than this; the connection is closed and counted ``timed_out``."""
     request_timeout: float | None = attrs.field(default=None, converter=off_is_none, validator=_optional_seconds)
-    """Stream requests: seconds a whole request may take; then its connection
-    is shut down, which ends the handler at its next read or write."""
+    """Stream requests: seconds a handler's turn may take; then its connection
+    is shut down, which ends the handler at its next read or write (``fork``:
+    the child is killed)."""
+    message_timeout: float | None = attrs.field(default=30.0, converter=off_is_none, validator=_optional_seconds)
+    """Message handlers: seconds from a message's first byte until it must be
+    complete; a client trickling a message slower is cut (``timed_out``)."""
     stats_interval: float = attrs.field(default=10.0, validator=_seconds)
     """How often ``sockwork_collect_stats`` is called, if a plugin implements it."""
 
     @classmethod
     def none(cls) -> Limits:
         """No cap and no timeouts: socketserver's behaviour."""
-        return cls(max_connections=None, idle_timeout=None, request_timeout=None)
+        return cls(max_connections=None, max_waiting=None, idle_timeout=None, request_timeout=None,
+                   message_timeout=None)
+
+    def waiting_capacity(self) -> int | float:
+        """``max_waiting`` as a number (``"auto"`` worked out from this process's descriptor limit)."""
+        if self.max_waiting is None:
+            return math.inf
+        if self.max_waiting == "auto":
+            return auto_waiting_capacity()
+        return self.max_waiting
+
+
+RESERVE_MIN = 16
+
+
+def auto_waiting_capacity() -> int:
+    """The descriptor limit (RLIMIT_NOFILE, soft) less a quarter (at least RESERVE_MIN) kept in reserve."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):
+        soft = 1024
+    if soft == resource.RLIM_INFINITY or soft > 1 << 20:
+        soft = 1 << 20
+    return max(1, soft - max(RESERVE_MIN, soft // 4))
 
 
 @final

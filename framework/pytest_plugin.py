@@ -18,6 +18,8 @@ parametrizes tests that ask for those fixtures; it changes nothing else.
   fails to load, a test named ``plugin-load-failure`` fails and says why;
 - ``sockwork_make_server(handler, **server_kwargs)``: a Server on that pair,
   listening on loopback (or in a temporary directory), closed after the test;
+  ``handler`` may be a :class:`sockwork.testing.HandlerForms`, of which the
+  form the dispatcher serves (blocking or async) is used;
 - ``sockwork_no_leaks``: fails the test if it leaves a thread, a descriptor
   or a child process behind;
 - ``sockwork_registry``: the Registry, with installed plugins, built once.
@@ -35,7 +37,7 @@ import pytest
 
 from ._server import Server
 from .registry import BUILTIN_PLUGINS, Entry, Registry
-from .testing import ResourceSnapshot
+from .testing import HandlerForms, ResourceSnapshot, dispatcher_runs_async
 
 __all__: list[str] = []  # a pytest plugin: everything here is reached through hooks and fixtures
 
@@ -139,6 +141,8 @@ def sockwork_make_server(
         entry = sockwork_registry.get("transport", sockwork_transport_name)
         if entry.loopback_options is None:
             pytest.skip(f"transport {sockwork_transport_name!r} has no loopback_options to test it with")
+        if isinstance(handler, HandlerForms):  # the form this dispatcher serves: blocking or async
+            handler = handler.pick(dispatcher_runs_async(sockwork_registry, sockwork_dispatcher_name))
         kwargs.setdefault("registry", sockwork_registry)
         server = Server(
             transport=sockwork_transport_name,

@@ -51,6 +51,7 @@ BUILTIN_PLUGINS = (
     "sockwork.strategies.fork",
     "sockwork.strategies.pool",
     "sockwork.strategies.prefork",
+    "sockwork.strategies.aio",
     "sockwork.handlers",
 )
 
@@ -139,7 +140,14 @@ class DispatcherEntry(Entry):
 @final
 @attrs.frozen
 class HandlerEntry(Entry):
-    """A named handler: ``factory(options)`` returns a handler factory."""
+    """A named handler: ``factory(options)`` returns a handler factory.
+
+    ``async_factory(options)``, if given, returns the handler's async form
+    (:class:`sockwork.aio.AsyncHandler`): assembly uses it instead of ``factory``
+    when the dispatcher runs async handlers (``asyncio``), so one name serves both.
+    """
+
+    async_factory: Callable[..., Any] | None = None
 
 
 _ENTRY_TYPES: dict[Kind, type[Entry]] = {

@@ -5,8 +5,12 @@
 - :func:`client` opens a socket connected to a server, of the transport's
   kind (a Unix datagram client is bound to a temporary path so it gets replies);
 - :func:`exchange` sends one payload and returns the whole reply;
+- :func:`eventually` waits (bounded) for a condition, such as a counter
+  the server updates just after the client saw its reply;
 - :class:`ResourceSnapshot` records threads, descriptors and child processes,
-  and names whatever a test left behind.
+  and names whatever a test left behind;
+- :class:`HandlerForms` holds one test handler in its blocking and its async
+  form; :func:`dispatcher_runs_async` says which form a dispatcher serves.
 
 Everything talks to loopback or Unix sockets only.
 """
@@ -20,14 +24,56 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any, final
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, final
 
 import attrs
 
 from ._server import Server
 
-__all__ = ["ResourceSnapshot", "client", "exchange", "exchange_address", "recv_until_eof", "serving"]
+if TYPE_CHECKING:
+    from .registry import Registry
+
+__all__ = [
+    "HandlerForms", "ResourceSnapshot", "client", "dispatcher_runs_async", "eventually", "exchange",
+    "exchange_address", "recv_until_eof", "serving",
+]
+
+
+@final
+@attrs.frozen
+class HandlerForms:
+    """One test handler in both forms: blocking (``handler(request, client_address, server)``)
+    and async (:mod:`sockwork.aio`). The conformance kit passes these, and
+    ``sockwork_make_server`` serves the form its dispatcher runs."""
+
+    blocking: Callable[..., object]
+    asynchronous: Callable[..., object]
+
+    def pick(self, runs_async: bool) -> Callable[..., object]:
+        return self.asynchronous if runs_async else self.blocking
+
+
+def dispatcher_runs_async(registry: Registry, name: str) -> bool:
+    """Whether the dispatcher registered as ``name`` (default options) serves async handlers."""
+    from .aio import runs_async
+    from .assembly import build_component
+
+    dispatcher = build_component(registry, "dispatcher", registry.get("dispatcher", name), None)
+    try:
+        return runs_async(dispatcher)
+    finally:
+        dispatcher.close()
+
+
+def eventually(condition: Callable[[], object], timeout: float = 10.0) -> bool:
+    """Whether ``condition()`` became true within ``timeout`` seconds (checked every few milliseconds)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+    return True
 
 
 @contextlib.contextmanager

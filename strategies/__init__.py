@@ -1,4 +1,4 @@
-"""The built-in dispatchers (concurrency strategies): inline, thread, fork, pool, prefork.
+"""The built-in dispatchers (concurrency strategies): inline, thread, fork, pool, prefork, asyncio.
 
 Each module is a sockwork plugin registering its dispatcher through the
 ``sockwork_add_dispatchers`` hook, like any third-party plugin.
@@ -9,6 +9,8 @@ import typing
 from sockwork._lazy import lazy_exports as _lazy_exports
 
 if typing.TYPE_CHECKING:
+    from .aio import AsyncioDispatcher as AsyncioDispatcher
+    from .aio import AsyncioOptions as AsyncioOptions
     from .fork import ForkDispatcher as ForkDispatcher
     from .fork import ForkOptions as ForkOptions
     from .inline import InlineDispatcher as InlineDispatcher
@@ -21,6 +23,8 @@ if typing.TYPE_CHECKING:
     from .thread import ThreadOptions as ThreadOptions
 
 _EXPORTS = {
+    "AsyncioDispatcher": ".aio",
+    "AsyncioOptions": ".aio",
     "ForkDispatcher": ".fork",
     "ForkOptions": ".fork",
     "InlineDispatcher": ".inline",

@@ -9,6 +9,13 @@ A child keeps none of the parent's signal plumbing (its wake-up fd above all):
 it is forked by :func:`sockwork.forking.fork`, which says exactly what it resets.
 Rule 3: once forked, a request belongs to its child; nothing after fork()
 may raise in the parent (a failure to watch the child falls back to polling).
+Rule 4: with ``request_timeout``, a child still serving a stream request
+KILL_GRACE seconds past its deadline is killed by the parent and counted
+``timed_out``. The child's own watchdog shut its connection down at the
+deadline, which ends a handler blocked on its client; only a handler that
+never touches its connection again (spinning on the CPU, asleep, waiting on
+something else) is killed. Only a child not yet reaped is signalled (through
+its pidfd where there is one), so a reused process id is never hit.
 """
 
 from __future__ import annotations
@@ -44,6 +51,9 @@ _UNAVAILABLE = None if hasattr(os, "fork") else "os.fork() is missing on this pl
 _HAVE_PIDFD = hasattr(os, "pidfd_open")
 PIPE_RECORD = 4000  # a failure report's most bytes: one write under PIPE_BUF never interleaves
 _POLL_INTERVAL = 0.01  # where there are no pidfds, how often drain() looks for exits
+KILL_GRACE = 1.0
+"""Seconds past ``request_timeout`` before a child still serving is killed: time for
+its own watchdog to end a request blocked on I/O cleanly (the child then exits by itself)."""
 
 
 @final
@@ -67,6 +77,8 @@ class ForkDispatcher:
     Isolates requests from each other completely, at the cost of a fork per
     request. The child closes the listening socket and serves one request.
     A child that exits with a non-zero status or by a signal is logged.
+    With ``request_timeout``, a child still running ``KILL_GRACE`` seconds past
+    it is killed, logged at WARNING and counted ``timed_out`` (see Rule 4).
     """
 
     def __init__(self, options: ForkOptions | None = None) -> None:
@@ -77,6 +89,10 @@ class ForkDispatcher:
         self._unwatched = 0  # children without a pidfd: reaped by polling
         self._failures_r = self._failures_w = -1  # the pipe children report failures on (start())
         self._failures: dict[int, FailedElsewhere] = {}
+        self._kill_after: float | None = None  # request_timeout + KILL_GRACE (start()); None: never kill
+        self._kill_at: dict[int, float] = {}  # pid -> when (monotonic) to kill it if it still runs
+        self._killed: set[int] = set()  # killed past their deadline, not yet reaped
+        self._timer_armed = False  # one loop timer at a time watches every deadline
 
     def start(self, host: DispatcherHost) -> None:
         self._host = host
@@ -84,14 +100,69 @@ class ForkDispatcher:
         self._failures_r, self._failures_w = os.pipe()
         os.set_blocking(self._failures_r, False)
         os.set_blocking(self._failures_w, False)
+        timeout = host.limits.request_timeout
+        self._kill_after = None if timeout is None else timeout + KILL_GRACE
 
     def submit(self, request: Any, client_address: Any) -> None:
+        # request_timeout covers stream requests only (a datagram is a (payload, socket) tuple).
+        kill_after = None if isinstance(request, tuple) else self._kill_after
         pid = fork()  # flushes stdio; the child starts with its signal plumbing reset
         if pid == 0:
             self._serve_in_child(request, client_address)
         # From here on the request is the child's: nothing may raise and lose it.
         self._host.release(request)
         self._children[pid] = (self._watch(pid), client_address)
+        if kill_after is not None:
+            self._kill_at[pid] = time.monotonic() + kill_after
+            if not self._timer_armed:
+                self._arm(kill_after)
+
+    def _arm(self, delay: float) -> None:
+        self._timer_armed = True
+        self._host.call_later(delay, self._kill_overdue)
+
+    def _kill_overdue(self) -> None:
+        """Loop timer: kill the children past their deadline, then wait for the next deadline.
+
+        Deadlines are checked by one timer at a time over at most ``max_children``
+        children, so a server under load keeps no timer per request it served.
+        """
+        self._timer_armed = False
+        next_due = self._kill_due()
+        if next_due is not None:
+            self._arm(next_due)
+
+    def _kill_due(self) -> float | None:
+        """Kill the children past their deadline; return the seconds until the next deadline, if any."""
+        now = time.monotonic()
+        for pid, when in list(self._kill_at.items()):
+            if when <= now:
+                del self._kill_at[pid]
+                self._kill(pid)
+        return max(0.0, min(self._kill_at.values()) - now) if self._kill_at else None
+
+    def _kill(self, pid: int) -> None:
+        """SIGKILL child ``pid``, still serving past its deadline; its reaping frees the slot."""
+        if pid not in self._children or self._reap(pid):
+            return  # it exited by itself just now: counted with its own status
+        # Not reaped (checked just now), so the pid is still this child's: a zombie keeps it.
+        # The pidfd, where there is one, names the process itself whatever becomes of the pid.
+        pidfd, client_address = self._children[pid]
+        try:
+            if pidfd is not None:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            else:
+                os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return  # gone meanwhile: reaped with its own status
+        except OSError as exc:  # EPERM: the handler changed its user id, say
+            logger.error("cannot kill child %d serving %s past its request_timeout of %ss: %s",
+                         pid, client_address, self._host.limits.request_timeout, exc)
+            return
+        self._killed.add(pid)
+        logger.warning("killed child %d serving %s: its request ran longer than %ss (request_timeout) "
+                       "and did not end when its connection was shut down",
+                       pid, client_address, self._host.limits.request_timeout)
 
     def _watch(self, pid: int) -> int | None:
         """A pidfd in the loop's selector, so the child is reaped the moment it exits."""
@@ -118,6 +189,7 @@ class ForkDispatcher:
                 if pidfd is not None:
                     os.close(pidfd)
             self._children.clear()
+            self._kill_at.clear()
             status = int(self._host.serve(request, client_address))  # an Outcome: 0 completed
             error = self._host.take_error()
             if error is not None:
@@ -152,7 +224,10 @@ class ForkDispatcher:
         if pidfd is None:
             self._unwatched -= 1
         self._read_failures()  # written before the child exited
-        self._host.finished(_outcome(pid, client_address, status), self._failures.pop(pid, None), client_address)
+        killed = pid in self._killed
+        self._killed.discard(pid)
+        outcome = _outcome(pid, client_address, status, killed=killed)
+        self._host.finished(outcome, self._failures.pop(pid, None), client_address)
         return True
 
     def _read_failures(self) -> None:
@@ -189,6 +264,12 @@ class ForkDispatcher:
             left = remaining(deadline)
             if left == 0:
                 return False
+            # The loop (and its timers) no longer runs: a child past its deadline is killed here.
+            next_kill = self._kill_due()
+            if next_kill is not None:
+                if not self._children:  # one was just reaped at its kill
+                    continue
+                left = next_kill if left is None else min(left, next_kill)
             pidfds = [fd for fd, _ in self._children.values() if fd is not None]
             if pidfds and not self._unwatched:
                 poller = select.poll()  # unlike select(), no limit on descriptor numbers
@@ -208,9 +289,10 @@ class ForkDispatcher:
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(pid, 0)
                 self._failures.pop(pid, None)
-                self._host.finished(Outcome.FAILED)
+                self._host.finished(Outcome.TIMED_OUT if pid in self._killed else Outcome.FAILED)
         for pid in list(self._children):  # with block_on_close=False: left running, unwatched
             self._forget(pid)
+        self._killed.clear()
         self._unwatched = 0
         for fd in (self._failures_r, self._failures_w):
             if fd >= 0:
@@ -230,6 +312,7 @@ class ForkDispatcher:
     def _forget(self, pid: int) -> Any:
         """Stop watching a child (reaped, or let go); return the client it served."""
         pidfd, client_address = self._children.pop(pid)
+        self._kill_at.pop(pid, None)
         if pidfd is not None:
             self._host.remove_reader(pidfd)
             os.close(pidfd)
@@ -245,12 +328,18 @@ def _tell_parent(fd: int, error: BaseException) -> None:
         os.write(fd, line.encode()[:PIPE_RECORD])
 
 
-def _outcome(pid: int, client_address: Any, status: int | None) -> Outcome:
-    """The child's exit status is its request's Outcome; anything else is a crash, logged."""
+def _outcome(pid: int, client_address: Any, status: int | None, *, killed: bool = False) -> Outcome:
+    """The child's exit status is its request's Outcome; anything else is a crash, logged.
+
+    ``killed``: the parent sent SIGKILL at the request's deadline (logged then); a
+    death by exactly that signal is ``TIMED_OUT``.
+    """
     if status is None:
         logger.warning("child %d serving %s was reaped by someone else; counted as failed", pid, client_address)
         return Outcome.FAILED
     code = os.waitstatus_to_exitcode(status)
+    if killed and code == -signal.SIGKILL:
+        return Outcome.TIMED_OUT
     if code in list(Outcome):
         return Outcome(code)  # a failure was logged by the child itself
     how = f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"

@@ -45,7 +45,7 @@ import attrs
 from sockwork.deadlines import deadline_after, remaining
 from sockwork.forking import flush_stdio, fork
 from sockwork.hookspecs import hookimpl
-from sockwork.interfaces import Dispatcher, DispatcherHost
+from sockwork.interfaces import Dispatcher, DispatcherHost, capability
 from sockwork.limits import ServerStats, WorkerExit
 from sockwork.validators import off_is_none, optional_positive_int, positive_int
 
@@ -115,6 +115,16 @@ class PreforkDispatcher:
         self._stopping = False
         self._respawn_pause = 0.0
         self._retired = ServerStats()  # what workers that have exited served
+
+    @functools.cached_property
+    def runs_async(self) -> bool:
+        """Whether the workers serve async handlers: the inner dispatcher's answer, asked of one built
+        for the purpose (dispatchers start nothing until ``start``)."""
+        probe = self._make_inner()
+        try:
+            return bool(capability(probe, "runs_async"))
+        finally:
+            probe.close()
 
     @property
     def worker_pids(self) -> frozenset[int]:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from sockwork import Registry, Server
+from sockwork.testing import HandlerForms, dispatcher_runs_async
 
 # The plugin is opt-in, for sockwork's own suite as for a plugin author's (docs/plugins.md §5).
 pytest_plugins = ["sockwork.pytest_plugin"]
@@ -233,6 +234,8 @@ def sockwork_make_server(
 
     def make(handler: Any, **kwargs: Any) -> Any:
         entry = sockwork_registry.get("transport", sockwork_transport_name)
+        if isinstance(handler, HandlerForms):  # the form this dispatcher serves: blocking or async
+            handler = handler.pick(dispatcher_runs_async(sockwork_registry, sockwork_dispatcher_name))
         if assembly == "socketserver":
             server: Any = make_legacy(entry.loopback_options(sockwork_tmp), handler, **kwargs)
         else:

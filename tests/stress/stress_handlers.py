@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
-from sockwork import Connection, stream_handler
+from sockwork import Connection, aio, stream_handler
+from sockwork.testing import HandlerForms
 
 
 @stream_handler
@@ -23,3 +25,25 @@ def slow_echo(conn: Connection) -> None:
     conn.write(b"started\n")
     time.sleep(0.5)
     conn.write(line)
+
+
+@aio.stream_handler
+async def echo_lines_async(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """echo_lines for the asyncio dispatcher."""
+    while line := await reader.readline():
+        if line.startswith(b"fail"):
+            raise RuntimeError(f"asked to fail: {line!r}")
+        writer.write(line)
+        await writer.drain()
+
+
+@aio.stream_handler
+async def slow_echo_async(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """slow_echo for the asyncio dispatcher."""
+    line = await reader.readline()
+    writer.write(b"started\n")
+    await asyncio.sleep(0.5)
+    writer.write(line)
+
+
+ECHO_LINES = HandlerForms(echo_lines, echo_lines_async)

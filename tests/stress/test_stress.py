@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from stress_handlers import echo_lines
+from stress_handlers import ECHO_LINES
 
 from sockwork import Limits, Registry, Server
-from sockwork.testing import exchange, serving
+from sockwork.testing import dispatcher_runs_async, exchange, serving
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -51,8 +51,14 @@ def concurrent_dispatcher(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+def echo_lines_for(dispatcher: str) -> Any:
+    """The echo_lines handler in the form ``dispatcher`` serves (blocking, or async for asyncio)."""
+    return ECHO_LINES.pick(dispatcher_runs_async(Registry(), dispatcher))
+
+
 def test_500_clients_20000_requests_every_reply_correct(concurrent_dispatcher: str) -> None:
-    server = Server(transport="tcp://127.0.0.1:0", dispatcher=concurrent_dispatcher, handler=echo_lines)
+    server = Server(transport="tcp://127.0.0.1:0", dispatcher=concurrent_dispatcher,
+                        handler=echo_lines_for(concurrent_dispatcher))
     with serving(server):
         report = load(server.address, "--connections", 500, "--requests", 40)
     stats = server.stats  # after close: final also for workers in other processes
@@ -68,7 +74,8 @@ def test_every_10th_request_fails_the_other_9_are_served(concurrent_dispatcher: 
     sockwork_logger = logging.getLogger("sockwork")
     sockwork_logger.addHandler(handler)
     try:
-        server = Server(transport="tcp://127.0.0.1:0", dispatcher=concurrent_dispatcher, handler=echo_lines)
+        server = Server(transport="tcp://127.0.0.1:0", dispatcher=concurrent_dispatcher,
+                        handler=echo_lines_for(concurrent_dispatcher))
         with serving(server):
             report = load(server.address, "--short", "--connections", 1000, "--fail-every", 10)
         stats = server.stats
@@ -87,7 +94,7 @@ def test_hostile_clients_do_not_stop_the_others(concurrent_dispatcher: str) -> N
     limits = Limits(idle_timeout=0.5)
     options = {"workers": 4} if concurrent_dispatcher in ("pool", "procpool") else None
     server = Server(transport="tcp://127.0.0.1:0", dispatcher=concurrent_dispatcher,
-                    dispatcher_options=options, handler=echo_lines, limits=limits)
+                    dispatcher_options=options, handler=echo_lines_for(concurrent_dispatcher), limits=limits)
     with serving(server):
         silent = [socket.create_connection(server.address) for _ in range(10)]
         try:
@@ -125,7 +132,7 @@ def test_descriptor_exhaustion_is_survived_and_recovered(tmp_path: Path) -> None
 
     process = subprocess.Popen(
         [sys.executable, "-m", "sockwork", "serve", "--transport", "tcp://127.0.0.1:0", "--dispatcher", "thread",
-         "--handler", "lines"],
+         "--handler", "lines", "--option", "limits.max_waiting=false"],  # else max_waiting keeps it under 64
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=low_limit,
     )
     clients: list[socket.socket] = []
@@ -157,14 +164,15 @@ def test_descriptor_exhaustion_is_survived_and_recovered(tmp_path: Path) -> None
     assert stderr.count("out of resources accepting") <= 2, stderr  # once per 5 s, not per failure
 
 
-@pytest.mark.parametrize("dispatcher", ["thread", "pool", "fork"])
+@pytest.mark.parametrize("dispatcher", ["thread", "pool", "fork", "asyncio"])
 def test_sigterm_mid_traffic_completes_requests_in_flight(dispatcher: str) -> None:
     """SIGTERM while 20 requests run: all 20 complete, new clients are refused, exit 0."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen(
         [sys.executable, "-m", "sockwork", "serve", "--transport", "tcp://127.0.0.1:0", "--dispatcher", dispatcher,
-         "--handler", "stress_handlers:slow_echo", "--drain-timeout", "10", "--option", "dispatcher.{}=32".format(
-             {"thread": "max_threads", "pool": "workers", "fork": "max_children"}[dispatcher])],
+         "--handler", "stress_handlers:slow_echo" + ("_async" if dispatcher == "asyncio" else ""),
+         "--drain-timeout", "10", "--option", "dispatcher.{}=32".format(
+             {"thread": "max_threads", "pool": "workers", "fork": "max_children", "asyncio": "max_tasks"}[dispatcher])],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     clients: list[socket.socket] = []

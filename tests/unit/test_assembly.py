@@ -55,7 +55,7 @@ def test_every_way_of_naming_a_part_works(short_tmp: Path) -> None:
         ({"handler": "ecko"}, UnknownPluginError, "no handler named 'ecko'; registered: discard, echo, lines."),
         ({"dispatcher": "threads"}, UnknownPluginError, "no dispatcher named 'threads'"),
         ({"dispatcher": object()}, ConfigError,
-         "dispatcher must be a registered name (fork, inline, pool, prefork, thread)"),
+         "dispatcher must be a registered name (asyncio, fork, inline, pool, prefork, thread)"),
         ({"dispatcher": "pool", "dispatcher_options": {"workers": -1}}, OptionError,
          "dispatcher 'pool' option 'workers': must be an int >= 1, got -1"),
         ({"transport": "tcp://127.0.0.1:70000"}, ConfigError, "the port must be a number in 0..65535"),

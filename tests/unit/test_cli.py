@@ -17,10 +17,10 @@ import pytest
 pytestmark = pytest.mark.timeout(30)
 
 
-def start(*args: str) -> subprocess.Popen[str]:
+def start(*args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "sockwork", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
     )
 
 
@@ -51,7 +51,7 @@ def test_serves_echo_and_stops_on_sigterm(dispatcher: str) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--dispatcher", "threads"], "no dispatcher named 'threads'; registered: fork, inline, pool,"),
+        (["--dispatcher", "threads"], "no dispatcher named 'threads'; registered: asyncio, fork, inline, pool,"),
         (["--transport", "tcp://127.0.0.1"], "must look like tcp://HOST:PORT"),
     ],
 )
@@ -92,9 +92,10 @@ def test_serve_from_a_config_file_with_flags_on_top(tmp_path: Path) -> None:
         stop(process)
 
 
-def test_a_second_signal_forces_the_stop() -> None:
+def test_a_second_signal_forces_the_stop(blocking: Path) -> None:
     """SIGTERM drains; a second SIGTERM during the drain exits at once with status 1."""
-    process = start("--handler", "lines", "--transport", "tcp://127.0.0.1:0", "--drain-timeout", "forever")
+    process = start("--handler", "blocking:lines", "--transport", "tcp://127.0.0.1:0", "--drain-timeout", "forever",
+                    cwd=blocking)
     try:
         started = read_started_line(process)
         with socket.create_connection(("127.0.0.1", int(started.group(3))), timeout=10) as idle:
@@ -166,10 +167,24 @@ def test_console_script_is_installed() -> None:
     assert result.returncode == 0 and "CONFIG" in result.stdout
 
 
-def test_inline_handler_is_held_to_the_drain_deadline() -> None:
+@pytest.fixture
+def blocking(tmp_path: Path) -> Path:
+    """A directory with blocking.py: ``blocking:lines`` numbers lines like the built-in ``lines``, but in
+    one turn for the whole connection, so a connected client holds a running request (a worker)."""
+    (tmp_path / "blocking.py").write_text(
+        "from sockwork import stream_handler\n\n"
+        "@stream_handler\n"
+        "def lines(conn):  # blocks in readline between lines\n"
+        "    for number, line in enumerate(conn, 1):\n"
+        "        conn.write(b'%d: %s' % (number, line))\n"
+    )
+    return tmp_path
+
+
+def test_inline_handler_is_held_to_the_drain_deadline(blocking: Path) -> None:
     """With inline, the loop itself runs the handler; SIGTERM still ends it at the deadline."""
-    process = start("--dispatcher", "inline", "--handler", "lines", "--transport", "tcp://127.0.0.1:0",
-                    "--drain-timeout", "0.3", "--option", "limits.idle_timeout=30")
+    process = start("--dispatcher", "inline", "--handler", "blocking:lines", "--transport", "tcp://127.0.0.1:0",
+                    "--drain-timeout", "0.3", "--option", "limits.idle_timeout=30", cwd=blocking)
     try:
         started = read_started_line(process)
         with socket.create_connection(("127.0.0.1", int(started.group(3))), timeout=10) as idle:
@@ -188,9 +203,9 @@ def test_inline_handler_is_held_to_the_drain_deadline() -> None:
         stop(process)
 
 
-def test_second_signal_leaves_no_child_processes_behind() -> None:
-    process = start("--dispatcher", "fork", "--handler", "lines", "--transport", "tcp://127.0.0.1:0",
-                    "--drain-timeout", "forever")
+def test_second_signal_leaves_no_child_processes_behind(blocking: Path) -> None:
+    process = start("--dispatcher", "fork", "--handler", "blocking:lines", "--transport", "tcp://127.0.0.1:0",
+                    "--drain-timeout", "forever", cwd=blocking)
     try:
         started = read_started_line(process)
         with socket.create_connection(("127.0.0.1", int(started.group(3))), timeout=10) as idle:
@@ -329,9 +344,9 @@ def test_the_script_finds_handler_modules_in_the_current_directory(tmp_path: Pat
 # ---- What stopping says (issue 14) ------------------------------------------------------
 
 @pytest.mark.parametrize("drain", [[], ["--drain-timeout", "10"], ["--drain-timeout", "10.0"]])
-def test_the_stop_message_shows_the_deadline_one_way_and_counts_what_runs(drain: list[str]) -> None:
+def test_the_stop_message_shows_the_deadline_one_way_and_counts_what_runs(drain: list[str], blocking: Path) -> None:
     """"10 s" whether the deadline came from the default (10.0) or a flag (10)."""
-    process = start("--handler", "lines", "--transport", "tcp://127.0.0.1:0", *drain)
+    process = start("--handler", "blocking:lines", "--transport", "tcp://127.0.0.1:0", *drain, cwd=blocking)
     try:
         started = read_started_line(process)
         with socket.create_connection(("127.0.0.1", int(started.group(3))), timeout=10) as idle:

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(10)
 PUBLIC_MODULES = ["sockwork", "sockwork.strategies", "sockwork.transports", "sockwork.errors",
                   "sockwork.handlers", "sockwork.registry", "sockwork.testing", "sockwork.urls",
                   "sockwork.assembly", "sockwork.interfaces", "sockwork.forking", "sockwork.validators",
-                  "sockwork.slots", "sockwork.deadlines", "sockwork.limits"]
+                  "sockwork.slots", "sockwork.deadlines", "sockwork.limits", "sockwork.aio"]
 
 
 @pytest.mark.parametrize("name", PUBLIC_MODULES)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from sockwork import ConfigError, Connection, Server, datagram_handler, stream_handler
-from sockwork.testing import client, exchange, serving
+from sockwork.testing import client, eventually, exchange, serving
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -119,9 +119,10 @@ def test_standard_library_handler_classes_work_unchanged() -> None:
 
 def test_builtin_lines_and_discard_handlers() -> None:
     with serving(Server(transport="tcp://127.0.0.1:0", handler="lines")) as server:
-        assert exchange(server, b"first\nsecond\nlast") == b"1: first\n2: second\n3: last"
+        assert exchange(server, b"first\nsecond\nlast") == b"1: first\n2: second\n3: last\n"
     with serving(Server(transport="tcp://127.0.0.1:0", handler="lines", handler_options={"max_line": 4})) as server:
-        assert exchange(server, b"abcdef\n") == b"1: abcd2: ef\n"
+        assert exchange(server, b"abcd\nabcdef\n") == b"1: abcd\n"  # the long line is refused: closed, counted
+        assert eventually(lambda: server.stats.refused == 1)
     with serving(Server(transport="tcp://127.0.0.1:0", handler="discard")) as server:
         assert exchange(server, b"x" * 100_000) == b""
     with (serving(Server(transport="udp://127.0.0.1:0", handler="discard")) as server,

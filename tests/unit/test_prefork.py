@@ -64,7 +64,7 @@ def test_requests_are_served_by_the_workers_not_the_parent() -> None:
 def test_every_registered_dispatcher_runs_inside_the_workers(inner: str) -> None:
     """The inner dispatcher is chosen by name from the registry: every non-supervisor works."""
     server = Server(transport=TCP, dispatcher="prefork", registry=BUILTINS,
-                    dispatcher_options={"workers": 2, "inner": inner}, handler=echo)
+                    dispatcher_options={"workers": 2, "inner": inner}, handler="echo")  # by name: any form
     with serving(server):
         for i in range(10):
             assert exchange(server, b"req %d" % i) == b"req %d" % i
@@ -92,7 +92,8 @@ def test_a_third_party_dispatcher_runs_inside_the_workers() -> None:
 
 def test_inner_dispatcher_and_its_options_are_validated() -> None:
     """Unknown inner names, a supervisor inside a supervisor and bad inner options fail at assembly."""
-    with pytest.raises(ConfigError, match="no dispatcher named 'forks'; registered: fork, inline, pool, prefork"):
+    with pytest.raises(ConfigError,
+                       match="no dispatcher named 'forks'; registered: asyncio, fork, inline, pool, prefork"):
         Server(transport=TCP, dispatcher="prefork", dispatcher_options={"inner": "forks"}, handler=echo,
                registry=BUILTINS)
     with pytest.raises(ConfigError, match="'prefork' supervises processes itself and cannot run inside a worker"):

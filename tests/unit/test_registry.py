@@ -33,7 +33,8 @@ def test_builtins_register_through_the_hooks() -> None:
     """Every built-in arrives through a registration hook and names its plugin."""
     registry = registry_with()
     assert [e.name for e in registry.entries("transport")] == ["fd", "tcp", "udp", "unix", "unix-dgram"]
-    assert [e.name for e in registry.entries("dispatcher")] == ["fork", "inline", "pool", "prefork", "thread"]
+    assert [e.name for e in registry.entries("dispatcher")] == [
+        "asyncio", "fork", "inline", "pool", "prefork", "thread"]
     assert "echo" in [e.name for e in registry.entries("handler")]
     assert registry.get("dispatcher", "pool").plugin == "sockwork.strategies.pool"
 
@@ -43,7 +44,7 @@ def test_unknown_name_lists_the_registered_ones() -> None:
     with pytest.raises(UnknownPluginError) as info:
         registry_with().get("dispatcher", "threads")
     message = str(info.value)
-    assert "no dispatcher named 'threads'; registered: fork, inline, pool, prefork, thread." in message
+    assert "no dispatcher named 'threads'; registered: asyncio, fork, inline, pool, prefork, thread." in message
     assert isinstance(info.value, LookupError) and isinstance(info.value, ValueError)
 
 

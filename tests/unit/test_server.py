@@ -231,6 +231,7 @@ def test_dispatcher_refusing_work_closes_the_request(caplog: pytest.LogCaptureFi
     server.dispatcher.submit = submit  # type: ignore[method-assign]
     with caplog.at_level(logging.ERROR, logger="sockwork"), serving(server):
         with client(server) as sock:
+            sock.sendall(b"lost")  # echo waits for the client: submit() is called once it has spoken
             assert sock.recv(10) == b""  # closed by the server
         assert exchange(server, b"next") == b"next"
     [line] = [r.getMessage() for r in caplog.records]  # said once, not also as a handler's error
