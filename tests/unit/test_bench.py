@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import selectors
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from sockwork import bench
+from sockwork.bench import ClientTally, client_split, tally_clients
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,9 +40,180 @@ def test_quick_benchmark_runs_and_reports(tmp_path: Path) -> None:
     assert [(r["workload"], r["implementation"]) for r in rows] == [
         (w, i) for w in ("short", "udp") for i in ("stdlib", "legacy", "pool", "prefork")]
     for row in rows:
-        assert row["requests"] > 0 and row["errors"] == 0, row
-        assert row["cpu_us_per_request"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0
+        assert row["requests"] > 0 and row["cpu_us_per_request"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0, row
+        assert row["clients"] == 8, row
+        if row["implementation"] == "stdlib" and row["workload"] == "short":
+            continue  # its backlog of 5 drops SYNs: a client retrying for 1 s gets no reply in a 0.2 s window
+        assert row["errors"] == 0 and row["answered"] == 8 and row["fewest"] > 0, row
     assert set(report["shutdown_ms"]) == {"stdlib", "sockwork"}
+
+
+# ---- Counting ----------------------------------------------------------------------
+
+def test_only_what_ends_inside_the_window_counts() -> None:
+    """Replies and failures in [start, stop) count; the warm-up and what is in flight at the end do not."""
+    tally = ClientTally(10.0, 20.0)
+    tally.record(5.0, 9.0, True)  # warm-up
+    tally.record(9.0, 11.0, True)  # sent in the warm-up, answered in the window: counts, latency 2 s
+    tally.record(12.0, 13.0, False)
+    tally.record(19.0, 21.0, True)  # answered after the window: in flight at the end
+    tally.record(19.5, 20.0, False)  # stop is outside the window
+    assert tally.report() == {"completed": 1, "failed": 1}
+    assert tally.latencies == [2.0]
+
+
+def test_a_client_without_a_reply_in_the_window_is_an_error() -> None:
+    """A client that waited through the whole window counts as an error, next to the failures."""
+    waited = ClientTally(10.0, 20.0)
+    waited.record(9.0, 25.0, True)  # its one reply came after the window
+    counted = tally_clients([{"completed": 7, "failed": 0}, waited.report(), {"completed": 0, "failed": 3}])
+    assert counted == {
+        "requests": 7, "failed": 3, "unanswered": 1, "errors": 4,
+        "clients": 3, "answered": 1, "fewest": 0, "median_per_client": 0,
+    }
+
+
+def test_fairness_is_the_fewest_next_to_the_median() -> None:
+    """Every client served, unevenly: no errors, and the fewest and the median say how uneven."""
+    counted = tally_clients([{"completed": n, "failed": 0} for n in (5, 100, 120, 90)])
+    assert counted["errors"] == 0 and counted["answered"] == 4
+    assert (counted["fewest"], counted["median_per_client"]) == (5, 95)
+
+
+def test_worst_round_carries_the_fairness() -> None:
+    """Over rounds, a client starved in one round of three shows; errors add up."""
+    def run(answered: int, fewest: int, errors: int) -> dict[str, Any]:
+        return {"implementation": "pool", "workload": "many", "rps": 1.0, "cpu_us_per_request": 1.0,
+                "p50_ms": 1.0, "p99_ms": 1.0, "p999_ms": 1.0, "peak_rss_mib": 1.0, "threads": 1, "processes": 1,
+                "requests": 10, "errors": errors, "failed": 0, "unanswered": errors, "clients": 4,
+                "answered": answered, "fewest": fewest, "median_per_client": 10}
+
+    row = bench._median_row([run(4, 9, 0), run(3, 0, 1), run(4, 8, 0)])
+    assert (row["answered"], row["fewest"], row["errors"], row["unanswered"]) == (3, 0, 1, 1)
+
+
+def test_clients_are_split_evenly_between_client_processes() -> None:
+    assert client_split(1000) == [500, 500]
+    assert client_split(5) == [3, 2]
+    assert client_split(1) == [1]
+
+
+def test_a_missing_event_loop_is_skipped_with_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(bench.PEERS, "nowhere-streams", "sockwork_no_such_module")
+    note = bench._unavailable("nowhere-streams")
+    assert note is not None and "pip install sockwork_no_such_module" in note
+    assert bench._unavailable("asyncio-streams") is None and bench._unavailable("pool") is None
+
+
+# ---- A starved client, measured --------------------------------------------------------
+
+@pytest.fixture
+def answers_first_client_only() -> Iterator[tuple[str, int]]:
+    """A TCP server that echoes on the first connection it accepts and never reads the others."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    wake_r, wake_w = socket.socketpair()
+    held: list[socket.socket] = []
+
+    def serve() -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(listener, selectors.EVENT_READ)
+            selector.register(wake_r, selectors.EVENT_READ)
+            while True:
+                for key, _ in selector.select():
+                    if key.fileobj is wake_r:
+                        return
+                    if key.fileobj is listener:
+                        conn, _ = listener.accept()
+                        held.append(conn)
+                        if len(held) == 1:
+                            conn.setblocking(False)
+                            selector.register(conn, selectors.EVENT_READ)
+                        continue
+                    conn = key.fileobj  # type: ignore[assignment]  # the first client's socket
+                    try:
+                        data = conn.recv(65536)
+                        if data:
+                            conn.sendall(data)
+                    except ConnectionError:  # the client closed with a reply unread: a reset
+                        data = b""
+                    if not data:
+                        selector.unregister(conn)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        yield listener.getsockname()
+    finally:
+        wake_w.send(b"x")
+        thread.join()
+        for sock in (*held, listener, wake_r, wake_w):
+            sock.close()
+
+
+class _Driver:
+    """Stands in for the bench's driver: on a client process's "ready" line, opens a short window at once."""
+
+    def __init__(self, duration: float) -> None:
+        self.control, self._w = os.pipe()
+        self.duration = duration
+        self.ready: list[dict[str, int]] = []
+
+    def write(self, text: str) -> None:
+        self.ready.append(json.loads(text))
+        now = time.time()
+        os.write(self._w, json.dumps({"start": now, "stop": now + self.duration}).encode() + b"\n")
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        os.close(self.control)
+        os.close(self._w)
+
+
+@pytest.mark.parametrize("client", ["mux", "threads"])
+def test_a_starved_client_is_counted(client: str, answers_first_client_only: tuple[str, int],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three clients, a server that answers one: two unanswered clients, two errors, fewest 0."""
+    monkeypatch.setattr(bench, "SETUP_STALL", 0.3)  # stop waiting for the starved ones soon
+    spec = {**bench.WORKLOADS["persistent"], "client": client}
+    driver = _Driver(duration=0.3)
+    try:
+        report = bench.run_clients(spec, list(answers_first_client_only), 3, driver.control, driver)
+    finally:
+        driver.close()
+    assert driver.ready == [{"answered": 1}]
+    counted = tally_clients(report["clients"])
+    assert (counted["answered"], counted["unanswered"], counted["errors"]) == (1, 2, 2), counted
+    assert counted["fewest"] == 0 and counted["requests"] > 0
+    assert len(report["latencies"]) == counted["requests"]
+
+
+def test_new_workloads_run_with_tiny_counts(tmp_path: Path) -> None:
+    """many, lines and silent, a few clients each, the standard library next to asyncio streams: every
+    client answered, and what holding connections costs is reported."""
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "sockwork", "bench", "--quick", "--workloads", "many,lines,silent",
+         "--implementations", "asyncio-streams", "--clients", "4", "--silent", "10", "--trickle", "2",
+         "--warmup", "0.2", "--duration", "0.3", "--json", str(out)],
+        capture_output=True, text=True, timeout=110,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| asyncio streams |" in result.stdout and "× asyncio" in result.stdout, result.stdout
+    report = json.loads(out.read_text())
+    rows = report["results"]
+    assert [(r["workload"], r["implementation"]) for r in rows] == [
+        (w, i) for w in ("many", "lines", "silent") for i in ("stdlib", "asyncio-streams")]
+    for row in rows:
+        assert row["errors"] == 0 and row["answered"] == row["clients"] == 4 and row["fewest"] > 0, row
+        assert row["conns_held"] > 0, row
+    silent = [r for r in rows if r["workload"] == "silent"]
+    for row in silent:
+        assert row["waiting_opened"] == 12 and row["waiting_closed_by_server"] == 0, row
+        assert row["conns_held"] >= 12, row
+    assert report["workloads"]["silent"]["silent"] == 10
 
 
 WRK_OUTPUT = """\
