@@ -146,6 +146,8 @@ class Lifecycle:
         left = remaining(deadline)
         if not self._not_serving.wait(None if left is None else max(left, LOOP_EXIT_GRACE)):
             return False  # an inline handler holds the loop; force_stop deals with it
+        if self.started and not self.loop.stopped_listening:
+            self.loop.take_backlog()  # closing the listener would reset them; the drain serves them
         self.loop.stop_listening()
         if self.transport.kind == "stream":
             # (A datagram socket is also the reply channel of running requests.)

@@ -94,7 +94,7 @@ class Loop:
         self._timers: list[tuple[float, int, Callable[[], None]]] = []  # (when, order, callback): a heap
         self._timer_order = 0
         self._listening = False
-        self._stopped_listening = False  # for good: the listener is closing (shutdown)
+        self.stopped_listening = False  # for good: the listener is closing (close())
         self._closed = False
         self._paused_until = 0.0
         self._backoff = BACKOFF_MIN
@@ -283,7 +283,7 @@ class Loop:
         )
 
     def _set_listening(self, listening: bool) -> None:
-        if listening == self._listening or ((self._closed or self._stopped_listening) and listening):
+        if listening == self._listening or ((self._closed or self.stopped_listening) and listening):
             return
         if listening:
             self._selector.register(self._listener_fd, selectors.EVENT_READ, _LISTENER)
@@ -295,29 +295,53 @@ class Loop:
 
     def stop_listening(self) -> None:
         self._set_listening(False)
-        self._stopped_listening = True
+        self.stopped_listening = True
+
+    def take_backlog(self) -> int:
+        """At shutdown, before the listener closes: accept what the kernel has queued; return how many.
+
+        Closing a listener resets the connections in its queue, and a balancer
+        cannot retry those (the connection was established, maybe its request
+        sent). Taken into the waiting set, they are served by the drain.
+        """
+        waiting = self.waiting
+        if waiting is None or self._closed or capability(self.transport, "accept_batch") == 1:
+            return 0  # (a transport whose accept() may block, such as the legacy module's: not here)
+        taken = 0
+        while True:
+            try:
+                accepted = self.transport.accept()
+            except OSError:
+                break
+            if accepted is None:
+                break
+            request, client_address = accepted
+            if self.requests.admit(request):
+                waiting.add(request, client_address, self.requests.handler_server)
+                taken += 1
+        return taken
 
     def drain_waiting(self, deadline: float | None) -> None:
         """At shutdown, after the listener closed: serve what waiting connections already sent, close the rest.
 
-        Connections idle between requests (or never used) are closed at once;
-        readable ones and framed messages go to the dispatcher, which takes
-        them before it drains; what no worker took by the deadline is closed
-        unanswered and logged.
+        Connections idle between requests are closed at once; those that have
+        not sent their first request get DRAIN_GRACE from the start of their
+        wait (bytes may be on their way), and those mid-stage their stage's
+        own deadline; readable ones and framed messages go to the dispatcher,
+        which takes them before it drains; what no worker took by the drain
+        deadline is closed unanswered and logged.
         """
         waiting = self.waiting
         if waiting is None:
             return
         waiting.draining = True
         waiting.take_returned()
-        idle = waiting.close_idle(fresh_too=False)
-        grace_over = time.monotonic() + DRAIN_GRACE
-        while waiting.waiting and not self._closed:
+        idle = waiting.close_idle(fresh_since=None)
+        while not self._closed and waiting.unsettled():
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 break
-            if now >= grace_over:
-                idle += waiting.close_idle(fresh_too=True)
+            idle += waiting.close_idle(fresh_since=now - DRAIN_GRACE)
             self.run_once(_shorter(SATURATED_RECHECK, max(0.0, (deadline or math.inf) - now)), 0)
         abandoned = waiting.abandon_ready()
         waiting.stop_taking_returns()

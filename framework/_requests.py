@@ -237,7 +237,7 @@ class Requests:
         key = id(request)
         self.in_flight.pop(key, None)
         self.connections.pop(key, None)
-        if record is not None and record.oneshot and not self.in_child and self.close_later(record):
+        if record is not None and not self.in_child and self.close_later(record):
             with contextlib.suppress(OSError):  # the client hears the end now; the loop closes it
                 request.shutdown(socket.SHUT_WR)
         else:
@@ -261,6 +261,9 @@ class Requests:
         conn = record.conn if record is not None else Connection(request, client_address, self.handler_server)
         try:
             request.settimeout(self._idle_timeout)  # a message connection was non-blocking, for the loop
+            if record is not None and record.messages and self._answer is not None:
+                messages, record.messages = record.messages, []  # framed by the loop before the fork
+                replies = [*replies, *self._answer(messages, conn)]
             if replies:
                 request.sendall(b"".join(replies))
             while True:

@@ -25,6 +25,7 @@ keep-alive clients beyond the worker count are served in turn.
 from __future__ import annotations
 
 import collections
+import contextlib
 import heapq
 import itertools
 import logging
@@ -71,7 +72,7 @@ class Waiting:
     """The loop's record of one connection (internal)."""
 
     __slots__ = ("batch", "busy", "closed", "conn", "due", "eof", "events", "heap_due", "messages", "oneshot",
-                 "partial_since", "replies", "served", "since", "stage", "why")
+                 "partial_since", "replies", "served", "since", "stage", "wait_began", "why")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -90,6 +91,7 @@ class Waiting:
         self.partial_since: float | None = None  # when the incomplete message in the buffer began
         self.eof = False  # the client has finished sending
         self.since = time.perf_counter()  # accepted at (the access log's duration)
+        self.wait_began = time.monotonic()  # when it began waiting for its first request (after its stages)
 
 
 @final
@@ -135,6 +137,16 @@ class WaitingSet:
     def waiting(self) -> int:
         """Connections held here without a worker: watched, or readable and queued for one."""
         return self.held - self.busy
+
+    def unsettled(self) -> bool:
+        """Whether anything still waits here: a record watched or queued, a return not yet taken.
+
+        Read from the structures themselves, not the counters, so that a drain
+        ends even after a KeyboardInterrupt cut the loop's bookkeeping short.
+        """
+        if self.ready or self._returned or self._ending:
+            return True
+        return any(type(key.data) is Waiting for key in self._selector.get_map().values())
 
     @property
     def needed(self) -> bool:
@@ -184,8 +196,10 @@ class WaitingSet:
                 continue
             self._watch(record, _WRITE if want == "write" else _READ, record.due, stage.name)
             return
-        if stages and self._framing is None:
-            set_idle_timeout(record.conn.socket, self._idle_timeout)  # from here on only the handler does I/O on it
+        if stages:
+            record.wait_began = time.monotonic()
+            if self._framing is None:
+                set_idle_timeout(record.conn.socket, self._idle_timeout)  # from here on only the handler does I/O
         if self._waits_for_client:
             self._wait_for_bytes(record)
         else:
@@ -224,7 +238,7 @@ class WaitingSet:
         if not record.oneshot:
             if record.events:
                 self._selector.unregister(conn.socket)
-            self._selector.register(conn.socket, _READ, record)  # in the map, for select() to find it
+            self._register(conn.socket, _READ, record)  # in the map, for select() to find it
             record.events, record.oneshot = _READ, True
         self._set_due(record, _after(self._idle_timeout), "idle")
         self._epoll.modify(conn.socket.fileno(), _EPOLLIN_ONESHOT)
@@ -232,9 +246,6 @@ class WaitingSet:
     # ---- To and from workers ------------------------------------------------------
 
     def _to_worker(self, record: Waiting) -> None:
-        if self.draining and record.served and not record.conn.buffered and not record.messages:
-            self._close(record, Outcome.COMPLETED, None)  # between requests at shutdown: nothing is lost
-            return
         record.due, record.why = None, "ready"  # it has work: no deadline until its turn is over
         if self.ready or self._dispatcher.saturated():
             self.ready.append(record)  # first come, first served when a worker frees up
@@ -262,7 +273,8 @@ class WaitingSet:
 
         False once the loop takes no more (the end of a shutdown): the worker ends the connection itself.
         """
-        if (record.oneshot and not replies and not self.draining and not record.conn.buffered
+        if (record.oneshot and not replies and not self.draining and not record.closed
+                and not record.conn.buffered and record.conn.socket.fileno() >= 0
                 and not _tls_pending(record.conn.socket)):
             # The common keep-alive case, done by the worker: the next bytes wake the loop,
             # and the idle deadline is read by the loop when its timer comes due.
@@ -301,6 +313,7 @@ class WaitingSet:
         self._unwatch(record)
         record.closed = True
         self.held -= 1
+        self._compact_timers()
         if record.busy:
             record.busy = False
             self.busy -= 1
@@ -367,14 +380,15 @@ class WaitingSet:
             record.partial_since = None
             return True
         try:
-            record.messages += framing.finish(buffer) if record.eof else framing.split(buffer)
+            messages = framing.finish(buffer) if record.eof else framing.split(buffer)
         except ValueError as exc:  # a frame over the limit, a malformed length, a truncated last one
             self._close(record, Outcome.REFUSED, str(exc))
             return False
+        record.messages += messages
         if not buffer:
             record.partial_since = None
-        elif record.partial_since is None:
-            record.partial_since = time.monotonic()  # a message has begun: its clock runs
+        elif messages or record.partial_since is None:
+            record.partial_since = time.monotonic()  # a new message has begun: its clock runs from now
         return True
 
     def _settle(self, record: Waiting) -> None:
@@ -439,6 +453,13 @@ class WaitingSet:
                 self._expired(record)
         return None
 
+    def _compact_timers(self) -> None:
+        """Drop the entries of closed records once they outnumber the live ones (memory bounded by ``held``)."""
+        timers = self._timers
+        if len(timers) > 2 * self.held + 64:
+            timers[:] = [entry for entry in timers if not entry[2].closed and entry[2].heap_due == entry[0]]
+            heapq.heapify(timers)
+
     def _set_due(self, record: Waiting, due: float | None, why: str) -> None:
         record.due, record.why = due, why
         if due is not None and (record.heap_due is None or due < record.heap_due):
@@ -468,21 +489,35 @@ class WaitingSet:
             elif record.events:
                 self._selector.modify(sock, events, record)
             else:
-                self._selector.register(sock, events, record)
+                self._register(sock, events, record)
             record.events = events
         self._set_due(record, due, why)
 
     def _unwatch(self, record: Waiting) -> None:
         if record.events:
-            self._selector.unregister(record.conn.socket)
+            with contextlib.suppress(KeyError, ValueError):  # its handler closed the socket: dropped as stale
+                self._selector.unregister(record.conn.socket)
             record.events = 0
             record.oneshot = False
         record.due = None
+
+    def _register(self, sock: socket.socket, events: int, record: Waiting) -> None:
+        """Register ``sock``; first drop a stale entry under its number (a handler closed its socket
+        while the loop still mapped it, and the number was reused: the kernel forgot it already)."""
+        try:
+            self._selector.register(sock, events, record)
+        except KeyError:
+            stale = self._selector.get_map().get(sock.fileno())
+            if stale is None or stale.fileobj.fileno() >= 0:  # type: ignore[union-attr]  # sockets only here
+                raise
+            self._selector.unregister(stale.fileobj)
+            self._selector.register(sock, events, record)
 
     def _close(self, record: Waiting, outcome: Outcome, detail: str | None) -> None:
         self._unwatch(record)
         record.closed = True
         self.held -= 1
+        self._compact_timers()
         if detail is not None:
             label = record.conn.peer or "an unnamed client"
             if outcome is Outcome.TIMED_OUT:
@@ -493,27 +528,43 @@ class WaitingSet:
                 self._log_gone(logging.INFO, "client %s %s", label, detail)
         self._requests.close_waiting(record.conn.socket, outcome)
 
-    def close_idle(self, *, fresh_too: bool) -> int:
+    def close_idle(self, *, fresh_since: float | None) -> int:
         """At shutdown: close watched connections with no request in them; return how many.
 
-        Those idle between requests always (nothing is lost); with
-        ``fresh_too``, also those that never sent a request or are mid-stage
-        (after a grace for bytes already on their way).
+        Those idle between requests always (nothing is lost); those waiting
+        for their first request only if their wait began before
+        ``fresh_since`` (None: not yet). Mid-stage ones finish or time out;
+        readable ones (a request arrived just now) are left for the loop to serve.
         """
-        closed = 0
+        candidates = []
         for key in list(self._selector.get_map().values()):
             record = key.data
-            if (isinstance(record, Waiting) and not record.busy and not record.messages and not record.replies
-                    and (fresh_too or (record.served and record.why == "idle"))):
+            if (not isinstance(record, Waiting) or record.busy or record.messages or record.replies
+                    or record.why != "idle" or record.conn.buffered or _tls_pending(record.conn.socket)):
+                continue
+            if record.served or (fresh_since is not None and record.wait_began <= fresh_since):
+                candidates.append(record)
+        if not candidates:
+            return 0
+        poller = select.poll()
+        for record in candidates:
+            poller.register(record.conn.socket, select.POLLIN)
+        readable = {fd for fd, _ in poller.poll(0)}
+        closed = 0
+        for record in candidates:
+            if record.conn.socket.fileno() not in readable:
                 self._close(record, Outcome.COMPLETED, None)
                 closed += 1
         return closed
 
     def abandon_ready(self) -> int:
         """At the drain deadline: close the readable connections no worker took; return how many."""
-        count = len(self.ready)
+        count = 0
         while self.ready:
-            self._close(self.ready.popleft(), Outcome.FAILED, None)
+            record = self.ready.popleft()
+            if not record.closed:
+                self._close(record, Outcome.FAILED, None)
+                count += 1
         return count
 
 

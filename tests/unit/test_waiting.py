@@ -355,3 +355,100 @@ def test_hundreds_of_silent_and_trickling_clients_do_not_delay_others() -> None:
             stop.set()
             thread.join()
         assert len(silent) == 200
+
+
+# ---- Found by review: each once broke the loop --------------------------------------------------
+
+def test_a_handler_that_closes_its_own_socket_does_not_break_the_loop() -> None:
+    @stream_handler
+    def hello(conn: Connection) -> None:
+        with conn.socket:  # closes it: its descriptor number is free while the loop still maps it
+            conn.write(conn.recv(100))
+
+    server = Server(transport=TCP, dispatcher="pool", handler=hello)
+    with serving(server):
+        def clients() -> None:
+            for i in range(20):
+                assert exchange(server, b"hi %d" % i) == b"hi %d" % i
+
+        threads = [threading.Thread(target=clients) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert eventually(lambda: server.stats.completed == 80)
+        assert eventually(lambda: server.loop.waiting is not None and server.loop.waiting.held == 0)
+
+
+@pytest.mark.parametrize("dispatcher", ["pool", "fork", "prefork"])
+def test_many_pipelined_messages_are_all_answered(dispatcher: str) -> None:
+    """More than one turn's worth of messages in one packet: every one answered, in order (fork too)."""
+    options = {"workers": 1} if dispatcher == "prefork" else SMALL.get(dispatcher)
+    server = Server(transport=TCP, dispatcher=dispatcher, dispatcher_options=options, handler="lines")
+    with serving(server), client(server) as sock:
+        sock.sendall(b"".join(b"m%d\n" % i for i in range(100)))
+        expected = b"".join(b"%d: m%d\n" % (i + 1, i) for i in range(100))
+        assert recv_exactly(sock, len(expected)) == expected
+
+
+def test_drain_serves_queued_readable_connections() -> None:
+    """A busy pool at shutdown: connections whose request arrived are answered, none closed as idle."""
+    @stream_handler
+    def slow(conn: Connection) -> object:
+        data = conn.recv()
+        if not data:
+            return None
+        time.sleep(0.3)
+        conn.write(data)
+        return KEEP_ALIVE
+
+    server = Server(transport=TCP, dispatcher="pool", dispatcher_options={"workers": 1, "queue_size": 1},
+                    handler=slow, drain_timeout=10)
+    socks = [socket.create_connection(server.address, timeout=10) for _ in range(4)]
+    try:
+        with serving(server):
+            for i, sock in enumerate(socks):
+                sock.sendall(b"req%d" % i)
+            assert eventually(lambda: server.loop.waiting is not None and len(server.loop.waiting.ready) >= 1)
+        assert [sock.recv(10) for sock in socks] == [b"req%d" % i for i in range(4)]
+        assert server.stats.active == 0 and server.stats.failed == 0
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_a_request_that_arrived_before_the_drain_is_served() -> None:
+    server = Server(transport=TCP, dispatcher="pool", handler="echo")
+    with socket.create_connection(server.address, timeout=10) as sock:
+        with serving(server):
+            sock.sendall(b"one")
+            assert sock.recv(10) == b"one"
+            server.shutdown()  # the loop stops; the connection waits between requests
+            sock.sendall(b"two")  # ...and its next request arrives before close() drains
+            time.sleep(0.1)
+        assert sock.recv(10) == b"two"
+
+
+def test_message_timeout_runs_from_the_start_of_each_message() -> None:
+    """A client streaming lines whose reads end mid-line is not cut: each message gets its own clock."""
+    server = Server(transport=TCP, dispatcher="pool", handler="lines", limits=Limits(message_timeout=0.3))
+    with serving(server), client(server) as sock:
+        sock.sendall(b"a")
+        for _ in range(12):  # 1.2 s in all, each message complete within 0.1 s
+            time.sleep(0.1)
+            sock.sendall(b"\nb")
+        sock.sendall(b"\n")
+        expected = b"1: a\n" + b"".join(b"%d: b\n" % n for n in range(2, 14))
+        assert recv_exactly(sock, len(expected)) == expected
+        assert server.stats.timed_out == 0
+
+
+def test_a_failing_message_handler_leaves_no_record_behind() -> None:
+    server = Server(transport=TCP, dispatcher="pool", handler=shout)
+    with serving(server):
+        for _ in range(10):
+            with client(server) as sock:
+                sock.sendall(b"boom\n")
+                assert sock.recv(10) == b""
+        assert eventually(lambda: server.stats.failed == 10)
+        assert eventually(lambda: server.loop.waiting is not None and server.loop.waiting.held == 0)
