@@ -317,6 +317,17 @@ def check_handler(
     is_async = bool(capability(handler, "sockwork_async")) or inspect.iscoroutinefunction(handler)
     if dispatcher is not None:
         _check_async_pairing(label, is_async, dispatcher, dispatcher_name)
+        if _runs_async(dispatcher):
+            # An event loop takes the descriptor over; a session a stage built on the
+            # socket object (TLS) would stay behind, and the client would get plaintext.
+            for stage in capability(transport, "stages"):
+                if getattr(stage, "replaces_socket", False):
+                    raise ConfigError(
+                        f"the {capability(transport, 'name') or 'given'} transport's {stage.name} keeps its "
+                        f"session in the socket object, which dispatcher {dispatcher_name or 'asyncio'!r} "
+                        "cannot take over (it serves the bare descriptor on its own event loop): serve it "
+                        "with pool, thread, inline, fork or prefork"
+                    )
     if is_async:
         from .aio import as_async_handler
 

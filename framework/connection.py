@@ -67,7 +67,9 @@ class ConnectionStage(Protocol):
     the bytes it consumes (peek at the rest), because classic handlers read
     the socket directly.
 
-    It may replace ``conn.socket`` (with a TLS-wrapped socket, say) and
+    It may replace ``conn.socket`` (with a TLS-wrapped socket, say: then set
+    the class attribute ``replaces_socket = True``, so that assembly refuses
+    dispatchers that take the bare descriptor over, such as ``asyncio``) and
     ``conn.peer`` (the real client behind a proxy), and add to ``conn.info``.
     Raising :class:`StageFailed` refuses the client; ``BlockingIOError``
     means "call again when readable"; any other ``OSError`` means it went

@@ -149,9 +149,9 @@ LEGACY_CLASSES = {
 PROXY_CONFORMANCE_TRANSPORTS = ("tcp", "tls", "unix")
 
 TLS_ASYNCIO = (
-    "tls with asyncio: the asyncio dispatcher takes the descriptor over (socket.detach()), and the TLS session "
-    "set up by the handshake in the server's loop lives in the ssl.SSLSocket, not in the descriptor; asyncio must "
-    "run the handshake itself (connect_accepted_socket(ssl=...)) or assembly refuse the pair (issue 11 report)")
+    "tls with asyncio: assembly refuses the pair (the TLS session lives in the ssl.SSLSocket the loop's "
+    "handshake made; the asyncio dispatcher takes the bare descriptor over); see "
+    "test_tls_with_the_asyncio_dispatcher_is_refused_at_assembly")
 
 
 # Tests whose harness runs a forking server in a thread of this (multi-threaded) pytest process.

@@ -206,6 +206,8 @@ class TLSHandshakeStage:
     "write" while OpenSSL wants them, "done" with ``conn.info["tls"]`` set.
     """
 
+    replaces_socket = True  # the TLS session lives in the ssl.SSLSocket: a bare descriptor cannot carry it
+
     name = "TLS handshake"
 
     def __init__(self, transport: TLSTransport, timeout: float) -> None:

@@ -386,3 +386,14 @@ def test_sockwork_serve_dispatcher_asyncio_drains_on_sigterm() -> None:
             process.wait()
         process.stdout.close()  # type: ignore[union-attr]
         process.stderr.close()  # type: ignore[union-attr]
+
+
+def test_tls_with_the_asyncio_dispatcher_is_refused_at_assembly(tmp_path: Path) -> None:
+    """The TLS session lives in the socket object the loop's handshake made; asyncio takes the bare
+    descriptor over, so the pair would answer a TLS client in plaintext: refused, naming the way out."""
+    from sockwork import ConfigError
+    from sockwork.assembly import assemble
+    from sockwork.transports.tls import _loopback
+
+    with pytest.raises(ConfigError, match=r"TLS handshake keeps its session in the socket object.*pool, thread"):
+        assemble("tls", "echo", "asyncio", transport_options=_loopback(tmp_path))
