@@ -188,9 +188,17 @@ def test_close_sends_close_notify_and_tolerates_clients_that_do_not(open_transpo
     conn = handshake(transport, client)
     client.join()
     conn.socket.settimeout(10)
-    assert conn.socket.recv(10) == b"bye"
-    assert conn.socket.recv(10) == b""  # an end of stream, not SSLEOFError
-    transport.close_request(conn.socket)
+    try:
+        assert conn.socket.recv(10) == b"bye"
+        try:
+            end = conn.socket.recv(10)  # an end of stream, not SSLEOFError
+        except ConnectionResetError:
+            # Also tolerated: the client's kernel resets instead of ending when it closes with
+            # bytes unread (TLS 1.3 session tickets the client never read), depending on timing.
+            end = b""
+        assert end == b""
+    finally:
+        transport.close_request(conn.socket)
 
 
 def test_reload_serves_the_new_certificate_and_keeps_open_connections(
