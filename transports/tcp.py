@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import final
+from typing import Any, final
 
 import attrs
 
@@ -58,13 +58,10 @@ class TCPOptions:
     header; required with ``proxy_protocol``; connections from elsewhere are refused."""
 
 
-@final
-class TCPTransport(InternetAddress, StreamRequests):
-    """Accepts TCP connections; a request is the connected socket."""
+class TCPStreams(InternetAddress, StreamRequests):
+    """TCP connections, TCP_NODELAY where asked, PROXY stages: what ``tcp`` and ``tls`` share."""
 
-    name = "tcp"
-
-    def __init__(self, options: TCPOptions) -> None:
+    def __init__(self, options: Any) -> None:
         super().__init__(options)
         self.stages = proxy_stages(options)
         if options.nodelay and not NODELAY_INHERITED:
@@ -80,6 +77,13 @@ class TCPTransport(InternetAddress, StreamRequests):
         if accepted is not None:
             accepted[0].setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return accepted
+
+
+@final
+class TCPTransport(TCPStreams):
+    """Accepts TCP connections; a request is the connected socket."""
+
+    name = "tcp"
 
 
 def _loopback(directory: Path) -> TCPOptions:

@@ -34,16 +34,14 @@ from sockwork.registry import TransportEntry
 from sockwork.validators import boolean, positive_int
 
 from ._socket import (
-    NODELAY_INHERITED,
-    InternetAddress,
     StreamRequests,
     check_port_address,
     ipv6_only_field,
     proxy_protocol_field,
-    proxy_stages,
     to_port_address,
     trusted_proxies_field,
 )
+from .tcp import TCPStreams
 
 if TYPE_CHECKING:
     from sockwork.connection import Connection, StageWant
@@ -279,7 +277,7 @@ def _remember_server_name(sock: Any, server_name: str | None, context: ssl.SSLCo
 
 
 @final
-class TLSTransport(InternetAddress, StreamRequests):
+class TLSTransport(TCPStreams):
     """Accepts TCP connections and runs TLS on them; a request is the ``ssl.SSLSocket``."""
 
     name = "tls"
@@ -287,9 +285,7 @@ class TLSTransport(InternetAddress, StreamRequests):
     def __init__(self, options: TLSOptions) -> None:
         super().__init__(options)
         self.context = self._new_context()
-        self.stages = (*proxy_stages(options), TLSHandshakeStage(self, options.handshake_timeout))
-        if options.nodelay and not NODELAY_INHERITED:
-            self.accept = self._accept_nodelay  # type: ignore[method-assign]  # chosen once, per instance
+        self.stages = (*self.stages, TLSHandshakeStage(self, options.handshake_timeout))  # after PROXY
 
     def _new_context(self) -> ssl.SSLContext:
         context = make_context(self.options)
@@ -305,17 +301,6 @@ class TLSTransport(InternetAddress, StreamRequests):
         """
         self.context = self._new_context()
         logger.info("tls transport: reloaded the certificate from %s", self.options.certfile)
-
-    def configure(self, sock: socket.socket) -> None:
-        super().configure(sock)
-        if self.options.nodelay:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def _accept_nodelay(self) -> tuple[socket.socket, object] | None:
-        accepted = StreamRequests.accept(self)
-        if accepted is not None:
-            accepted[0].setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return accepted
 
     def close_request(self, request: socket.socket) -> None:
         if isinstance(request, ssl.SSLSocket):
