@@ -5,6 +5,7 @@
                      [--log-level LEVEL]
     sockwork check [CONFIG] [the same flags]
     sockwork plugins
+    sockwork top URL [--json]           (a running server's /metrics, live; see sockwork._top)
     sockwork bench [--quick] ...        (see sockwork.bench)
     sockwork --version
 
@@ -45,14 +46,14 @@ import attrs
 from . import __version__
 from ._server import build_server
 from .assembly import assemble_config
-from .config import FOREVER, LOG_LEVELS, ConfigErrors, ServerConfig, load_config, read_config_data
+from .config import FOREVER, LOG_FORMATS, LOG_LEVELS, ConfigErrors, ServerConfig, load_config, read_config_data
 from .errors import ConfigError, PluginError, ServerError
 from .registry import KINDS, Registry
 
 __all__ = ["main"]
 
 DEFAULT_TRANSPORT = "tcp://127.0.0.1:9999"
-COMMANDS = ("serve", "check", "plugins", "bench")
+COMMANDS = ("serve", "check", "plugins", "top", "bench")
 
 logger = logging.getLogger("sockwork")
 
@@ -90,6 +91,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                                   "'sockwork.access' logger, as text or JSON lines (default: off)")
         command.add_argument("--log-level", metavar="LEVEL",
                              help=f"one of {', '.join(LOG_LEVELS)}, in any case (default: INFO)")
+        command.add_argument("--log-format", choices=LOG_FORMATS,
+                             help="text, or json: every log line one JSON object (default: text)")
+        command.add_argument("--metrics", metavar="URL",
+                             help="serve Prometheus' /metrics at tcp://HOST:PORT from the server's process "
+                                  "(needs pip install 'sockwork[prometheus]')")
 
     own: dict[str, argparse.ArgumentParser] = {}
     own["serve"] = commands.add_parser("serve", help="run a server (the default command)")
@@ -98,6 +104,13 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "check", help="validate a config (a file, flags, or both) and print it resolved, without binding")
     config_flags(own["check"])
     own["plugins"] = commands.add_parser("plugins", help="list registered transports, dispatchers and handlers")
+    own["top"] = top = commands.add_parser(
+        "top", help="a live view of a running server, read from its metrics endpoint (--metrics)")
+    top.add_argument("url", metavar="URL", help="the server's metrics endpoint, e.g. http://127.0.0.1:9100/metrics "
+                                                "(or tcp://127.0.0.1:9100, as given to --metrics)")
+    top.add_argument("--json", action="store_true", help="print one snapshot as JSON and exit")
+    top.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="refresh period (default: 1)")
+    top.add_argument("--count", type=int, default=None, metavar="N", help="stop after N refreshes (default: never)")
     commands.add_parser("bench", help="benchmark the dispatchers against socketserver (see sockwork bench --help)")
     return parser, own
 
@@ -150,6 +163,10 @@ def _current_directory_first() -> None:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "plugins":
         return _plugins(Registry())
+    if args.command == "top":
+        from ._top import main as top
+
+        return top(args.url, as_json=args.json, interval=args.interval, count=args.count)
     registry = Registry()
     try:
         config = _config_from(args, registry)
@@ -184,7 +201,7 @@ def _one_problem_one_line(exc: ConfigError, source: str | None = None) -> str:
 def _source(args: argparse.Namespace) -> str:
     """Where the settings came from, as problems are reported: a file, flags, or both."""
     flags = any((args.transport, args.dispatcher, args.workers, args.handler, args.drain_timeout, args.log_level,
-                 args.access_log, args.option))
+                 args.access_log, args.log_format, args.metrics, args.option))
     return f"{args.config} with the command line's flags" if args.config and flags else args.config or "command line"
 
 
@@ -203,6 +220,10 @@ def _config_from(args: argparse.Namespace, registry: Registry) -> ServerConfig:
         data["log_level"] = args.log_level
     if args.access_log:
         data["access_log"] = args.access_log
+    if args.log_format:
+        data["log_format"] = args.log_format
+    if args.metrics:
+        data["metrics"] = args.metrics
     if args.workers is not None:
         _apply_workers(data, args.workers, args.option, registry)
     for option in args.option:
@@ -270,7 +291,7 @@ def _number(text: str) -> Any:
 
 
 def _serve(config: ServerConfig, registry: Registry, source: str) -> int:
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _configure_logging(config)
     try:
         server = build_server(config, registry)
     except ConfigError as exc:  # found when the parts are built: an inherited descriptor, say
@@ -287,6 +308,8 @@ def _serve(config: ServerConfig, registry: Registry, source: str) -> int:
                 f"{config.dispatcher.name!r} (pid {os.getpid()})",
                 flush=True,
             )
+            if server.metrics is not None:
+                print(f"sockwork: metrics at {server.metrics.url}", flush=True)
             server.serve_forever()
         finally:
             _close_attentively(server)
@@ -298,6 +321,26 @@ def _serve(config: ServerConfig, registry: Registry, source: str) -> int:
         sys.stdout.flush()
         os._exit(0)
     return 0
+
+
+def _configure_logging(config: ServerConfig) -> None:
+    """Log lines on stderr: text (``time logger LEVEL message``) or JSON lines; the JSON access log bare.
+
+    With ``access_log = "json"`` the access lines are one JSON object each
+    whatever ``log_format`` says (docs/config.md lists their keys).
+    """
+    from .logs import JsonFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if config.log_format == "json"
+                         else logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=config.log_level, handlers=[handler])
+    if config.access_log == "json" and config.log_format != "json":
+        access = logging.StreamHandler()
+        access.setFormatter(JsonFormatter())
+        access_logger = logging.getLogger("sockwork.access")
+        access_logger.addHandler(access)
+        access_logger.propagate = False
 
 
 @contextlib.contextmanager

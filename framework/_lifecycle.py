@@ -69,6 +69,7 @@ class Lifecycle:
         self._not_serving.set()
         self.serving = threading.Event()
         self._teardown_by_loop = False
+        self.side_listeners: list[Any] = []  # listeners the loop serves beside the server's (metrics): closed with it
 
     # ---- Serving ---------------------------------------------------------------------
 
@@ -103,6 +104,12 @@ class Lifecycle:
             teardown = self._teardown_by_loop
         if teardown:
             self._teardown()
+
+    def close_side_listeners_in_child(self) -> None:
+        """In a forked child: this process's copies of the side listeners go (the parent serves them)."""
+        for listener in self.side_listeners:
+            listener.close_in_child()
+        self.side_listeners.clear()
 
     @property
     def in_serving_thread(self) -> bool:
@@ -183,6 +190,10 @@ class Lifecycle:
     def _teardown(self) -> None:
         self.requests.stop()
         self.transport.close()
+        for listener in self.side_listeners:
+            self.loop.remove_reader(listener.fileno())
+            listener.close()
+        self.side_listeners.clear()
         self.loop.close()
         if self.started:
             self._call_hook(self.hooks.stopped)

@@ -33,6 +33,8 @@ from .limits import Limits, Outcome, ServerStats, WorkerExit
 
 if TYPE_CHECKING:
     from .config import ServerConfig
+    from .metrics import MetricsEndpoint
+    from .observe import Observer, Snapshot
     from .registry import Registry
 
 __all__ = ["Server", "build_server"]
@@ -45,8 +47,8 @@ class _Host:
     """What a Dispatcher sees of its Server (see ``DispatcherHost``)."""
 
     __slots__ = (
-        "add_reader", "after_fork", "call_later", "finished", "handler", "limits", "release", "remove_reader",
-        "run_worker", "serve", "take_error", "wake",
+        "add_reader", "after_fork", "call_later", "connection_ended", "finished", "handler", "limits", "observer",
+        "release", "remove_reader", "run_worker", "serve", "take_error", "wake", "watches_ends",
     )
 
     def __init__(self, server: Server) -> None:
@@ -63,6 +65,9 @@ class _Host:
         self.run_worker = server.run_worker
         self.limits = server.limits
         self.handler = server.handler
+        self.observer = server.observer
+        self.connection_ended = requests.connection_ended
+        self.watches_ends = requests.access_log is not None or server.observer is not None
 
 
 @final
@@ -89,7 +94,11 @@ class Server:
     this Server). ``plugin_options`` (``server.plugin_options``) maps a plugin's
     name to its options, for lifecycle-hook plugins to read (a config file's
     ``[plugins.NAME]`` tables). ``access_log`` (``"text"`` or ``"json"``) logs one
-    line per request on the ``sockwork.access`` logger.
+    line per request on the ``sockwork.access`` logger. ``metrics``
+    (``"tcp://HOST:PORT"``) serves Prometheus' ``/metrics`` from this process
+    (``server.metrics.url``; needs ``sockwork[prometheus]``); ``observer``
+    replaces the built-in :class:`sockwork.observe.TurnMetrics` that measures
+    turns for it (see :class:`sockwork.observe.Observer`).
 
     Resource handling: ``close()`` (or leaving a ``with`` block) stops
     accepting, lets running requests finish for up to ``drain_timeout``
@@ -115,6 +124,8 @@ class Server:
         handler_server: object = None,
         plugin_options: Mapping[str, Mapping[str, Any]] | None = None,
         access_log: str | None = None,
+        metrics: str | None = None,
+        observer: Observer | None = None,
     ) -> None:
         if drain_timeout is not None and (
             isinstance(drain_timeout, bool)
@@ -126,6 +137,11 @@ class Server:
             )
         if limits is not None and not isinstance(limits, Limits):
             raise ConfigError(f"'limits' must be a sockwork.Limits, got {limits!r}")
+        if metrics is not None:
+            from .metrics import parse_metrics_url, require_prometheus
+
+            require_prometheus()
+            parse_metrics_url(metrics)
         if parts is None:
             if transport is None or handler is None:
                 raise ConfigError("give the parts (parts=...) or a transport and a handler")
@@ -148,9 +164,15 @@ class Server:
         self.drain_timeout = drain_timeout
         self._on_error = on_error
         self._service_actions = service_actions
+        if observer is None and metrics is not None:
+            from .observe import TurnMetrics
+
+            observer = TurnMetrics()
+        self.observer: Observer | None = observer
         self.requests = Requests(
             self.transport, self.handler, limits=limits, hooks=parts.hooks, on_error=on_error,
             handler_server=self if handler_server is None else handler_server, access_log=access_log,
+            observer=observer,
         )
         self.requests.server = self
         self._stats_hook = parts.hooks.collect_stats
@@ -170,6 +192,24 @@ class Server:
             raise
         self.lifecycle = Lifecycle(self, self.transport, self.dispatcher, self.loop, self.requests,
                                    parts.hooks, drain_timeout)
+        self.metrics: MetricsEndpoint | None = None
+        if metrics is not None:
+            try:
+                self.metrics = self._side_listener(metrics)
+            except BaseException:
+                self.loop.close()
+                self.transport.close()
+                self.dispatcher.close()
+                raise
+
+    def _side_listener(self, url: str) -> MetricsEndpoint:
+        """The metrics endpoint, served by this server's loop (never a worker) and closed with it."""
+        from .metrics import MetricsEndpoint
+
+        endpoint = MetricsEndpoint(self, url)
+        self.loop.add_reader(endpoint.listener.fileno(), endpoint.listener.run_ready)
+        self.lifecycle.side_listeners.append(endpoint.listener)
+        return endpoint
 
     def __repr__(self) -> str:
         return f"<Server {self.url} {type(self.dispatcher).__name__} handler={self.handler!r}>"
@@ -332,12 +372,13 @@ class Server:
     def after_fork(self) -> None:
         """In a forked child that serves one request: drop the parent's loop and listener."""
         self.loop.close_in_child()
+        self.lifecycle.close_side_listeners_in_child()
         self.transport.after_fork()
         self.requests.in_child = True  # failures go to the parent's hook, through the dispatcher
 
     def run_worker(
         self, dispatcher: Dispatcher, max_requests: int | None = None,
-        report: Callable[[ServerStats], None] | None = None, report_every: float = 0.2, *,
+        report: Callable[[Snapshot], None] | None = None, report_every: float = 0.2, *,
         parent: int | None = None,
     ) -> WorkerExit:
         """In a supervisor's worker (forked with :func:`sockwork.forking.fork`): serve with ``dispatcher``.
@@ -345,11 +386,15 @@ class Server:
         Serves until SIGTERM (then stops accepting and drains, as ``close()``
         does), until ``max_requests`` requests have finished, or until the
         parent process is gone (``parent``: its pid, read before the fork, so that a
-        parent that died before this call is noticed too). ``report`` gets the
-        counters at most every ``report_every`` seconds and once at the end.
-        Returns why it ended.
+        parent that died before this call is noticed too). ``report`` gets a
+        :class:`sockwork.observe.Snapshot` (the counters; with metrics on, also the
+        gauges and histograms) at most every ``report_every`` seconds and once at
+        the end. Returns why it ended.
         """
+        from .observe import TurnMetrics, snapshot
+
         self.loop.close_in_child()  # the parent's loop, inherited: not ours
+        self.lifecycle.close_side_listeners_in_child()
         if parent is None:
             parent = os.getppid()
         reason = WorkerExit.STOPPED
@@ -366,7 +411,7 @@ class Server:
                 return
             next_check = now + report_every
             if report is not None:
-                report(worker.stats)
+                report(snapshot(worker, gauges=measured))
             if os.getppid() != parent:
                 reason = WorkerExit.ORPHANED
                 logger.warning("prefork worker %d: the parent process %d is gone; draining and stopping",
@@ -379,7 +424,9 @@ class Server:
             drain_timeout=self.drain_timeout, limits=self.limits, on_error=self._on_error,
             handler_server=self.requests.handler_server, service_actions=check,
             plugin_options=self.plugin_options, access_log=self.requests.access_log,
+            observer=TurnMetrics() if self.observer is not None else None,  # the parent's measured nothing
         )
+        measured = worker.observer is not None
         counters = worker.requests.counters
         if max_requests is not None:
             worker.loop.batch = 1  # one accept per round, so the check after each round is on time
@@ -391,7 +438,7 @@ class Server:
             signal.set_wakeup_fd(-1)
             worker.close()
             if report is not None:
-                report(worker.stats)
+                report(snapshot(worker, gauges=False))
         return reason
 
     # ---- Counters to the hook ------------------------------------------------------
@@ -436,5 +483,5 @@ def build_server(config: ServerConfig, registry: Registry | None = None) -> Serv
     if config.access_log is not None:
         logging.getLogger("sockwork.access").setLevel(logging.INFO)  # asked for: shown whatever log_level says
     return Server(parts=parts, drain_timeout=config.drain_timeout, limits=config.limits,
-                  plugin_options=config.plugins, access_log=config.access_log)
+                  plugin_options=config.plugins, access_log=config.access_log, metrics=config.metrics)
 

@@ -113,6 +113,13 @@ def assemble_config(config: ServerConfig, registry: Registry | None = None, *, s
                                              built["dispatcher"], config.dispatcher.name)
         except ConfigError as exc:
             errors.append(("handler", str(exc)))
+    if config.metrics is not None:
+        from .metrics import require_prometheus
+
+        try:
+            require_prometheus()
+        except ConfigError as exc:
+            errors.append(("metrics", str(exc).removeprefix("metrics: ")))
     if errors:
         raise ConfigErrors(errors, source)
     return Parts(

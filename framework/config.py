@@ -130,6 +130,24 @@ def _check_access_log(instance: object, attribute: attrs.Attribute[Any], value: 
                          f"got {value!r}")
 
 
+LOG_FORMATS = ("text", "json")
+
+
+def _check_log_format(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value not in LOG_FORMATS:
+        raise ValueError(f"'{attribute.name}' must be one of {', '.join(LOG_FORMATS)}, got {value!r}")
+
+
+def _check_metrics(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        from .metrics import parse_metrics_url  # imports no prometheus_client: that is assembly's check
+
+        try:
+            parse_metrics_url(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+
 def _upper(value: Any) -> Any:
     return value.upper() if isinstance(value, str) else value
 
@@ -155,6 +173,12 @@ class ServerConfig:
     """Connection cap and timeouts (see :class:`~sockwork.Limits`)."""
     access_log: str | None = attrs.field(default=None, converter=_false_is_none, validator=_check_access_log)
     """One line per request on the ``sockwork.access`` logger: ``"text"``, ``"json"`` (JSON lines), or None (off)."""
+    log_format: str = attrs.field(default="text", validator=_check_log_format)
+    """How ``sockwork serve`` writes its log lines: ``"text"``, or ``"json"`` (one JSON object per line,
+    see :class:`sockwork.logs.JsonFormatter`). A library user configures logging themselves."""
+    metrics: str | None = attrs.field(default=None, converter=_false_is_none, validator=_check_metrics)
+    """``"tcp://HOST:PORT"``: serve Prometheus' ``/metrics`` there, from the server's process
+    (needs ``pip install 'sockwork[prometheus]'``); None: off."""
     plugins: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     """Options for plugins by plugin name (``[plugins.NAME]`` tables in a file): the Server
     passes them on as ``server.plugin_options``, for lifecycle-hook plugins to read."""
@@ -179,13 +203,16 @@ class ServerConfig:
             "log_level": self.log_level,
             "limits": _options_dict(self.limits),
             "access_log": self.access_log if self.access_log is not None else False,
+            "log_format": self.log_format,
+            "metrics": self.metrics if self.metrics is not None else False,
             "plugins": _plain(self.plugins),
         }
 
 
 # ---- Loading ------------------------------------------------------------------
 
-_TOP_KEYS = ("transport", "dispatcher", "handler", "drain_timeout", "log_level", "limits", "access_log", "plugins")
+_TOP_KEYS = ("transport", "dispatcher", "handler", "drain_timeout", "log_level", "limits", "access_log", "log_format",
+             "metrics", "plugins")
 
 
 def load_config_file(path: str | Path, registry: Registry | None = None) -> ServerConfig:
@@ -231,8 +258,9 @@ def load_config(data: Mapping[str, Any], registry: Registry | None = None, *, so
         server_fields["drain_timeout"] = None if value == FOREVER else value
     if "log_level" in data:
         server_fields["log_level"] = data["log_level"]
-    if "access_log" in data:
-        server_fields["access_log"] = data["access_log"]
+    for name in ("access_log", "log_format", "metrics"):
+        if name in data:
+            server_fields[name] = data[name]
     fields = attrs.fields_dict(ServerConfig)
     for name, value in server_fields.items():
         problem = field_problem(fields[name], value)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from .limits import Limits, Outcome, ServerStats
+    from .observe import Observer, Snapshot
 
 __all__ = [
     "ACCEPT_CAPACITY_ERRNOS",
@@ -122,11 +123,20 @@ class DispatcherHost(Protocol):
     parent=None)`` is for supervisors, in a forked worker process: it serves
     this server's transport with ``dispatcher`` until SIGTERM (then drains),
     until ``max_requests`` requests have finished, or until the parent process
-    (``parent``, its pid as read before the fork) is gone; ``report(stats)``
-    gets the worker's counters every ``report_every`` seconds and once at the
-    end. It returns a :class:`~sockwork.limits.WorkerExit`. In a worker only the
+    (``parent``, its pid as read before the fork) is gone; ``report(snapshot)``
+    gets the worker's figures (a :class:`sockwork.observe.Snapshot`: its
+    ``stats``, and with metrics on its gauges and histograms) every
+    ``report_every`` seconds and once at the end. It returns a
+    :class:`~sockwork.limits.WorkerExit`. In a worker only the
     ``sockwork_request_failed`` hook is called; started, stopped and the
     counters hook are the supervising server's.
+
+    For a dispatcher that serves requests without ``serve`` (``runs_async``):
+    ``observer`` is the server's :class:`sockwork.observe.Observer`, or None
+    when metrics are off (call ``begin_turn``/``end_turn`` around a handler);
+    when ``watches_ends`` is True, call ``connection_ended(client_address,
+    outcome, seconds, (bytes_in, bytes_out))`` once per request as it ends
+    (the access log and the metrics' bytes histograms).
     """
 
     def serve(self, request: Request, client_address: Address) -> Outcome: ...
@@ -150,9 +160,20 @@ class DispatcherHost(Protocol):
 
     def run_worker(
         self, dispatcher: Dispatcher, max_requests: int | None = None,
-        report: Callable[[ServerStats], None] | None = None, report_every: float = 0.2, *,
+        report: Callable[[Snapshot], None] | None = None, report_every: float = 0.2, *,
         parent: int | None = None,
     ) -> Any: ...
+
+    def connection_ended(self, client_address: Address, outcome: Outcome, seconds: float,
+                         traffic: tuple[int | None, int | None]) -> None: ...
+
+    @property
+    def observer(self) -> Observer | None:
+        """The server's observer (metrics), or None when they are off."""
+
+    @property
+    def watches_ends(self) -> bool:
+        """Whether ``connection_ended`` wants to hear of each request's end (access log or metrics on)."""
 
     @property
     def limits(self) -> Limits:
@@ -258,6 +279,8 @@ OPTIONAL_CAPABILITIES: dict[str, tuple[object, str]] = {
     "accepts_itself": (False, "Dispatcher: True for a Supervisor, whose workers accept; "
                               "the loop then never listens"),
     "stats_elsewhere": (None, "Dispatcher: counters of requests served in other processes (a ServerStats)"),
+    "worker_readings": (None, "Dispatcher: a supervisor's figures per worker slot (sockwork.observe.WorkerReading "
+                              "objects, from its workers' reports), for the metrics endpoint; None: this process's"),
     "runs_async": (False, "Dispatcher: True if it serves async handlers (sockwork_async) on an event loop instead "
                           "of blocking ones (asyncio); a supervisor answers for its inner dispatcher"),
     "keeps_connections_elsewhere": (False, "Dispatcher: True if it serves each request in another process, "
