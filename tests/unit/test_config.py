@@ -73,7 +73,7 @@ def test_round_trip_through_dict_and_json(tmp_path: Path) -> None:
 def test_toml_file_runs_a_server(tmp_path: Path) -> None:
     path = tmp_path / "server.toml"
     path.write_text(TOML)
-    config = ServerConfig.from_file(path, REGISTRY)
+    config = ServerConfig.from_file(path)
     assert config.drain_timeout is None and config.to_dict()["drain_timeout"] == "forever"
     with serving(build_server(config, REGISTRY)) as server:
         assert type(server.dispatcher).__name__ == "PoolDispatcher"
@@ -205,7 +205,7 @@ def test_mistakes_only_assembly_finds() -> None:
 def test_mistakes_only_a_whole_check_finds() -> None:
     """An address given twice; none in files."""
     assert errors_of({"transport": {"url": "tcp://[::1]:0", "options": {"address": ["127.0.0.1", 5]}}}) == [
-        ("transport.url", "address given twice: in the URL 'tcp://[::1]:0' and in the options")]
+        ("transport", "address given twice: in the URL 'tcp://[::1]:0' and in the options")]
     hint = errors_of({"transport": "tcp://127.0.0.1:0", "handler": "mymodule.handle"})
     assert "write 'package.module:attribute'" in hint[0][1]
     config = load_config({"transport": "tcp://127.0.0.1:0",
