@@ -242,12 +242,24 @@ def test_plugins_get_their_options_from_the_config() -> None:
     assert errors["plugins.metrics"] == "must be a table of options, got 3"
 
 
+def test_reading_resolves_nothing_and_load_config_reports_both_steps_at_once() -> None:
+    """read_config keeps names, URLs and handler references as given; load_config (assembly)
+    reports the data's problems and the parts' in one go."""
+    from sockwork.config import read_config
+
+    data = {"transport": "quic://h:1", "dispatcher": "threads", "handler": "no_such_module:fn"}
+    config = read_config(data)
+    assert config.transport == TransportConfig(url="quic://h:1") and config.dispatcher.name == "threads"
+    assert sorted(p for p, _ in errors_of({**data, "log_level": "LOUD"})) == [
+        "dispatcher.name", "handler.ref", "log_level", "transport.name"]
+
+
 def test_config_does_not_import_the_server() -> None:
-    """config.py reads and validates data; building and serving are assembly's and the server's."""
+    """config.py reads and validates data; resolving, building and serving are assembly's and the server's."""
     import subprocess
     import sys
 
-    probe = ("import sys, sockwork.config; "
-             "print(sorted(m for m in ('sockwork._server', 'sockwork._loop') if m in sys.modules))")
+    probe = ("import sys, sockwork.config; print(sorted(m for m in ('sockwork._server', 'sockwork._loop', "
+             "'sockwork.registry', 'sockwork.assembly', 'pluggy') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True)
     assert result.stdout.strip() == "[]"
