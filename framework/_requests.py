@@ -14,7 +14,6 @@ that fail.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import selectors
@@ -29,9 +28,11 @@ from ._ratelimit import RateLimitedLog
 from .connection import KEEP_ALIVE, Connection, StageFailed
 from .interfaces import Address, Request, Transport
 from .limits import Counters, Deadlines, Limits, Outcome, ServerStats
+from .logs import log_access
 
 if TYPE_CHECKING:
     from ._waiting import Waiting
+    from .observe import Observer
 
 __all__ = ["DISCONNECT_ERRORS", "Requests"]
 
@@ -54,7 +55,7 @@ class Requests:
     def __init__(
         self, transport: Transport, handler: Callable[..., object], *, limits: Limits, hooks: LifecycleHooks,
         handler_server: Any, on_error: Callable[[Request, Address, Exception], object] | None,
-        access_log: str | None = None,
+        access_log: str | None = None, observer: Observer | None = None,
     ) -> None:
         self.transport = transport
         self.handler = handler
@@ -94,6 +95,8 @@ class Requests:
         self.wake: Callable[[], None] = _nothing  # the loop's, once there is one
         self._log_disconnect = RateLimitedLog(logger, LOG_EVERY)
         self.access_log = access_log
+        self.observer = observer  # metrics (sockwork.observe); None: off, one `is None` check per turn
+        self._ends_watched = access_log is not None or observer is not None
 
     # ---- The loop's side ---------------------------------------------------
 
@@ -152,8 +155,8 @@ class Requests:
         key = id(request)
         record = self.connections.pop(key, None)
         self._unstarted.pop(key, None)
-        if self.access_log is not None and record is not None:
-            _log_access(self.access_log, request, record.conn.peer, outcome, time.perf_counter() - record.since)
+        if self._ends_watched and record is not None:
+            self.connection_ended(record.conn.peer, outcome, time.perf_counter() - record.since, traffic(request))
         if self.in_flight.pop(key, None) is not None:
             self.transport.close_request(request)
             self.finished(outcome)
@@ -190,7 +193,10 @@ class Requests:
             if self._deadlines is not None:
                 token = self._deadlines.add(request)
         outcome = Outcome.FAILED  # until the handler returns; a BaseException leaves it so
-        began = time.perf_counter() if self.access_log is not None else 0.0
+        began = time.perf_counter() if self._ends_watched else 0.0
+        observer = self.observer
+        if observer is not None:
+            turn_began = observer.begin_turn(record.ready_since if record is not None else None)
         kept: list[bytes] | None = None  # the connection stays open: these replies (message handlers) to send
         try:
             if record is not None and record.batch is not None:
@@ -209,6 +215,8 @@ class Requests:
             kept = None
             raise
         finally:
+            if observer is not None:
+                observer.end_turn(turn_began)
             if token is not None and self._deadlines.remove(token) and outcome is not Outcome.TIMED_OUT:  # type: ignore[union-attr]  # token => _deadlines
                 self._log_deadline(client_address)  # the handler ended quietly on the shut-down connection
                 outcome = Outcome.TIMED_OUT
@@ -227,9 +235,9 @@ class Requests:
     def _end_served(self, request: Request, client_address: Address, outcome: Outcome, began: float,
                     record: Waiting | None) -> None:
         """Close a served request and count it (and log it: one access line per connection)."""
-        if self.access_log is not None:
-            _log_access(self.access_log, request, client_address, outcome,
-                        time.perf_counter() - (began if record is None else record.since))
+        if self._ends_watched:
+            self.connection_ended(client_address, outcome,
+                                  time.perf_counter() - (began if record is None else record.since), traffic(request))
         # Always end it: a dispatcher may serve a request rebuilt in another
         # process, which this process never tracked.
         key = id(request)
@@ -285,6 +293,14 @@ class Requests:
         if record is not None:
             self.forget(record)  # before its descriptor is closed here: the loop's selector maps it
         self.transport.release_request(request)
+
+    def connection_ended(self, client_address: Address, outcome: Outcome, seconds: float,
+                         traffic: tuple[int | None, int | None]) -> None:
+        """A connection (or datagram) ended: its access line, its bytes for the metrics (see DispatcherHost)."""
+        if self.access_log is not None:
+            log_access(self.access_log, client_address, outcome, seconds, traffic)
+        if self.observer is not None:
+            self.observer.observe_connection(*traffic)
 
     def finished(self, outcome: Outcome, error: BaseException | None = None, client_address: Address = None) -> None:
         """Count a finished request (wake the loop if that frees a slot under the cap).
@@ -394,8 +410,6 @@ class Requests:
             self._deadlines.stop()
 
 
-access_logger = logging.getLogger("sockwork.access")
-
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
 _TCP_BYTES = struct.Struct("QQ")  # tcp_info.tcpi_bytes_acked, tcpi_bytes_received (Linux >= 4.6)
 _TCP_BYTES_AT = 120
@@ -403,7 +417,7 @@ _FIN_RECEIVED = frozenset({6, 8, 9, 11})  # TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLO
 _FIN_SENT_AND_ACKED = frozenset({5, 6})  # FIN_WAIT2, TIME_WAIT
 
 
-def _traffic(request: Request) -> tuple[int | None, int | None]:
+def traffic(request: Request) -> tuple[int | None, int | None]:
     """(bytes in, bytes out) of a request, where the kernel can tell; None where it cannot."""
     if isinstance(request, tuple):  # a datagram: its payload; replies are the handler's own sends
         return len(request[0]), None
@@ -418,20 +432,6 @@ def _traffic(request: Request) -> tuple[int | None, int | None]:
     acked, received = _TCP_BYTES.unpack_from(info, _TCP_BYTES_AT)
     state = info[0]  # a FIN takes one byte of sequence space: not data
     return received - (state in _FIN_RECEIVED), acked - (state in _FIN_SENT_AND_ACKED)
-
-
-def _log_access(style: str, request: Request, client_address: Address, outcome: Outcome, seconds: float) -> None:
-    """One line for one request: client, duration, bytes in/out (TCP: as the kernel counted them), outcome."""
-    bytes_in, bytes_out = _traffic(request)
-    if style == "json":
-        access_logger.info(json.dumps({
-            "client": client_label(client_address), "duration_ms": round(seconds * 1000, 3),
-            "bytes_in": bytes_in, "bytes_out": bytes_out, "outcome": outcome.name.lower(),
-        }))
-    else:
-        access_logger.info("%s %s %.3f ms in=%s out=%s", client_label(client_address), outcome.name.lower(),
-                           seconds * 1000, "-" if bytes_in is None else bytes_in,
-                           "-" if bytes_out is None else bytes_out)
 
 
 def client_label(client_address: Address) -> str:

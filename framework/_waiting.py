@@ -72,7 +72,8 @@ class Waiting:
     """The loop's record of one connection (internal)."""
 
     __slots__ = ("batch", "busy", "closed", "conn", "due", "eof", "events", "heap_due", "messages", "oneshot",
-                 "partial_since", "replies", "served", "since", "stage", "wait_began", "why")
+                 "partial_since", "ready_since", "replies", "served", "since", "stage", "stage_began", "wait_began",
+                 "why")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -92,6 +93,8 @@ class Waiting:
         self.eof = False  # the client has finished sending
         self.since = time.perf_counter()  # accepted at (the access log's duration)
         self.wait_began = time.monotonic()  # when it began waiting for its first request (after its stages)
+        self.stage_began = self.since  # metrics: when its current stage began
+        self.ready_since: float | None = None  # metrics: when it last became readable (its queueing delay's start)
 
 
 @final
@@ -105,6 +108,7 @@ class WaitingSet:
         submit: Callable[[Any, Any], object],
     ) -> None:
         self._submit_to_dispatcher = submit  # the loop's: one place handles a dispatcher that raises
+        self._observer = requests.observer  # metrics; None when off
         self._selector = selector
         self._requests = requests
         self._dispatcher = dispatcher
@@ -137,6 +141,20 @@ class WaitingSet:
     def waiting(self) -> int:
         """Connections held here without a worker: watched, or readable and queued for one."""
         return self.held - self.busy
+
+    def census(self) -> tuple[int, int, int]:
+        """For metrics (the loop's thread): connections held here without a worker as
+        (waiting for bytes or for their replies to drain, readable and queued, in a stage)."""
+        idle = in_stage = 0
+        stages = len(self._stages)
+        for key in list(self._selector.get_map().values()):
+            record = key.data
+            if type(record) is Waiting and not record.busy and not record.closed:
+                if record.stage < stages:
+                    in_stage += 1
+                else:
+                    idle += 1
+        return idle, len(self.ready), in_stage
 
     def unsettled(self) -> bool:
         """Whether anything still waits here: a record watched or queued, a return not yet taken.
@@ -192,6 +210,8 @@ class WaitingSet:
             if record.conn.socket is not before:
                 self._requests.replace(before, record.conn.socket)
             if want == "done":
+                if self._observer is not None:
+                    record.stage_began = self._observer.stage_done(stage.name, record.stage_began)
                 record.stage += 1
                 continue
             self._watch(record, _WRITE if want == "write" else _READ, record.due, stage.name)
@@ -247,6 +267,8 @@ class WaitingSet:
 
     def _to_worker(self, record: Waiting) -> None:
         record.due, record.why = None, "ready"  # it has work: no deadline until its turn is over
+        if self._observer is not None:
+            record.ready_since = time.perf_counter()
         if self.ready or self._dispatcher.saturated():
             self.ready.append(record)  # first come, first served when a worker frees up
         else:

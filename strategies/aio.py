@@ -38,12 +38,13 @@ import logging
 import math
 import socket
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Literal, final
 
 import attrs
 
 from sockwork._ratelimit import RateLimitedLog
-from sockwork._requests import DISCONNECT_ERRORS, client_label
+from sockwork._requests import DISCONNECT_ERRORS, client_label, traffic
 from sockwork.aio import AsyncHandler, as_async_handler
 from sockwork.handlers import send_datagram
 from sockwork.hookspecs import hookimpl
@@ -130,6 +131,8 @@ class AsyncioDispatcher:
         shortest = min(t for t in (limits.idle_timeout, limits.request_timeout, math.inf) if t is not None)
         self._sweep_every = None if shortest == math.inf else min(SWEEP_AT_MOST, shortest / 4)
         self._slots.wake_with(host.wake)
+        self._observer = host.observer  # metrics; None when off
+        self._watch_ends = host.watches_ends  # the access log or metrics want each connection's end
         self._loop = loop = _new_loop(self.options.loop)
         loop.set_exception_handler(_log_loop_error)
         self._thread = threading.Thread(target=self._run, args=(loop,), name="sockwork-asyncio", daemon=True)
@@ -187,6 +190,8 @@ class AsyncioDispatcher:
     async def _serve_stream(self, conn: _Conn, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         outcome, error = Outcome.FAILED, None
+        if self._observer is not None:
+            conn.began = self._observer.begin_turn(None)
         transport: asyncio.Transport | None = None
         try:
             reader = asyncio.StreamReader(STREAM_LIMIT, loop)
@@ -195,11 +200,15 @@ class AsyncioDispatcher:
             writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             conn.reader, conn.transport = reader, transport  # for the idle check
             await self._handler.stream(reader, writer)  # type: ignore[misc]  # a stream server: has it
+            if self._watch_ends:
+                conn.traffic = traffic(sock)  # while the socket is open
             writer.close()
             await writer.wait_closed()  # the reply is on its way before the request counts as done
             outcome = Outcome.COMPLETED
         except BaseException as exc:  # the event loop carries on whatever a handler raised
             outcome, error = self._outcome_of(conn, exc)
+            if self._watch_ends and conn.traffic is None:
+                conn.traffic = traffic(sock)
             if transport is None:
                 sock.close()
             elif outcome is Outcome.FAILED and conn.reason is None:
@@ -212,6 +221,9 @@ class AsyncioDispatcher:
     async def _serve_datagram(self, conn: _Conn, request: tuple[bytes, socket.socket]) -> None:
         outcome, error = Outcome.FAILED, None
         payload, sock = request
+        conn.traffic = (len(payload), None)
+        if self._observer is not None:
+            conn.began = self._observer.begin_turn(None)
         try:
             if self._handler.datagram_sends:
                 reply = await self._handler.datagram(payload, conn.address, _Sender(sock))  # type: ignore[misc]
@@ -249,6 +261,11 @@ class AsyncioDispatcher:
 
     def _end(self, conn: _Conn, outcome: Outcome, error: BaseException | None) -> None:
         self._conns.discard(conn)
+        if self._observer is not None:
+            self._observer.end_turn(conn.began)
+        if self._watch_ends:
+            self._host.connection_ended(conn.address, outcome, time.perf_counter() - conn.accepted,
+                                        conn.traffic or (None, None))
         try:
             self._host.finished(outcome, error, conn.address)  # counted; the hook hears of a failure
         finally:
@@ -322,11 +339,13 @@ class AsyncioDispatcher:
 class _Conn:
     """One request on the event loop: its task, and what the timeout sweep needs."""
 
-    __slots__ = ("address", "quiet_since", "reader", "reason", "sock", "started", "task", "transport", "unsent",
-                 "waiter")
+    __slots__ = ("accepted", "address", "began", "quiet_since", "reader", "reason", "sock", "started", "task",
+                 "traffic", "transport", "unsent", "waiter")
 
     def __init__(self, address: Any, sock: socket.socket | None, started: float) -> None:
         self.address = address
+        self.accepted = self.began = time.perf_counter()  # the access log's start; a metrics turn's start
+        self.traffic: tuple[int | None, int | None] | None = None  # bytes in and out, read before it closes
         self.sock = sock  # None for a datagram
         self.started = self.quiet_since = started
         self.reader: asyncio.StreamReader | None = None
