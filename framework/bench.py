@@ -196,7 +196,10 @@ def _serve(implementation: str, workload: str, path: str) -> None:
 
         url = {"tcp": "tcp://127.0.0.1:0", "udp": "udp://127.0.0.1:0", "unix": f"unix://{path}"}[kind]
         limits = Limits(idle_timeout=None) if spec["limits"] == "off" else Limits()
-        server = Server(transport=url, dispatcher=implementation, handler=spec["handler"], limits=limits)
+        # "pool+metrics": the dispatcher with the metrics endpoint on (what measuring costs, docs/production.md).
+        dispatcher, _, extra = implementation.partition("+")
+        server = Server(transport=url, dispatcher=dispatcher, handler=spec["handler"], limits=limits,
+                        metrics="tcp://127.0.0.1:0" if extra == "metrics" else None)
         bound, stop, run, close = server.address, server.shutdown, server.serve_forever, server.close
     threading.Thread(target=lambda: (signal.sigwait({signal.SIGTERM}), stop()), daemon=True).start()
     print(json.dumps(bound), flush=True)
@@ -1214,8 +1217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short runs: a few minutes with every workload")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated, of: " + ", ".join(WORKLOADS))
     parser.add_argument("--implementations", default=",".join(IMPLEMENTATIONS),
-                        help="comma-separated: stdlib, legacy, a sockwork dispatcher, asyncio-streams, "
-                             "uvloop-streams; stdlib is always added first (default: all of "
+                        help="comma-separated: stdlib, legacy, a sockwork dispatcher (DISPATCHER+metrics: with "
+                             "the metrics endpoint on), asyncio-streams, uvloop-streams; stdlib is always added first "
+                             "(default: all of "
                              + ", ".join(IMPLEMENTATIONS) + ")")
     parser.add_argument("--rounds", type=int, help="runs per implementation, interleaved (default 3; quick 1)")
     parser.add_argument("--duration", type=float,
