@@ -164,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "plugins":
         return _plugins(Registry())
     if args.command == "top":
-        from ._top import main as top
+        from ._top import main as top  # loaded only for `sockwork top`
 
         return top(args.url, as_json=args.json, interval=args.interval, count=args.count)
     registry = Registry()
@@ -329,7 +329,7 @@ def _configure_logging(config: ServerConfig) -> None:
     With ``access_log = "json"`` the access lines are one JSON object each
     whatever ``log_format`` says (docs/config.md lists their keys).
     """
-    from .logs import JsonFormatter
+    from .logs import JsonFormatter  # only `sockwork serve` configures logging
 
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if config.log_format == "json"

@@ -132,7 +132,7 @@ class Server:
         if limits is not None and not isinstance(limits, Limits):
             raise ConfigError(f"'limits' must be a sockwork.Limits, got {limits!r}")
         if metrics is not None:
-            from .metrics import parse_metrics_url, require_prometheus
+            from .metrics import parse_metrics_url, require_prometheus  # metrics are optional: loaded when asked for
 
             require_prometheus()
             parse_metrics_url(metrics)
@@ -159,7 +159,7 @@ class Server:
         self._on_error = on_error
         self._service_actions = service_actions
         if observer is None and metrics is not None:
-            from .observe import TurnMetrics
+            from .observe import TurnMetrics  # metrics are optional: loaded when asked for
 
             observer = TurnMetrics()
         self.observer: Observer | None = observer
@@ -198,7 +198,7 @@ class Server:
 
     def _side_listener(self, url: str) -> MetricsEndpoint:
         """The metrics endpoint, served by this server's loop (never a worker) and closed with it."""
-        from .metrics import MetricsEndpoint
+        from .metrics import MetricsEndpoint  # metrics are optional: loaded when asked for
 
         endpoint = MetricsEndpoint(self, url)
         self.loop.add_reader(endpoint.listener.fileno(), endpoint.listener.run_ready)
@@ -383,7 +383,7 @@ class Server:
         gauges and histograms) at most every ``report_every`` seconds and once at
         the end. Returns why it ended.
         """
-        from .observe import TurnMetrics, snapshot
+        from .observe import TurnMetrics, snapshot  # a supervisor's worker only
 
         self.loop.close_in_child()  # the parent's loop, inherited: not ours
         self.lifecycle.close_side_listeners_in_child()

@@ -61,7 +61,7 @@ def read_rows(text: str) -> tuple[Row, list[Row]]:
     ``idle``, ``ready``, ``stage``, ``fds``, ``fds_limit``, ``waiting_limit``) and the two latency
     histograms' cumulative buckets (``turn``, ``queue_wait``: ``[[le, count], ...]``).
     """
-    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client.parser import text_string_to_metric_families  # an optional extra (main checks it)
 
     workers: dict[str, Row] = {}
     total: Row = {}
@@ -174,7 +174,7 @@ def _plain(rows: list[Row]) -> str:
 
 
 def _table(url: str, rows: list[Row], error: str | None) -> Any:
-    from rich.table import Table
+    from rich.table import Table  # an optional extra, imported where a terminal shows the table
 
     table = Table(title=f"sockwork top  {url}  {time.strftime('%H:%M:%S')}", caption=error)
     keys = [(key, title) for key, title in _COLUMNS if any(key in row for row in rows)]
@@ -208,7 +208,7 @@ def main(url: str, *, as_json: bool = False, interval: float = 1.0, count: int |
     live = None
     if sys.stdout.isatty():
         try:
-            from rich.live import Live
+            from rich.live import Live  # an optional extra: plain lines without it
 
             live = Live(auto_refresh=False)
         except ImportError:

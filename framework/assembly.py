@@ -144,7 +144,7 @@ def assemble_config(config: ServerConfig, registry: Registry | None = None, *, s
         except ConfigError as exc:
             errors.append(("handler", str(exc)))
     if config.metrics is not None:
-        from .metrics import require_prometheus
+        from .metrics import require_prometheus  # metrics are optional: loaded when asked for
 
         try:
             require_prometheus()

@@ -87,7 +87,7 @@ class MetricsEndpoint:
     def __init__(self, server: Server, url: str) -> None:
         require_prometheus()
         host, port = parse_metrics_url(url)
-        from prometheus_client import CollectorRegistry, ProcessCollector
+        from prometheus_client import CollectorRegistry, ProcessCollector  # optional extra, checked above
 
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SockworkCollector(server))
@@ -104,7 +104,7 @@ class MetricsEndpoint:
 
     def render(self) -> bytes:
         """The exposition text (Prometheus text format 0.0.4)."""
-        from prometheus_client import generate_latest
+        from prometheus_client import generate_latest  # an optional extra
 
         return generate_latest(self.registry)
 
@@ -122,7 +122,7 @@ class MetricsEndpoint:
             return _reply(404, b"not found; the metrics are at /metrics\n")
         if method not in (b"GET", b"HEAD"):
             return _reply(405, b"GET /metrics\n", b"Allow: GET, HEAD\r\n")
-        from prometheus_client import CONTENT_TYPE_LATEST
+        from prometheus_client import CONTENT_TYPE_LATEST  # an optional extra
 
         body = self.render()
         return _reply(200, b"" if method == b"HEAD" else body, content_type=CONTENT_TYPE_LATEST.encode(),
@@ -154,7 +154,7 @@ class SockworkCollector:
 
 def families(reading: Reading) -> list[Any]:
     """The metric families of one reading (names: docs/production.md, "Monitoring")."""
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily  # optional extra
 
     supervised = reading.own is None
     base = ["worker"] if supervised else []

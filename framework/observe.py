@@ -365,7 +365,7 @@ def _descriptors() -> dict[str, float]:
     with contextlib.suppress(OSError):  # no /proc: not Linux
         values["descriptors_open"] = len(os.listdir("/proc/self/fd")) - 1  # less listdir's own
     try:
-        import resource
+        import resource  # POSIX only
 
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft != resource.RLIM_INFINITY:
