@@ -27,7 +27,7 @@ from ._loop import Loop
 from ._parts import LifecycleHooks
 from ._requests import Requests
 from .deadlines import deadline_after, remaining
-from .interfaces import Dispatcher, DispatcherHost, Transport, capability
+from .interfaces import Dispatcher, ServerHost, Transport, capability
 
 __all__ = ["Lifecycle"]
 
@@ -72,7 +72,7 @@ class Lifecycle:
 
     # ---- Serving ---------------------------------------------------------------------
 
-    def begin_serving(self, host: DispatcherHost) -> None:
+    def begin_serving(self, host: ServerHost) -> None:
         with self._lock:
             if self.closed:
                 raise RuntimeError("the server is closed")
