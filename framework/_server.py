@@ -7,7 +7,8 @@
 
 Rule 1: the Server resolves no names; given names, it asks assembly once.
 Rule 2: the parts talk to each other through the small surfaces above; a
-dispatcher sees only its DispatcherHost.
+dispatcher sees only its host (the roles in sockwork.interfaces: DispatcherHost,
+ProcessDispatcherHost, SupervisorHost).
 Rule 3: nothing on the per-request path calls a hook that no plugin implements.
 """
 
@@ -15,12 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, final
 
+from ._host import ServerSideHost
 from ._lifecycle import Lifecycle
 from ._loop import Loop
 from ._parts import Parts
@@ -28,46 +29,17 @@ from ._requests import Requests
 from .deadlines import deadline_after, remaining
 from .errors import ConfigError
 from .interfaces import Address, Dispatcher, Request, Transport, capability
-from .limits import Limits, Outcome, ServerStats, WorkerExit
+from .limits import Limits, Outcome, ServerStats
+from .metrics import MetricsEndpoint, Observer, checked_observer, serve_metrics
 from .urls import format_address
 from .validators import check_access_log, check_drain_timeout
 
 if TYPE_CHECKING:
-    from .metrics import MetricsEndpoint
-    from .observe import Observer, Snapshot
     from .registry import Registry
 
 __all__ = ["Server"]
 
 logger = logging.getLogger("sockwork")
-
-
-@final
-class _Host:
-    """What a Dispatcher sees of its Server (see ``DispatcherHost``)."""
-
-    __slots__ = (
-        "add_reader", "after_fork", "call_later", "connection_ended", "finished", "handler", "limits", "observer",
-        "release", "remove_reader", "run_worker", "serve", "take_error", "wake", "watches_ends",
-    )
-
-    def __init__(self, server: Server) -> None:
-        requests, loop = server.requests, server.loop
-        self.serve = requests.serve
-        self.release = requests.release
-        self.finished = requests.finished
-        self.take_error = requests.take_error
-        self.after_fork = server.after_fork
-        self.wake = loop.wake
-        self.add_reader = loop.add_reader
-        self.remove_reader = loop.remove_reader
-        self.call_later = loop.call_later
-        self.run_worker = server.run_worker
-        self.limits = server.limits
-        self.handler = server.handler
-        self.observer = server.observer
-        self.connection_ended = requests.connection_ended
-        self.watches_ends = requests.access_log is not None or server.observer is not None
 
 
 @final
@@ -94,11 +66,7 @@ class Server:
     this Server). ``plugin_options`` (``server.plugin_options``) maps a plugin's
     name to its options, for lifecycle-hook plugins to read (a config file's
     ``[plugins.NAME]`` tables). ``access_log`` (``"text"`` or ``"json"``) logs one
-    line per request on the ``sockwork.access`` logger. ``metrics``
-    (``"tcp://HOST:PORT"``) serves Prometheus' ``/metrics`` from this process
-    (``server.metrics.url``; needs ``sockwork[prometheus]``); ``observer``
-    replaces the built-in :class:`sockwork.observe.TurnMetrics` that measures
-    turns for it (see :class:`sockwork.observe.Observer`).
+    line per request on the ``sockwork.access`` logger. ``metrics``, ``observer``: see :mod:`sockwork.metrics`.
 
     Resource handling: ``close()`` (or leaving a ``with`` block) stops
     accepting, lets running requests finish for up to ``drain_timeout``
@@ -123,19 +91,12 @@ class Server:
         service_actions: Callable[[], object] | None = None,
         handler_server: object = None,
         plugin_options: Mapping[str, Mapping[str, Any]] | None = None,
-        access_log: str | None = None,
-        metrics: str | None = None,
-        observer: Observer | None = None,
+        access_log: str | None = None, metrics: str | None = None, observer: Observer | None = None,
     ) -> None:
         check_drain_timeout(drain_timeout)
         check_access_log(access_log)
         if limits is not None and not isinstance(limits, Limits):
             raise ConfigError(f"'limits' must be a sockwork.Limits, got {limits!r}")
-        if metrics is not None:
-            from .metrics import parse_metrics_url, require_prometheus  # metrics are optional: loaded when asked for
-
-            require_prometheus()
-            parse_metrics_url(metrics)
         if parts is None:
             if transport is None or handler is None:
                 raise ConfigError("give the parts (parts=...) or a transport and a handler")
@@ -158,19 +119,13 @@ class Server:
         self.drain_timeout = drain_timeout
         self._on_error = on_error
         self._service_actions = service_actions
-        if observer is None and metrics is not None:
-            from .observe import TurnMetrics  # metrics are optional: loaded when asked for
-
-            observer = TurnMetrics()
-        self.observer: Observer | None = observer
+        self.observer = observer = checked_observer(metrics, observer)  # ConfigError: the URL, the extra
         self.requests = Requests(
             self.transport, self.handler, limits=limits, hooks=parts.hooks, on_error=on_error,
             handler_server=self if handler_server is None else handler_server, access_log=access_log,
             observer=observer,
         )
         self.requests.server = self
-        self._stats_hook = parts.hooks.collect_stats
-        self._next_stats = 0.0
 
         try:
             self.transport.open()  # last: everything above fails without a socket open
@@ -179,31 +134,14 @@ class Server:
             raise
         try:
             self.loop = Loop(self.transport, self.dispatcher, self.requests,
-                             on_round=self._report_stats if self._stats_hook is not None else None)
+                             on_round=parts.hooks.stats_reporter(self, limits.stats_interval))
         except BaseException:
             self.transport.close()
             self.dispatcher.close()
             raise
         self.lifecycle = Lifecycle(self, self.transport, self.dispatcher, self.loop, self.requests,
                                    parts.hooks, drain_timeout)
-        self.metrics: MetricsEndpoint | None = None
-        if metrics is not None:
-            try:
-                self.metrics = self._side_listener(metrics)
-            except BaseException:
-                self.loop.close()
-                self.transport.close()
-                self.dispatcher.close()
-                raise
-
-    def _side_listener(self, url: str) -> MetricsEndpoint:
-        """The metrics endpoint, served by this server's loop (never a worker) and closed with it."""
-        from .metrics import MetricsEndpoint  # metrics are optional: loaded when asked for
-
-        endpoint = MetricsEndpoint(self, url)
-        self.loop.add_reader(endpoint.listener.fileno(), endpoint.listener.run_ready)
-        self.lifecycle.side_listeners.append(endpoint.listener)
-        return endpoint
+        self.metrics: MetricsEndpoint | None = serve_metrics(self, metrics)  # on its failure the server is closed
 
     def __repr__(self) -> str:
         return f"<Server {self.url} {type(self.dispatcher).__name__} handler={self.handler!r}>"
@@ -247,7 +185,7 @@ class Server:
         a growing pause; an accept error that cannot heal (the listener was
         closed) is logged once and raised from here.
         """
-        self.lifecycle.begin_serving(_Host(self))
+        self.lifecycle.begin_serving(ServerSideHost(self))
         try:
             loop, run_once, batch = self.loop, self.loop.run_once, self.loop.batch
             service_actions = self._service_actions
@@ -267,17 +205,17 @@ class Server:
         Returns True if a request was handed to the dispatcher (with ``inline``
         it has also been served). A connection whose handler waits for the
         client counts once the client has sent something (until then it waits
-        in the loop, and the next call goes on waiting for it). Returns False if the timeout passed, if
-        :meth:`shutdown` was called, or if the pending request vanished before
-        it could be taken (a connection the client aborted, one the transport
-        refused) — as ``socketserver``'s ``handle_request`` does. ``timeout=0``
-        takes a request only if one is already waiting.
+        in the loop, and the next call goes on waiting for it). Returns False
+        if the timeout passed, if :meth:`shutdown` was called, or if the pending
+        request vanished before it could be taken (aborted by the client,
+        refused by the transport), as ``socketserver``'s ``handle_request``
+        does. ``timeout=0`` takes a request only if one is already waiting.
         """
         if not self.loop.accepts:
             raise RuntimeError("handle_request() needs a dispatcher the loop hands requests to; "
                                f"{type(self.dispatcher).__name__}'s workers accept by themselves: use serve_forever()")
         deadline = deadline_after(timeout)
-        self.lifecycle.begin_serving(_Host(self))
+        self.lifecycle.begin_serving(ServerSideHost(self))
         try:
             loop = self.loop
             while not loop.stop_requested:
@@ -358,109 +296,3 @@ class Server:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    # ---- For dispatchers (through _Host) -----------------------------------------
-
-    def after_fork(self) -> None:
-        """In a forked child that serves one request: drop the parent's loop and listener."""
-        self.loop.close_in_child()
-        self.lifecycle.close_side_listeners_in_child()
-        self.transport.after_fork()
-        self.requests.in_child = True  # failures go to the parent's hook, through the dispatcher
-
-    def run_worker(
-        self, dispatcher: Dispatcher, max_requests: int | None = None,
-        report: Callable[[Snapshot], None] | None = None, report_every: float = 0.2, *,
-        parent: int | None = None,
-    ) -> WorkerExit:
-        """In a supervisor's worker (forked with :func:`sockwork.forking.fork`): serve with ``dispatcher``.
-
-        Serves until SIGTERM (then stops accepting and drains, as ``close()``
-        does), until ``max_requests`` requests have finished, or until the
-        parent process is gone (``parent``: its pid, read before the fork, so that a
-        parent that died before this call is noticed too). ``report`` gets a
-        :class:`sockwork.observe.Snapshot` (the counters; with metrics on, also the
-        gauges and histograms) at most every ``report_every`` seconds and once at
-        the end. Returns why it ended.
-        """
-        from .observe import TurnMetrics, snapshot  # a supervisor's worker only
-
-        self.loop.close_in_child()  # the parent's loop, inherited: not ours
-        self.lifecycle.close_side_listeners_in_child()
-        if parent is None:
-            parent = os.getppid()
-        reason = WorkerExit.STOPPED
-        next_check = 0.0
-
-        def check() -> None:  # after every round of the worker's loop
-            nonlocal reason, next_check
-            if max_requests is not None and counters.finished >= max_requests:
-                reason = WorkerExit.RECYCLED
-                worker.shutdown()  # from the serving thread: stop accepting, drain, exit
-                return
-            now = time.monotonic()
-            if now < next_check:
-                return
-            next_check = now + report_every
-            if report is not None:
-                report(snapshot(worker, gauges=measured))
-            if os.getppid() != parent:
-                reason = WorkerExit.ORPHANED
-                logger.warning("prefork worker %d: the parent process %d is gone; draining and stopping",
-                               os.getpid(), parent)
-                worker.shutdown()
-
-        worker = Server(
-            parts=Parts(transport=_Adopted(self.transport), dispatcher=dispatcher, handler=self.handler,
-                        transport_name=self.parts.transport_name, hooks=self.parts.hooks.for_worker()),
-            drain_timeout=self.drain_timeout, limits=self.limits, on_error=self._on_error,
-            handler_server=self.requests.handler_server, service_actions=check,
-            plugin_options=self.plugin_options, access_log=self.requests.access_log,
-            observer=TurnMetrics() if self.observer is not None else None,  # the parent's measured nothing
-        )
-        measured = worker.observer is not None
-        counters = worker.requests.counters
-        if max_requests is not None:
-            worker.loop.batch = 1  # one accept per round, so the check after each round is on time
-        signal.signal(signal.SIGTERM, lambda signum, frame: worker.shutdown())
-        signal.set_wakeup_fd(worker.wakeup_fd, warn_on_full_buffer=False)
-        try:
-            worker.serve_forever(report_every)
-        finally:
-            signal.set_wakeup_fd(-1)
-            worker.close()
-            if report is not None:
-                report(snapshot(worker, gauges=False))
-        return reason
-
-    # ---- Counters to the hook ------------------------------------------------------
-
-    def _report_stats(self) -> float:
-        """After each round: call ``sockwork_collect_stats`` when due; return the time until next."""
-        now = time.monotonic()
-        if now >= self._next_stats:
-            self._next_stats = now + self.limits.stats_interval
-            try:
-                self._stats_hook(server=self, stats=self.stats)  # type: ignore[misc]  # on_round: only if set
-            except Exception:
-                logger.exception("sockwork_collect_stats hook raised")
-        return max(0.0, self._next_stats - now)
-
-
-@final
-class _Adopted:
-    """A transport already open, taken over by a worker process's server."""
-
-    def __init__(self, transport: Transport) -> None:
-        self._transport = transport
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-    def open(self) -> None:
-        pass  # opened by the parent; this process inherited it
-
-    def close(self) -> None:
-        # Only this process's copy: the parent still serves (and owns a Unix
-        # socket file, which must stay).
-        self._transport.after_fork()

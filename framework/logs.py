@@ -1,7 +1,7 @@
 """Log lines operators can ship: the access log, and JSON lines for every sockwork log record.
 
 - :func:`log_access`: one line per connection (or datagram) on the ``sockwork.access`` logger,
-  with its fields also on the record (``record.sockwork_access``), so any formatter can use them.
+  with its fields also on the record (``record.access_fields``), so any formatter can use them.
 - :class:`JsonFormatter`: one JSON object per line, with stable keys (ACCESS_KEYS on access lines,
   LOG_KEYS on the others). ``sockwork serve --log-format json`` uses it for every line;
   ``--access-log json`` for the access lines.
@@ -53,7 +53,7 @@ def log_access(style: str, client_address: Address, outcome: Outcome, seconds: f
         "client": format_client(client_address), "outcome": outcome.name.lower(),
         "duration_ms": round(seconds * 1000, 3), "bytes_in": bytes_in, "bytes_out": bytes_out,
     }
-    extra = {"sockwork_access": fields}
+    extra = {"access_fields": fields}
     if style == "json":
         access_logger.info("%s", json.dumps(fields), extra=extra)
     else:
@@ -76,7 +76,7 @@ class JsonFormatter(logging.Formatter):
             .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname, "logger": record.name, "pid": record.process,
         }
-        fields = getattr(record, "sockwork_access", None)
+        fields = getattr(record, "access_fields", None)
         if isinstance(fields, dict):
             data.update(fields)
         else:

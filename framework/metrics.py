@@ -1,5 +1,10 @@
 """The Prometheus endpoint: ``metrics = "tcp://HOST:PORT"`` serves ``GET /metrics`` from the server's process.
 
+``Server(..., metrics="tcp://127.0.0.1:9100")`` serves it (``server.metrics.url``);
+``observer=`` replaces the built-in :class:`sockwork.observe.TurnMetrics` that
+measures turns for it (any :class:`sockwork.observe.Observer`; the endpoint
+shows histograms of the built-in one only).
+
     scrape ──► SideListener (the server's loop, no worker) ──► prometheus_client.generate_latest(registry)
                                                        └── SockworkCollector.collect() ──► observe.read(server)
 
@@ -22,12 +27,13 @@ from typing import TYPE_CHECKING, Any, final
 
 from ._side_listener import SideListener
 from .errors import ConfigError
-from .observe import Reading, Snapshot, read
+from .observe import Observer, Reading, Snapshot, TurnMetrics, read
 
 if TYPE_CHECKING:
     from ._server import Server
 
-__all__ = ["EXTRA", "MetricsEndpoint", "parse_metrics_url", "require_prometheus"]
+__all__ = ["EXTRA", "MetricsEndpoint", "Observer", "checked_observer", "parse_metrics_url", "require_prometheus",
+           "serve_metrics"]
 
 EXTRA = "pip install 'sockwork[prometheus]'"
 
@@ -78,6 +84,35 @@ def parse_metrics_url(url: object) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(problem)
     return host, int(port)
+
+
+def checked_observer(url: str | None, observer: Observer | None) -> Observer | None:
+    """For ``Server(metrics=url, observer=...)``, before anything is bound: the URL and the extra checked
+    (ConfigError), and the observer to use (the built-in :class:`TurnMetrics` unless one was given)."""
+    if url is None:
+        return observer
+    require_prometheus()
+    parse_metrics_url(url)
+    return observer if observer is not None else TurnMetrics()
+
+
+def serve_metrics(server: Server, url: str | None) -> MetricsEndpoint | None:
+    """The server's endpoint at ``url`` (None: none), watched by its loop and closed with it.
+
+    If the endpoint cannot listen, the server (bound already) is closed before the error goes up.
+    """
+    if url is None:
+        return None
+    try:
+        endpoint = MetricsEndpoint(server, url)
+    except BaseException:
+        server.loop.close()
+        server.transport.close()
+        server.dispatcher.close()
+        raise
+    server.loop.add_reader(endpoint.listener.fileno(), endpoint.listener.run_ready)
+    server.lifecycle.side_listeners.append(endpoint.listener)
+    return endpoint
 
 
 @final
