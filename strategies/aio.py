@@ -22,7 +22,9 @@ Rule 2: limits are cancellations. ``idle_timeout`` cancels a stream handler
 that has waited that long on its client (one read pending, or the same
 bytes unsent); ``request_timeout`` one whose connection is older than that;
 both counted ``timed_out`` with an INFO line. A client that resets is
-``disconnected`` (INFO, rate limited). At the drain deadline what still runs
+``disconnected`` (INFO, rate limited); a handler that raises ``StageFailed``
+refuses its client (``refused``, INFO, rate limited), as a message handler's
+framing does. At the drain deadline what still runs
 is cancelled (FAILED, INFO): no traceback for what we caused. One timer
 checks every connection at a quarter of the shorter timeout (at most every
 second): nothing per request.
@@ -45,6 +47,7 @@ import attrs
 from sockwork._ratelimit import RateLimitedLog
 from sockwork._requests import DISCONNECT_ERRORS, client_label
 from sockwork.aio import AsyncHandler, as_async_handler
+from sockwork.connection import StageFailed
 from sockwork.handlers import send_datagram
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
@@ -115,6 +118,7 @@ class AsyncioDispatcher:
         self._draining = False
         self._drained = threading.Event()
         self._log_gone = RateLimitedLog(logger, _LOG_EVERY)
+        self._log_refused = RateLimitedLog(logger, _LOG_EVERY)
 
     # ---- Starting ------------------------------------------------------------------
 
@@ -238,6 +242,9 @@ class AsyncioDispatcher:
                 logger.info("connection of %s cancelled at the drain deadline", who)
                 return Outcome.FAILED, None  # we ended it: no handler failure to report
             return Outcome.TIMED_OUT, None
+        if isinstance(exc, StageFailed):  # the client broke the protocol (a line too long): its fault
+            self._log_refused(logging.INFO, "refused the connection of %s: %s", who, exc)
+            return Outcome.REFUSED, None
         if isinstance(exc, _CLIENT_GONE):
             self._log_gone(logging.INFO, "client %s went away mid-request: %s", who, exc)
             return Outcome.DISCONNECTED, None
