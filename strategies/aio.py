@@ -53,7 +53,7 @@ from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
 from sockwork.limits import Outcome, auto_waiting_capacity
 from sockwork.slots import Slots
-from sockwork.validators import off_is_none, optional_positive_int
+from sockwork.validators import off_is_none, optional_positive_int, optional_seconds
 
 if TYPE_CHECKING:
     from sockwork.registry import DispatcherEntry
@@ -93,6 +93,11 @@ class AsyncioOptions:
     """Requests served at once on the loop; at this many the server stops accepting until one
     ends. Default: the process's descriptor limit less a quarter in reserve (as ``limits.max_waiting``,
     an event loop's connections wait in it). None (in files: false): no bound of its own."""
+    warn_blocked: float | None = attrs.field(default=0.5, converter=off_is_none, validator=optional_seconds)
+    """Seconds a handler may hold the event loop (run without awaiting) before a WARNING names it, at most
+    one every 5 s: a blocking call in an async handler delays every other client. Measured as the lateness
+    of a timer, so a loop round busy with thousands of clients counts too: hence 0.5 s rather than the 0.1 s
+    of asyncio's debug mode, which times every callback. None (in files: false): no check."""
 
 
 @final
@@ -119,6 +124,8 @@ class AsyncioDispatcher:
         self._drained = threading.Event()
         self._log_gone = RateLimitedLog(logger, _LOG_EVERY)
         self._log_refused = RateLimitedLog(logger, _LOG_EVERY)
+        self._log_blocked = RateLimitedLog(logger, _LOG_EVERY)
+        self._beating = False  # the held-loop check runs (only while there are requests on the loop)
 
     # ---- Starting ------------------------------------------------------------------
 
@@ -187,6 +194,28 @@ class AsyncioDispatcher:
                 conn = _Conn(client_address, item, loop.time())  # type: ignore[union-attr]
                 conn.task = loop.create_task(self._serve_stream(conn, item))  # type: ignore[union-attr]
             conns.add(conn)
+        if not self._beating and self.options.warn_blocked is not None:
+            self._beating = True
+            self._heartbeat(loop.time())  # type: ignore[union-attr]  # started
+
+    def _heartbeat(self, due: float) -> None:
+        """Runs every half ``warn_blocked`` while requests are on the loop: later than due, the loop was held.
+
+        A timer that runs late measures, without a cost per request, how long the
+        callback before it held the loop; with one handler per server, that names it.
+        """
+        if not self._conns:
+            self._beating = False
+            return
+        loop = self._loop
+        now = loop.time()  # type: ignore[union-attr]  # started
+        limit: float = self.options.warn_blocked  # type: ignore[assignment]  # not None while it beats
+        if now - due > limit:
+            self._log_blocked(
+                logging.WARNING, "handler %r held the event loop for at least %.2f s (warn_blocked = %s s), "
+                "delaying every other client: a blocking call in an async handler? Await it in a thread "
+                "(asyncio.to_thread) instead", self._handler.__qualname__, now - due, limit)
+        loop.call_at(now + limit / 2, self._heartbeat, now + limit / 2)  # type: ignore[union-attr]
 
     async def _serve_stream(self, conn: _Conn, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()

@@ -397,3 +397,28 @@ def test_tls_with_the_asyncio_dispatcher_is_refused_at_assembly(tmp_path: Path) 
 
     with pytest.raises(ConfigError, match=r"TLS handshake keeps its session in the socket object.*pool, thread"):
         assemble("tls", "echo", "asyncio", transport_options=_loopback(tmp_path))
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_handler_that_blocks_the_event_loop_is_named_in_a_warning(loop: str,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A blocking call in an async handler holds every other client: one WARNING names the handler and says how
+    long; a second one within 5 s is held back (rate limited); off with ``warn_blocked = false``."""
+    async def sleepy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        time.sleep(1.0)  # the mistake: a blocking call on the event loop
+        writer.write(await reader.read(100))
+
+    server = Server(TCP, aio.stream_handler(sleepy), "asyncio", dispatcher_options={"loop": loop})  # by default
+    with caplog.at_level(logging.INFO, logger="sockwork"), serving(server):
+        assert exchange(server, b"one") == b"one"
+        assert exchange(server, b"two") == b"two"
+    held = [r for r in caplog.records if "held the event loop" in r.getMessage()]
+    assert len(held) == 1, caplog.text
+    assert held[0].levelno == logging.WARNING
+    assert re.search(r"handler 'test_a_handler_that_blocks_the_event_loop_is_named_in_a_warning.<locals>.sleepy' "
+                     r"held the event loop for at least \d+\.\d\d s \(warn_blocked = 0\.5 s\)", held[0].getMessage())
+    caplog.clear()
+    quiet = Server(TCP, aio.stream_handler(sleepy), "asyncio", dispatcher_options={"loop": loop, "warn_blocked": False})
+    with caplog.at_level(logging.INFO, logger="sockwork"), serving(quiet):
+        assert exchange(quiet, b"three") == b"three"
+    assert "held the event loop" not in caplog.text
