@@ -14,6 +14,7 @@ Rule 3: nothing on the per-request path calls a hook that no plugin implements.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, final
 from ._lifecycle import Lifecycle
 from ._loop import Loop
 from ._parts import Parts
-from ._requests import Requests
+from ._requests import Requests, _log_access
 from .deadlines import deadline_after, remaining
 from .errors import ConfigError
 from .interfaces import Address, Dispatcher, Request, Transport, capability
@@ -45,8 +46,8 @@ class _Host:
     """What a Dispatcher sees of its Server (see ``DispatcherHost``)."""
 
     __slots__ = (
-        "add_reader", "after_fork", "call_later", "finished", "handler", "limits", "release", "remove_reader",
-        "run_worker", "serve", "take_error", "wake",
+        "add_reader", "after_fork", "call_later", "finished", "handler", "limits", "log_access", "on_error",
+        "release", "remove_reader", "run_worker", "serve", "take_error", "wake",
     )
 
     def __init__(self, server: Server) -> None:
@@ -63,6 +64,9 @@ class _Host:
         self.run_worker = server.run_worker
         self.limits = server.limits
         self.handler = server.handler
+        self.on_error = requests.on_error
+        style = requests.access_log
+        self.log_access = None if style is None else functools.partial(_log_access, style)
 
 
 @final

@@ -141,6 +141,8 @@ class AsyncioDispatcher:
         shortest = min(t for t in (limits.idle_timeout, limits.request_timeout, math.inf) if t is not None)
         self._sweep_every = None if shortest == math.inf else min(SWEEP_AT_MOST, shortest / 4)
         self._slots.wake_with(host.wake)
+        self._on_error = host.on_error
+        self._log_access = host.log_access
         self._loop = loop = _new_loop(self.options.loop)
         loop.set_exception_handler(_log_loop_error)
         self._thread = threading.Thread(target=self._run, args=(loop,), name="sockwork-asyncio", daemon=True)
@@ -188,7 +190,7 @@ class AsyncioDispatcher:
         while incoming:
             item, client_address = incoming.popleft()
             if isinstance(item, tuple):
-                conn = _Conn(client_address, None, 0.0)
+                conn = _Conn(client_address, None, loop.time())  # type: ignore[union-attr]
                 conn.task = loop.create_task(self._serve_datagram(conn, item))  # type: ignore[union-attr]
             else:
                 conn = _Conn(client_address, item, loop.time())  # type: ignore[union-attr]
@@ -221,6 +223,7 @@ class AsyncioDispatcher:
         loop = asyncio.get_running_loop()
         outcome, error = Outcome.FAILED, None
         transport: asyncio.Transport | None = None
+        log_access = self._log_access  # None once written: one line per request, while the socket is open
         try:
             reader = asyncio.StreamReader(STREAM_LIMIT, loop)
             protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
@@ -228,11 +231,16 @@ class AsyncioDispatcher:
             writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             conn.reader, conn.transport = reader, transport  # for the idle check
             await self._handler.stream(reader, writer)  # type: ignore[misc]  # a stream server: has it
+            if log_access is not None:
+                log_access(sock, conn.address, Outcome.COMPLETED, loop.time() - conn.started)
+                log_access = None
             writer.close()
             await writer.wait_closed()  # the reply is on its way before the request counts as done
             outcome = Outcome.COMPLETED
         except BaseException as exc:  # the event loop carries on whatever a handler raised
-            outcome, error = self._outcome_of(conn, exc)
+            outcome, error = self._outcome_of(conn, exc, sock)
+            if log_access is not None:
+                log_access(sock, conn.address, outcome, loop.time() - conn.started)
             if transport is None:
                 sock.close()
             elif outcome is Outcome.FAILED and conn.reason is None:
@@ -254,12 +262,15 @@ class AsyncioDispatcher:
                 send_datagram(sock, reply, conn.address)
             outcome = Outcome.COMPLETED
         except BaseException as exc:
-            outcome, error = self._outcome_of(conn, exc)
+            outcome, error = self._outcome_of(conn, exc, request)
         finally:
+            if self._log_access is not None:
+                self._log_access(request, conn.address, outcome, self._loop.time() - conn.started)  # type: ignore[union-attr]
             self._end(conn, outcome, error)
 
-    def _outcome_of(self, conn: _Conn, exc: BaseException) -> tuple[Outcome, BaseException | None]:
-        """How a request that raised ``exc`` ended, logged once; the error for the hook, if any."""
+    def _outcome_of(self, conn: _Conn, exc: BaseException, request: Any) -> tuple[Outcome, BaseException | None]:
+        """How a request that raised ``exc`` ended, logged once (or given to the server's ``on_error``);
+        the error for the hook, if any. Called inside the ``except`` block, as ``on_error`` expects."""
         who = client_label(conn.address)
         if isinstance(exc, asyncio.CancelledError) and conn.reason is not None:
             if conn.reason == "idle":
@@ -277,7 +288,12 @@ class AsyncioDispatcher:
         if isinstance(exc, _CLIENT_GONE):
             self._log_gone(logging.INFO, "client %s went away mid-request: %s", who, exc)
             return Outcome.DISCONNECTED, None
-        if isinstance(exc, Exception | asyncio.CancelledError):
+        if isinstance(exc, Exception) and self._on_error is not None:
+            try:
+                self._on_error(request, conn.address, exc)
+            except Exception:
+                logger.exception("on_error raised while handling the failure of %s's request", who)
+        elif isinstance(exc, Exception | asyncio.CancelledError):
             logger.error("error while serving %s", who, exc_info=exc)
         else:  # SystemExit, KeyboardInterrupt from a handler: not the event loop's end
             logger.error("handler serving %s raised %r; the event loop carries on", who, exc)
