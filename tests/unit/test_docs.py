@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -152,3 +155,32 @@ def test_bench_quick_duration_in_help_and_docs() -> None:
     help_text = " ".join(sockwork("bench", "--help").stdout.split())
     assert "measured seconds per run (default 2; quick 0.3;" in help_text
     assert "`--quick` measures 0.3 s per run" in (DOCS / "config.md").read_text()
+
+
+def _blocks(language: str) -> list[Any]:
+    """Every ```language block in README.md and docs/ (examples included), as a test case named FILE:LINE."""
+    cases = []
+    for path in [README, *sorted(DOCS.rglob("*.md"))]:
+        text = path.read_text()
+        for match in re.finditer(rf"^```{language}\n(.*?)^```", text, re.DOTALL | re.MULTILINE):
+            line = text.count("\n", 0, match.start()) + 1
+            cases.append(pytest.param(match.group(1), id=f"{path.relative_to(README.parent)}:{line}"))
+    return cases
+
+
+@pytest.mark.parametrize("block", _blocks("toml"))
+def test_every_toml_block_in_the_docs_is_valid_toml(block: str) -> None:
+    """A reader copies these into files: each must at least parse (a config's own checks are elsewhere)."""
+    tomllib.loads(block)
+
+
+@pytest.mark.parametrize("block", _blocks("json"))
+def test_every_json_block_in_the_docs_is_valid_json(block: str) -> None:
+    json.loads(block)
+
+
+def test_every_config_file_shipped_with_the_docs_parses() -> None:
+    files = sorted(DOCS.rglob("*.toml")) + sorted(DOCS.rglob("*.json"))
+    assert files
+    for path in files:
+        tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
