@@ -184,3 +184,75 @@ def test_every_config_file_shipped_with_the_docs_parses() -> None:
     assert files
     for path in files:
         tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
+
+
+# ---- Examples that claim an output are run, and their output compared ------------------------
+#
+# Two ways for a doc to claim what a ```python example prints, both run here:
+#   - the block ends with a comment "# Prints:" and one comment line per line of output;
+#   - the prose after the block ends with "prints:" (or "prints, among the other lines:") and a
+#     ```text block follows.
+# "<port>" (or any port) after 127.0.0.1: matches any port. A ```python block whose first line is
+# "# NAME.py" is a module the file's other examples import: it is saved as NAME.py next to them.
+
+_PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```\n", re.DOTALL | re.MULTILINE)
+_PROSE_THEN_TEXT = re.compile(  # up to three lines of prose, the last ending in "prints:", then the text block
+    r"\n*((?:(?!```)[^\n]*\n){0,3}?)[^\n]*\bprints(, among the other lines)?:\n\n```text\n(.*?)```", re.DOTALL)
+_MODULE = re.compile(r"# (\w+)\.py\n")
+
+
+def _normalize(text: str) -> list[str]:
+    return [re.sub(r"127\.0\.0\.1:(\d+|<port>)", "127.0.0.1:<port>", line).rstrip() for line in text.splitlines()]
+
+
+def _examples() -> list[Any]:
+    cases = []
+    for path in [README, *sorted(DOCS.glob("*.md"))]:
+        text = path.read_text()
+        modules: dict[str, str] = {}
+        for match in _PYTHON_BLOCK.finditer(text):
+            block = match.group(1)
+            name = _MODULE.match(block)
+            if name:
+                modules[name.group(1)] = block
+        for match in _PYTHON_BLOCK.finditer(text):
+            block, line = match.group(1), text.count("\n", 0, match.start()) + 1
+            code, marker, claimed = block.partition("# Prints:\n")
+            if marker:
+                assert all(row.startswith("#") for row in claimed.splitlines()), f"{path.name}:{line}"
+                expected, subset = "\n".join(row[2:] for row in claimed.splitlines()), False
+            else:
+                after = _PROSE_THEN_TEXT.match(text, match.end())
+                if after is None:
+                    continue
+                expected, subset = after.group(3), after.group(2) is not None
+            cases.append(pytest.param(code, expected, subset, dict(modules), id=f"{path.name}:{line}"))
+    return cases
+
+
+@pytest.mark.parametrize(("code", "expected", "subset", "modules"), _examples())
+def test_an_example_that_claims_an_output_prints_it(code: str, expected: str, subset: bool,
+                                                    modules: dict[str, str], tmp_path: Path) -> None:
+    """Run as a reader would (the file's modules saved next to it), within 20 s; compare what it printed."""
+    for name, source in modules.items():
+        (tmp_path / f"{name}.py").write_text(source)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=20, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    printed, claimed = _normalize(result.stdout), _normalize(expected)
+    if subset:
+        assert [row for row in claimed if row not in printed] == [], result.stdout
+    else:
+        assert printed == claimed, result.stderr
+
+
+def test_examples_claim_their_output_in_a_form_that_is_run() -> None:
+    """A comment like "# prints ..." or "# Prints X" would not be run: the claims use "# Prints:" lines."""
+    loose = []
+    for path in [README, *sorted(DOCS.glob("*.md"))]:
+        text = path.read_text()
+        for match in _PYTHON_BLOCK.finditer(text):
+            for row in match.group(1).splitlines():
+                comment = row.partition("#")[2]
+                if re.search(r"\bprints?\b", comment, re.IGNORECASE) and row != "# Prints:":
+                    loose.append(f"{path.name}: {row.strip()}")
+    assert loose == []
