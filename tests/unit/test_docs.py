@@ -256,3 +256,26 @@ def test_examples_claim_their_output_in_a_form_that_is_run() -> None:
                 if re.search(r"\bprints?\b", comment, re.IGNORECASE) and row != "# Prints:":
                     loose.append(f"{path.name}: {row.strip()}")
     assert loose == []
+
+
+def test_sighup_on_a_transport_with_nothing_to_reload_is_what_production_md_says() -> None:
+    """SIGHUP does not end the server (production.md once said it did): it logs the line the doc quotes
+    and serves on; SIGTERM then stops it with status 0."""
+    text = " ".join((DOCS / "production.md").read_text().split())
+    process = subprocess.Popen([sys.executable, "-m", "sockwork", "--transport", "tcp://127.0.0.1:0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()  # type: ignore[union-attr]
+        port = int(re.search(r"127\.0\.0\.1:(\d+) ", line).group(1))  # type: ignore[union-attr]
+        process.send_signal(signal.SIGHUP)
+        logged = process.stderr.readline().split(" sockwork INFO ", 1)[1].strip()  # type: ignore[union-attr]
+        assert logged == "SIGHUP: the tcp transport has nothing to reload"
+        assert f"`{logged}`" in text  # the doc's unit inherits a TCP socket: the same line
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(b"still here")
+            conn.shutdown(socket.SHUT_WR)
+            assert conn.recv(100) == b"still here"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    finally:
+        end(process)
