@@ -279,3 +279,39 @@ def test_sighup_on_a_transport_with_nothing_to_reload_is_what_production_md_says
         assert process.wait(timeout=10) == 0
     finally:
         end(process)
+
+
+def test_the_limits_tables_give_the_defaults_the_code_has() -> None:
+    """guide.md's, production.md's and config.md's tables of Limits fields state each field's real default,
+    and no page says max_connections defaults to 1024 (it is off)."""
+    import attrs
+
+    from sockwork import Limits
+
+    defaults = {field.name: field.default for field in attrs.fields(Limits)}
+    words = {None: ("None", "off", "none", "false"), True: ("true",), False: ("false",)}
+    checked = 0
+    for name in ("guide.md", "production.md", "config.md", "migrating.md", "design.md"):
+        text = (DOCS / name).read_text()
+        for field, stated in re.findall(r"^\| `(\w+)` \| ([^|]+) \|", text, re.MULTILINE):
+            if field not in defaults or (field == "max_waiting" and "auto" in stated):
+                continue
+            value = defaults[field]
+            stated = re.sub(r" s$", "", stated.replace("`", "").replace('"', "").strip())  # `60` s: 60
+            expected = words.get(value, ()) if value is None or isinstance(value, bool) else ()
+            assert stated in expected or stated in (repr(value), str(value), f"{value:g}" if isinstance(
+                value, float) else str(value)), f"{name}: {field} is stated {stated!r}, its default is {value!r}"
+            checked += 1
+        flat = " ".join(text.split())
+        assert not re.search(r"max_connections`?[^.|]{0,40}\b1024\b", flat), name
+    assert checked >= 6
+
+
+def test_guide_md_error_messages_from_options_given_twice_are_raised() -> None:
+    from sockwork import ConfigError, Server
+
+    text = (DOCS / "guide.md").read_text()
+    line = next(row for row in text.splitlines() if "given twice" in row)
+    with pytest.raises(ConfigError) as info:
+        Server(transport="tcp://127.0.0.1:0", transport_options={"address": ("127.0.0.1", 0)}, handler="echo")
+    assert line == f"ConfigError: {info.value}"
