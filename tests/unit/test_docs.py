@@ -315,3 +315,40 @@ def test_guide_md_error_messages_from_options_given_twice_are_raised() -> None:
     with pytest.raises(ConfigError) as info:
         Server(transport="tcp://127.0.0.1:0", transport_options={"address": ("127.0.0.1", 0)}, handler="echo")
     assert line == f"ConfigError: {info.value}"
+
+
+def test_production_md_counter_invariant_holds_after_a_mixed_run() -> None:
+    """The invariant production.md states, evaluated as written on the counters of a run where requests
+    completed, failed, timed out, were refused, and one is still active; every counter has a row."""
+    import attrs
+
+    from sockwork import Limits, Server, ServerStats, message_handler
+    from sockwork.testing import eventually, serving
+
+    text = (DOCS / "production.md").read_text()
+    invariant = re.search(r"Always `(active == [^`]+)`", text).group(1)  # type: ignore[union-attr]
+    rows = set(re.findall(r"^\| `(\w+)` \|", text[text.index("## 6. Counters"):], re.MULTILINE))
+    assert {field.name for field in attrs.fields(ServerStats)} <= rows
+
+    @message_handler(max_message=8)
+    def answer(line: bytes, conn: Any) -> bytes:
+        if line == b"boom":
+            raise ValueError("boom")
+        return line
+
+    server = Server(transport="tcp://127.0.0.1:0", dispatcher="pool", handler=answer,
+                    limits=Limits(idle_timeout=0.5))
+    with serving(server):
+        for payload in (b"ok\n", b"boom\n", b"far too long\n"):
+            with socket.create_connection(server.address, timeout=10) as conn:
+                conn.sendall(payload)
+                conn.shutdown(socket.SHUT_WR)
+                while conn.recv(100):
+                    pass
+        with socket.create_connection(server.address, timeout=10):  # silent: timed out after 0.5 s
+            assert eventually(lambda: server.stats.timed_out == 1)
+        with socket.create_connection(server.address, timeout=10):  # still connected: active
+            assert eventually(lambda: server.stats.accepted == 5)
+            stats = server.stats
+    assert (stats.completed, stats.failed, stats.refused, stats.timed_out, stats.active) == (1, 1, 1, 1, 1)
+    assert eval(invariant, {}, attrs.asdict(stats)) is True  # the doc's own expression
