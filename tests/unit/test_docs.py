@@ -352,3 +352,51 @@ def test_production_md_counter_invariant_holds_after_a_mixed_run() -> None:
             stats = server.stats
     assert (stats.completed, stats.failed, stats.refused, stats.timed_out, stats.active) == (1, 1, 1, 1, 1)
     assert eval(invariant, {}, attrs.asdict(stats)) is True  # the doc's own expression
+
+
+def test_config_md_flag_table_lists_every_flag_of_serve() -> None:
+    """Each long option `sockwork serve --help` shows has a row in config.md's table, and --handler's help
+    names every built-in handler."""
+    from sockwork import Registry, make_plugin_manager
+
+    help_text = sockwork("serve", "--help").stdout
+    flags = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", help_text)) - {"--help", "--option"}
+    table = (DOCS / "config.md").read_text().split("### `sockwork serve`", 1)[1].split("\n\n", 2)[1]
+    assert sorted(flag for flag in flags if f"| `{flag}" not in table) == []
+    handler_help = " ".join(help_text.split("\n  --handler REF", 1)[1].split("\n  --option", 1)[0].split())
+    builtins = Registry(make_plugin_manager(entry_points=False)).entries("handler")
+    assert [entry.name for entry in builtins if entry.name not in handler_help] == []
+
+
+_ALLOWED_CASES = {  # a config.md line's field path -> data that provokes it
+    "colour": {"colour": 1},
+    "transport.options.reuse": {"transport": {"url": "tcp://127.0.0.1:0", "options": {"reuse": True}}},
+    "dispatcher.options.queue": {"dispatcher": {"name": "pool", "options": {"queue": 1}}},
+    "handler.name": {"handler": {"name": "echo"}},
+}
+
+
+def test_config_md_allowed_lists_are_the_ones_raised() -> None:
+    """Every "...; allowed: ..." line in config.md is what load_config says for that mistake today."""
+    from sockwork import ConfigError, load_config
+
+    lines = [line.strip() for line in (DOCS / "config.md").read_text().splitlines() if "; allowed: " in line]
+    assert len(lines) >= 4
+    for line in lines:
+        path = line.split(":", 1)[0]
+        assert path in _ALLOWED_CASES, f"add a case for {line!r}"
+        with pytest.raises(ConfigError) as info:
+            load_config({"transport": "tcp://127.0.0.1:0", **_ALLOWED_CASES[path]})
+        assert line in str(info.value).splitlines()[-1].strip(), str(info.value)
+
+
+def test_config_md_broken_toml_output_is_what_check_prints(tmp_path: Path) -> None:
+    """The whole report of `sockwork check broken.toml`, a plugin's dispatcher name aside."""
+    text = (DOCS / "config.md").read_text()
+    source = text[text.index("# broken.toml"):]
+    (tmp_path / "broken.toml").write_text(source[:source.index("```")])
+    expected = code_block_after(text, "`sockwork check broken.toml` prints", "text")
+    result = subprocess.run([sys.executable, "-m", "sockwork", "check", "broken.toml"], capture_output=True,
+                            text=True, timeout=20, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.replace(", procpool", "") == expected.replace(", procpool", "")
