@@ -400,3 +400,13 @@ def test_config_md_broken_toml_output_is_what_check_prints(tmp_path: Path) -> No
                             text=True, timeout=20, cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.replace(", procpool", "") == expected.replace(", procpool", "")
+
+
+def test_no_doc_quotes_pytest_counts_that_go_stale() -> None:
+    """"88 passed, 4 skipped", "collected 92 items": such numbers change with every test added, and nothing
+    checks them. The docs describe a run (what passes, what is skipped and why) instead."""
+    counts = re.compile(r"\b\d+ (passed|skipped|deselected|xpassed|xfailed)\b|\b\d+ failed, \d+ passed"
+                        r"|collected \d+ items")
+    found = [f"{path.name}: {line.strip()}" for path in [README, *sorted(DOCS.glob("*.md"))]
+             for line in path.read_text().splitlines() if counts.search(line)]
+    assert found == []
