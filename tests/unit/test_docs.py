@@ -410,3 +410,21 @@ def test_no_doc_quotes_pytest_counts_that_go_stale() -> None:
     found = [f"{path.name}: {line.strip()}" for path in [README, *sorted(DOCS.glob("*.md"))]
              for line in path.read_text().splitlines() if counts.search(line)]
     assert found == []
+
+
+def test_every_server_example_stops_on_ctrl_c_without_a_traceback() -> None:
+    """A ```python example that serves in its main thread catches KeyboardInterrupt around serve_forever()
+    (as the README's does, which test_the_readme_example_stops_on_ctrl_c_without_a_traceback runs) or uses
+    handle_signals(); one that runs it in a thread (target=server.serve_forever) is not concerned."""
+    loose = []
+    for path in [README, *sorted(DOCS.glob("*.md"))]:
+        text = path.read_text()
+        for match in _PYTHON_BLOCK.finditer(text):
+            block = match.group(1)
+            serving = re.findall(r"^( *)(?:\w+)\.serve_forever\(\)", block, re.MULTILINE)
+            guarded = re.search(
+                r"^( *)try:\n\1    \w+\.serve_forever\(\)[^\n]*\n(?:\1    .*\n)*\1except KeyboardInterrupt:",
+                block, re.MULTILINE)
+            if serving and not guarded and "handle_signals()" not in block:
+                loose.append(f"{path.name}:{text.count(chr(10), 0, match.start()) + 1}")
+    assert loose == []
