@@ -449,3 +449,11 @@ def test_the_readme_explains_the_test_summary_and_no_test_is_xfail() -> None:
     marker = "mark." + "xfail"  # spelled apart: this file is searched too
     tests = Path(__file__).resolve().parents[1]
     assert [str(path.relative_to(tests)) for path in sorted(tests.rglob("*.py")) if marker in path.read_text()] == []
+
+
+def test_where_dispatchers_are_chosen_the_docs_say_fork_and_prefork_do_not_share_memory() -> None:
+    """As gunicorn's docs do: README, guide and production say that a handler's in-memory state is per process."""
+    for path in (README, DOCS / "guide.md", DOCS / "production.md"):
+        text = " ".join(path.read_text().split())
+        assert re.search(r"`fork` and `prefork` run (it|the handler) in other processes", text), path.name
+        assert "is per process" in text and "missing in another" in text, path.name
