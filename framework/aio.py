@@ -31,6 +31,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, final
 
+from .connection import StageFailed
 from .interfaces import capability
 
 __all__ = [
@@ -169,8 +170,6 @@ def lines(options: Any) -> AsyncHandler:
     last line without one is answered too, and a line longer than ``options.max_line`` refuses the
     connection (``StageFailed``: counted ``refused``) once the lines before it are answered.
     """
-    from .connection import StageFailed
-
     max_line: int = options.max_line
 
     async def number_lines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
