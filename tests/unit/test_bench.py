@@ -17,8 +17,11 @@ from typing import Any
 
 import pytest
 
-from sockwork import bench
-from sockwork.bench import ClientTally, client_split, tally_clients
+from sockwork.bench import clients, workloads
+from sockwork.bench import report as reporting
+from sockwork.bench import tally as tallying
+from sockwork.bench.runs import client_split
+from sockwork.bench.tally import ClientTally, tally_clients
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -88,7 +91,7 @@ def test_worst_round_carries_the_fairness() -> None:
                 "requests": 10, "errors": errors, "failed": 0, "unanswered": errors, "clients": 4,
                 "answered": answered, "fewest": fewest, "median_per_client": 10}
 
-    row = bench._median_row([run(4, 9, 0), run(3, 0, 1), run(4, 8, 0)])
+    row = reporting.median_row([run(4, 9, 0), run(3, 0, 1), run(4, 8, 0)])
     assert (row["answered"], row["fewest"], row["errors"], row["unanswered"]) == (3, 0, 1, 1)
 
 
@@ -99,10 +102,10 @@ def test_clients_are_split_evenly_between_client_processes() -> None:
 
 
 def test_a_missing_event_loop_is_skipped_with_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(bench.PEERS, "nowhere-streams", "sockwork_no_such_module")
-    note = bench._unavailable("nowhere-streams")
+    monkeypatch.setitem(workloads.PEERS, "nowhere-streams", "sockwork_no_such_module")
+    note = workloads.unavailable("nowhere-streams")
     assert note is not None and "pip install sockwork_no_such_module" in note
-    assert bench._unavailable("asyncio-streams") is None and bench._unavailable("pool") is None
+    assert workloads.unavailable("asyncio-streams") is None and workloads.unavailable("pool") is None
 
 
 # ---- A starved client, measured --------------------------------------------------------
@@ -176,18 +179,18 @@ class _Driver:
 def test_a_starved_client_is_counted(client: str, answers_first_client_only: tuple[str, int],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Three clients, a server that answers one: two unanswered clients, two errors, fewest 0."""
-    monkeypatch.setattr(bench, "SETUP_STALL", 0.3)  # stop waiting for the starved ones soon
-    spec = {**bench.WORKLOADS["persistent"], "client": client}
+    monkeypatch.setattr(tallying, "SETUP_STALL", 0.3)  # stop waiting for the starved ones soon
+    spec = {**workloads.WORKLOADS["persistent"], "client": client}
     driver = _Driver(duration=0.3)
     try:
-        report = bench.run_clients(spec, list(answers_first_client_only), 3, driver.control, driver)
+        result = clients.run_clients(spec, list(answers_first_client_only), 3, driver.control, driver)
     finally:
         driver.close()
     assert driver.ready == [{"answered": 1}]
-    counted = tally_clients(report["clients"])
+    counted = tally_clients(result["clients"])
     assert (counted["answered"], counted["unanswered"], counted["errors"]) == (1, 2, 2), counted
     assert counted["fewest"] == 0 and counted["requests"] > 0
-    assert len(report["latencies"]) == counted["requests"]
+    assert len(result["latencies"]) == counted["requests"]
 
 
 def test_new_workloads_run_with_tiny_counts(tmp_path: Path) -> None:
@@ -234,7 +237,7 @@ SOCKWORK-WRK {"requests": 2421, "duration_us": 1100000, "bytes": 1259105, "error
 
 def test_wrk_report_is_read_from_the_scripts_line() -> None:
     """Good replies, every kind of error, and latencies in ms, from the line the bench's Lua script writes."""
-    from sockwork.bench import parse_wrk_report
+    from sockwork.bench.wrk import parse_wrk_report
 
     report = parse_wrk_report(WRK_OUTPUT)
     assert report == {
@@ -244,7 +247,7 @@ def test_wrk_report_is_read_from_the_scripts_line() -> None:
 
 
 def test_wrk_output_without_the_report_line_is_an_error() -> None:
-    from sockwork.bench import parse_wrk_report
+    from sockwork.bench.wrk import parse_wrk_report
 
     with pytest.raises(ValueError, match="no report line"):
         parse_wrk_report(WRK_OUTPUT.rsplit("SOCKWORK-WRK", 1)[0])
@@ -287,3 +290,33 @@ def test_http_workloads_run_with_wrk(tmp_path: Path) -> None:
         assert row["max_ms"] >= row["p99_ms"] >= row["p50_ms"] > 0
         # The standard library's backlog of 5 can make a connect wait past wrk's 2 s timeout.
         assert row["errors"] == 0 or row["implementation"] == "stdlib", row
+
+
+# ---- The package: small modules, short functions -----------------------------------------
+
+def test_no_function_of_the_benchmark_is_over_60_lines() -> None:
+    """Each function of sockwork.bench reads at a glance: 60 lines at most, docstring included."""
+    import ast
+
+    import sockwork.bench
+
+    package = Path(sockwork.bench.__file__).parent
+    modules = sorted(package.glob("*.py"))
+    assert len(modules) > 5, modules
+    long = []
+    for module in modules:
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > 60:
+                    long.append(f"{module.name}:{node.lineno} {node.name} ({length} lines)")
+    assert not long, long
+
+
+def test_python_m_sockwork_bench_is_the_command() -> None:
+    """`python -m sockwork.bench --help` and `sockwork bench --help` print the same usage."""
+    module = subprocess.run([sys.executable, "-m", "sockwork.bench", "--help"], capture_output=True, text=True,
+                            timeout=60, check=True)
+    command = subprocess.run([sys.executable, "-m", "sockwork", "bench", "--help"], capture_output=True, text=True,
+                             timeout=60, check=True)
+    assert module.stdout == command.stdout and "--implementations" in module.stdout
