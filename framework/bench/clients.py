@@ -15,11 +15,12 @@ from __future__ import annotations
 import contextlib
 import math
 import socket
+import ssl
 import threading
 import time
 from typing import Any
 
-from . import workloads
+from . import tls, workloads
 from .mux import mux_clients
 from .tally import ClientTally, Setup, client_report, read_line, read_window, say_ready
 
@@ -27,15 +28,16 @@ GRACE = 0.25  # seconds a client waits past the window before it gives up on a r
 UDP_REPLY_TIMEOUT = 1.0  # a datagram or its reply can be lost: after this long, an error
 
 
-def run_clients(spec: dict[str, Any], address: Any, clients: int, control: int, out: Any) -> dict[str, Any]:
+def run_clients(spec: dict[str, Any], address: Any, clients: int, control: int, out: Any,
+                directory: str | None = None) -> dict[str, Any]:
     """Drive ``clients`` clients of ``spec``: set up, say so on ``out``, read the window from the
-    file descriptor ``control``, measure.
+    file descriptor ``control``, measure. ``directory`` holds the run's CA certificate (``tls``).
 
     Returns ``{"answered_at_setup": n, "clients": [ClientTally.report(), ...], "latencies": [seconds, ...]}``.
     """
     if spec["client"] == "mux":
         return mux_clients(spec, address, clients, control, out)
-    return ThreadClients(spec, address, clients).run(control, out)
+    return ThreadClients(spec, address, clients, directory).run(control, out)
 
 
 # ---- A thread per client ------------------------------------------------------------------
@@ -43,10 +45,15 @@ def run_clients(spec: dict[str, Any], address: Any, clients: int, control: int, 
 class ThreadClients:
     """A thread per client, blocking sockets (each thread: connect, exchange, [close], again)."""
 
-    def __init__(self, spec: dict[str, Any], address: Any, clients: int) -> None:
+    def __init__(self, spec: dict[str, Any], address: Any, clients: int, directory: str | None = None) -> None:
         if spec["protocol"] != "echo":
             raise ValueError(f"the thread clients speak echo only, not {spec['protocol']!r}")
         self.spec = spec
+        self.tls: ssl.SSLContext | None = None
+        if spec.get("tls"):
+            if directory is None:
+                raise ValueError("the tls workload's clients need the run's directory (its CA certificate)")
+            self.tls = tls.client_context(directory)
         self.payload = workloads.payload(spec)
         self.target = workloads.target(spec, address)
         self.udp = spec["kind"] == "udp"
@@ -106,6 +113,10 @@ class ThreadClients:
             self.current[number] = sock
         try:
             sock.connect(self.target)
+            if self.tls is not None:
+                sock = self.tls.wrap_socket(sock, server_hostname=tls.SERVER_NAME)  # the handshake
+                with self.lock:
+                    self.current[number] = sock  # the one to shut down: the plain one is detached
         except OSError:
             sock.close()
             raise

@@ -14,10 +14,12 @@ from typing import Any
 from .clients import run_clients
 from .holder import hold
 from .lifecycle import import_times, shutdown_latency
+from .placement import MODES, Placement, pin, placements
 from .report import markdown, median_row
-from .runs import one_run
+from .runs import Refused, one_run
 from .servers import serve
-from .workloads import HTTP_IMPLEMENTATIONS, IMPLEMENTATIONS, WORKLOADS, unavailable
+from .tls import tls_unavailable
+from .workloads import HTTP_IMPLEMENTATIONS, IMPLEMENTATIONS, WORKLOADS, not_applicable, unavailable
 from .wrk import WRK_MISSING, one_http_run
 
 DESCRIPTION = "Side-by-side benchmark: sockwork's dispatchers and legacy classes against socketserver."
@@ -26,16 +28,8 @@ DESCRIPTION = "Side-by-side benchmark: sockwork's dispatchers and legacy classes
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark (or, with a first word the driver uses, one of its server or client processes)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--serve"]:
-        serve(argv[1], argv[2], argv[3])
-        return 0
-    if argv[:1] == ["--client"]:
-        json.dump(run_clients(WORKLOADS[argv[1]], json.loads(argv[2]), int(argv[3]), sys.stdin.fileno(), sys.stdout),
-                  sys.stdout)
-        return 0
-    if argv[:1] == ["--hold"]:
-        hold(json.loads(argv[1]), int(argv[2]), int(argv[3]), float(argv[4]))
-        return 0
+    if argv[:1] in (["--serve"], ["--client"], ["--hold"]):
+        return _child(argv[0], argv[1:])
     args = parse_options(argv)
     results = run_all(args)
     shutdown = shutdown_latency(3 if args.quick else 10)
@@ -46,13 +40,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _child(role: str, argv: list[str]) -> int:
+    """One process of a run, as the driver starts it (``runs.py``): its last argument is a JSON object of
+    extras, ``cpus`` (pin to these) and ``directory`` (the run's temporary directory)."""
+    extra = json.loads(argv[-1]) if argv[-1].startswith("{") else {}
+    if role == "--serve":
+        return serve(argv[0], argv[1], argv[2], extra.get("cpus"))
+    pin(extra.get("cpus"))
+    if role == "--client":
+        report = run_clients(WORKLOADS[argv[0]], json.loads(argv[1]), int(argv[2]), sys.stdin.fileno(), sys.stdout,
+                             extra.get("directory"))
+        json.dump(report, sys.stdout)
+    else:
+        hold(json.loads(argv[0]), int(argv[1]), int(argv[2]), float(argv[3]))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sockwork bench", description=DESCRIPTION)
     parser.add_argument("--quick", action="store_true", help="short runs: a few minutes with every workload")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated, of: " + ", ".join(WORKLOADS))
     parser.add_argument("--implementations", default=",".join(IMPLEMENTATIONS),
                         help="comma-separated: stdlib, legacy, a sockwork dispatcher, asyncio-streams, "
-                             "uvloop-streams; stdlib is always added first (default: all of "
+                             "uvloop-streams, bare-threads, bare-lf; stdlib is always added first (default: all of "
                              + ", ".join(IMPLEMENTATIONS) + ")")
     parser.add_argument("--rounds", type=int, help="runs per implementation, interleaved (default 3; quick 1)")
     parser.add_argument("--duration", type=float,
@@ -66,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--silent", type=int, metavar="N", help="silent connections held open by 'silent' (2000)")
     parser.add_argument("--trickle", type=int, metavar="N",
                         help="connections trickling a byte every 2 s held open by 'silent' (100)")
+    parser.add_argument("--pin", nargs="?", const="pinned", default="free", metavar="MODE",
+                        help="where the server runs (Linux): 'pinned' (the default with no MODE) pins the server "
+                             "to one CPU and the load (client processes, wrk) to the others; 'both' measures "
+                             "pinned and free in one run and reports free ÷ pinned server CPU per request; "
+                             "'free' (the default without --pin): no pinning")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     return parser
 
@@ -85,6 +100,10 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
         if getattr(args, flag) is not None and getattr(args, flag) < (1 if flag == "clients" else 0):
             parser.error(f"--{flag} must be >= {1 if flag == 'clients' else 0}, got {getattr(args, flag)}")
     args.specs = {workload: _spec(workload, args) for workload in args.workloads}
+    try:
+        args.placements = placements(args.pin)
+    except ValueError as exc:
+        parser.error(f"{exc} (choose from {', '.join(MODES)})")
     implementations = ["stdlib"] + [i for i in args.implementations.split(",") if i and i != "stdlib"]
     args.skipped = [note for note in map(unavailable, implementations) if note]
     args.implementations = [i for i in implementations if unavailable(i) is None]
@@ -93,7 +112,9 @@ def parse_options(argv: list[str]) -> argparse.Namespace:
     args.http_skipped = None
     if http_workloads and args.wrk is None:
         args.http_skipped = WRK_MISSING.format(", ".join(http_workloads))
-    for note in [*args.skipped, *([args.http_skipped] if args.http_skipped else [])]:
+    args.tls_skipped = tls_unavailable() if any(WORKLOADS[w].get("tls") for w in args.workloads) else None
+    args.not_run = []  # (workload, implementation, why): filled as the runs go
+    for note in [*args.skipped, *(n for n in (args.http_skipped, args.tls_skipped) if n)]:
         print(f"sockwork bench: skipped: {note}", file=sys.stderr, flush=True)
     return args
 
@@ -109,32 +130,62 @@ def _spec(workload: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every workload, every implementation, round after round (A B C A B C: drift hits all alike)."""
+    """Every workload, every implementation that serves it, in each placement."""
     results: list[dict[str, Any]] = []
     for workload in args.workloads:
         spec = args.specs[workload]
-        http = spec["kind"] == "http"
-        if http and args.wrk is None:
+        if (spec["kind"] == "http" and args.wrk is None) or (spec.get("tls") and args.tls_skipped):
             continue
-        chosen = [i for i in args.implementations if i in HTTP_IMPLEMENTATIONS] if http else args.implementations
-        runs: dict[str, list[dict[str, Any]]] = {i: [] for i in chosen}
-        for _ in range(args.rounds):
-            for implementation in chosen:
-                if http:
-                    run = one_http_run(implementation, workload, args.warmup, args.duration, args.wrk)
-                else:
-                    run = one_run(implementation, workload, spec, args.warmup, args.duration)
-                runs[implementation].append(run)
-        results.extend(median_row(runs[i]) for i in chosen)
+        results.extend(_run_workload(workload, spec, _chosen(workload, spec, args), args))
         print(f"{workload}: done", file=sys.stderr, flush=True)
     return results
+
+
+def _chosen(workload: str, spec: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """The implementations that serve ``workload``; the others noted with the reason."""
+    if spec["kind"] == "http":
+        return [i for i in args.implementations if i in HTTP_IMPLEMENTATIONS]  # http.server needs socketserver
+    chosen = []
+    for implementation in args.implementations:
+        why = not_applicable(implementation, spec)
+        if why is None:
+            chosen.append(implementation)
+        else:
+            args.not_run.append((workload, implementation, why))
+    return chosen
+
+
+def _run_workload(workload: str, spec: dict[str, Any], chosen: list[str],
+                  args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Round after round, each placement, each implementation (A B C A B C: drift hits all alike)."""
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {(p.name, i): [] for p in args.placements for i in chosen}
+    for _ in range(args.rounds):
+        for placement in args.placements:
+            for implementation in list(chosen):
+                try:
+                    run = _one(implementation, workload, spec, placement, args)
+                except Refused as exc:  # its server cannot serve this workload: said in the report, once
+                    chosen.remove(implementation)
+                    args.not_run.append((workload, implementation, str(exc)))
+                    continue
+                runs[(placement.name, implementation)].append(run)
+    return [median_row(done) for done in runs.values() if done]
+
+
+def _one(implementation: str, workload: str, spec: dict[str, Any], placement: Placement,
+         args: argparse.Namespace) -> dict[str, Any]:
+    if spec["kind"] == "http":
+        return one_http_run(implementation, workload, args.warmup, args.duration, args.wrk, placement)
+    return one_run(implementation, workload, spec, args.warmup, args.duration, placement)
 
 
 def _write_json(path: str, results: list[dict[str, Any]], shutdown: dict[str, float],
                 args: argparse.Namespace) -> None:
     with open(path, "w") as f:
         json.dump({"results": results, "shutdown_ms": shutdown, "import_ms": args.import_ms,
-                   "http_skipped": args.http_skipped, "skipped": args.skipped,
+                   "http_skipped": args.http_skipped, "tls_skipped": args.tls_skipped, "skipped": args.skipped,
+                   "not_run": [{"workload": w, "implementation": i, "why": why} for w, i, why in args.not_run],
+                   "placements": [p._asdict() for p in args.placements],
                    "workloads": {w: args.specs[w] for w in args.workloads},
                    "rounds": args.rounds, "duration_s": args.duration, "warmup_s": args.warmup,
                    "machine": platform.platform(),

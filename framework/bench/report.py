@@ -8,6 +8,7 @@ import platform
 import statistics
 from typing import Any
 
+from .bare import BARE
 from .lifecycle import IMPORT_RUNS
 from .workloads import WORKLOADS
 from .wrk import WRK_THREADS
@@ -50,13 +51,45 @@ def markdown(results: list[dict[str, Any]], shutdown: dict[str, float], args: ar
     ]
     lines += [f"Skipped: {note}" for note in args.skipped] + ([""] if args.skipped else [])
     for workload in args.workloads:
-        spec = args.specs[workload]
         rows = [r for r in results if r["workload"] == workload]
-        if spec["kind"] == "http":
-            lines += _http_markdown(workload, rows, args)
-            continue
-        lines += [_title(workload, spec), "", *_table(workload, spec, rows), ""]
+        lines += _workload_markdown(workload, args.specs[workload], rows, args)
     return "\n".join(lines + _lifecycle_tables(shutdown, args.import_ms))
+
+
+def _workload_markdown(workload: str, spec: dict[str, Any], rows: list[dict[str, Any]],
+                       args: argparse.Namespace) -> list[str]:
+    """A workload's title, what did not run and why, a table per placement, free ÷ pinned."""
+    http = spec["kind"] == "http"
+    lines = [_http_title(workload) if http else _title(workload, spec), ""]
+    skipped = args.http_skipped if http else args.tls_skipped if spec.get("tls") else None
+    if skipped and not rows:
+        return [*lines, f"Skipped: {skipped}", ""]
+    not_run = [f"Not run: {implementation}: {why}." for w, implementation, why in args.not_run if w == workload]
+    lines += [*not_run, ""] if not_run else []
+    for placement in args.placements:
+        if placement.server is not None or len(args.placements) > 1:
+            description = placement.describe()
+            lines += [f"{description[0].upper()}{description[1:]}:", ""]
+        group = [r for r in rows if r.get("placement", "free") == placement.name]
+        lines += [*(_http_table(workload, group) if http else _table(workload, spec, group)), ""]
+    if len(args.placements) > 1:
+        lines += _free_over_pinned(workload, rows)
+    return lines
+
+
+def _free_over_pinned(workload: str, rows: list[dict[str, Any]]) -> list[str]:
+    """Server CPU per request free on every CPU next to pinned to one: a convoy shows as a ratio over 1."""
+    pinned = {r["implementation"]: r for r in rows if r.get("placement") == "pinned"}
+    lines = ["Server CPU per request, free ÷ pinned:", "",
+             "| implementation | pinned µs/req | free µs/req | free ÷ pinned |", "|---|---:|---:|---:|"]
+    for row in rows:
+        other = pinned.get(row["implementation"])
+        if row.get("placement") != "free" or other is None:
+            continue
+        lines.append(f"| {_label(row['implementation'], workload)} | {_number(other['cpu_us_per_request'])} | "
+                     f"{_number(row['cpu_us_per_request'])} | "
+                     f"{_ratio(row['cpu_us_per_request'], other['cpu_us_per_request'])} |")
+    return [*lines, ""]
 
 
 def _lifecycle_tables(shutdown: dict[str, float], import_ms: dict[str, float]) -> list[str]:
@@ -83,6 +116,7 @@ def _title(workload: str, spec: dict[str, Any]) -> str:
     what = f"{spec['clients']:,} clients, {spec['size']}-byte requests"
     if spec["protocol"] == "lines":
         what = f"{spec['clients']:,} clients, {spec['size']}-byte lines"
+    what += " over TLS" if spec.get("tls") else ""
     what += "" if spec["persistent"] else ", a connection per request"
     if spec.get("silent") or spec.get("trickle"):
         what += (f", while {spec.get('silent', 0):,} silent connections and {spec.get('trickle', 0):,} sending "
@@ -107,6 +141,7 @@ def _rate_columns(workload: str, rows: list[dict[str, Any]]) -> list[Column]:
     """The implementation, req/s with its ratios, latencies, CPU per request with its ratio."""
     reference = rows[0]
     peer = next((r for r in rows if r["implementation"] == "asyncio-streams"), None)
+    bare = next((r for r in rows if r["implementation"] in BARE), None)
     columns: list[Column] = [
         ("implementation", lambda r: _label(r["implementation"], workload)),
         ("req/s", lambda r: f"{r['rps']:,.0f}"),
@@ -114,12 +149,16 @@ def _rate_columns(workload: str, rows: list[dict[str, Any]]) -> list[Column]:
     ]
     if peer is not None:
         columns.append(("× asyncio", lambda r: _ratio(r["rps"], peer["rps"])))
-    return [*columns,
-            ("p50 ms", lambda r: _ms(r["p50_ms"])),
-            ("p99 ms", lambda r: _ms(r["p99_ms"])),
-            ("p99.9 ms", lambda r: _ms(r["p999_ms"])),
-            ("server CPU µs/req", lambda r: _number(r["cpu_us_per_request"])),
-            ("× stdlib", lambda r: _ratio(r["cpu_us_per_request"], reference["cpu_us_per_request"]))]
+    if bare is not None:
+        columns.append(("× bare", lambda r: _ratio(r["rps"], bare["rps"])))
+    columns += [("p50 ms", lambda r: _ms(r["p50_ms"])),
+                ("p99 ms", lambda r: _ms(r["p99_ms"])),
+                ("p99.9 ms", lambda r: _ms(r["p999_ms"])),
+                ("server CPU µs/req", lambda r: _number(r["cpu_us_per_request"])),
+                ("× stdlib", lambda r: _ratio(r["cpu_us_per_request"], reference["cpu_us_per_request"]))]
+    if bare is not None:
+        columns.append(("× bare", lambda r: _ratio(r["cpu_us_per_request"], bare["cpu_us_per_request"])))
+    return columns
 
 
 def _held_columns(spec: dict[str, Any]) -> list[Column]:
@@ -154,16 +193,18 @@ def _number(value: float | None) -> str:
     return "–" if value is None else f"{value:,.1f}"
 
 
-def _http_markdown(workload: str, rows: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
+def _http_title(workload: str) -> str:
     spec = WORKLOADS[workload]
     what = "keep-alive" if spec["persistent"] else "a connection per request"
-    title = (f"### {workload}: http.server, {spec['protocol']} ({what}), a {spec['size']}-byte file, "
-             f"`wrk -t{WRK_THREADS} -c{spec['clients']}`")
-    lines = [title, ""]
+    return (f"### {workload}: http.server, {spec['protocol']} ({what}), a {spec['size']}-byte file, "
+            f"`wrk -t{WRK_THREADS} -c{spec['clients']}`")
+
+
+def _http_table(workload: str, rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
-        return [*lines, f"Skipped: {args.http_skipped}", ""]
+        return ["No implementation ran."]
     reference = rows[0]
-    lines += [
+    lines = [
         ("| implementation | req/s | × stdlib | p50 ms | p99 ms | p99.9 ms | max ms | server CPU µs/req | × stdlib | "
          "peak RSS MiB | threads | errors |"),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -176,7 +217,7 @@ def _http_markdown(workload: str, rows: list[dict[str, Any]], args: argparse.Nam
             f"{_ratio(row['cpu_us_per_request'], reference['cpu_us_per_request'])} | {row['peak_rss_mib']:.1f} | "
             f"{row['threads']} | {row['errors']} |"
         )
-    return [*lines, ""]
+    return lines
 
 
 def _ratio(value: float | None, reference: float | None) -> str:
@@ -188,6 +229,10 @@ def _label(implementation: str, workload: str) -> str:
     if kind == "http":
         module = "socketserver" if implementation == "stdlib" else "sockwork.socketserver"
         return f"http.server.ThreadingHTTPServer on {module}"
+    if implementation in BARE:
+        return f"bare threads ({BARE[implementation]})"
+    if WORKLOADS[workload].get("tls"):
+        return _tls_label(implementation)
     if implementation == "asyncio-streams":
         return "asyncio streams" if kind != "udp" else "asyncio datagram endpoint"
     if implementation == "uvloop-streams":
@@ -195,6 +240,13 @@ def _label(implementation: str, workload: str) -> str:
     cls = {"tcp": "ThreadingTCPServer", "udp": "ThreadingUDPServer", "unix": "ThreadingUnixStreamServer"}[kind]
     return {"stdlib": f"socketserver.{cls}", "legacy": f"sockwork.socketserver.{cls}"}.get(
         implementation, f"sockwork `{implementation}`")
+
+
+def _tls_label(implementation: str) -> str:
+    return {"stdlib": "socketserver.ThreadingTCPServer, the handler wraps the socket (ssl)",
+            "legacy": "sockwork.socketserver.ThreadingTCPServer, the handler wraps the socket (ssl)",
+            "asyncio-streams": "asyncio start_server(ssl=...)",
+            "uvloop-streams": "uvloop start_server(ssl=...)"}.get(implementation, f"sockwork `{implementation}`, tls")
 
 
 def _ms(value: float | None) -> str:

@@ -13,6 +13,8 @@ import time
 from typing import Any
 
 from . import measurement as proc
+from . import tls
+from .placement import FREE, Placement
 from .tally import tally_clients
 
 CLIENT_PROCESSES = 2
@@ -35,10 +37,30 @@ def stop_process(process: subprocess.Popen[str], timeout: float) -> int:
         return process.wait()
 
 
+class Refused(Exception):
+    """The server could not be built for the workload; the message says why (one line)."""
+
+
+def extras(**values: Any) -> str:
+    """The last argument of a run's child process (see ``command._child``)."""
+    return json.dumps({key: value for key, value in values.items() if value is not None})
+
+
+def read_address(server: subprocess.Popen[str]) -> Any:
+    """The address the server printed, or Refused with the reason it printed instead."""
+    line = server.stdout.readline()  # type: ignore[union-attr]  # stdout=PIPE
+    if not line:
+        raise RuntimeError(f"the server ended before printing its address (status {server.wait()})")
+    printed = json.loads(line)
+    if isinstance(printed, dict) and "refused" in printed:
+        raise Refused(printed["refused"])
+    return printed
+
+
 def one_run(implementation: str, workload: str, spec: dict[str, Any], warmup: float,
-            duration: float) -> dict[str, Any]:
+            duration: float, placement: Placement = FREE) -> dict[str, Any]:
     """One server process, its clients (and, for ``silent``, the holder of waiting connections)."""
-    run = _Run(implementation, workload, spec)
+    run = _Run(implementation, workload, spec, placement)
     try:
         run.start()
         run.load()
@@ -51,8 +73,8 @@ def one_run(implementation: str, workload: str, spec: dict[str, Any], warmup: fl
 class _Run:
     """The processes of one run and what was read from them, in the order they happen."""
 
-    def __init__(self, implementation: str, workload: str, spec: dict[str, Any]) -> None:
-        self.implementation, self.workload, self.spec = implementation, workload, spec
+    def __init__(self, implementation: str, workload: str, spec: dict[str, Any], placement: Placement) -> None:
+        self.implementation, self.workload, self.spec, self.placement = implementation, workload, spec, placement
         self.directory = tempfile.mkdtemp(prefix="sw-bench-")
         self.server: subprocess.Popen[str] | None = None
         self.clients: list[subprocess.Popen[str]] = []
@@ -64,9 +86,11 @@ class _Run:
     def start(self) -> None:
         """The server, its address, and its size before any client."""
         path = os.path.join(self.directory, "s.sock")
-        self.server = subprocess.Popen([*COMMAND, "--serve", self.implementation, self.workload, path],
-                                       stdout=subprocess.PIPE, text=True)
-        self.address = json.loads(self.server.stdout.readline())  # type: ignore[union-attr]  # stdout=PIPE
+        if self.spec.get("tls"):
+            tls.make_certificates(self.directory)
+        self.server = subprocess.Popen([*COMMAND, "--serve", self.implementation, self.workload, path,
+                                        extras(cpus=self.placement.server)], stdout=subprocess.PIPE, text=True)
+        self.address = read_address(self.server)
         time.sleep(0.2)  # the server's imports and threads settle
         self.rss_before, self.fds_before = proc.tree_rss_kib(self.server.pid), proc.tree_fds(self.server.pid)
 
@@ -77,13 +101,15 @@ class _Run:
         if self.waiting:
             self.holder = subprocess.Popen(
                 [*COMMAND, "--hold", json.dumps(self.address), str(spec.get("silent", 0)),
-                 str(spec.get("trickle", 0)), repr(spec.get("trickle_every", 2.0))], stdout=subprocess.PIPE, text=True)
+                 str(spec.get("trickle", 0)), repr(spec.get("trickle_every", 2.0)), extras(cpus=self.placement.load)],
+                stdout=subprocess.PIPE, text=True)
             self.held = json.loads(self.holder.stdout.readline())  # type: ignore[union-attr]  # stdout=PIPE
             self.fds_loaded = proc.settled_fds(self.server.pid)  # the server has taken what it will of them
             self.rss_loaded = proc.tree_rss_kib(self.server.pid)
         for share in client_split(spec["clients"]):
             self.clients.append(subprocess.Popen(
-                [*COMMAND, "--client", self.workload, json.dumps(self.address), str(share)],
+                [*COMMAND, "--client", self.workload, json.dumps(self.address), str(share),
+                 extras(cpus=self.placement.load, directory=self.directory)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
         # Every client process sets up (bounded by SETUP_LIMIT), then says how many of its clients were answered.
         self.answered_at_setup = sum(json.loads(c.stdout.readline())["answered"]  # type: ignore[union-attr]
@@ -130,7 +156,8 @@ class _Run:
         requests = counted["requests"]
         conns = self.fds_loaded - self.fds_before
         return {
-            "implementation": self.implementation, "workload": self.workload, **counted,
+            "implementation": self.implementation, "workload": self.workload, "placement": self.placement.name,
+            **counted,
             "answered_at_setup": self.answered_at_setup,
             "errors": counted["errors"] + (self.server_status != 0), "server_exit": self.server_status,
             "rps": requests / duration, "cpu_us_per_request": self.cpu / requests * 1e6 if requests else None,

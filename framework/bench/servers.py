@@ -10,12 +10,16 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import os
 import signal
 import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from . import tls
+from .bare import BARE, serve_bare
+from .placement import pin
 from .workloads import PEERS, WORKLOADS
 
 # What a server gives the runner: its bound address, shutdown(), serve_forever(), close().
@@ -49,22 +53,45 @@ class LinesHandler:
 CLASSIC_HANDLERS = {"echo": EchoHandler, "lines": LinesHandler}
 
 
-def serve(implementation: str, workload: str, path: str) -> None:
-    """Run one server until SIGTERM; print its address first."""
+def serve(implementation: str, workload: str, path: str, cpus: list[int] | None = None) -> int:
+    """Run one server until SIGTERM, pinned to ``cpus`` if given; print its address first.
+
+    A server that cannot be built for the workload (sockwork's assembly refuses the pair, say) prints
+    ``{"refused": "the reason"}`` instead and returns 2: the driver reports it and runs the others.
+    """
+    pin(cpus)  # first: every thread and child started from here on inherits the mask
     spec = WORKLOADS[workload]
     if implementation in PEERS:
         _serve_event_loop(implementation, spec, path)
-        return
+        return 0
+    if implementation in BARE:
+        serve_bare(implementation, spec, path)
+        return 0
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # for sigwait below, in every thread
+    try:
+        served = _build(implementation, spec, path)
+    except ValueError as exc:  # sockwork's ConfigError is one
+        print(json.dumps({"refused": str(exc).splitlines()[0]}), flush=True)
+        return 2
+    _run(*served)
+    return 0
+
+
+def _build(implementation: str, spec: dict[str, Any], path: str) -> Served:
     if spec["kind"] == "http":
         server = _http_server(implementation, spec["protocol"], path)
-        served: Served = (server.server_address, server.shutdown, server.serve_forever, server.server_close)
-    elif implementation in ("stdlib", "legacy"):
-        served = _classic_server(implementation, spec, path)
-    else:
-        served = _sockwork_server(implementation, spec, path)
-    bound, stop, run, close = served
-    threading.Thread(target=lambda: (signal.sigwait({signal.SIGTERM}), stop()), daemon=True).start()
+        return server.server_address, server.shutdown, server.serve_forever, server.server_close
+    if implementation in ("stdlib", "legacy"):
+        return _classic_server(implementation, spec, path)
+    return _sockwork_server(implementation, spec, path)
+
+
+def _run(bound: Any, stop: Callable[[], None], run: Callable[[], None], close: Callable[[], None]) -> None:
+    def stop_on_sigterm() -> None:
+        signal.sigwait({signal.SIGTERM})
+        stop()
+
+    threading.Thread(target=stop_on_sigterm, daemon=True).start()
     print(json.dumps(bound), flush=True)
     try:
         run()
@@ -81,7 +108,10 @@ def _classic_server(implementation: str, spec: dict[str, Any], path: str) -> Ser
     cls = {"tcp": module.ThreadingTCPServer, "udp": module.ThreadingUDPServer,
            "unix": module.ThreadingUnixStreamServer}[spec["kind"]]
     address: Any = path if spec["kind"] == "unix" else ("127.0.0.1", 0)
-    server: Any = cls(address, CLASSIC_HANDLERS[spec["protocol"]])
+    handler: Any = CLASSIC_HANDLERS[spec["protocol"]]
+    if spec.get("tls"):
+        handler = tls.TLSEchoHandler.for_directory(os.path.dirname(path))
+    server: Any = cls(address, handler)
     return server.server_address, server.shutdown, server.serve_forever, server.server_close
 
 
@@ -90,8 +120,12 @@ def _sockwork_server(dispatcher: str, spec: dict[str, Any], path: str) -> Served
     from sockwork import Limits, Server
 
     url = {"tcp": "tcp://127.0.0.1:0", "udp": "udp://127.0.0.1:0", "unix": f"unix://{path}"}[spec["kind"]]
+    options = None
+    if spec.get("tls"):
+        url, options = "tls://127.0.0.1:0", tls.files(os.path.dirname(path))
     limits = Limits(idle_timeout=None) if spec["limits"] == "off" else Limits()
-    server = Server(transport=url, dispatcher=dispatcher, handler=spec["handler"], limits=limits)
+    server = Server(transport=url, transport_options=options, dispatcher=dispatcher, handler=spec["handler"],
+                    limits=limits)
     return server.address, server.shutdown, server.serve_forever, server.close
 
 
@@ -119,7 +153,7 @@ async def _start_event_loop_server(spec: dict[str, Any], path: str) -> tuple[Any
     import asyncio
 
     async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
+        with contextlib.suppress(ConnectionError, OSError):  # OSError: ssl.SSLError, a client gone mid-session
             while data := await reader.read(65536):
                 writer.write(data)
                 await writer.drain()
@@ -143,12 +177,13 @@ async def _start_event_loop_server(spec: dict[str, Any], path: str) -> tuple[Any
 
     loop = asyncio.get_running_loop()
     handle = {"echo": echo, "lines": lines}[spec["protocol"]]
+    context = tls.server_context(os.path.dirname(path)) if spec.get("tls") else None
     if spec["kind"] == "udp":
         endpoint, _ = await loop.create_datagram_endpoint(Datagrams, local_addr=("127.0.0.1", 0))
         return endpoint, endpoint.get_extra_info("sockname")
     if spec["kind"] == "unix":
         return await asyncio.start_unix_server(handle, path), path
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
     return server, server.sockets[0].getsockname()
 
 

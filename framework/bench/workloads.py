@@ -6,6 +6,7 @@ Each workload is one line. "handler" is what sockwork's own rows serve (a regist
 (echo: the request comes back; lines: each line comes back as "<n>: <line>").
 "limits": "off" runs sockwork without idle_timeout (socketserver has none), "defaults" as `sockwork serve` does.
 "client": "threads" (a thread per client) or "mux" (clients multiplexed on a selector, for many of them).
+"tls": the connections speak TLS (certificates made per run, see ``tls``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import importlib.util
 import os
 import socket
 from typing import Any
+
+from .bare import BARE, bare_unsupported
 
 _ECHO = {"protocol": "echo", "handler": "echo"}
 WORKLOADS: dict[str, dict[str, Any]] = {
@@ -33,16 +36,20 @@ WORKLOADS: dict[str, dict[str, Any]] = {
               "handler": "lines", "limits": "defaults", "client": "mux"},
     "silent": {"kind": "tcp", "clients": 16, "size": 64, "persistent": True, **_ECHO, "limits": "defaults",
                "client": "mux", "silent": 2000, "trickle": 100, "trickle_every": 2.0},
+    "tls": {"kind": "tcp", "tls": True, "clients": 32, "size": 64, "persistent": True, **_ECHO, "limits": "off",
+            "client": "threads"},
     "http10": {"kind": "http", "clients": 16, "size": 1024, "persistent": False, "protocol": "HTTP/1.0"},
     "http11": {"kind": "http", "clients": 16, "size": 1024, "persistent": True, "protocol": "HTTP/1.1"},
 }
 HTTP_IMPLEMENTATIONS = ("stdlib", "legacy")  # http.server runs on socketserver classes only
 
 # Implementations: the reference first. "legacy" is sockwork.socketserver's Threading* class; the
-# event-loop peers are asyncio's streams on asyncio's own loop and on uvloop's. Any other name is a
-# sockwork dispatcher.
+# "bare" rows are the floor of a pool of Python threads (see ``bare``); the event-loop peers are
+# asyncio's streams on asyncio's own loop and on uvloop's. Any other name is a sockwork dispatcher.
 PEERS = {"asyncio-streams": None, "uvloop-streams": "uvloop"}  # name -> the module it needs beyond the stdlib
-IMPLEMENTATIONS = ("stdlib", "legacy", "thread", "pool", "prefork", "asyncio-streams", "uvloop-streams")
+IMPLEMENTATIONS = ("stdlib", "legacy", "bare-threads", "thread", "pool", "prefork", "asyncio-streams",
+                   "uvloop-streams")
+CLASSIC = ("stdlib", "legacy")
 
 
 def unavailable(implementation: str) -> str | None:
@@ -51,6 +58,13 @@ def unavailable(implementation: str) -> str | None:
     if module is None or importlib.util.find_spec(module) is not None:
         return None
     return f"{implementation}: {module} is not installed (`pip install {module}` to compare with it)."
+
+
+def not_applicable(implementation: str, spec: dict[str, Any]) -> str | None:
+    """Why ``implementation`` does not run ``spec`` (said in the report), or None."""
+    if implementation in BARE:
+        return bare_unsupported(implementation, spec)
+    return None  # a sockwork dispatcher that refuses the workload's transport says so when its server starts
 
 
 def payload(spec: dict[str, Any]) -> bytes:

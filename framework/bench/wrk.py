@@ -11,7 +11,8 @@ import time
 from typing import Any
 
 from . import measurement as proc
-from .runs import COMMAND, stop_process
+from .placement import FREE, Placement, pin
+from .runs import COMMAND, extras, read_address, stop_process
 from .workloads import WORKLOADS
 
 WRK_THREADS = 1
@@ -33,7 +34,8 @@ end
 """
 
 
-def one_http_run(implementation: str, workload: str, warmup: float, duration: float, wrk: str) -> dict[str, Any]:
+def one_http_run(implementation: str, workload: str, warmup: float, duration: float, wrk: str,
+                 placement: Placement = FREE) -> dict[str, Any]:
     """One server process, driven by wrk: a warm-up run, then the measured run."""
     spec = WORKLOADS[workload]
     directory = tempfile.mkdtemp(prefix="sw-bench-http-")
@@ -42,15 +44,15 @@ def one_http_run(implementation: str, workload: str, warmup: float, duration: fl
     script = os.path.join(directory, "report.lua")
     with open(script, "w") as f:
         f.write(WRK_SCRIPT)
-    server = subprocess.Popen([*COMMAND, "--serve", implementation, workload, directory],
+    server = subprocess.Popen([*COMMAND, "--serve", implementation, workload, directory, extras(cpus=placement.server)],
                               stdout=subprocess.PIPE, text=True)
     try:
-        host, port = json.loads(server.stdout.readline())  # type: ignore[union-attr]  # stdout=PIPE
+        host, port = read_address(server)
         command = [wrk, f"-t{WRK_THREADS}", f"-c{spec['clients']}", "-s", script, f"http://{host}:{port}/1k.bin"]
         # wrk takes whole seconds
         subprocess.run([*command, f"-d{max(1, round(warmup))}s"], capture_output=True, text=True, timeout=120,
-                       check=True)
-        measured = _measure_wrk(server.pid, [*command, f"-d{max(1, round(duration))}s"])
+                       check=True, preexec_fn=lambda: pin(placement.load))
+        measured = _measure_wrk(server.pid, [*command, f"-d{max(1, round(duration))}s"], placement)
     finally:
         server_status = stop_process(server, 30)
         server.stdout.close()  # type: ignore[union-attr]  # stdout=PIPE
@@ -58,7 +60,7 @@ def one_http_run(implementation: str, workload: str, warmup: float, duration: fl
     report = measured["report"]
     requests = report["requests"]
     return {
-        "implementation": implementation, "workload": workload,
+        "implementation": implementation, "workload": workload, "placement": placement.name,
         "requests": requests, "errors": report["errors"] + (server_status != 0),
         "rps": requests / report["duration_s"],
         "cpu_us_per_request": measured["cpu"] / requests * 1e6 if requests else None,
@@ -68,10 +70,11 @@ def one_http_run(implementation: str, workload: str, warmup: float, duration: fl
     }
 
 
-def _measure_wrk(pid: int, command: list[str]) -> dict[str, Any]:
+def _measure_wrk(pid: int, command: list[str], placement: Placement) -> dict[str, Any]:
     """Run wrk's measured run, sampling the server (``pid``) while it lasts."""
     cpu_before, threads, processes = proc.cpu_seconds(pid), 0, 0
-    measured = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    measured = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: pin(placement.load))  # the driver runs no thread here
     while measured.poll() is None:
         threads = max(threads, proc.status(pid, "Threads"))
         processes = max(processes, 1 + len(proc.descendants(pid)))

@@ -320,3 +320,91 @@ def test_python_m_sockwork_bench_is_the_command() -> None:
     command = subprocess.run([sys.executable, "-m", "sockwork", "bench", "--help"], capture_output=True, text=True,
                              timeout=60, check=True)
     assert module.stdout == command.stdout and "--implementations" in module.stdout
+
+
+# ---- Reference rows, placement, TLS ----------------------------------------------------
+
+def _bench(tmp_path: Path, *options: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "sockwork", "bench", "--quick", "--warmup", "0.2", "--duration", "0.3",
+         "--json", str(out), *options], capture_output=True, text=True, timeout=110)
+    assert result.returncode == 0, result.stderr
+    return result, json.loads(out.read_text())
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="pinning needs Linux and two CPUs")
+def test_bare_rows_pinned_and_free_in_one_run(tmp_path: Path) -> None:
+    """Both bare rows serve short, udp and unix, pinned and free; the report gives × bare and free ÷ pinned."""
+    result, report = _bench(tmp_path, "--workloads", "short,udp,unix", "--implementations", "bare-threads,bare-lf",
+                            "--clients", "2", "--pin", "both")
+    rows = report["results"]
+    assert [(r["workload"], r["placement"], r["implementation"]) for r in rows] == [
+        (w, p, i) for w in ("short", "udp", "unix") for p in ("pinned", "free")
+        for i in ("stdlib", "bare-threads", "bare-lf")]
+    for row in rows:
+        assert row["answered_at_setup"] == 2, row  # every client had its first reply from every server
+        if row["implementation"] == "stdlib" and row["workload"] == "short":
+            continue  # its backlog of 5 drops SYNs (see test_quick_benchmark_runs_and_reports)
+        if row["workload"] == "udp":
+            continue  # on a loaded machine a datagram lost in a 0.3 s window leaves its client unanswered
+        assert row["errors"] == 0 and row["answered"] == 2 and row["requests"] > 0, row
+    table = result.stdout
+    assert "| bare threads (hand-off) |" in table and "| bare threads (leader/followers) |" in table
+    assert "× bare" in table and table.count("Server CPU per request, free ÷ pinned:") == 3, table
+    assert "Server pinned to CPU 0, load on CPU 1" in table and "Server free on every CPU:" in table
+
+
+def test_tls_workload_against_asyncio_start_server(tmp_path: Path) -> None:
+    """tls: the classic rows wrap in the handler, pool runs the tls transport, asyncio streams run
+    start_server(ssl=...); the asyncio dispatcher, refused by assembly, is reported as not run."""
+    result, report = _bench(tmp_path, "--workloads", "tls", "--implementations", "pool,asyncio,asyncio-streams",
+                            "--clients", "2")
+    rows = report["results"]
+    assert [r["implementation"] for r in rows] == ["stdlib", "pool", "asyncio-streams"]
+    for row in rows:
+        assert row["errors"] == 0 and row["answered"] == 2 and row["requests"] > 0, row
+    assert "| asyncio start_server(ssl=...) |" in result.stdout and "| sockwork `pool`, tls |" in result.stdout
+    [refused] = report["not_run"]
+    assert refused["implementation"] == "asyncio" and "cannot take over" in refused["why"]
+    assert "Not run: asyncio: " in result.stdout
+
+
+def test_a_pinned_server_runs_every_thread_on_its_cpu(tmp_path: Path) -> None:
+    """A server started with cpus pins itself first: its threads (the bare row starts 9+) inherit the mask."""
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("pinning needs Linux")
+    cpu = min(os.sched_getaffinity(0))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "sockwork.bench", "--serve", "bare-threads", "persistent", str(tmp_path / "s.sock"),
+         json.dumps({"cpus": [cpu]})], stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        json.loads(server.stdout.readline())
+        tasks = [int(t) for t in os.listdir(f"/proc/{server.pid}/task")]
+        assert len(tasks) > 2
+        assert {frozenset(os.sched_getaffinity(t)) for t in tasks} == {frozenset({cpu})}
+    finally:
+        server.terminate()
+        assert server.wait(timeout=30) == 0
+        assert server.stdout is not None
+        server.stdout.close()
+
+
+def test_pinning_is_refused_with_a_reason_where_it_cannot_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One CPU, or a mode that does not exist: a one-line error naming what was wrong."""
+    from sockwork.bench.placement import placements
+
+    with pytest.raises(ValueError, match="--pin must be one of free, pinned, both, got 'half'"):
+        placements("half")
+    assert [p.name for p in placements("free")] == ["free"]
+    if not hasattr(os, "sched_getaffinity"):
+        return
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    with pytest.raises(ValueError, match=r"--pin needs at least 2 CPUs .* may use 1"):
+        placements("pinned")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {1, 3, 5})
+    pinned, free = placements("both")
+    assert (pinned.server, pinned.load, free.server) == ((1,), (3, 5), None)
+    assert pinned.describe() == "server pinned to CPU 1, load on CPU 3,5"
