@@ -8,6 +8,7 @@ import os
 import platform
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ from .clients import run_clients
 from .holder import hold
 from .lifecycle import import_times, shutdown_latency
 from .placement import MODES, Placement, pin, placements
+from .progress import Progress
 from .report import markdown, median_row
 from .runs import Refused, one_run
 from .servers import serve
@@ -130,14 +132,21 @@ def _spec(workload: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_all(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every workload, every implementation that serves it, in each placement."""
-    results: list[dict[str, Any]] = []
+    """Every workload, every implementation that serves it, in each placement; progress on stderr."""
+    plan = {}
     for workload in args.workloads:
         spec = args.specs[workload]
-        if (spec["kind"] == "http" and args.wrk is None) or (spec.get("tls") and args.tls_skipped):
-            continue
-        results.extend(_run_workload(workload, spec, _chosen(workload, spec, args), args))
-        print(f"{workload}: done", file=sys.stderr, flush=True)
+        if not ((spec["kind"] == "http" and args.wrk is None) or (spec.get("tls") and args.tls_skipped)):
+            plan[workload] = _chosen(workload, spec, args)
+    total = sum(len(chosen) for chosen in plan.values()) * len(args.placements) * args.rounds
+    progress = Progress(total, args.warmup + args.duration, sys.stderr)
+    results: list[dict[str, Any]] = []
+    try:
+        for workload, chosen in plan.items():
+            results.extend(_run_workload(workload, args.specs[workload], chosen, args, progress))
+            progress.say(f"{workload}: done")
+    finally:
+        progress.close()
     return results
 
 
@@ -155,19 +164,27 @@ def _chosen(workload: str, spec: dict[str, Any], args: argparse.Namespace) -> li
     return chosen
 
 
-def _run_workload(workload: str, spec: dict[str, Any], chosen: list[str],
-                  args: argparse.Namespace) -> list[dict[str, Any]]:
+def _run_workload(workload: str, spec: dict[str, Any], chosen: list[str], args: argparse.Namespace,
+                  progress: Progress) -> list[dict[str, Any]]:
     """Round after round, each placement, each implementation (A B C A B C: drift hits all alike)."""
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {(p.name, i): [] for p in args.placements for i in chosen}
-    for _ in range(args.rounds):
-        for placement in args.placements:
+    for number in range(1, args.rounds + 1):
+        for index, placement in enumerate(args.placements):
             for implementation in list(chosen):
+                where = f", {placement.name}" if len(args.placements) > 1 or placement.server else ""
+                progress.start(f"{workload}: {implementation} (round {number}/{args.rounds}{where})")
+                began = time.monotonic()
                 try:
                     run = _one(implementation, workload, spec, placement, args)
                 except Refused as exc:  # its server cannot serve this workload: said in the report, once
                     chosen.remove(implementation)
                     args.not_run.append((workload, implementation, str(exc)))
+                    progress.skip((args.rounds - number + 1) * len(args.placements) - index)
                     continue
+                progress.finish(time.monotonic() - began)
+                if run["empty_rounds"]:
+                    progress.say(f"sockwork bench: error: {implementation} on {workload} measured nothing in "
+                                 f"round {number}{where}: no client got a reply in the window")
                 runs[(placement.name, implementation)].append(run)
     return [median_row(done) for done in runs.values() if done]
 

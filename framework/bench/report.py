@@ -10,7 +10,7 @@ from typing import Any
 
 from .bare import BARE
 from .lifecycle import IMPORT_RUNS
-from .workloads import WORKLOADS
+from .workloads import CLASSIC, PEERS, WORKLOADS
 from .wrk import WRK_THREADS
 
 
@@ -26,7 +26,8 @@ def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 "conns_held", "rss_kib_per_conn", "waiting_opened"):
         if key in row:
             row[key] = median(key)
-    for key in ("requests", "errors", "failed", "unanswered", "waiting_closed_by_server"):
+    row["rps_rounds"] = [r["rps"] for r in runs]
+    for key in ("requests", "errors", "failed", "unanswered", "waiting_closed_by_server", "empty_rounds"):
         if key in row:
             row[key] = sum(r[key] or 0 for r in runs)
     for key in ("threads", "processes"):
@@ -46,14 +47,16 @@ def markdown(results: list[dict[str, Any]], shutdown: dict[str, float], args: ar
     lines = [
         f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}. "
         f"{args.rounds} round(s) per implementation, {args.duration:g} s each after {args.warmup:g} s warm-up; "
-        "medians over rounds (p99.9 and the fairness columns: the worst round; errors: all rounds).",
+        "medians over rounds (p99.9 and the fairness columns: the worst round; errors: all rounds)."
+        + (" With one round the spread of req/s is unknown: run --rounds 3 (or more) to see it."
+           if args.rounds == 1 else " Spread: (highest − lowest) ÷ median req/s over the rounds."),
         "",
     ]
     lines += [f"Skipped: {note}" for note in args.skipped] + ([""] if args.skipped else [])
     for workload in args.workloads:
         rows = [r for r in results if r["workload"] == workload]
         lines += _workload_markdown(workload, args.specs[workload], rows, args)
-    return "\n".join(lines + _lifecycle_tables(shutdown, args.import_ms))
+    return "\n".join(lines + summary(results, args) + _lifecycle_tables(shutdown, args.import_ms))
 
 
 def _workload_markdown(workload: str, spec: dict[str, Any], rows: list[dict[str, Any]],
@@ -75,6 +78,42 @@ def _workload_markdown(workload: str, spec: dict[str, Any], rows: list[dict[str,
     if len(args.placements) > 1:
         lines += _free_over_pinned(workload, rows)
     return lines
+
+
+def summary(results: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
+    """The best sockwork dispatcher per workload (and placement), by req/s among rows without errors."""
+    lines = ["### Summary: the best sockwork dispatcher per workload", "",
+             "| workload | placement | dispatcher | req/s | × stdlib | × asyncio streams | × bare | "
+             "server CPU µs/req | CPU × stdlib | CPU × bare |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for workload in args.workloads:
+        for placement in args.placements:
+            rows = [r for r in results if r["workload"] == workload and r.get("placement", "free") == placement.name]
+            if rows:
+                lines.append(_summary_line(workload, placement.name, rows))
+    if len(lines) == 4:
+        return []
+    return [*lines, "", "The best by req/s among sockwork's dispatchers without errors (a row says so when each had "
+            "errors); ratios as in the tables.", ""]
+
+
+def _summary_line(workload: str, placement: str, rows: list[dict[str, Any]]) -> str:
+    reference = rows[0]
+    peer = next((r for r in rows if r["implementation"] == "asyncio-streams"), None)
+    bare = next((r for r in rows if r["implementation"] in BARE), None)
+    ours = [r for r in rows if r["implementation"] not in (*CLASSIC, *PEERS, *BARE)]
+    clean = [r for r in ours if not r["errors"]]
+    if not clean:
+        what = "every sockwork dispatcher had errors" if ours else "no sockwork dispatcher ran"
+        return f"| {workload} | {placement} | {what} | | | | | | | |"
+    best = max(clean, key=lambda r: r["rps"])
+    cpu = best["cpu_us_per_request"]
+    peer_rps = peer["rps"] if peer else None
+    bare_rps, bare_cpu = (bare["rps"], bare["cpu_us_per_request"]) if bare else (None, None)
+    return (f"| {workload} | {placement} | `{best['implementation']}` | {best['rps']:,.0f} | "
+            f"{_ratio(best['rps'], reference['rps'])} | {_ratio(best['rps'], peer_rps)} | "
+            f"{_ratio(best['rps'], bare_rps)} | {_number(cpu)} | "
+            f"{_ratio(cpu, reference['cpu_us_per_request'])} | {_ratio(cpu, bare_cpu)} |")
 
 
 def _free_over_pinned(workload: str, rows: list[dict[str, Any]]) -> list[str]:
@@ -145,6 +184,7 @@ def _rate_columns(workload: str, rows: list[dict[str, Any]]) -> list[Column]:
     columns: list[Column] = [
         ("implementation", lambda r: _label(r["implementation"], workload)),
         ("req/s", lambda r: f"{r['rps']:,.0f}"),
+        ("spread", _spread),
         ("× stdlib", lambda r: _ratio(r["rps"], reference["rps"])),
     ]
     if peer is not None:
@@ -185,8 +225,24 @@ def _client_columns() -> list[Column]:
         ("clients answered", lambda r: f"{r['answered']:,}/{r['clients']:,}"),
         ("fewest / median", lambda r: f"{r['fewest']:,} / {r['median_per_client']:,.0f}"
          if r["fewest"] is not None else "–"),
-        ("errors", lambda r: f"{r['errors']:,}"),
+        ("errors", _errors),
     ]
+
+
+def _spread(row: dict[str, Any]) -> str:
+    """(highest − lowest) ÷ median req/s over the rounds; "unknown" with one round."""
+    values = row.get("rps_rounds") or [row["rps"]]
+    if len(values) < 2:
+        return "unknown (1 round)"
+    return f"{(max(values) - min(values)) / row['rps']:.0%}" if row["rps"] else "–"
+
+
+def _errors(row: dict[str, Any]) -> str:
+    """The errors, and the rounds that measured nothing at all (each one an error too)."""
+    empty = row.get("empty_rounds") or 0
+    if not empty:
+        return f"{row['errors']:,}"
+    return f"{row['errors']:,} (measured nothing in {empty} of {row.get('rounds', 1)} round(s))"
 
 
 def _number(value: float | None) -> str:
@@ -205,17 +261,17 @@ def _http_table(workload: str, rows: list[dict[str, Any]]) -> list[str]:
         return ["No implementation ran."]
     reference = rows[0]
     lines = [
-        ("| implementation | req/s | × stdlib | p50 ms | p99 ms | p99.9 ms | max ms | server CPU µs/req | × stdlib | "
-         "peak RSS MiB | threads | errors |"),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ("| implementation | req/s | spread | × stdlib | p50 ms | p99 ms | p99.9 ms | max ms | server CPU µs/req | "
+         "× stdlib | peak RSS MiB | threads | errors |"),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         lines.append(
-            f"| {_label(row['implementation'], workload)} | {row['rps']:,.0f} | "
+            f"| {_label(row['implementation'], workload)} | {row['rps']:,.0f} | {_spread(row)} | "
             f"{_ratio(row['rps'], reference['rps'])} | {_ms(row['p50_ms'])} | {_ms(row['p99_ms'])} | "
-            f"{_ms(row['p999_ms'])} | {_ms(row['max_ms'])} | {row['cpu_us_per_request'] or float('nan'):.1f} | "
+            f"{_ms(row['p999_ms'])} | {_ms(row['max_ms'])} | {_number(row['cpu_us_per_request'])} | "
             f"{_ratio(row['cpu_us_per_request'], reference['cpu_us_per_request'])} | {row['peak_rss_mib']:.1f} | "
-            f"{row['threads']} | {row['errors']} |"
+            f"{row['threads']} | {_errors(row)} |"
         )
     return lines
 

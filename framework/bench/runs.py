@@ -57,6 +57,14 @@ def read_address(server: subprocess.Popen[str]) -> Any:
     return printed
 
 
+def flag_empty(row: dict[str, Any]) -> dict[str, Any]:
+    """A run that measured nothing (no request answered in the window) is an error, never a clean row."""
+    row["empty_rounds"] = int(row["requests"] == 0)
+    if row["requests"] == 0:
+        row["errors"] = max(row["errors"], 1)
+    return row
+
+
 def one_run(implementation: str, workload: str, spec: dict[str, Any], warmup: float,
             duration: float, placement: Placement = FREE) -> dict[str, Any]:
     """One server process, its clients (and, for ``silent``, the holder of waiting connections)."""
@@ -67,7 +75,7 @@ def one_run(implementation: str, workload: str, spec: dict[str, Any], warmup: fl
         run.measure(warmup, duration)
     finally:
         run.stop()
-    return run.result(duration)
+    return flag_empty(run.result(duration))
 
 
 class _Run:

@@ -47,7 +47,7 @@ HTTP_IMPLEMENTATIONS = ("stdlib", "legacy")  # http.server runs on socketserver 
 # "bare" rows are the floor of a pool of Python threads (see ``bare``); the event-loop peers are
 # asyncio's streams on asyncio's own loop and on uvloop's. Any other name is a sockwork dispatcher.
 PEERS = {"asyncio-streams": None, "uvloop-streams": "uvloop"}  # name -> the module it needs beyond the stdlib
-IMPLEMENTATIONS = ("stdlib", "legacy", "bare-threads", "thread", "pool", "prefork", "asyncio-streams",
+IMPLEMENTATIONS = ("stdlib", "legacy", "bare-threads", "thread", "pool", "prefork", "asyncio", "asyncio-streams",
                    "uvloop-streams")
 CLASSIC = ("stdlib", "legacy")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from . import measurement as proc
 from .placement import FREE, Placement, pin
-from .runs import COMMAND, extras, read_address, stop_process
+from .runs import COMMAND, extras, flag_empty, read_address, stop_process
 from .workloads import WORKLOADS
 
 WRK_THREADS = 1
@@ -59,7 +59,7 @@ def one_http_run(implementation: str, workload: str, warmup: float, duration: fl
         shutil.rmtree(directory)
     report = measured["report"]
     requests = report["requests"]
-    return {
+    return flag_empty({
         "implementation": implementation, "workload": workload, "placement": placement.name,
         "requests": requests, "errors": report["errors"] + (server_status != 0),
         "rps": requests / report["duration_s"],
@@ -67,7 +67,7 @@ def one_http_run(implementation: str, workload: str, warmup: float, duration: fl
         "p50_ms": report["p50_ms"], "p99_ms": report["p99_ms"], "p999_ms": report["p999_ms"],
         "max_ms": report["max_ms"], "peak_rss_mib": measured["rss"] / 1024,
         "threads": measured["threads"], "processes": measured["processes"],
-    }
+    })
 
 
 def _measure_wrk(pid: int, command: list[str], placement: Placement) -> dict[str, Any]:

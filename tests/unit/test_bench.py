@@ -408,3 +408,85 @@ def test_pinning_is_refused_with_a_reason_where_it_cannot_work(monkeypatch: pyte
     pinned, free = placements("both")
     assert (pinned.server, pinned.load, free.server) == ((1,), (3, 5), None)
     assert pinned.describe() == "server pinned to CPU 1, load on CPU 3,5"
+
+
+# ---- Progress, empty rows, spread, summary ---------------------------------------------
+
+class _Stream:
+    def __init__(self, tty: bool) -> None:
+        self.tty, self.text = tty, ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, text: str) -> None:
+        self.text += text
+
+    def flush(self) -> None:
+        pass
+
+
+def test_progress_is_a_line_per_run_off_a_terminal_and_a_bar_on_one() -> None:
+    """Off a terminal: one plain line per finished run with runs done and time left; on one: a redrawn bar."""
+    from sockwork.bench.progress import Progress, duration
+
+    log = _Stream(tty=False)
+    progress = Progress(total=3, per_run_guess=10.0, stream=log)
+    assert progress.left() >= 3 * 10.0
+    progress.start("short: pool (round 1/3)")
+    assert log.text == ""
+    progress.finish(4.2)
+    assert log.text.startswith("sockwork bench: short: pool (round 1/3): 4.2 s (1/3 runs, about ")
+    assert log.text.endswith(" left)\n") and "\r" not in log.text
+    progress.skip(1)
+    assert progress.total == 2
+
+    terminal = _Stream(tty=True)
+    progress = Progress(total=2, per_run_guess=1.0, stream=terminal)
+    progress.start("udp: legacy (round 1/1)")
+    progress.finish(1.0)
+    progress.say("udp: done")
+    progress.close()
+    assert "\r\033[K[" in terminal.text and "] 1/2 udp: legacy (round 1/1), about " in terminal.text
+    assert "udp: done\n" in terminal.text and terminal.text.endswith("\r\033[K")
+    assert (duration(45), duration(190), duration(3900)) == ("45 s", "3 min 10 s", "1 h 5 min")
+
+
+def _row(implementation: str, rps: float, errors: int = 0, **more: Any) -> dict[str, Any]:
+    return {"implementation": implementation, "workload": "persistent", "placement": "free", "rps": rps,
+            "cpu_us_per_request": 1e6 / rps if rps else None, "errors": errors, **more}
+
+
+def test_a_run_that_measured_nothing_is_an_error() -> None:
+    """0 requests in the window: at least one error, and the table says the round measured nothing."""
+    from sockwork.bench.runs import flag_empty
+
+    empty = flag_empty({"requests": 0, "errors": 0})
+    assert empty == {"requests": 0, "errors": 1, "empty_rounds": 1}
+    assert flag_empty({"requests": 5, "errors": 0})["empty_rounds"] == 0
+    assert reporting._errors({"errors": 1, "empty_rounds": 1, "rounds": 3}) == "1 (measured nothing in 1 of 3 round(s))"
+    assert reporting._errors({"errors": 2, "empty_rounds": 0}) == "2"
+
+
+def test_a_one_round_spread_is_unknown() -> None:
+    assert reporting._spread({"rps": 100.0, "rps_rounds": [100.0]}) == "unknown (1 round)"
+    assert reporting._spread({"rps": 100.0, "rps_rounds": [90.0, 100.0, 110.0]}) == "20%"
+
+
+def test_the_summary_names_the_best_dispatcher_without_errors() -> None:
+    """The fastest sockwork dispatcher with no errors, with its ratios to stdlib, asyncio streams and bare."""
+    import argparse
+
+    from sockwork.bench.placement import FREE
+
+    rows = [_row("stdlib", 100.0), _row("legacy", 300.0), _row("bare-threads", 400.0), _row("pool", 200.0),
+            _row("thread", 250.0, errors=1), _row("asyncio-streams", 50.0)]
+    args = argparse.Namespace(workloads=["persistent"], placements=[FREE])
+    lines = reporting.summary(rows, args)
+    assert "| persistent | free | `pool` | 200 | 2.00 | 4.00 | 0.50 | 5,000.0 | 0.50 | 2.00 |" in lines, lines
+    every = [_row("stdlib", 100.0), _row("pool", 200.0, errors=3)]
+    assert "| persistent | free | every sockwork dispatcher had errors |" in reporting.summary(every, args)[4]
+
+
+def test_the_default_comparison_has_the_asyncio_dispatcher_and_the_bare_row() -> None:
+    assert {"asyncio", "bare-threads"} <= set(workloads.IMPLEMENTATIONS)
