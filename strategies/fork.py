@@ -36,7 +36,7 @@ from sockwork.deadlines import deadline_after, remaining
 from sockwork.errors import FailedElsewhere
 from sockwork.forking import flush_stdio, fork
 from sockwork.hookspecs import hookimpl
-from sockwork.interfaces import DispatcherHost
+from sockwork.interfaces import ProcessDispatcherHost
 from sockwork.limits import Outcome
 from sockwork.validators import boolean, positive_int
 
@@ -96,7 +96,7 @@ class ForkDispatcher:
         self._killed: set[int] = set()  # killed past their deadline, not yet reaped
         self._timer_armed = False  # one loop timer at a time watches every deadline
 
-    def start(self, host: DispatcherHost) -> None:
+    def start(self, host: ProcessDispatcherHost) -> None:
         self._host = host
         # Children tell the parent why their request failed, one line each (atomic: < PIPE_BUF).
         self._failures_r, self._failures_w = os.pipe()

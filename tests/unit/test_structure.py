@@ -117,3 +117,37 @@ def test_config_reads_data_and_resolves_nothing() -> None:
     assert module_imports()["sockwork.config"] <= {"sockwork.errors", "sockwork.limits", "sockwork.validators"}
     calls = {ast.unparse(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
     assert not {call for call in calls if re.search(r"import_module|registry|\.get\(|parse_transport_url", call)}
+
+
+def test_the_server_module_is_a_facade() -> None:
+    """_server.py stays small: prefork's worker body lives with the supervisor, the host in _host.py."""
+    lines = (ROOT / "framework/_server.py").read_text(encoding="utf-8").count("\n")
+    assert lines < 300, f"framework/_server.py has {lines} lines"
+    assert "def run_worker" in (ROOT / "strategies/prefork.py").read_text(encoding="utf-8")
+
+
+def test_an_inherited_transport_declares_every_member_it_passes_on(tmp_path: Path) -> None:
+    """A worker's transport is explicit (no __getattr__ proxy): every Transport member and capability,
+    open() a no-op, close() only this process's copy (after_fork)."""
+    from sockwork._parts import InheritedTransport
+    from sockwork.assembly import REQUIRED_MEMBERS
+    from sockwork.interfaces import OPTIONAL_CAPABILITIES
+    from sockwork.transports import TCPOptions, TCPTransport
+
+    assert "__getattr__" not in vars(InheritedTransport)
+    transport = TCPTransport(TCPOptions(address=("127.0.0.1", 0)))
+    transport.open()
+    try:
+        inherited = InheritedTransport(transport, accept_batch=1)
+        for name in REQUIRED_MEMBERS["transport"]:
+            assert hasattr(inherited, name), name
+        transport_capabilities = [n for n, (_, doc) in OPTIONAL_CAPABILITIES.items() if doc.startswith("Transport:")]
+        for name in transport_capabilities:
+            assert hasattr(inherited, name), name
+        assert inherited.accept_batch == 1 and inherited.address == transport.address
+        inherited.open()
+        assert inherited.fileno() == transport.fileno()
+        inherited.close()  # this process's copy: the listener is closed here
+        assert repr(transport) == "<TCPTransport closed>"
+    finally:
+        transport.close()
