@@ -216,7 +216,7 @@ class Dispatcher(Protocol):
 
     Optional capabilities (see :data:`OPTIONAL_CAPABILITIES`):
     ``accepts_itself`` and ``stats_elsewhere`` (supervisors), ``abort()``
-    (dispatchers with child processes), ``runs_async`` (event loops: the
+    (dispatchers with child processes), ``keeps_connections_elsewhere``, ``runs_async`` (event loops: the
     handler is async, awaited by the dispatcher, which reports each request
     with ``host.release`` and ``host.finished`` instead of ``host.serve``).
     """
@@ -267,7 +267,9 @@ class HandlerFactory(Protocol):
     :func:`~sockwork.stream_handler` and :func:`~sockwork.datagram_handler`);
     assembling it with a transport of the other kind fails. Optional capability
     ``sockwork_async``: True for an async handler (:mod:`sockwork.aio`), which
-    only a dispatcher that ``runs_async`` serves.
+    only a dispatcher that ``runs_async`` serves. The others
+    (``sockwork_speaks_first``, ``sockwork_takes_connection``,
+    ``sockwork_framing``, ``sockwork_answer``) are in :data:`OPTIONAL_CAPABILITIES`.
     """
 
     def __call__(self, request: Request, client_address: Address, server: Any) -> object: ...
@@ -306,6 +308,12 @@ OPTIONAL_CAPABILITIES: dict[str, tuple[object, str]] = {
                                          "across KEEP_ALIVE turns) instead of the bare socket (stream_handler's)"),
     "sockwork_framing": (None, "Handler: a message handler's Framing; the loop then reads and splits messages "
                                "and calls sockwork_answer(messages, conn) -> replies (see sockwork.messages)"),
+    "sockwork_answer": (None, "Handler: with sockwork_framing, the method a worker calls for one turn: "
+                              "sockwork_answer(messages, conn) -> framed replies, in order"),
+    # Connection stage (a transport's stages)
+    "replaces_socket": (False, "ConnectionStage: True if it replaces conn.socket with an object that carries a "
+                               "session (tls: an ssl.SSLSocket); assembly then refuses dispatchers that serve the "
+                               "bare descriptor (runs_async: asyncio)"),
 }
 """Every optional member of a part: ``name -> (default, what it means)``."""
 
