@@ -6,11 +6,14 @@ bound to the one part that owns it (the loop, the requests, the transport).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, final
 
 from ._parts import InheritedTransport, Parts
-from .interfaces import Dispatcher
+from ._requests import Requests, traffic
+from .interfaces import Address, Dispatcher, Request
+from .limits import Outcome
 
 if TYPE_CHECKING:
     from ._server import Server
@@ -25,8 +28,8 @@ class ServerSideHost:
     the forked child's duties (ProcessDispatcherHost) and a worker's own server (SupervisorHost)."""
 
     __slots__ = (
-        "add_reader", "call_later", "connection_ended", "finished", "handler", "limits", "observer", "release",
-        "remove_reader", "serve", "server", "take_error", "wake", "watches_ends",
+        "add_reader", "call_later", "finished", "handler", "limits", "log_access", "observer", "on_error", "release",
+        "remove_reader", "serve", "server", "take_error", "wake",
     )
 
     def __init__(self, server: Server) -> None:
@@ -42,9 +45,11 @@ class ServerSideHost:
         self.call_later = loop.call_later
         self.limits = server.limits
         self.handler = server.handler
+        self.on_error = requests.on_error
         self.observer = server.observer
-        self.connection_ended = requests.connection_ended
-        self.watches_ends = requests.access_log is not None or server.observer is not None
+        # A request's end, for the access log and the metrics' bytes histograms; None while both are off.
+        watched = requests.access_log is not None or server.observer is not None
+        self.log_access = functools.partial(_ended, requests) if watched else None
 
     def after_fork(self) -> None:
         """In a forked child that serves one request: drop the parent's loop and listener."""
@@ -68,8 +73,12 @@ class ServerSideHost:
         return type(server)(parts=parts, drain_timeout=server.drain_timeout, limits=server.limits,
                             on_error=requests.on_error, handler_server=requests.handler_server,
                             service_actions=service_actions, plugin_options=server.plugin_options,
-                            access_log=requests.access_log,
-                            observer=_fresh(server.observer))
+                            access_log=requests.access_log, observer=_fresh(server.observer))
+
+
+def _ended(requests: Requests, request: Request, client_address: Address, outcome: Outcome, seconds: float) -> None:
+    """``host.log_access``: the access line and the bytes for the metrics, read from the still open socket."""
+    requests.connection_ended(client_address, outcome, seconds, traffic(request))
 
 
 def _fresh(observer: Observer | None) -> Observer | None:

@@ -135,13 +135,6 @@ class DispatcherHost(LoopHost, Protocol):
     ``finished(outcome, error, client_address)``; ``error`` (optional)
     describes a failure that happened elsewhere, for the
     ``sockwork_request_failed`` hook.
-
-    For a dispatcher that serves requests without ``serve`` (``runs_async``):
-    ``observer`` is the server's :class:`sockwork.observe.Observer`, or None
-    when metrics are off (call ``begin_turn``/``end_turn`` around a handler);
-    when ``watches_ends`` is True, call ``connection_ended(client_address,
-    outcome, seconds, (bytes_in, bytes_out))`` once per request as it ends
-    (the access log and the metrics' bytes histograms).
     """
 
     def serve(self, request: Request, client_address: Address) -> Outcome: ...
@@ -156,16 +149,23 @@ class DispatcherHost(LoopHost, Protocol):
         """The server's handler: a dispatcher that ``runs_async`` awaits it its own way
         (:class:`sockwork.aio.AsyncHandler`) instead of calling ``serve``."""
 
-    def connection_ended(self, client_address: Address, outcome: Outcome, seconds: float,
-                         traffic: tuple[int | None, int | None]) -> None: ...
+    @property
+    def on_error(self) -> Callable[[Request, Address, Exception], object] | None:
+        """The server's ``on_error`` (None if it has none), for a dispatcher that runs handlers without
+        ``serve`` (``runs_async``): called inside its ``except`` block instead of logging the exception."""
+
+    @property
+    def log_access(self) -> Callable[[Request, Address, Outcome, float], None] | None:
+        """Writes one access-log line ``(request, client_address, outcome, seconds)`` and gives the request's
+        bytes to the metrics, when the server's ``access_log`` or ``metrics`` is on (None when both are off),
+        for a dispatcher that runs handlers without ``serve``; call it before the request's socket closes
+        (the kernel's byte counts are read from it)."""
 
     @property
     def observer(self) -> Observer | None:
-        """The server's observer (metrics), or None when they are off."""
-
-    @property
-    def watches_ends(self) -> bool:
-        """Whether ``connection_ended`` wants to hear of each request's end (access log or metrics on)."""
+        """The server's :class:`sockwork.observe.Observer` (None while metrics are off), for a dispatcher that
+        runs handlers without ``serve``: ``began = observer.begin_turn(None)`` as a handler starts,
+        ``observer.end_turn(began)`` when it ends."""
 
 
 class ProcessDispatcherHost(DispatcherHost, Protocol):
