@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -269,3 +270,47 @@ def test_no_private_member_of_another_object_is_read() -> None:
                   for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
                   if re.search(r"noqa:[^#]*SLF001", line) and str(path.relative_to(ROOT)) != "framework/_waiting.py"]
     assert exceptions == []
+
+
+# ---- Sizes: functions short enough to read at a glance, no heavy file in the tree --------------
+
+MAX_FUNCTION_LINES = 60
+
+# Files others are rewriting, whose long functions are theirs to shorten: the lead's hot path
+# (issue 18) and the benchmark (issue 24). Remove a file from here once it passes.
+LONG_FUNCTIONS_ALLOWED_IN = {
+    "framework/bench.py",
+    "framework/_loop.py", "framework/_requests.py", "framework/_waiting.py", "framework/connection.py",
+    "strategies/aio.py", "strategies/pool.py", "strategies/thread.py", "strategies/inline.py",
+}
+
+
+def test_no_function_is_longer_than_sixty_lines() -> None:
+    """Every function (def to last line, docstring included) fits on a screen."""
+    long = []
+    for _, path in package_files():
+        relative = str(path.relative_to(ROOT))
+        if relative in LONG_FUNCTIONS_ALLOWED_IN:
+            continue
+        for node in ast.walk(parsed(path)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long.append(f"{relative}:{node.lineno}: {node.name} has {lines} lines")
+    assert long == []
+
+
+MAX_FILE_BYTES = 200 * 1024
+_NOT_THE_TREE = re.compile(r"^(\.|build$|dist$|__pycache__$|.*\.egg-info$)")
+
+
+def test_no_file_in_the_tree_is_over_200_kb() -> None:
+    """No wheel, archive or data dump lands in the repository (a 2.9 MB wheel once did)."""
+    heavy = []
+    for directory, subdirectories, files in os.walk(ROOT):
+        subdirectories[:] = [name for name in subdirectories if not _NOT_THE_TREE.match(name)]
+        for name in files:
+            path = Path(directory, name)
+            if path.stat().st_size > MAX_FILE_BYTES:
+                heavy.append(f"{path.relative_to(ROOT)}: {path.stat().st_size} bytes")
+    assert heavy == []
