@@ -77,8 +77,8 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                              help="the dispatcher's worker count, for one that has a 'workers' option "
                                   "(pool, prefork): short for --option dispatcher.workers=N")
         command.add_argument("--handler", metavar="REF",
-                             help="a registered handler (echo, discard, lines) or package.module:attribute "
-                                  "(modules in the current directory are found)")
+                             help="a registered handler (address, discard, echo, lines; sockwork plugins lists "
+                                  "all) or package.module:attribute (modules in the current directory are found)")
         command.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                              help="a component option or limit, e.g. dispatcher.workers=8, transport.backlog=4096, "
                                   "limits.idle_timeout=30 "
