@@ -58,15 +58,13 @@ class Server:
     The transport is bound before ``__init__`` returns; anything invalid fails
     first, with a :class:`~sockwork.ConfigError`, and leaves no socket open.
 
-    ``on_error(request, client_address, exc)``, if given, is called (inside
-    the ``except`` block) instead of logging a handler's exception.
-    ``service_actions()``, if given, runs after every round of the loop, and
-    at least every ``poll_interval`` seconds when ``serve_forever`` gets one.
-    ``handler_server`` is the object handlers receive as ``server`` (default:
-    this Server). ``plugin_options`` (``server.plugin_options``) maps a plugin's
-    name to its options, for lifecycle-hook plugins to read (a config file's
-    ``[plugins.NAME]`` tables). ``access_log`` (``"text"`` or ``"json"``) logs one
-    line per request on the ``sockwork.access`` logger. ``metrics``, ``observer``: see :mod:`sockwork.metrics`.
+    ``on_error(request, client_address, exc)``, if given, is called (inside the ``except`` block) instead of logging
+    a handler's exception. ``service_actions()``, if given, runs after every round of the loop, and at least every
+    ``poll_interval`` seconds when ``serve_forever`` gets one. ``handler_server`` is the object handlers receive as
+    ``server`` (default: this Server). ``plugin_options`` (``server.plugin_options``) maps a plugin's name to its
+    options, for lifecycle-hook plugins to read (a config file's ``[plugins.NAME]`` tables). ``access_log``
+    (``"text"`` or ``"json"``) logs one line per request on the ``sockwork.access`` logger. ``metrics``,
+    ``observer``: see :mod:`sockwork.metrics`.
 
     Resource handling: ``close()`` (or leaving a ``with`` block) stops
     accepting, lets running requests finish for up to ``drain_timeout``
@@ -117,31 +115,33 @@ class Server:
         self.limits = limits = limits if limits is not None else Limits()
         self.plugin_options: Mapping[str, Mapping[str, Any]] = dict(plugin_options or {})
         self.drain_timeout = drain_timeout
-        self._on_error = on_error
         self._service_actions = service_actions
-        self.observer = observer = checked_observer(metrics, observer)  # ConfigError: the URL, the extra
-        self.requests = Requests(
-            self.transport, self.handler, limits=limits, hooks=parts.hooks, on_error=on_error,
-            handler_server=self if handler_server is None else handler_server, access_log=access_log,
-            observer=observer,
-        )
+        self.requests = Requests(self.transport, self.handler, limits=limits, hooks=parts.hooks, on_error=on_error,
+                                 handler_server=self if handler_server is None else handler_server,
+                                 access_log=access_log, observer=checked_observer(metrics, observer))
+        self.observer = self.requests.observer
         self.requests.server = self
+        self._bind()
+        self.metrics: MetricsEndpoint | None = serve_metrics(self, metrics)  # on its failure the server is closed
 
+    def _bind(self) -> None:
+        """The end of ``__init__``: open the transport (last: everything before fails without a
+        socket open), then the loop and the lifecycle; on failure nothing is left open."""
         try:
-            self.transport.open()  # last: everything above fails without a socket open
+            self.transport.open()
         except BaseException:
             self.dispatcher.close()  # built, never started: close() is still its to run
             raise
+        hooks = self.parts.hooks
         try:
             self.loop = Loop(self.transport, self.dispatcher, self.requests,
-                             on_round=parts.hooks.stats_reporter(self, limits.stats_interval))
+                             on_round=hooks.stats_reporter(self, self.limits.stats_interval))
         except BaseException:
             self.transport.close()
             self.dispatcher.close()
             raise
-        self.lifecycle = Lifecycle(self, self.transport, self.dispatcher, self.loop, self.requests,
-                                   parts.hooks, drain_timeout)
-        self.metrics: MetricsEndpoint | None = serve_metrics(self, metrics)  # on its failure the server is closed
+        self.lifecycle = Lifecycle(self, self.transport, self.dispatcher, self.loop, self.requests, hooks,
+                                   self.drain_timeout)
 
     def __repr__(self) -> str:
         return f"<Server {self.url} {type(self.dispatcher).__name__} handler={self.handler!r}>"

@@ -205,6 +205,12 @@ def main(url: str, *, as_json: bool = False, interval: float = 1.0, count: int |
             print(f"sockwork top: cannot read {url}: {exc}", file=sys.stderr)
             return 1
         return 0
+    _live(url, interval, count)
+    return 0
+
+
+def _live(url: str, interval: float, count: int | None) -> None:
+    """Refresh every ``interval`` seconds until Ctrl-C (or ``count`` refreshes): a table, or plain lines."""
     live = None
     if sys.stdout.isatty():
         try:
@@ -245,4 +251,3 @@ def main(url: str, *, as_json: bool = False, interval: float = 1.0, count: int |
     finally:
         if live is not None:
             live.stop()
-    return 0
