@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, final
 
+from ._health import open_health_listeners
 from ._lifecycle import Lifecycle
 from ._loop import Loop
 from ._parts import Parts
@@ -30,6 +31,7 @@ from .deadlines import deadline_after, remaining
 from .errors import ConfigError
 from .interfaces import Address, Dispatcher, Request, Transport, capability
 from .limits import Limits, Outcome, ServerStats, WorkerExit
+from .urls import parse_listener_url
 
 if TYPE_CHECKING:
     from .config import ServerConfig
@@ -89,7 +91,12 @@ class Server:
     this Server). ``plugin_options`` (``server.plugin_options``) maps a plugin's
     name to its options, for lifecycle-hook plugins to read (a config file's
     ``[plugins.NAME]`` tables). ``access_log`` (``"text"`` or ``"json"``) logs one
-    line per request on the ``sockwork.access`` logger.
+    line per request on the ``sockwork.access`` logger. ``lame_duck`` (seconds, 0: off)
+    keeps a server stopping on a signal serving that long while its health
+    checks say it is draining; ``agent_check`` and ``health`` (``tcp://HOST:PORT``)
+    open side listeners for HAProxy's agent check and HTTP probes
+    (``/healthz``, ``/readyz``), answered in the server's loop
+    (``server.side_listeners``).
 
     Resource handling: ``close()`` (or leaving a ``with`` block) stops
     accepting, lets running requests finish for up to ``drain_timeout``
@@ -115,6 +122,9 @@ class Server:
         handler_server: object = None,
         plugin_options: Mapping[str, Mapping[str, Any]] | None = None,
         access_log: str | None = None,
+        lame_duck: float = 0.0,
+        agent_check: str | tuple[str, int] | None = None,
+        health: str | tuple[str, int] | None = None,
     ) -> None:
         if drain_timeout is not None and (
             isinstance(drain_timeout, bool)
@@ -126,6 +136,10 @@ class Server:
             )
         if limits is not None and not isinstance(limits, Limits):
             raise ConfigError(f"'limits' must be a sockwork.Limits, got {limits!r}")
+        if isinstance(lame_duck, bool) or not isinstance(lame_duck, (int, float)) or not 0 <= lame_duck < math.inf:
+            raise ConfigError(f"'lame_duck' must be a finite number of seconds >= 0 (0: off), got {lame_duck!r}")
+        side = {name: value if value is None or isinstance(value, tuple) else parse_listener_url(value, f"'{name}'")
+                for name, value in (("agent_check", agent_check), ("health", health))}
         if parts is None:
             if transport is None or handler is None:
                 raise ConfigError("give the parts (parts=...) or a transport and a handler")
@@ -169,7 +183,17 @@ class Server:
             self.dispatcher.close()
             raise
         self.lifecycle = Lifecycle(self, self.transport, self.dispatcher, self.loop, self.requests,
-                                   parts.hooks, drain_timeout)
+                                   parts.hooks, drain_timeout, lame_duck)
+        try:
+            self.side_listeners = open_health_listeners(self, side["agent_check"], side["health"])
+        except BaseException:
+            self.loop.close()
+            self.transport.close()
+            self.dispatcher.close()
+            raise
+        for listener in self.side_listeners.values():
+            listener.attach(self.loop)
+            self.lifecycle.on_close.append(listener.close)
 
     def __repr__(self) -> str:
         return f"<Server {self.url} {type(self.dispatcher).__name__} handler={self.handler!r}>"
@@ -333,6 +357,8 @@ class Server:
         """In a forked child that serves one request: drop the parent's loop and listener."""
         self.loop.close_in_child()
         self.transport.after_fork()
+        for listener in self.side_listeners.values():
+            listener.close_in_child()
         self.requests.in_child = True  # failures go to the parent's hook, through the dispatcher
 
     def run_worker(
@@ -350,6 +376,8 @@ class Server:
         Returns why it ended.
         """
         self.loop.close_in_child()  # the parent's loop, inherited: not ours
+        for listener in self.side_listeners.values():  # the parent answers its probes
+            listener.close_in_child()
         if parent is None:
             parent = os.getppid()
         reason = WorkerExit.STOPPED
@@ -415,6 +443,8 @@ class _Adopted:
     def __init__(self, transport: Transport) -> None:
         self._transport = transport
 
+    stop_new_connections = None  # the listener stays open in the parent and the other workers
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
 
@@ -436,5 +466,6 @@ def build_server(config: ServerConfig, registry: Registry | None = None) -> Serv
     if config.access_log is not None:
         logging.getLogger("sockwork.access").setLevel(logging.INFO)  # asked for: shown whatever log_level says
     return Server(parts=parts, drain_timeout=config.drain_timeout, limits=config.limits,
-                  plugin_options=config.plugins, access_log=config.access_log)
+                  plugin_options=config.plugins, access_log=config.access_log, lame_duck=config.lame_duck,
+                  agent_check=config.agent_check, health=config.health)
 

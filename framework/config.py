@@ -13,6 +13,9 @@ The file format (TOML shown; JSON has the same shape)::
     handler = "mypackage.handlers:serve"    # or a registered name, or a table: ref + options
     drain_timeout = 10                      # seconds, or "forever"
     log_level = "INFO"
+    lame_duck = 2                           # seconds still serving after SIGTERM, health saying "draining"
+    pid_file = "/run/myapp.pid"             # written once serving, removed at exit
+    agent_check = "tcp://127.0.0.1:8001"    # HAProxy's agent check; health = "tcp://..." for HTTP probes
     limits = { max_connections = 1024, idle_timeout = 60 }   # see Limits
 
     [dispatcher]                             # the table form, instead of the string
@@ -35,7 +38,7 @@ from .assembly import resolve_handler
 from .errors import ConfigError
 from .limits import Limits
 from .registry import DispatcherEntry, Kind, Registry, field_problem, validate_options
-from .urls import parse_transport_url
+from .urls import parse_listener_url, parse_transport_url
 
 __all__ = [
     "ConfigErrors",
@@ -130,6 +133,24 @@ def _check_access_log(instance: object, attribute: attrs.Attribute[Any], value: 
                          f"got {value!r}")
 
 
+def _check_lame_duck(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ValueError(f"'{attribute.name}' must be a finite number of seconds >= 0 (0: off), got {value!r}")
+
+
+def _check_pid_file(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value or "\0" in value):
+        raise ValueError(f"'{attribute.name}' must be a file path, or false for none, got {value!r}")
+
+
+def _check_listener_url(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None:
+        try:
+            parse_listener_url(value, f"'{attribute.name}'")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+
 def _upper(value: Any) -> Any:
     return value.upper() if isinstance(value, str) else value
 
@@ -155,6 +176,16 @@ class ServerConfig:
     """Connection cap and timeouts (see :class:`~sockwork.Limits`)."""
     access_log: str | None = attrs.field(default=None, converter=_false_is_none, validator=_check_access_log)
     """One line per request on the ``sockwork.access`` logger: ``"text"``, ``"json"`` (JSON lines), or None (off)."""
+    lame_duck: float = attrs.field(default=0.0, validator=_check_lame_duck)
+    """Seconds a server stopping on SIGTERM/SIGINT keeps serving while its health checks say it is
+    draining, before it stops listening and drains; 0 (the default): stop listening at once."""
+    pid_file: str | None = attrs.field(default=None, converter=_false_is_none, validator=_check_pid_file)
+    """``sockwork serve`` writes its process id there once serving (a new master after an upgrade
+    rewrites it) and removes it at exit; None: no file."""
+    agent_check: str | None = attrs.field(default=None, converter=_false_is_none, validator=_check_listener_url)
+    """``tcp://HOST:PORT``: answer HAProxy's agent check there (``up``, ``drain``, ``maint``); None: off."""
+    health: str | None = attrs.field(default=None, converter=_false_is_none, validator=_check_listener_url)
+    """``tcp://HOST:PORT``: answer HTTP ``GET /healthz`` and ``GET /readyz`` there; None: off."""
     plugins: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     """Options for plugins by plugin name (``[plugins.NAME]`` tables in a file): the Server
     passes them on as ``server.plugin_options``, for lifecycle-hook plugins to read."""
@@ -179,13 +210,18 @@ class ServerConfig:
             "log_level": self.log_level,
             "limits": _options_dict(self.limits),
             "access_log": self.access_log if self.access_log is not None else False,
+            "lame_duck": self.lame_duck,
+            "pid_file": self.pid_file if self.pid_file is not None else False,
+            "agent_check": self.agent_check if self.agent_check is not None else False,
+            "health": self.health if self.health is not None else False,
             "plugins": _plain(self.plugins),
         }
 
 
 # ---- Loading ------------------------------------------------------------------
 
-_TOP_KEYS = ("transport", "dispatcher", "handler", "drain_timeout", "log_level", "limits", "access_log", "plugins")
+_TOP_KEYS = ("transport", "dispatcher", "handler", "drain_timeout", "log_level", "limits", "access_log", "lame_duck",
+             "pid_file", "agent_check", "health", "plugins")
 
 
 def load_config_file(path: str | Path, registry: Registry | None = None) -> ServerConfig:
@@ -231,8 +267,9 @@ def load_config(data: Mapping[str, Any], registry: Registry | None = None, *, so
         server_fields["drain_timeout"] = None if value == FOREVER else value
     if "log_level" in data:
         server_fields["log_level"] = data["log_level"]
-    if "access_log" in data:
-        server_fields["access_log"] = data["access_log"]
+    for key in ("access_log", "lame_duck", "pid_file", "agent_check", "health"):
+        if key in data:
+            server_fields[key] = data[key]
     fields = attrs.fields_dict(ServerConfig)
     for name, value in server_fields.items():
         problem = field_problem(fields[name], value)
