@@ -283,6 +283,9 @@ def resolve_handler(ref: str | Callable[..., object]) -> Callable[..., object]:
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"cannot import module {module_name!r} for handler {ref!r}: {exc}") from None
+    except Exception as exc:  # the module's own code failed (a missing file, a syntax error): still one line
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise ConfigError(f"cannot import module {module_name!r} for handler {ref!r}: {detail}") from None
     for part in attribute.split("."):
         try:
             target = getattr(target, part)
