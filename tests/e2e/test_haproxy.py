@@ -257,7 +257,8 @@ def test_a_graceful_stop_behind_haproxy_loses_no_request(
         for thread in clients:
             thread.join(30)
     assert not errors, (f"{len(errors)} request(s) lost after {answered[0]} answered: {errors[:3]!r}\n"
-                        f"the stopped server's log:\n{backends[0].log.read_text()}\nhaproxy:\n{haproxy.log.read_text()}")
+                        f"the stopped server's log:\n{backends[0].log.read_text()}\n"
+                        f"haproxy:\n{haproxy.log.read_text()}")
     assert answered[0] >= stopped_at + 200
     if backends[0].agent_port is not None:
         assert "lame duck for 1 s" in backends[0].log.read_text()
