@@ -347,7 +347,7 @@ def _loopback(directory: Path) -> TLSOptions:
 
 def _loopback_client(sock: socket.socket, options: Any) -> Any:
     """A TLS client on a socket connected to a loopback tls server made by ``_loopback``."""
-    from sockwork.testing import TLSClient
+    from sockwork.testing import TLSClient  # start-up cost: the test helpers load only when a test needs a client
 
     context = ssl.create_default_context(cafile=str(Path(options.certfile).parent / "ca.pem"))
     return TLSClient(sock, context, server_hostname="127.0.0.1")
