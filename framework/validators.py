@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 
 from .errors import ConfigError, OptionError
+from .urls import parse_listener_url
 
 __all__ = ["boolean", "off_is_none", "optional_positive_int", "positive_int"]
 
@@ -77,8 +78,6 @@ def check_listener_url(value: object, name: str) -> tuple[str, int] | None:
     """A side listener's ``tcp://HOST:PORT`` (None: none) as ``(HOST, PORT)``."""
     if value is None:
         return None
-    from .urls import parse_listener_url
-
     return parse_listener_url(value, f"'{name}'")
 
 
