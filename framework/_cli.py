@@ -394,6 +394,8 @@ def _plugins(registry: Registry) -> int:
             origin = distributions.get(entry.plugin, "?")
             status = f"  UNAVAILABLE: {entry.unavailable_reason}" if entry.unavailable_reason else ""
             print(f"  {entry.name:<12} {entry.description}  [{entry.plugin}, {origin}]{status}")
+            if kind == "transport":
+                print(f"      URLs: {', '.join(scheme + '://' for scheme in registry.schemes_of(entry.name))}")
             for field in attrs.fields(entry.options):
                 default = "required" if field.default is attrs.NOTHING else _show_default(field.default)
                 print(f"      {field.alias} = {default}")

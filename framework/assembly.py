@@ -493,7 +493,7 @@ def check_handler(
             # An event loop takes the descriptor over; a session a stage built on the
             # socket object (TLS) would stay behind, and the client would get plaintext.
             for stage in capability(transport, "stages"):
-                if getattr(stage, "replaces_socket", False):
+                if capability(stage, "replaces_socket"):
                     raise ConfigError(
                         f"the {capability(transport, 'name') or 'given'} transport's {stage.name} keeps its "
                         f"session in the socket object, which dispatcher {dispatcher_name or 'asyncio'!r} "
