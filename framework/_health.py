@@ -23,11 +23,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ._side_listener import SideListener, http_answer
+from .validators import check_lame_duck, check_listener_url
 
 if TYPE_CHECKING:
     from ._server import Server
 
-__all__ = ["agent_answer", "open_health_listeners"]
+__all__ = ["ListenerAddress", "agent_answer", "close_all", "health_listeners", "open_all"]
+
+ListenerAddress = str | tuple[str, int] | None
+"""A side listener's address: ``"tcp://HOST:PORT"``, ``(HOST, PORT)``, or None for none."""
 
 
 def agent_answer(server: Server) -> bytes:
@@ -52,10 +56,14 @@ def _ready(server: Server) -> tuple[int, str, bytes]:
     return 503, "text/plain", phase.encode() + b"\n"
 
 
-def open_health_listeners(
-    server: Server, agent_check: tuple[str, int] | None, health: tuple[str, int] | None,
+def health_listeners(
+    server: Server, lame_duck: float, agent_check: ListenerAddress, health: ListenerAddress,
 ) -> dict[str, SideListener]:
-    """Bind the asked-for listeners (``{"agent check": ..., "health": ...}``); none stays open on an error."""
+    """The operations settings checked, and the asked-for listeners (``{"agent check": ..., "health": ...}``)
+    built, not yet bound."""
+    check_lame_duck(lame_duck)
+    agent_check = check_listener_url(agent_check, "agent_check")
+    health = check_listener_url(health, "health")
     listeners: dict[str, SideListener] = {}
     if agent_check is not None:
         listeners["agent check"] = SideListener("agent check", agent_check, lambda request: agent_answer(server),
@@ -66,13 +74,14 @@ def open_health_listeners(
             "/readyz": lambda: _ready(server),
         }
         listeners["health"] = SideListener("health", health, http_answer(routes), reads_request=True)
-    opened: list[SideListener] = []
-    try:
-        for listener in listeners.values():
-            listener.open()
-            opened.append(listener)
-    except BaseException:
-        for listener in opened:
-            listener.close()
-        raise
     return listeners
+
+
+def open_all(listeners: dict[str, SideListener]) -> None:
+    for listener in listeners.values():
+        listener.open()
+
+
+def close_all(listeners: dict[str, SideListener]) -> None:
+    for listener in listeners.values():
+        listener.close()

@@ -31,12 +31,13 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, final
 
 from ._loop import Loop
 from ._parts import LifecycleHooks
 from ._requests import Requests
+from ._side_listener import SideListener
 from .deadlines import deadline_after, remaining
 from .interfaces import Dispatcher, ServerHost, Transport, capability
 
@@ -67,6 +68,7 @@ class Lifecycle:
     def __init__(
         self, server: Any, transport: Transport, dispatcher: Dispatcher, loop: Loop, requests: Requests,
         hooks: LifecycleHooks, drain_timeout: float | None, lame_duck: float = 0.0,
+        side_listeners: Iterable[SideListener] = (),
     ) -> None:
         self.server = server  # what the lifecycle hooks receive
         self.transport = transport
@@ -77,7 +79,9 @@ class Lifecycle:
         self.drain_timeout = drain_timeout
         self.lame_duck = lame_duck
         self.phase = "serving"
-        self.on_close: list[Callable[[], None]] = []  # run at teardown (the server's side listeners)
+        self.side_listeners = tuple(side_listeners)  # answered by this loop, closed at teardown
+        for listener in self.side_listeners:
+            listener.attach(loop)
         self.started = False
         self.closed = False
         self._lock = threading.Lock()
@@ -221,8 +225,8 @@ class Lifecycle:
         self.phase = "stopped"
         self.requests.stop()
         self.transport.close()
-        for close in self.on_close:
-            close()
+        for listener in self.side_listeners:
+            listener.close()
         self.loop.close()
         if self.started:
             self._call_hook(self.hooks.stopped)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, final
 
-from ._health import open_health_listeners
+from ._health import ListenerAddress, close_all, health_listeners, open_all
 from ._host import ServerSideHost
 from ._lifecycle import Lifecycle
 from ._loop import Loop
@@ -32,7 +32,7 @@ from .errors import ConfigError
 from .interfaces import Address, Dispatcher, Request, Transport, capability
 from .limits import Limits, Outcome, ServerStats
 from .urls import format_address
-from .validators import check_access_log, check_drain_timeout, check_lame_duck, check_listener_url
+from .validators import check_access_log, check_drain_timeout
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -66,12 +66,7 @@ class Server:
     this Server). ``plugin_options`` (``server.plugin_options``) maps a plugin's
     name to its options, for lifecycle-hook plugins to read (a config file's
     ``[plugins.NAME]`` tables). ``access_log`` (``"text"`` or ``"json"``) logs one
-    line per request on the ``sockwork.access`` logger. ``lame_duck`` (seconds, 0: off)
-    keeps a server stopping on a signal serving that long while its health
-    checks say it is draining; ``agent_check`` and ``health`` (``tcp://HOST:PORT``)
-    open side listeners for HAProxy's agent check and HTTP probes
-    (``/healthz``, ``/readyz``), answered in the server's loop
-    (``server.side_listeners``).
+    line per request on the ``sockwork.access`` logger.
 
     Resource handling: ``close()`` (or leaving a ``with`` block) stops
     accepting, lets running requests finish for up to ``drain_timeout``
@@ -97,15 +92,11 @@ class Server:
         handler_server: object = None,
         plugin_options: Mapping[str, Mapping[str, Any]] | None = None,
         access_log: str | None = None,
-        lame_duck: float = 0.0,
-        agent_check: str | tuple[str, int] | None = None,
-        health: str | tuple[str, int] | None = None,
+        lame_duck: float = 0.0, agent_check: ListenerAddress = None, health: ListenerAddress = None,
     ) -> None:
         check_drain_timeout(drain_timeout)
         check_access_log(access_log)
-        check_lame_duck(lame_duck)
-        side = {name: value if isinstance(value, tuple) else check_listener_url(value, name)
-                for name, value in (("agent_check", agent_check), ("health", health))}
+        self.side_listeners = health_listeners(self, lame_duck, agent_check, health)  # each checked; bound below
         if limits is not None and not isinstance(limits, Limits):
             raise ConfigError(f"'limits' must be a sockwork.Limits, got {limits!r}")
         if parts is None:
@@ -142,24 +133,16 @@ class Server:
             self.dispatcher.close()  # built, never started: close() is still its to run
             raise
         try:
+            open_all(self.side_listeners)
             self.loop = Loop(self.transport, self.dispatcher, self.requests,
                              on_round=parts.hooks.stats_reporter(self, limits.stats_interval))
         except BaseException:
+            close_all(self.side_listeners)
             self.transport.close()
             self.dispatcher.close()
             raise
         self.lifecycle = Lifecycle(self, self.transport, self.dispatcher, self.loop, self.requests,
-                                   parts.hooks, drain_timeout, lame_duck)
-        try:
-            self.side_listeners = open_health_listeners(self, side["agent_check"], side["health"])
-        except BaseException:
-            self.loop.close()
-            self.transport.close()
-            self.dispatcher.close()
-            raise
-        for listener in self.side_listeners.values():
-            listener.attach(self.loop)
-            self.lifecycle.on_close.append(listener.close)
+                                   parts.hooks, drain_timeout, lame_duck, self.side_listeners.values())
 
     def __repr__(self) -> str:
         return f"<Server {self.url} {type(self.dispatcher).__name__} handler={self.handler!r}>"

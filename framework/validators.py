@@ -75,9 +75,11 @@ def check_pid_file(value: object, name: str = "pid_file") -> None:
 
 
 def check_listener_url(value: object, name: str) -> tuple[str, int] | None:
-    """A side listener's ``tcp://HOST:PORT`` (None: none) as ``(HOST, PORT)``."""
+    """A side listener's ``tcp://HOST:PORT`` (None: none; a ``(HOST, PORT)`` tuple as it is) as ``(HOST, PORT)``."""
     if value is None:
         return None
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int):
+        return value
     return parse_listener_url(value, f"'{name}'")
 
 
