@@ -146,9 +146,9 @@ def test_bench_quick_duration_in_help_and_docs() -> None:
     """`sockwork bench --help` and config.md give the quick duration the code uses (0.3 s)."""
     import inspect
 
-    from sockwork import bench
+    from sockwork.bench import command
 
-    assert "(0.3 if args.quick else" in inspect.getsource(bench.main)
+    assert "(0.3 if args.quick else" in inspect.getsource(command.parse_options)
     help_text = " ".join(sockwork("bench", "--help").stdout.split())
     assert "measured seconds per run (default 2; quick 0.3;" in help_text
     assert "`--quick` measures 0.3 s per run" in (DOCS / "config.md").read_text()
