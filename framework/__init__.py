@@ -8,6 +8,9 @@ Assemble one from parts, by name or from objects::
         server.serve_forever()
 
 Plugins contribute parts through the hooks in :mod:`sockwork.hookspecs`.
+
+PYTEST_DONT_REWRITE: pytest's marker (sockwork registers a pytest plugin, so pytest would
+otherwise warn when sockwork was imported before it started; this module has no asserts).
 """
 
 # Names are imported when first used (PEP 562), so that `import sockwork.socketserver`

@@ -348,6 +348,10 @@ def _plugins(registry: Registry) -> int:
         for entry in registry.entries(kind):
             origin = distributions.get(entry.plugin, "?")
             status = f"  UNAVAILABLE: {entry.unavailable_reason}" if entry.unavailable_reason else ""
+            if (kind, entry.name) in registry.shadowed:
+                status += "  SHADOWS: " + ", ".join(
+                    f"[{lost.plugin}, {distributions.get(lost.plugin, '?')}]"
+                    for lost in registry.shadowed[kind, entry.name])
             print(f"  {entry.name:<12} {entry.description}  [{entry.plugin}, {origin}]{status}")
             for field in attrs.fields(entry.options):
                 default = "required" if field.default is attrs.NOTHING else _show_default(field.default)

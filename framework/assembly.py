@@ -25,7 +25,7 @@ import attrs
 from ._parts import LifecycleHooks, Parts
 from .errors import ConfigError, OptionError, PluginError, UnknownPluginError
 from .interfaces import capability
-from .registry import DispatcherEntry, Entry, HandlerEntry, Kind, Registry, make_options
+from .registry import DispatcherEntry, Entry, HandlerEntry, Kind, Registry, make_options, with_shadowing
 
 if TYPE_CHECKING:
     from .config import ServerConfig
@@ -161,7 +161,13 @@ def _component(
 
 def build_component(registry: Registry, kind: Kind, entry: Entry, options: Mapping[str, Any] | object | None) -> Any:
     """Validate ``options`` for ``entry``, call its factory, check what it returned against the role."""
-    validated = make_options(kind, entry, options)
+    try:
+        validated = make_options(kind, entry, options)
+    except OptionError as exc:  # say which one is in use when a plugin's part shadows another (a built-in)
+        problem = with_shadowing(registry, kind, entry.name, exc.problem)
+        if problem == exc.problem:
+            raise
+        raise OptionError(kind, entry.name, exc.field, problem) from None
     make_inner = (inner_dispatcher_factory(registry, entry, validated)
                   if isinstance(entry, DispatcherEntry) and entry.supervisor else None)
     try:

@@ -34,7 +34,7 @@ import attrs
 from .assembly import resolve_handler
 from .errors import ConfigError
 from .limits import Limits
-from .registry import DispatcherEntry, Kind, Registry, field_problem, validate_options
+from .registry import DispatcherEntry, Kind, Registry, field_problem, validate_options, with_shadowing
 from .urls import parse_transport_url
 
 __all__ = [
@@ -373,7 +373,8 @@ def _component_options(
         return None
     validated, problems = validate_options(entry.options, options)
     for field, problem in problems:
-        errors.append((f"{path}.options" + (f".{field}" if field else ""), problem))
+        errors.append((f"{path}.options" + (f".{field}" if field else ""),
+                       with_shadowing(registry, kind, name, problem)))
     if validated is not None and isinstance(entry, DispatcherEntry) and entry.supervisor:
         # A supervisor's inner dispatcher is a registry name with options of its own.
         # A supervisor's options class has "inner" and "inner_options" (checked at registration).

@@ -1,14 +1,13 @@
 """sockwork's pytest plugin: fixtures for testing components, and the conformance kit's parametrization.
 
-Opt-in: installing sockwork does not load it (no ``pytest11`` entry point), so
-no other project's test run changes. A project that wants it says so, in its
-top-level ``conftest.py``::
-
-    pytest_plugins = ["sockwork.pytest_plugin"]
-
-or on the command line (or in ``addopts``): ``pytest -p sockwork.pytest_plugin``.
-It only adds fixtures (all named ``sockwork_*``) and two ini options, and
-parametrizes tests that ask for those fixtures; it changes nothing else.
+Loaded where a project asks for it, and nowhere else: sockwork's ``pytest11``
+entry point (:mod:`sockwork._pytest_entry`) is inert until a project sets one of
+the ini options below, passes ``--sockwork-kit``, or has a test module import
+:mod:`sockwork.conformance`; a project may also load it itself, in its
+top-level ``conftest.py`` (``pytest_plugins = ["sockwork.pytest_plugin"]``) or
+with ``pytest -p sockwork.pytest_plugin``. It only adds fixtures (all named
+``sockwork_*``) and two ini options, and parametrizes tests that ask for those
+fixtures; it changes nothing else.
 
 - ``sockwork_transport_name`` / ``sockwork_dispatcher_name``: every pair of a
   registered transport and dispatcher in which at least one comes from a
@@ -43,23 +42,20 @@ from typing import Any, final
 import attrs
 import pytest
 
+from ._pytest_entry import BUILTINS_INI as _BUILTINS_INI
+from ._pytest_entry import PLUGINS_INI as _PLUGINS_INI
+from ._pytest_entry import add_kit_ini_options
 from ._server import Server
 from .registry import BUILTIN_PLUGINS, Entry, Registry, TransportEntry
 from .testing import Clients, HandlerForms, ResourceSnapshot, Wrap, dispatcher_runs_async
 
 __all__ = ["Loopback"]  # otherwise a pytest plugin: reached through hooks and fixtures
 
-_BUILTINS_INI = "sockwork_conformance_builtins"
-_PLUGINS_INI = "sockwork_conformance_plugins"
 _REGISTRY_KEY = pytest.StashKey[Registry]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addini(_BUILTINS_INI, type="bool", default=False,
-                  help="sockwork conformance suite: also test sockwork's built-in components")
-    parser.addini(_PLUGINS_INI, type="linelist", default=[],
-                  help="sockwork conformance suite: test only the components of these plugins "
-                       "(entry point names; default: every installed plugin)")
+    add_kit_ini_options(parser)  # again, for a run without the entry point (PYTEST_DISABLE_PLUGIN_AUTOLOAD)
 
 
 def _registry(config: pytest.Config) -> Registry:

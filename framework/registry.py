@@ -252,6 +252,8 @@ class Registry:
         # A plain pluggy manager works too; it just cannot say where plugins came from.
         self.plugin_manager = plugin_manager if plugin_manager is not None else make_plugin_manager()
         self.failures: list[tuple[str, Kind, Exception]] = []
+        self.shadowed: dict[tuple[Kind, str], list[Entry]] = {}
+        """Entries that lost their name to another plugin's, by (kind, name): the one in use shadows them."""
         self._entries: dict[Kind, dict[str, Entry]] = {
             kind: self._collect(kind) for kind in KINDS
         }
@@ -280,6 +282,8 @@ class Registry:
                         "%s %r from plugin %r is shadowed by the one from plugin %r",
                         kind, entry.name, impl.plugin_name, found[entry.name].plugin,
                     )
+                    self.shadowed.setdefault((kind, entry.name), []).append(
+                        attrs.evolve(entry, plugin=impl.plugin_name))
                     continue
                 found[entry.name] = attrs.evolve(entry, plugin=impl.plugin_name)
         return found
@@ -306,6 +310,19 @@ class Registry:
             for impl in getattr(self.plugin_manager.hook, hook).get_hookimpls():
                 found.setdefault(impl.plugin_name, []).append(hook)
         return sorted(found.items())
+
+    def shadowing(self, kind: Kind, name: str) -> str | None:
+        """If the ``kind`` called ``name`` shadows another plugin's (a built-in, say), which one is in use and
+        what it shadows, in words for an error or a listing; None when nothing is shadowed."""
+        lost = self.shadowed.get((kind, name))
+        entry = self._entries[kind].get(name)
+        if not lost or entry is None:
+            return None
+        others = ", ".join(
+            "sockwork's built-in" if e.plugin in BUILTIN_PLUGINS
+            else f"plugin {e.plugin!r}'s ({self.distribution_of(e.plugin)})" for e in lost)
+        return (f"in use: {kind} {name!r} from plugin {entry.plugin!r} ({self.distribution_of(entry.plugin)}), "
+                f"shadowing {others}")
 
     def distribution_of(self, plugin: str) -> str:
         """``"distribution version"`` of a plugin, or ``"?"`` when it is not known."""
@@ -452,3 +469,9 @@ def make_options(kind: Kind, entry: Entry, values: Mapping[str, Any] | object | 
         field, problem = problems[0]
         raise OptionError(kind, entry.name, field, problem)
     return options
+
+
+def with_shadowing(registry: Registry, kind: Kind, name: str, problem: str) -> str:
+    """``problem``, followed by which component is in use when it shadows another of the same name."""
+    shadowing = registry.shadowing(kind, name)
+    return problem if shadowing is None else f"{problem} ({shadowing})"

@@ -436,3 +436,47 @@ def test_access_log_as_text_from_the_command_line() -> None:
         assert process.wait(timeout=10) == 0
     finally:
         stop(process)
+
+
+def test_a_plugin_that_shadows_a_built_in_is_shown_and_named_in_option_errors(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An old third-party ``tls`` transport takes the built-in's name: ``plugins`` says so, and its option errors
+    say which ``tls`` is in use (issue 22: a plugin for the previous release silently shadowed the new built-in)."""
+    import attrs
+
+    from sockwork import TransportEntry, _cli, hookimpl, registry
+    from sockwork.transports.tcp import TCPOptions, TCPTransport
+
+    @attrs.frozen(kw_only=True)
+    class OldTLSOptions:
+        address: tuple[str, int] = ("127.0.0.1", 0)
+
+    class OldTLS:
+        @hookimpl
+        def sockwork_add_transports(self) -> list[TransportEntry]:
+            return [TransportEntry("tls", lambda options: TCPTransport(TCPOptions(address=options.address)),
+                                   OldTLSOptions, description="an old TLS plugin")]
+
+    real = registry.make_plugin_manager
+
+    def with_old_tls(*, entry_points: bool = True) -> registry.PluginManager:
+        pm = real(entry_points=entry_points)
+        pm.register(OldTLS(), name="oldtls")
+        pm.distributions["oldtls"] = "sockwork-oldtls 0.3.0"
+        return pm
+
+    monkeypatch.setattr(registry, "make_plugin_manager", with_old_tls)
+    assert _cli.main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^  tls +an old TLS plugin  \[oldtls, sockwork-oldtls 0\.3\.0\]  "
+                     r"SHADOWS: \[sockwork\.transports\.tls, sockwork [^]]+\]$", out, re.M), out
+    assert _cli.main(["check", "--transport", "tls://127.0.0.1:0", "--option", "transport.certfile=x.pem"]) == 1
+    err = capsys.readouterr().err
+    assert ("transport.options.certfile: unknown option; allowed: address (in use: transport 'tls' from plugin "
+            "'oldtls' (sockwork-oldtls 0.3.0), shadowing sockwork's built-in)") in err, err
+    from sockwork import OptionError, Registry, Server
+
+    with pytest.raises(OptionError, match=r"unknown option; allowed: address \(in use: transport 'tls' from plugin "):
+        Server(transport="tls", transport_options={"certfile": "x.pem"}, handler="echo",
+               registry=Registry(with_old_tls()))
