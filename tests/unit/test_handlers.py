@@ -130,3 +130,22 @@ def test_builtin_lines_and_discard_handlers() -> None:
         sock.send(b"into the void")
         with pytest.raises(TimeoutError):
             sock.recv(100)
+
+
+
+def test_connection_peek_shows_the_held_bytes_then_the_kernels_and_consumes_nothing(
+    pair: tuple[Connection, socket.socket],
+) -> None:
+    """Connection.peek: the record's buffer first, then MSG_PEEK; never blocks; the end of the stream is an error."""
+    conn, peer = pair
+    with pytest.raises(BlockingIOError):
+        conn.peek()  # nothing yet: on a blocking socket too, it does not wait
+    peer.sendall(b"LO there")
+    conn._buffer += b"HE"  # what the loop already holds for this connection
+    assert conn.peek(4) == b"HELO"
+    assert conn.peek() == b"HELO there"
+    assert conn.recv(100) == b"HE"  # nothing was consumed: the held bytes come first
+    assert conn.read(8) == b"LO there"
+    peer.close()
+    with pytest.raises(ConnectionAbortedError):
+        conn.peek()
