@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import signal
 import time
@@ -30,12 +29,13 @@ from .deadlines import deadline_after, remaining
 from .errors import ConfigError
 from .interfaces import Address, Dispatcher, Request, Transport, capability
 from .limits import Limits, Outcome, ServerStats, WorkerExit
+from .urls import format_address
+from .validators import check_access_log, check_drain_timeout
 
 if TYPE_CHECKING:
-    from .config import ServerConfig
     from .registry import Registry
 
-__all__ = ["Server", "build_server"]
+__all__ = ["Server"]
 
 logger = logging.getLogger("sockwork")
 
@@ -116,14 +116,8 @@ class Server:
         plugin_options: Mapping[str, Mapping[str, Any]] | None = None,
         access_log: str | None = None,
     ) -> None:
-        if drain_timeout is not None and (
-            isinstance(drain_timeout, bool)
-            or not isinstance(drain_timeout, (int, float))
-            or not 0 <= drain_timeout < math.inf
-        ):
-            raise ConfigError(
-                f"'drain_timeout' must be a finite number >= 0, or None to wait forever: {drain_timeout!r}"
-            )
+        check_drain_timeout(drain_timeout)
+        check_access_log(access_log)
         if limits is not None and not isinstance(limits, Limits):
             raise ConfigError(f"'limits' must be a sockwork.Limits, got {limits!r}")
         if parts is None:
@@ -177,8 +171,6 @@ class Server:
     @property
     def url(self) -> str:
         """The bound address as a transport URL, e.g. ``tcp://127.0.0.1:40123``."""
-        from .urls import format_address
-
         return format_address(self.parts.transport_name, self.address)
 
     @property
@@ -425,16 +417,3 @@ class _Adopted:
         # Only this process's copy: the parent still serves (and owns a Unix
         # socket file, which must stay).
         self._transport.after_fork()
-
-
-def build_server(config: ServerConfig, registry: Registry | None = None) -> Server:
-    """Assemble ``config`` (each part resolved once, everything checked), then bind a ready Server."""
-    from .assembly import assemble_config
-
-    parts = assemble_config(config, registry)
-    logging.getLogger("sockwork").setLevel(config.log_level)
-    if config.access_log is not None:
-        logging.getLogger("sockwork.access").setLevel(logging.INFO)  # asked for: shown whatever log_level says
-    return Server(parts=parts, drain_timeout=config.drain_timeout, limits=config.limits,
-                  plugin_options=config.plugins, access_log=config.access_log)
-

@@ -140,7 +140,7 @@ RESERVE_MIN = 16
 def auto_waiting_capacity() -> int:
     """The descriptor limit (RLIMIT_NOFILE, soft) less a quarter (at least RESERVE_MIN) kept in reserve."""
     try:
-        import resource
+        import resource  # POSIX only: the ImportError below is the other platforms'
 
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     except (ImportError, OSError, ValueError):

@@ -52,12 +52,12 @@ def _load_core():
     does; a server built while descriptors are plentiful has everything it
     needs loaded before it serves (no import at serve time).
     """
-    import sockwork._server
-    import sockwork.strategies.inline
-    import sockwork.strategies.thread
+    import sockwork._server  # start-up cost: see the docstring
+    import sockwork.strategies.inline  # start-up cost
+    import sockwork.strategies.thread  # start-up cost
 
     if hasattr(os, "fork"):
-        import sockwork.strategies.fork
+        import sockwork.strategies.fork  # start-up cost
     return sockwork._server  # noqa: SLF001 -- a module of this package
 
 __version__ = "0.4"
@@ -301,8 +301,8 @@ class BaseServer:
         plain_finish = type(self).finish_request is BaseServer.finish_request
         transport = _ClassicTransport(self)
         registry = self.sockwork_registry
-        from sockwork._parts import NO_HOOKS, LifecycleHooks, Parts
-        from sockwork.limits import Limits
+        from sockwork._parts import NO_HOOKS, LifecycleHooks, Parts  # start-up cost (see _load_core)
+        from sockwork.limits import Limits  # start-up cost (see _load_core)
 
         parts = Parts(
             transport=transport,
@@ -323,7 +323,7 @@ class BaseServer:
         )
 
     def _sockwork_make_dispatcher(self):
-        from sockwork.strategies.inline import InlineDispatcher
+        from sockwork.strategies.inline import InlineDispatcher  # loaded by _load_core already
 
         return InlineDispatcher()
 
@@ -575,7 +575,7 @@ if hasattr(os, "fork"):
         # If true, server_close() waits until all child processes complete.
         block_on_close = True
         def _sockwork_make_dispatcher(self):
-            from sockwork.strategies.fork import ForkDispatcher, ForkOptions
+            from sockwork.strategies.fork import ForkDispatcher, ForkOptions  # loaded by _load_core already
 
             return ForkDispatcher(ForkOptions(max_children=self.max_children,
                                                 block_on_close=bool(self.block_on_close)))
@@ -630,7 +630,7 @@ class ThreadingMixIn(_MixIn):
     # If true, server_close() waits until all non-daemonic threads terminate.
     block_on_close = True
     def _sockwork_make_dispatcher(self):
-        from sockwork.strategies.thread import ThreadDispatcher, ThreadOptions
+        from sockwork.strategies.thread import ThreadDispatcher, ThreadOptions  # loaded by _load_core already
 
         return ThreadDispatcher(ThreadOptions(
             max_threads=None,

@@ -42,11 +42,13 @@ from typing import TYPE_CHECKING, Any, Literal, final
 
 import attrs
 
+from sockwork.assembly import inner_dispatcher_factory
 from sockwork.deadlines import deadline_after, remaining
 from sockwork.forking import flush_stdio, fork
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import Dispatcher, DispatcherHost, capability
 from sockwork.limits import ServerStats, WorkerExit
+from sockwork.registry import DispatcherEntry, Registry, make_plugin_manager
 from sockwork.validators import off_is_none, optional_positive_int, positive_int
 
 if TYPE_CHECKING:
@@ -313,9 +315,6 @@ def _signal(pid: int, signum: int) -> None:
 
 def _builtin_inner(options: PreforkOptions) -> Callable[[], Dispatcher]:
     """Without assembly: the inner dispatcher from the built-in ones (no entry points scanned)."""
-    from sockwork.assembly import inner_dispatcher_factory
-    from sockwork.registry import Registry, make_plugin_manager
-
     registry = Registry(make_plugin_manager(entry_points=False))
     return inner_dispatcher_factory(registry, registry.get("dispatcher", "prefork"), options)
 
@@ -357,8 +356,6 @@ def _send_report(fd: int, stats: ServerStats) -> None:
 
 @hookimpl(trylast=True)
 def sockwork_add_dispatchers() -> list[DispatcherEntry]:
-    from sockwork.registry import DispatcherEntry  # the registry is loaded only when one is built
-
     reason = None if hasattr(os, "fork") and hasattr(os, "pidfd_open") else "needs fork() and pidfd_open() (Linux)"
     return [
         DispatcherEntry(

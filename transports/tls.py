@@ -15,6 +15,9 @@ already open keep theirs, so nothing is dropped. A reload that fails keeps
 the old context.
 Rule 2: closing sends close_notify without waiting for the client's, and a
 client that closes without one reads as an ordinary end of stream.
+Rule 3: a client that goes away while its handler writes is a client that left
+(``ClientLeftTLS``, a ``ConnectionResetError``): counted ``disconnected`` with
+one INFO line, as over tcp, not a handler failure.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from .tcp import TCPStreams
 if TYPE_CHECKING:
     from sockwork.connection import Connection, StageWant
 
-__all__ = ["TLSHandshakeStage", "TLSInfo", "TLSOptions", "TLSTransport", "make_context"]
+__all__ = ["ClientLeftTLS", "TLSHandshakeStage", "TLSInfo", "TLSOptions", "TLSTransport", "make_context"]
 
 logger = logging.getLogger("sockwork")
 
@@ -144,9 +147,25 @@ class TLSOptions:
         make_context(self)  # a key that does not match, a wrong password: found now, not at the first client
 
 
+class ClientLeftTLS(ssl.SSLEOFError, ConnectionResetError):
+    """The client closed the connection under a write: still an ``ssl.SSLEOFError`` for code that catches
+    that, and a ``ConnectionResetError`` like the same client over tcp (so the request counts ``disconnected``)."""
+
+
+class _TLSSocket(ssl.SSLSocket):
+    """The handlers' socket: an ``SSLEOFError`` from a write is the client leaving (rule 3)."""
+
+    def send(self, data: Any, flags: int = 0) -> int:  # sendall() sends through this
+        try:
+            return super().send(data, flags)
+        except ssl.SSLEOFError as exc:
+            raise ClientLeftTLS(*exc.args) from exc
+
+
 def make_context(options: TLSOptions) -> ssl.SSLContext:
     """A server-side SSLContext for ``options``, loading the files anew (a reload calls it again)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.sslsocket_class = _TLSSocket
     context.minimum_version = _VERSIONS[options.minimum_version]
     # A client that closes without close_notify reads as end of stream (rule 2), not as an error.
     context.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
@@ -328,7 +347,7 @@ def _loopback(directory: Path) -> TLSOptions:
 
 def _loopback_client(sock: socket.socket, options: Any) -> Any:
     """A TLS client on a socket connected to a loopback tls server made by ``_loopback``."""
-    from sockwork.testing import TLSClient
+    from sockwork.testing import TLSClient  # start-up cost: the test helpers load only when a test needs a client
 
     context = ssl.create_default_context(cafile=str(Path(options.certfile).parent / "ca.pem"))
     return TLSClient(sock, context, server_hostname="127.0.0.1")
