@@ -63,6 +63,7 @@ if typing.TYPE_CHECKING:
     from .registry import NoOptions as NoOptions
     from .registry import PluginManager as PluginManager
     from .registry import Registry as Registry
+    from .registry import StageInputs as StageInputs
     from .registry import TransportEntry as TransportEntry
     from .registry import make_plugin_manager as make_plugin_manager
 
@@ -112,6 +113,7 @@ _EXPORTS = {
     "NoOptions": ".registry",
     "PluginManager": ".registry",
     "Registry": ".registry",
+    "StageInputs": ".registry",
     "TransportEntry": ".registry",
     "make_plugin_manager": ".registry",
 }

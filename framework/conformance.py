@@ -20,6 +20,7 @@ asserts that no thread, descriptor or child process is left behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import selectors
 import socket
@@ -38,9 +39,13 @@ from sockwork.assembly import assemble
 from sockwork.errors import FailedElsewhere
 from sockwork.handlers import echo as blocking_echo
 from sockwork.interfaces import capability
+from sockwork.registry import StageInputs
 from sockwork.testing import Clients, HandlerForms, dispatcher_runs_async, recv_until_eof, serving
 
 __all__ = [
+    "test_a_stage_refuses_what_it_must_and_it_is_counted_refused",
+    "test_a_stage_stalled_mid_input_costs_no_cpu_while_it_waits",
+    "test_a_stage_stalled_mid_input_is_cut_at_its_timeout_and_counted_timed_out",
     "test_close_after_drain_timeout_ends_stuck_connections",
     "test_close_waits_for_requests_in_flight",
     "test_concurrency_is_what_the_dispatcher_promises",
@@ -525,3 +530,140 @@ def test_keep_alive_clients_beyond_the_workers_are_all_served(sockwork_make_serv
                     assert chunk, f"client {i} was closed in round {turn}"
                     received += chunk
                 assert received == expected
+
+
+# ---- Connection stages: what a transport's stage_inputs say to send ----------------------
+
+STAGE_CPU_BUDGET = 0.1
+"""CPU seconds the whole process may spend while a client stalls inside a stage for STAGE_STALL seconds."""
+
+STAGE_STALL = 1.0
+"""Seconds the CPU test holds a client stalled mid-input."""
+
+STAGE_TIMEOUT = 0.3
+"""The timeout the timeout test gives each stage (set on the stage objects of the server under test)."""
+
+
+@contextmanager
+def staged_server(transport_name: str, registry: Registry, loopback: Any) -> Iterator[tuple[Server, StageInputs]]:
+    """A server on the transport under test (thread dispatcher, echo), serving, with the entry's stage_inputs;
+    skips the test when the transport gives none or runs no stage with its loopback options."""
+    entry = registry.get("transport", transport_name)
+    inputs = entry.stage_inputs
+    if inputs is None:
+        pytest.skip(f"transport {transport_name!r} gives no stage_inputs: its connection stages are not tested")
+    server = Server(transport=transport_name, transport_options=loopback.options, dispatcher="thread",
+                    handler=blocking_echo, registry=registry)
+    try:
+        if not capability(server.transport, "stages"):
+            pytest.skip(f"transport {transport_name!r} runs no connection stage with its loopback options")
+        with serving(server):
+            yield server, inputs
+    finally:
+        server.close()
+
+
+@contextmanager
+def raw_client(server: Server) -> Iterator[socket.socket]:
+    """A plain stream socket connected to ``server``: bytes exactly as the test sends them, no wire format."""
+    sock = socket.socket(server.transport.family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(10)
+        sock.connect(server.address)
+        yield sock
+    finally:
+        sock.close()
+
+
+def _stats_reach(server: Server, field: str, value: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while getattr(server.stats, field) < value and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return bool(getattr(server.stats, field) >= value)
+
+
+STAGE_CALLS_WHILE_STALLED = 3
+"""Most calls of the stages' ``advance()`` the CPU test tolerates while the client stalls (none are needed)."""
+
+
+def count_advances(stages: Any) -> list[int]:
+    """Count calls of each stage's ``advance`` from now on (the count is the list's one item)."""
+    calls = [0]
+    for stage in stages:
+        original = stage.advance
+
+        def counted(conn: Any, _original: Any = original) -> Any:
+            calls[0] += 1
+            return _original(conn)
+
+        with contextlib.suppress(AttributeError, TypeError):  # __slots__ or frozen: its CPU is still measured
+            stage.advance = counted
+    return calls
+
+
+@_conformance
+def test_a_stage_stalled_mid_input_costs_no_cpu_while_it_waits(
+    sockwork_transport_name: str, sockwork_registry: Registry, sockwork_loopback: Any,
+) -> None:
+    """A client that sends the start of what the stages expect and then stalls costs the server no CPU
+    (at most STAGE_CPU_BUDGET seconds over STAGE_STALL, and no call of a stage's ``advance()``): a stage
+    waiting for more bytes is not called again and again (a stage that peeks and asks for "write", or
+    one called while the bytes it peeked at sit unread, spins; on a busy machine a spin may get little
+    CPU, so the calls are counted too)."""
+    with staged_server(sockwork_transport_name, sockwork_registry, sockwork_loopback) as (server, inputs), \
+            raw_client(server) as sock:
+        calls = count_advances(capability(server.transport, "stages"))
+        sock.sendall(inputs.partial)
+        time.sleep(0.2)  # the loop has seen the connection's first bytes and asked its stage
+        called_before = calls[0]
+        started = time.process_time()
+        time.sleep(STAGE_STALL)
+        used = time.process_time() - started
+        called = calls[0] - called_before
+        assert server.stats.completed == 0, "the stages let a partial input through to the handler"
+        assert used <= STAGE_CPU_BUDGET and called <= STAGE_CALLS_WHILE_STALLED, (
+            f"one client stalled mid-input cost {used:.2f} s of CPU and {called} call(s) of advance() in "
+            f"{STAGE_STALL} s: a stage waiting for more bytes must return 'read' having seen everything there "
+            "is (Connection.peek), and is called again only when new bytes arrive")
+
+
+@_conformance
+def test_a_stage_refuses_what_it_must_and_it_is_counted_refused(
+    sockwork_transport_name: str, sockwork_registry: Registry, sockwork_loopback: Any,
+) -> None:
+    """Input the stages refuse (stage_inputs.refused) closes the connection, counted ``refused`` (StageFailed),
+    not ``failed`` (a bug in the stage) and never a handler's turn."""
+    with staged_server(sockwork_transport_name, sockwork_registry, sockwork_loopback) as (server, inputs):
+        if inputs.refused is None:
+            pytest.skip(f"transport {sockwork_transport_name!r} gives no refused stage input")
+        with raw_client(server) as sock:
+            sock.sendall(inputs.refused)
+            recv_until_eof(sock)  # whatever a stage says on the way out (a TLS alert), then the end
+        assert _stats_reach(server, "refused", 1), f"refused input was not counted refused: {server.stats}"
+        stats = server.stats
+        assert (stats.completed, stats.failed) == (0, 0), stats
+
+
+@_conformance
+def test_a_stage_stalled_mid_input_is_cut_at_its_timeout_and_counted_timed_out(
+    sockwork_transport_name: str, sockwork_registry: Registry, sockwork_loopback: Any,
+) -> None:
+    """A client stalled mid-input is closed at its stage's timeout (set to STAGE_TIMEOUT here), counted
+    ``timed_out``; it never reaches the handler."""
+    with staged_server(sockwork_transport_name, sockwork_registry, sockwork_loopback) as (server, inputs):
+        for stage in capability(server.transport, "stages"):
+            try:
+                stage.timeout = STAGE_TIMEOUT
+            except (AttributeError, TypeError):
+                pytest.skip(f"stage {stage.name!r} has a timeout the kit cannot shorten")
+        with raw_client(server) as sock:
+            sock.sendall(inputs.partial)
+            sock.settimeout(STAGE_TIMEOUT + 4)
+            try:
+                recv_until_eof(sock)
+            except TimeoutError:
+                pytest.fail(f"a client stalled mid-input was still connected {STAGE_TIMEOUT + 4} s later: "
+                            f"its stage (timeout {STAGE_TIMEOUT} s) did not keep it waiting until cut "
+                            f"({server.stats})", pytrace=False)
+        assert _stats_reach(server, "timed_out", 1), f"the stalled stage was not counted timed_out: {server.stats}"
+        assert server.stats.completed == 0, "the stages let a partial input through to the handler"

@@ -254,6 +254,11 @@ OPTIONAL_CAPABILITIES: dict[str, tuple[object, str]] = {
                    "connection before dispatch (a PROXY header, a TLS handshake)"),
     "reload": (None, "Transport: a method that loads again what the transport read from files (tls: certificate, "
                      "key, client CAs) for new connections, dropping none; SIGHUP under sockwork serve calls it"),
+    # Connection stage (sockwork.ConnectionStage)
+    "replaces_socket": (False, "ConnectionStage: True if advance() replaces conn.socket with an object that keeps "
+                               "state the bare descriptor does not carry (tls: the TLS session in an ssl.SSLSocket); "
+                               "assembly then refuses dispatchers that take the descriptor over (asyncio). Leave it "
+                               "out of such a stage and the client gets plaintext, or garbage, from them"),
     # Dispatcher
     "accepts_itself": (False, "Dispatcher: True for a Supervisor, whose workers accept; "
                               "the loop then never listens"),

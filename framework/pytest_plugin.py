@@ -33,6 +33,7 @@ fixtures; it changes nothing else.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -165,14 +166,39 @@ def loopback_of(entry: TransportEntry, directory: Path) -> Loopback:
     return Loopback(options, wrap)
 
 
+def _descriptors() -> dict[int, tuple[int, int]]:
+    """This process's open descriptors, each with what it refers to (device, inode)."""
+    found = {}
+    for name in os.listdir("/proc/self/fd" if os.path.isdir("/proc/self/fd") else "/dev/fd"):
+        try:
+            status = os.fstat(int(name))
+        except OSError:  # the directory listing's own descriptor, closed by now
+            continue
+        found[int(name)] = (status.st_dev, status.st_ino)
+    return found
+
+
 @pytest.fixture
-def sockwork_loopback(sockwork_transport_name: str, sockwork_tmp: Path, sockwork_registry: Registry) -> Loopback:
-    """The transport under test's loopback options and client (override to test a variant)."""
+def sockwork_loopback(sockwork_transport_name: str, sockwork_tmp: Path, sockwork_registry: Registry,
+                      ) -> Iterator[Loopback]:
+    """The transport under test's loopback options and client (override to test a variant).
+
+    A descriptor that ``loopback_options`` opened (``fd`` inherits a listening socket) belongs to
+    the transport once one is built and opened from the options; if none was (a test skipped, or
+    assembly refused the pair), it is closed here, so that nothing leaks.
+    """
     if sockwork_transport_name == _BROKEN:
         pytest.fail("plugin(s) failed to load: " + "; ".join(_load_failures(sockwork_registry)), pytrace=False)
     entry = sockwork_registry.get("transport", sockwork_transport_name)
     assert isinstance(entry, TransportEntry)
-    return loopback_of(entry, sockwork_tmp)
+    before = _descriptors()
+    loopback = loopback_of(entry, sockwork_tmp)
+    opened = {fd: what for fd, what in _descriptors().items() if before.get(fd) != what}
+    yield loopback
+    now = _descriptors()
+    for fd, what in opened.items():
+        if now.get(fd) == what:  # still the descriptor the options opened: no transport took it over
+            os.close(fd)
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ __all__ = [
     "NoOptions",
     "PluginManager",
     "Registry",
+    "StageInputs",
     "TransportEntry",
     "make_plugin_manager",
 ]
@@ -104,6 +105,23 @@ class Entry:
 
 @final
 @attrs.frozen
+class StageInputs:
+    """What the conformance kit sends to test a transport's connection stages (``TransportEntry.stage_inputs``).
+
+    ``partial``: the start of what the stages accept, too short to complete them (a
+    client stalled mid-greeting): the kit checks that the connection then costs no CPU
+    while it waits and is cut at the stage's timeout (counted ``timed_out``).
+    ``refused``: bytes the stages refuse (:class:`~sockwork.StageFailed`, counted
+    ``refused``); None leaves that test out.
+    """
+
+    partial: bytes = attrs.field(validator=attrs.validators.instance_of(bytes))
+    refused: bytes | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(bytes)))
+
+
+@final
+@attrs.frozen
 class TransportEntry(Entry):
     """A transport: ``factory(options)`` returns an unopened :class:`~sockwork.Transport`.
 
@@ -116,6 +134,9 @@ class TransportEntry(Entry):
     built with ``options``, it returns the socket to talk through (wrapped,
     or with a header sent). Without it, clients speak plain bytes.
 
+    ``stage_inputs`` (a :class:`StageInputs`) says what the conformance kit sends to
+    test the transport's connection stages; without it those tests are skipped.
+
     ``schemes`` are URL schemes that mean this transport besides its name
     (``("tls",)``, ``("proxy+tcp",)``); ``parse_url(url)`` turns such a URL
     into a mapping of options. Without ``parse_url``, a URL is read the
@@ -125,6 +146,7 @@ class TransportEntry(Entry):
 
     loopback_options: Callable[[Path], Any] | None = None
     loopback_client: Callable[[socket.socket, Any], Any] | None = None
+    stage_inputs: StageInputs | None = None
     schemes: tuple[str, ...] = ()
     parse_url: Callable[[str], Mapping[str, Any]] | None = None
 

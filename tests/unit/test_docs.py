@@ -152,3 +152,13 @@ def test_bench_quick_duration_in_help_and_docs() -> None:
     help_text = " ".join(sockwork("bench", "--help").stdout.split())
     assert "measured seconds per run (default 2; quick 0.3;" in help_text
     assert "`--quick` measures 0.3 s per run" in (DOCS / "config.md").read_text()
+
+
+def test_the_capability_table_in_plugins_md_is_the_one_in_the_code() -> None:
+    """plugins.md's capability table lists every optional member with the default sockwork uses."""
+    from sockwork.interfaces import OPTIONAL_CAPABILITIES
+
+    text = (DOCS / "plugins.md").read_text()
+    table = text[text.index("### The capability table"):text.index("## 9. Fork hygiene")]
+    rows = dict(re.findall(r"^\| `(\w+)` \| \w+ \| `([^`]*)` \|", table, re.M))
+    assert rows == {name: repr(default) for name, (default, _) in OPTIONAL_CAPABILITIES.items()}
