@@ -546,12 +546,13 @@ STAGE_TIMEOUT = 0.3
 
 @contextmanager
 def staged_server(transport_name: str, registry: Registry, loopback: Any) -> Iterator[tuple[Server, StageInputs]]:
-    """A server on the transport under test (thread dispatcher, echo), serving, with the entry's stage_inputs;
-    skips the test when the transport gives none or runs no stage with its loopback options."""
-    entry = registry.get("transport", transport_name)
-    inputs = entry.stage_inputs
+    """A server on the transport under test (thread dispatcher, echo), serving, with its loopback's stage_inputs;
+    skips the test when there are none (the entry gives none, or a variant's loopback changed the stages)
+    or the transport runs no stage with its loopback options."""
+    inputs = loopback.stage_inputs
     if inputs is None:
-        pytest.skip(f"transport {transport_name!r} gives no stage_inputs: its connection stages are not tested")
+        pytest.skip(f"transport {transport_name!r} gives no stage_inputs (for these loopback options): "
+                    "its connection stages are not tested")
     server = Server(transport=transport_name, transport_options=loopback.options, dispatcher="thread",
                     handler=blocking_echo, registry=registry)
     try:

@@ -47,7 +47,7 @@ from ._pytest_entry import BUILTINS_INI as _BUILTINS_INI
 from ._pytest_entry import PLUGINS_INI as _PLUGINS_INI
 from ._pytest_entry import add_kit_ini_options
 from ._server import Server
-from .registry import BUILTIN_PLUGINS, Entry, Registry, TransportEntry
+from .registry import BUILTIN_PLUGINS, Entry, Registry, StageInputs, TransportEntry
 from .testing import Clients, HandlerForms, ResourceSnapshot, Wrap, dispatcher_runs_async
 
 __all__ = ["Loopback"]  # otherwise a pytest plugin: reached through hooks and fixtures
@@ -140,11 +140,16 @@ class Loopback:
 
     ``options``: the transport's options (from its entry's
     ``loopback_options``); ``wrap``: turns a connected client socket into
-    what speaks the transport's wire format, or None for plain bytes.
+    what speaks the transport's wire format, or None for plain bytes;
+    ``stage_inputs``: what the kit's stage tests send (the entry's
+    :class:`~sockwork.StageInputs`, which fit its own loopback options; a
+    variant, such as one adding a PROXY header, leaves it None and those
+    tests are skipped).
     """
 
     options: Any
     wrap: Wrap | None = None
+    stage_inputs: StageInputs | None = None
 
 
 def loopback_of(entry: TransportEntry, directory: Path) -> Loopback:
@@ -158,12 +163,12 @@ def loopback_of(entry: TransportEntry, directory: Path) -> Loopback:
                     f"(pip install {exc.name})")
     make_client = entry.loopback_client
     if make_client is None:
-        return Loopback(options)
+        return Loopback(options, stage_inputs=entry.stage_inputs)
 
     def wrap(sock: Any) -> Any:
         return make_client(sock, options)
 
-    return Loopback(options, wrap)
+    return Loopback(options, wrap, entry.stage_inputs)
 
 
 def _descriptors() -> dict[int, tuple[int, int]]:
