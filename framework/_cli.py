@@ -46,8 +46,10 @@ from . import __version__
 from .assembly import assemble_config, build_server, load_config
 from .config import FOREVER, LOG_LEVELS, ConfigErrors, ServerConfig, read_config_data
 from .errors import ConfigError, PluginError, ServerError
+from .hookspecs import hookimpl
 from .interfaces import capability
-from .registry import KINDS, Registry
+from .registry import KINDS, Kind, Registry
+from .validators import SECRET_SHOWN, is_secret, shown
 
 __all__ = ["main"]
 
@@ -165,9 +167,28 @@ def _run(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"sockwork: {_one_problem_one_line(exc)}", file=sys.stderr)
             return 1
-        print(json.dumps(config.to_dict(), indent=2))
+        print(json.dumps(_secrets_hidden(config.to_dict(), registry), indent=2))
         return 0
     return _serve(config, registry, source=_source(args))
+
+
+def _secrets_hidden(data: dict[str, Any], registry: Registry) -> dict[str, Any]:
+    """A config's plain data with each part's secret options (sockwork.validators.SECRET) shown as ``***``."""
+    parts: tuple[tuple[Kind, str], ...] = (("transport", "name"), ("dispatcher", "name"), ("handler", "ref"))
+    for kind, key in parts:
+        table = data.get(kind)
+        if not isinstance(table, dict) or not isinstance(table.get("options"), dict):
+            continue
+        name = table.get(key)
+        if kind == "transport" and isinstance(table.get("url"), str):
+            name = registry.parse_transport_url(table["url"])[0]
+        try:
+            entry = registry.get(kind, name) if isinstance(name, str) else None
+        except ConfigError:
+            entry = None
+        if entry is not None:
+            table["options"] = shown(entry.options, table["options"])
+    return data
 
 
 def _one_problem_one_line(exc: ConfigError, source: str | None = None) -> str:
@@ -271,6 +292,9 @@ def _number(text: str) -> Any:
 
 def _serve(config: ServerConfig, registry: Registry, source: str) -> int:
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    handler = config.handler.ref if isinstance(config.handler.ref, str) else repr(config.handler.ref)
+    announce = _Announce(handler, config.dispatcher.name)
+    registry.plugin_manager.register(announce, name="sockwork.cli")  # before assembly: the server calls it
     try:
         server = build_server(config, registry)
     except ConfigError as exc:  # found when the parts are built: an inherited descriptor, say
@@ -281,13 +305,15 @@ def _serve(config: ServerConfig, registry: Registry, source: str) -> int:
         return 2
     with server.handle_signals(), _reload_on_sighup(server):
         try:
-            handler = config.handler.ref if isinstance(config.handler.ref, str) else repr(config.handler.ref)
-            print(
-                f"sockwork: serving {handler!r} on {server.url} with dispatcher "
-                f"{config.dispatcher.name!r} (pid {os.getpid()})",
-                flush=True,
-            )
-            server.serve_forever()
+            try:
+                server.serve_forever()
+            except Exception as exc:
+                if announce.said:
+                    raise
+                # The dispatcher's start() failed: nothing was served. One line, as for any broken part.
+                print(f"sockwork: dispatcher {config.dispatcher.name!r} failed to start: "
+                      f"{type(exc).__name__}: {exc}", file=sys.stderr)
+                return 2
         finally:
             _close_attentively(server)
     logger.info("stopped")
@@ -298,6 +324,20 @@ def _serve(config: ServerConfig, registry: Registry, source: str) -> int:
         sys.stdout.flush()
         os._exit(0)
     return 0
+
+
+class _Announce:
+    """Prints the "serving" line once the server has started (its dispatcher's start() returned)."""
+
+    def __init__(self, handler: str, dispatcher: str) -> None:
+        self.handler, self.dispatcher = handler, dispatcher
+        self.said = False
+
+    @hookimpl(tryfirst=True)
+    def sockwork_server_started(self, server: Any) -> None:
+        print(f"sockwork: serving {self.handler!r} on {server.url} with dispatcher {self.dispatcher!r} "
+              f"(pid {os.getpid()})", flush=True)
+        self.said = True
 
 
 @contextlib.contextmanager
@@ -354,6 +394,8 @@ def _plugins(registry: Registry) -> int:
             print(f"  {entry.name:<12} {entry.description}  [{entry.plugin}, {origin}]{status}")
             for field in attrs.fields(entry.options):
                 default = "required" if field.default is attrs.NOTHING else _show_default(field.default)
+                if is_secret(field) and field.default not in (attrs.NOTHING, None):
+                    default = SECRET_SHOWN
                 print(f"      {field.alias} = {default}")
     print("lifecycle hooks:")
     for name, hooks in registry.lifecycle_plugins():

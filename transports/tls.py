@@ -40,7 +40,7 @@ from sockwork.transports.tcp import (
     proxy_protocol_field,
     trusted_proxies_field,
 )
-from sockwork.validators import boolean, positive_int
+from sockwork.validators import boolean, positive_int, secret_field
 
 if TYPE_CHECKING:
     from sockwork import Connection
@@ -105,9 +105,9 @@ class TLSOptions:
     """PEM file with the server's certificate, followed by its chain (and the key, if ``keyfile`` is none)."""
     keyfile: str | None = attrs.field(default=None, converter=_to_str_path, validator=_check_file(True))
     """PEM file with the private key; none: the key is in ``certfile``."""
-    password: str | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(str)), repr=False)
-    """The private key's password, if it is encrypted. ``sockwork check`` prints it: keep the file private."""
+    password: str | None = secret_field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(str)))
+    """The private key's password, if it is encrypted (a secret: ``sockwork check`` shows ``***``)."""
     client_ca: str | None = attrs.field(default=None, converter=_to_str_path, validator=_check_file(True))
     """PEM file of the CAs whose client certificates are accepted (with ``verify_client``)."""
     verify_client: Literal["none", "optional", "required"] = attrs.field(

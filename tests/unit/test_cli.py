@@ -504,3 +504,79 @@ def test_a_handler_module_that_fails_at_import_is_one_line_like_an_import_error(
     assert err.startswith(f"sockwork: command line: handler.ref: cannot import module {name!r} for handler "
                           f"'{name}:handle': {error}"), err
     assert err.count("\n") == 1, err
+
+
+def _with_plugin(monkeypatch: pytest.MonkeyPatch, plugin: object, name: str) -> None:
+    """Every Registry the CLI makes gets ``plugin`` too, registered as ``name`` (an installed plugin's stand-in)."""
+    from sockwork import registry
+
+    real = registry.make_plugin_manager
+
+    def with_it(*, entry_points: bool = True) -> registry.PluginManager:
+        pm = real(entry_points=entry_points)
+        pm.register(plugin, name=name)
+        pm.distributions[name] = f"sockwork-{name} 1.0"
+        return pm
+
+    monkeypatch.setattr(registry, "make_plugin_manager", with_it)
+
+
+def test_secret_options_are_shown_as_stars_by_check_plugins_and_repr(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An option marked secret (sockwork.validators.secret_field) is never printed: ``***`` instead."""
+    import attrs
+
+    from sockwork import DispatcherEntry, _cli, hookimpl
+    from sockwork.strategies.pool import PoolDispatcher, PoolOptions
+    from sockwork.validators import secret_field
+
+    @attrs.frozen(kw_only=True)
+    class VaultOptions:
+        token: str = secret_field(default="default-token")
+        workers: int = 2
+
+    class Vault:
+        @hookimpl
+        def sockwork_add_dispatchers(self) -> list[DispatcherEntry]:
+            return [DispatcherEntry("vault", lambda options: PoolDispatcher(PoolOptions(workers=options.workers)),
+                                    VaultOptions)]
+
+    _with_plugin(monkeypatch, Vault(), "vault")
+    assert _cli.main(["check", "--transport", "tcp://127.0.0.1:0", "--dispatcher", "vault",
+                      "--option", "dispatcher.token=hunter2"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out)["dispatcher"]["options"] == {"token": "***", "workers": 2}
+    assert _cli.main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "      token = ***\n      workers = 2" in out and "default-token" not in out
+    assert repr(VaultOptions(token="hunter2")) == "VaultOptions(token=***, workers=2)"  # logs, tracebacks
+
+
+def test_a_dispatcher_whose_start_fails_makes_serve_exit_2_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """config.md: a server that cannot start exits 2, one line on stderr, no traceback, no "serving" line."""
+    from sockwork import DispatcherEntry, _cli, hookimpl
+    from sockwork.strategies.pool import PoolDispatcher, PoolOptions
+
+    class FailsToStart:
+        def __init__(self) -> None:
+            self.inner = PoolDispatcher(PoolOptions(workers=1))
+            self.concurrency = 1
+            self.submit, self.saturated, self.drain, self.close = (
+                self.inner.submit, self.inner.saturated, self.inner.drain, self.inner.close)
+
+        def start(self, host: object) -> None:
+            raise RuntimeError("no licence server")
+
+    class Plugin:
+        @hookimpl
+        def sockwork_add_dispatchers(self) -> list[DispatcherEntry]:
+            return [DispatcherEntry("unlicensed", lambda options: FailsToStart())]
+
+    _with_plugin(monkeypatch, Plugin(), "unlicensed")
+    assert _cli.main(["serve", "--transport", "tcp://127.0.0.1:0", "--dispatcher", "unlicensed"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == ("sockwork: dispatcher 'unlicensed' failed to start: RuntimeError: no licence server\n")
