@@ -30,6 +30,7 @@ if typing.TYPE_CHECKING:
     from .assembly import load_config_file as load_config_file
     from .config import ConfigErrors as ConfigErrors
     from .config import DispatcherConfig as DispatcherConfig
+    from .config import FramingConfig as FramingConfig
     from .config import HandlerConfig as HandlerConfig
     from .config import ServerConfig as ServerConfig
     from .config import TransportConfig as TransportConfig
@@ -59,6 +60,7 @@ if typing.TYPE_CHECKING:
     from .limits import WorkerExit as WorkerExit
     from .messages import message_handler as message_handler
     from .registry import DispatcherEntry as DispatcherEntry
+    from .registry import FramingEntry as FramingEntry
     from .registry import HandlerEntry as HandlerEntry
     from .registry import NoOptions as NoOptions
     from .registry import PluginManager as PluginManager
@@ -79,6 +81,7 @@ _EXPORTS = {
     "assemble_config": ".assembly",
     "ConfigErrors": ".config",
     "DispatcherConfig": ".config",
+    "FramingConfig": ".config",
     "HandlerConfig": ".config",
     "ServerConfig": ".config",
     "TransportConfig": ".config",
@@ -109,6 +112,7 @@ _EXPORTS = {
     "ServerStats": ".limits",
     "WorkerExit": ".limits",
     "DispatcherEntry": ".registry",
+    "FramingEntry": ".registry",
     "HandlerEntry": ".registry",
     "NoOptions": ".registry",
     "PluginManager": ".registry",

@@ -81,6 +81,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         command.add_argument("--handler", metavar="REF",
                              help="a registered handler (echo, discard, lines) or package.module:attribute "
                                   "(modules in the current directory are found)")
+        command.add_argument("--framing", metavar="NAME",
+                             help="the framing a message handler uses: lines, length, or a plugin's "
+                                  "(sockwork plugins lists them); its options: --option framing.max_message=N")
         command.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                              help="a component option or limit, e.g. dispatcher.workers=8, transport.backlog=4096, "
                                   "limits.idle_timeout=30 "
@@ -174,7 +177,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def _secrets_hidden(data: dict[str, Any], registry: Registry) -> dict[str, Any]:
     """A config's plain data with each part's secret options (sockwork.validators.SECRET) shown as ``***``."""
-    parts: tuple[tuple[Kind, str], ...] = (("transport", "name"), ("dispatcher", "name"), ("handler", "ref"))
+    parts: tuple[tuple[Kind, str], ...] = (("transport", "name"), ("dispatcher", "name"), ("handler", "ref"),
+                                           ("framing", "name"))
     for kind, key in parts:
         table = data.get(kind)
         if not isinstance(table, dict) or not isinstance(table.get("options"), dict):
@@ -204,8 +208,8 @@ def _one_problem_one_line(exc: ConfigError, source: str | None = None) -> str:
 
 def _source(args: argparse.Namespace) -> str:
     """Where the settings came from, as problems are reported: a file, flags, or both."""
-    flags = any((args.transport, args.dispatcher, args.workers, args.handler, args.drain_timeout, args.log_level,
-                 args.access_log, args.option))
+    flags = any((args.transport, args.dispatcher, args.workers, args.handler, args.framing, args.drain_timeout,
+                 args.log_level, args.access_log, args.option))
     return f"{args.config} with the command line's flags" if args.config and flags else args.config or "command line"
 
 
@@ -218,6 +222,8 @@ def _config_from(args: argparse.Namespace, registry: Registry) -> ServerConfig:
         data["dispatcher"] = _keep_options_if_same(data.get("dispatcher"), "name", args.dispatcher)
     if args.handler:
         data["handler"] = _keep_options_if_same(data.get("handler"), "ref", args.handler)
+    if args.framing:
+        data["framing"] = _keep_options_if_same(data.get("framing", "lines"), "name", args.framing)
     if args.drain_timeout is not None:
         data["drain_timeout"] = args.drain_timeout if args.drain_timeout == FOREVER else _number(args.drain_timeout)
     if args.log_level:
@@ -269,8 +275,8 @@ def _apply_option(data: dict[str, Any], option: str) -> None:
         limits = data.get("limits")
         data["limits"] = {**(limits if isinstance(limits, dict) else {}), name: _value(text)}
         return
-    defaults = {"dispatcher": "thread", "handler": "echo"}  # a missing transport stays missing: an error
-    key = {"transport": "url", "dispatcher": "name", "handler": "ref"}[part]
+    defaults = {"dispatcher": "thread", "handler": "echo", "framing": "lines"}  # a missing transport: an error
+    key = {"transport": "url", "dispatcher": "name", "handler": "ref", "framing": "name"}[part]
     current = data.get(part, defaults.get(part))
     table = _as_table(current, key) if current is not None else {"options": {}}
     table["options"][name] = _value(text)

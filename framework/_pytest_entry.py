@@ -57,7 +57,7 @@ def _asked(config: pytest.Config) -> bool:
 
 def _is_a_sockwork_plugin(config: pytest.Config) -> bool:
     """Whether the project under test declares ``[project.entry-points.sockwork]`` in its pyproject.toml."""
-    import tomllib
+    import tomllib  # only where a project is looked at: this module loads in every pytest run
 
     places = {config.rootpath / "pyproject.toml"}
     if config.inipath is not None:
@@ -77,7 +77,7 @@ def _is_a_sockwork_plugin(config: pytest.Config) -> bool:
 def _load_kit(config: pytest.Config) -> None:
     if config.pluginmanager.has_plugin(KIT):
         return
-    import sockwork.pytest_plugin as kit
+    import sockwork.pytest_plugin as kit  # the kit, loaded only for a project that asks for it
 
     # Registered late, it still gets its hooks and fixtures: pytest calls the historic ones
     # (pytest_addoption, pytest_configure) on registration and reads fixtures from it then.

@@ -33,7 +33,18 @@ from typing import Any
 import attrs
 import pytest
 
-from sockwork import Registry, Server, hookimpl, make_plugin_manager
+from sockwork import (
+    FramingConfig,
+    HandlerConfig,
+    Registry,
+    Server,
+    ServerConfig,
+    TransportConfig,
+    build_server,
+    hookimpl,
+    make_plugin_manager,
+    message_handler,
+)
 from sockwork import aio as aio
 from sockwork.assembly import assemble
 from sockwork.errors import FailedElsewhere
@@ -51,6 +62,11 @@ __all__ = [
     "test_concurrency_is_what_the_dispatcher_promises",
     "test_echo_large",
     "test_echo_small",
+    "test_framing_finish_takes_the_rest_and_empties_the_buffer",
+    "test_framing_refuses_a_message_over_max_message_complete_or_not",
+    "test_framing_round_trips_messages",
+    "test_framing_serves_a_message_handler_chosen_by_name",
+    "test_framing_waits_for_a_message_to_be_complete",
     "test_handle_request_serves_one_or_times_out",
     "test_keep_alive_clients_beyond_the_workers_are_all_served",
     "test_many_clients_each_get_their_own_reply",
@@ -668,3 +684,113 @@ def test_a_stage_stalled_mid_input_is_cut_at_its_timeout_and_counted_timed_out(
                             f"({server.stats})", pytrace=False)
         assert _stats_reach(server, "timed_out", 1), f"the stalled stage was not counted timed_out: {server.stats}"
         assert server.stats.completed == 0, "the stages let a partial input through to the handler"
+
+
+# ---- Framings: how a stream is cut into messages ------------------------------------------
+
+FRAMING_SAMPLES = (b"hello", b"", b"x" * 1000, b"0123456789" * 10, bytes(range(32, 127)))
+"""Messages every framing must carry: printable ASCII without a newline (which ``lines`` cannot carry), and empty."""
+
+
+def _split_all(framing: Any, buffer: bytearray) -> list[bytes]:
+    """Every message ``split`` gives from ``buffer``, calling it until it gives none (each call that gives
+    messages must have taken their bytes out of the buffer, or this would never end)."""
+    messages: list[bytes] = []
+    for _ in range(len(buffer) + 2):
+        before = len(buffer)
+        batch = framing.split(buffer)
+        if not batch:
+            break
+        assert len(buffer) < before, f"split() gave {len(batch)} message(s) but left their bytes in the buffer"
+        messages.extend(batch)
+    return messages
+
+
+@_conformance
+def test_framing_round_trips_messages(sockwork_make_framing: Callable[..., Any]) -> None:
+    """``frame`` then ``split``: the same messages, in order, and nothing left in the buffer."""
+    framing = sockwork_make_framing()
+    buffer = bytearray(b"".join(framing.frame(message) for message in FRAMING_SAMPLES))
+    assert _split_all(framing, buffer) == list(FRAMING_SAMPLES)
+    assert buffer == b"", f"split() left {bytes(buffer[:40])!r}... of complete messages in the buffer"
+    assert framing.finish(buffer) == []
+
+
+@_conformance
+def test_framing_waits_for_a_message_to_be_complete(sockwork_make_framing: Callable[..., Any]) -> None:
+    """Fed a byte at a time, ``split`` gives each message exactly when its last byte arrives, never before."""
+    framing = sockwork_make_framing()
+    frames = [framing.frame(message) for message in FRAMING_SAMPLES]
+    ends = [sum(len(frame) for frame in frames[:i + 1]) for i in range(len(frames))]
+    stream, buffer, got = b"".join(frames), bytearray(), []
+    for fed in range(1, len(stream) + 1):
+        buffer += stream[fed - 1:fed]
+        got += _split_all(framing, buffer)
+        complete = sum(1 for end in ends if end <= fed)
+        assert got == list(FRAMING_SAMPLES[:complete]), (
+            f"after {fed} bytes split() gave {len(got)} message(s); {complete} were complete")
+    assert buffer == b""
+
+
+@_conformance
+def test_framing_finish_takes_the_rest_and_empties_the_buffer(sockwork_make_framing: Callable[..., Any]) -> None:
+    """At the end of the stream ``finish`` returns the last message or raises ValueError for a truncated one;
+    either way the buffer is empty afterwards (the loop calls it once and closes)."""
+    framing = sockwork_make_framing()
+    assert framing.finish(bytearray()) == []
+    truncated = bytearray(framing.frame(b"hello")[:-1])
+    assert _split_all(framing, truncated) == []
+    try:
+        rest = framing.finish(truncated)
+    except ValueError:
+        rest = []
+    assert isinstance(rest, list) and all(isinstance(message, bytes) for message in rest), rest
+    assert truncated == b"", f"finish() left {bytes(truncated)!r} in the buffer"
+
+
+@_conformance
+def test_framing_refuses_a_message_over_max_message_complete_or_not(
+    sockwork_make_framing: Callable[..., Any], sockwork_framing_name: str, sockwork_registry: Registry,
+) -> None:
+    """With ``max_message = 16``: 16 bytes pass; 100 raise ValueError, sent whole or only begun (a client
+    cannot make the server buffer past the limit by never finishing a message)."""
+    entry = sockwork_registry.get("framing", sockwork_framing_name)
+    if "max_message" not in attrs_fields(entry.options):
+        pytest.skip(f"framing {sockwork_framing_name!r} has no max_message option to test the limit with")
+    framing = sockwork_make_framing(max_message=16)
+    assert framing.max_message == 16
+    assert _split_all(framing, bytearray(framing.frame(b"y" * 16))) == [b"y" * 16]
+    oversized = framing.frame(b"z" * 100)
+    with pytest.raises(ValueError):
+        _split_all(framing, bytearray(oversized))
+    with pytest.raises(ValueError):
+        _split_all(framing, bytearray(oversized[:40]))
+
+
+def attrs_fields(options_class: type) -> dict[str, Any]:
+    return dict(attrs.fields_dict(options_class)) if attrs.has(options_class) else {}
+
+
+@_conformance
+def test_framing_serves_a_message_handler_chosen_by_name(
+    sockwork_framing_name: str, sockwork_registry: Registry, sockwork_make_framing: Callable[..., Any],
+) -> None:
+    """A config that names the framing: the server reads framed messages and frames the replies with it."""
+    @message_handler
+    def shout(message: bytes, conn: Any) -> bytes:
+        return message.upper()
+
+    config = ServerConfig(transport=TransportConfig.from_url("tcp://127.0.0.1:0"), handler=HandlerConfig(ref=shout),
+                          framing=FramingConfig(name=sockwork_framing_name))
+    client_side = sockwork_make_framing()
+    with serving(build_server(config, sockwork_registry)) as server, \
+            socket.create_connection(server.address, timeout=10) as sock:
+        sock.sendall(b"".join(client_side.frame(message) for message in FRAMING_SAMPLES))
+        replies: list[bytes] = []
+        received = bytearray()
+        while len(replies) < len(FRAMING_SAMPLES):
+            chunk = sock.recv(65536)
+            assert chunk, f"the server closed the connection after {len(replies)} replies"
+            received += chunk
+            replies += _split_all(client_side, received)
+    assert replies == [message.upper() for message in FRAMING_SAMPLES]

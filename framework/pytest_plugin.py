@@ -26,6 +26,9 @@ fixtures; it changes nothing else.
   listening on loopback (or in a temporary directory), closed after the test;
   ``handler`` may be a :class:`sockwork.testing.HandlerForms`, of which the
   form the dispatcher serves (blocking or async) is used;
+- ``sockwork_framing_name`` / ``sockwork_make_framing(**options)``: each registered
+  framing under test (the same rule: a plugin's, or every one with the built-ins), and
+  the framing itself, built as assembly builds it;
 - ``sockwork_no_leaks``: fails the test if it leaves a thread, a descriptor
   or a child process behind;
 - ``sockwork_registry``: the Registry, with installed plugins, built once.
@@ -47,7 +50,8 @@ from ._pytest_entry import BUILTINS_INI as _BUILTINS_INI
 from ._pytest_entry import PLUGINS_INI as _PLUGINS_INI
 from ._pytest_entry import add_kit_ini_options
 from ._server import Server
-from .registry import BUILTIN_PLUGINS, Entry, Registry, StageInputs, TransportEntry
+from .assembly import build_component
+from .registry import BUILTIN_PLUGINS, Entry, Kind, Registry, StageInputs, TransportEntry
 from .testing import Clients, HandlerForms, ResourceSnapshot, Wrap, dispatcher_runs_async
 
 __all__ = ["Loopback"]  # otherwise a pytest plugin: reached through hooks and fixtures
@@ -72,15 +76,13 @@ def _param(entries: tuple[Entry, ...]) -> Any:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    wanted = [name for name in ("sockwork_transport_name", "sockwork_dispatcher_name")
-              if name in metafunc.fixturenames]
+    wanted = [name for name in _AXES if name in metafunc.fixturenames]
     if not wanted:
         return
     registry = _registry(metafunc.config)
     include_builtins = metafunc.config.getini(_BUILTINS_INI)
     only = set(metafunc.config.getini(_PLUGINS_INI))
-    axes = [registry.entries("transport" if name == "sockwork_transport_name" else "dispatcher")
-            for name in wanted]
+    axes = [registry.entries(_AXES[name]) for name in wanted]
     combos: list[tuple[Entry, ...]] = [()]
     for axis in axes:
         combos = [(*combo, entry) for combo in combos for entry in axis]
@@ -98,6 +100,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 _BROKEN = "(a plugin failed to load)"
+_AXES: dict[str, Kind] = {"sockwork_transport_name": "transport", "sockwork_dispatcher_name": "dispatcher",
+                          "sockwork_framing_name": "framing"}
+"""The fixtures that parametrize a test over registered parts, and the kind of part each names."""
 
 
 def _under_test(entry: Entry, only: set[str]) -> bool:
@@ -210,6 +215,19 @@ def sockwork_loopback(sockwork_transport_name: str, sockwork_tmp: Path, sockwork
 def sockwork_client(sockwork_loopback: Loopback) -> Clients:
     """Connects to the server under test as its transport expects (``client.connect(server)``, ``client.exchange``)."""
     return Clients(sockwork_loopback.wrap)
+
+
+@pytest.fixture
+def sockwork_make_framing(sockwork_framing_name: str, sockwork_registry: Registry) -> Callable[..., Any]:
+    """Build the framing under test: ``sockwork_make_framing(**options)``, checked as assembly checks it."""
+    if sockwork_framing_name == _BROKEN:
+        pytest.fail("plugin(s) failed to load: " + "; ".join(_load_failures(sockwork_registry)), pytrace=False)
+
+    def make(**options: Any) -> Any:
+        return build_component(sockwork_registry, "framing", sockwork_registry.get("framing", sockwork_framing_name),
+                               options)
+
+    return make
 
 
 @pytest.fixture

@@ -29,6 +29,7 @@ __all__ = [
     "BUILTIN_PLUGINS",
     "DispatcherEntry",
     "Entry",
+    "FramingEntry",
     "HandlerEntry",
     "NoOptions",
     "PluginManager",
@@ -40,8 +41,8 @@ __all__ = [
 
 logger = logging.getLogger("sockwork")
 
-Kind = Literal["transport", "dispatcher", "handler"]
-KINDS: tuple[Kind, ...] = ("transport", "dispatcher", "handler")
+Kind = Literal["transport", "dispatcher", "handler", "framing"]
+KINDS: tuple[Kind, ...] = ("transport", "dispatcher", "handler", "framing")
 
 BUILTIN_PLUGINS = (
     "sockwork.transports.tcp",
@@ -181,15 +182,24 @@ class HandlerEntry(Entry):
     async_factory: Callable[..., Any] | None = None
 
 
+@final
+@attrs.frozen
+class FramingEntry(Entry):
+    """A framing: ``factory(options)`` returns a :class:`sockwork.messages.Framing` (how a stream is cut into
+    messages and replies are put on it). A config chooses it by name for a message handler."""
+
+
 _ENTRY_TYPES: dict[Kind, type[Entry]] = {
     "transport": TransportEntry,
     "dispatcher": DispatcherEntry,
     "handler": HandlerEntry,
+    "framing": FramingEntry,
 }
 _HOOK_NAMES: dict[Kind, str] = {
     "transport": "sockwork_add_transports",
     "dispatcher": "sockwork_add_dispatchers",
     "handler": "sockwork_add_handlers",
+    "framing": "sockwork_add_framings",
 }
 
 
@@ -361,6 +371,8 @@ class Registry:
     def get(self, kind: Literal["dispatcher"], name: str) -> DispatcherEntry: ...
     @overload
     def get(self, kind: Literal["handler"], name: str) -> HandlerEntry: ...
+    @overload
+    def get(self, kind: Literal["framing"], name: str) -> FramingEntry: ...
     @overload
     def get(self, kind: Kind, name: str) -> Entry: ...
 
