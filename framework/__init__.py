@@ -52,7 +52,10 @@ if typing.TYPE_CHECKING:
     from .interfaces import Dispatcher as Dispatcher
     from .interfaces import DispatcherHost as DispatcherHost
     from .interfaces import HandlerFactory as HandlerFactory
+    from .interfaces import ProcessDispatcherHost as ProcessDispatcherHost
+    from .interfaces import ServerHost as ServerHost
     from .interfaces import Supervisor as Supervisor
+    from .interfaces import SupervisorHost as SupervisorHost
     from .interfaces import Transport as Transport
     from .limits import Limits as Limits
     from .limits import Outcome as Outcome
@@ -104,6 +107,9 @@ _EXPORTS = {
     "message_handler": ".messages",
     "Dispatcher": ".interfaces",
     "DispatcherHost": ".interfaces",
+    "ProcessDispatcherHost": ".interfaces",
+    "ServerHost": ".interfaces",
+    "SupervisorHost": ".interfaces",
     "HandlerFactory": ".interfaces",
     "Supervisor": ".interfaces",
     "Transport": ".interfaces",

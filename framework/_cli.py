@@ -398,6 +398,8 @@ def _plugins(registry: Registry) -> int:
                     f"[{lost.plugin}, {distributions.get(lost.plugin, '?')}]"
                     for lost in registry.shadowed[kind, entry.name])
             print(f"  {entry.name:<12} {entry.description}  [{entry.plugin}, {origin}]{status}")
+            if kind == "transport":
+                print(f"      URLs: {', '.join(scheme + '://' for scheme in registry.schemes_of(entry.name))}")
             for field in attrs.fields(entry.options):
                 default = "required" if field.default is attrs.NOTHING else _show_default(field.default)
                 if is_secret(field) and field.default not in (attrs.NOTHING, None):

@@ -49,7 +49,7 @@ from sockwork import aio as aio
 from sockwork.assembly import assemble
 from sockwork.errors import FailedElsewhere
 from sockwork.handlers import echo as blocking_echo
-from sockwork.interfaces import capability
+from sockwork.interfaces import ServerHost, capability
 from sockwork.registry import StageInputs
 from sockwork.testing import Clients, HandlerForms, dispatcher_runs_async, recv_until_eof, serving
 
@@ -269,7 +269,7 @@ class _Watched:
         self.saturated_seen = 0
         self.submitting = False
 
-    def start(self, host: Any) -> None:
+    def start(self, host: ServerHost) -> None:  # passed on whole: the wrapped dispatcher takes the role it needs
         self.dispatcher.start(host)
 
     def submit(self, request: Any, client_address: Any) -> None:

@@ -31,7 +31,8 @@ __all__ = ["Limits", "Outcome", "ServerStats", "WorkerExit"]
 
 
 class Outcome(enum.IntEnum):
-    """How a request ended; the value is also the exit status of a forked child."""
+    """How a request ended. (A ``fork`` child's exit status is not this value: see
+    ``sockwork.strategies.fork.CHILD_EXIT``, so that a handler's own ``os._exit(2)`` is a crash.)"""
 
     COMPLETED = 0
     FAILED = 1

@@ -189,7 +189,7 @@ class MessageHandler:
             return
         conn = request if isinstance(request, Connection) else Connection(request, client_address, server)
         framing = self.sockwork_framing
-        buffer = conn._buffer  # noqa: SLF001 -- the framing reads the record's own buffer
+        buffer = conn.buffer
         ended = False
         while True:
             try:

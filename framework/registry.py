@@ -335,6 +335,11 @@ class Registry:
         name, options = parse_transport_url(url)
         return (entry.name if entry is not None else name), options
 
+    def schemes_of(self, transport: str) -> list[str]:
+        """The URL schemes that mean transport ``transport``: its name and the ``schemes`` it declared
+        (less any another transport took first), in that order."""
+        return [scheme for scheme, entry in self._schemes.items() if entry.name == transport]
+
     def lifecycle_plugins(self) -> list[tuple[str, list[str]]]:
         """``(plugin name, [lifecycle hooks it implements])`` for every plugin that implements one."""
         found: dict[str, list[str]] = {}

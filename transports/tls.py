@@ -26,6 +26,7 @@ import logging
 import re
 import socket
 import ssl
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
@@ -256,7 +257,7 @@ class TLSHandshakeStage:
         conn.info["tls"] = TLSInfo(
             version=sock.version(), cipher=cipher[0] if cipher else None,
             alpn_protocol=sock.selected_alpn_protocol(),
-            server_name=getattr(sock, "sockwork_server_name", None),
+            server_name=self.transport.server_names.pop(sock, None),
             peer_certificate=sock.getpeercert() or None if certificate_der else None,
             peer_certificate_der=certificate_der,
         )
@@ -288,10 +289,6 @@ def _reason(exc: BaseException) -> str:
     return f"{meaning}{f': {detail}' if detail else ''}{f' ({reason})' if reason else ''}"
 
 
-def _remember_server_name(sock: Any, server_name: str | None, context: ssl.SSLContext) -> None:
-    sock.sockwork_server_name = server_name  # read into TLSInfo when the handshake is done
-
-
 @final
 class TLSTransport(TCPStreams):
     """Accepts TCP connections and runs TLS on them; a request is the ``ssl.SSLSocket``."""
@@ -300,12 +297,19 @@ class TLSTransport(TCPStreams):
 
     def __init__(self, options: TLSOptions) -> None:
         super().__init__(options, stages=[TLSHandshakeStage(self, options.handshake_timeout)])  # after PROXY
+        # The host name each client asked for (SNI), by its socket, until its handshake is done
+        # (the loop's thread only); a socket that never finishes drops its entry when it goes.
+        self.server_names: weakref.WeakKeyDictionary[ssl.SSLSocket, str | None] = weakref.WeakKeyDictionary()
         self.context = self._new_context()
 
     def _new_context(self) -> ssl.SSLContext:
         context = make_context(self.options)
-        context.sni_callback = _remember_server_name
+        context.sni_callback = self._remember_server_name
         return context
+
+    def _remember_server_name(self, sock: Any, server_name: str | None, context: ssl.SSLContext) -> None:
+        """OpenSSL's SNI callback, during the handshake: the name goes into TLSInfo when it is done."""
+        self.server_names[sock] = server_name
 
     def reload(self) -> None:
         """Load the certificate, key and client CAs from their files again (after a renewal, say).

@@ -158,6 +158,8 @@ def test_plugins_lists_everything_and_reports_a_broken_plugin(
     assert "  pool         a fixed set of worker threads" in out
     assert "[sockwork.strategies.pool, sockwork " in out
     assert "      workers = " in out and "      queue_size = 64" in out
+    assert "  tls          " in out and "      URLs: tls://\n" in out  # the name is its scheme
+    assert "      URLs: tcp://\n" in out and "      URLs: fd://, systemd://\n" in out
     assert "broken [?]: FAILED: ModuleNotFoundError: No module named 'sockwork_no_such_plugin_module'" in out
 
 

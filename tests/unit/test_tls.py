@@ -117,6 +117,9 @@ def test_handshake_in_stages_then_the_handler_reads_and_writes(open_transport: A
     assert (info.version, info.alpn_protocol, info.server_name) == ("TLSv1.3", "http/1.1", "localhost")
     assert info.cipher and info.peer_certificate is None
     assert isinstance(conn.socket, ssl.SSLSocket)
+    # The details are in conn.info only: nothing stuck onto the socket, nothing kept by the transport.
+    assert not [name for name in vars(conn.socket) if name.startswith("sockwork")]
+    assert len(transport.server_names) == 0
     conn.socket.settimeout(10)  # what the loop does before a handler gets it
     assert conn.socket.recv(100) == b"ping"
     conn.socket.sendall(b"pong")
