@@ -42,6 +42,7 @@ if typing.TYPE_CHECKING:
     from .errors import ConfigError as ConfigError
     from .errors import FailedElsewhere as FailedElsewhere
     from .errors import OptionError as OptionError
+    from .errors import PartsRefused as PartsRefused
     from .errors import PluginError as PluginError
     from .errors import ServerError as ServerError
     from .errors import UnknownPluginError as UnknownPluginError
@@ -94,6 +95,7 @@ _EXPORTS = {
     "ConfigError": ".errors",
     "FailedElsewhere": ".errors",
     "OptionError": ".errors",
+    "PartsRefused": ".errors",
     "PluginError": ".errors",
     "ServerError": ".errors",
     "UnknownPluginError": ".errors",

@@ -32,15 +32,19 @@ KIT = "sockwork.pytest_plugin"
 FLAG = "--sockwork-kit"
 BUILTINS_INI = "sockwork_conformance_builtins"
 PLUGINS_INI = "sockwork_conformance_plugins"
+OTHERS_INI = "sockwork_conformance_others"
 
 
 def add_kit_ini_options(parser: pytest.Parser) -> None:
-    """The kit's two ini options (declared here, so that a project may set them before the kit loads)."""
+    """The kit's ini options (declared here, so that a project may set them before the kit loads)."""
     parser.addini(BUILTINS_INI, type="bool", default=False,
                   help="sockwork conformance suite: also test sockwork's built-in components")
     parser.addini(PLUGINS_INI, type="linelist", default=[],
-                  help="sockwork conformance suite: test only the components of these plugins "
-                       "(entry point names; default: every installed plugin)")
+                  help="sockwork conformance suite: test the components of these plugins (entry point names; "
+                       "default: the project's own sockwork entry points, else every installed plugin)")
+    parser.addini(OTHERS_INI, type="bool", default=False,
+                  help="sockwork conformance suite: also pair your components with other installed plugins' "
+                       "(default: with sockwork's built-ins only)")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -52,11 +56,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def _asked(config: pytest.Config) -> bool:
     return bool(config.getoption(FLAG) or config.getini(PLUGINS_INI) or config.getini(BUILTINS_INI)
-                or _is_a_sockwork_plugin(config))
+                or project_plugins(config))
 
 
-def _is_a_sockwork_plugin(config: pytest.Config) -> bool:
-    """Whether the project under test declares ``[project.entry-points.sockwork]`` in its pyproject.toml."""
+def project_plugins(config: pytest.Config) -> list[str]:
+    """The plugin names the project under test declares (``[project.entry-points.sockwork]`` in its
+    pyproject.toml, next to the ini file or in pytest's root directory): the project's own parts."""
     import tomllib  # only where a project is looked at: this module loads in every pytest run
 
     places = {config.rootpath / "pyproject.toml"}
@@ -69,9 +74,10 @@ def _is_a_sockwork_plugin(config: pytest.Config) -> bool:
         except (OSError, tomllib.TOMLDecodeError):
             continue
         entry_points = project.get("entry-points", {}) if isinstance(project, dict) else {}
-        if isinstance(entry_points, dict) and entry_points.get("sockwork"):
-            return True
-    return False
+        ours = entry_points.get("sockwork") if isinstance(entry_points, dict) else None
+        if isinstance(ours, dict) and ours:
+            return sorted(ours)
+    return []
 
 
 def _load_kit(config: pytest.Config) -> None:

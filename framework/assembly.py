@@ -28,7 +28,7 @@ import attrs
 from ._parts import LifecycleHooks, Parts
 from ._server import Server
 from .config import ConfigErrors, ServerConfig, TransportConfig, read_config_data, read_config_partially
-from .errors import ConfigError, OptionError, PluginError, UnknownPluginError
+from .errors import ConfigError, OptionError, PartsRefused, PluginError, UnknownPluginError
 from .interfaces import capability
 from .registry import DispatcherEntry, Entry, HandlerEntry, Kind, Registry, with_shadowing
 from .validators import make_options, validate_options
@@ -523,7 +523,7 @@ def check_handler(
             # socket object (TLS) would stay behind, and the client would get plaintext.
             for stage in capability(transport, "stages"):
                 if capability(stage, "replaces_socket"):
-                    raise ConfigError(
+                    raise PartsRefused(
                         f"the {capability(transport, 'name') or 'given'} transport's {stage.name} keeps its "
                         f"session in the socket object, which dispatcher {dispatcher_name or 'asyncio'!r} "
                         "cannot take over (it serves the bare descriptor on its own event loop): serve it "

@@ -6,15 +6,20 @@ the ini options below, passes ``--sockwork-kit``, or has a test module import
 :mod:`sockwork.conformance`; a project may also load it itself, in its
 top-level ``conftest.py`` (``pytest_plugins = ["sockwork.pytest_plugin"]``) or
 with ``pytest -p sockwork.pytest_plugin``. It only adds fixtures (all named
-``sockwork_*``) and two ini options, and parametrizes tests that ask for those
+``sockwork_*``) and three ini options, and parametrizes tests that ask for those
 fixtures; it changes nothing else.
 
 - ``sockwork_transport_name`` / ``sockwork_dispatcher_name``: every pair of a
-  registered transport and dispatcher in which at least one comes from a
-  plugin (not sockwork's built-ins) — only the plugins named in the ini
-  option ``sockwork_conformance_plugins``, if given — or every pair when the
-  ini option ``sockwork_conformance_builtins`` is true. If an installed plugin
-  fails to load, a test named ``plugin-load-failure`` fails and says why;
+  registered transport and dispatcher in which at least one is yours: the
+  parts of the plugins named in the ini option ``sockwork_conformance_plugins``,
+  or else those the project declares in its pyproject.toml's ``sockwork`` entry
+  points, or else every installed plugin's; paired with sockwork's built-ins,
+  and with other plugins' parts only if ``sockwork_conformance_others`` is true
+  (someone else's bug does not fail your run). Every pair when
+  ``sockwork_conformance_builtins`` is true. A pair that assembly refuses by
+  design (:class:`sockwork.PartsRefused`) is skipped with the reason. If an
+  installed plugin fails to load, a test named ``plugin-load-failure`` fails
+  and says why;
 - ``sockwork_loopback``: how the transport under test listens on loopback
   (its ``loopback_options``) and how a client talks to it (its
   ``loopback_client``: TLS, a PROXY header), as a :class:`Loopback`; override
@@ -47,10 +52,12 @@ import attrs
 import pytest
 
 from ._pytest_entry import BUILTINS_INI as _BUILTINS_INI
+from ._pytest_entry import OTHERS_INI as _OTHERS_INI
 from ._pytest_entry import PLUGINS_INI as _PLUGINS_INI
-from ._pytest_entry import add_kit_ini_options
+from ._pytest_entry import add_kit_ini_options, project_plugins
 from ._server import Server
 from .assembly import build_component
+from .errors import PartsRefused
 from .registry import BUILTIN_PLUGINS, Entry, Kind, Registry, StageInputs, TransportEntry
 from .testing import Clients, HandlerForms, ResourceSnapshot, Wrap, dispatcher_runs_async
 
@@ -81,13 +88,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     registry = _registry(metafunc.config)
     include_builtins = metafunc.config.getini(_BUILTINS_INI)
-    only = set(metafunc.config.getini(_PLUGINS_INI))
+    only = set(metafunc.config.getini(_PLUGINS_INI)) or set(project_plugins(metafunc.config))
+    with_others = metafunc.config.getini(_OTHERS_INI) or not only
     axes = [registry.entries(_AXES[name]) for name in wanted]
     combos: list[tuple[Entry, ...]] = [()]
     for axis in axes:
         combos = [(*combo, entry) for combo in combos for entry in axis]
-    if not include_builtins:
-        combos = [c for c in combos if any(_under_test(e, only) for e in c)]
+    if not include_builtins:  # your parts, with sockwork's built-ins (and others' only if you opt in)
+        combos = [c for c in combos if any(_under_test(e, only) for e in c)
+                  and (with_others or all(e.plugin in BUILTIN_PLUGINS or e.plugin in only for e in c))]
     broken = _load_failures(registry)
     if broken:  # a plugin that does not load must not pass its tests by having none
         combos.append(())
@@ -244,11 +253,14 @@ def sockwork_make_server(
         if isinstance(handler, HandlerForms):  # the form this dispatcher serves: blocking or async
             handler = handler.pick(dispatcher_runs_async(sockwork_registry, sockwork_dispatcher_name))
         kwargs.setdefault("registry", sockwork_registry)
-        server = Server(
-            transport=sockwork_transport_name,
-            transport_options=sockwork_loopback.options,
-            dispatcher=sockwork_dispatcher_name, handler=handler, **kwargs,
-        )
+        try:
+            server = Server(
+                transport=sockwork_transport_name,
+                transport_options=sockwork_loopback.options,
+                dispatcher=sockwork_dispatcher_name, handler=handler, **kwargs,
+            )
+        except PartsRefused as exc:  # by design, not a failure of either part: said, and skipped
+            pytest.skip(f"assembly refuses {sockwork_transport_name} with {sockwork_dispatcher_name}: {exc}")
         created.append(server)
         return server
 

@@ -203,3 +203,36 @@ def test_a_project_asks_for_the_kit_with_an_ini_option_or_the_flag(tmp_path: Pat
     result = run_pytest(project, "--strict-config", "-W", "error", *(["--sockwork-kit"] if how == "flag" else []))
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
+
+
+OTHER_PLUGIN = """
+    from sockwork import TransportEntry, hookimpl
+    from sockwork.transports.tcp import TCPOptions, TCPTransport
+
+
+    @hookimpl
+    def sockwork_add_transports():
+        return [TransportEntry("othertcp", TCPTransport, TCPOptions,
+                               loopback_options=lambda directory: TCPOptions(address=("127.0.0.1", 0)))]
+"""
+
+
+@pytest.mark.parametrize("others", [False, True])
+def test_your_parts_are_paired_with_the_built_ins_and_others_only_if_you_opt_in(tmp_path: Path, others: bool) -> None:
+    """A plugin project's kit pairs its own dispatcher with the built-in transports; another installed plugin's
+    transport is left out (its bugs are not yours) unless sockwork_conformance_others = true."""
+    project, env = old_plugin_project(tmp_path)
+    site = Path(env["PYTHONPATH"])
+    (site / "other_plugin.py").write_text(textwrap.dedent(OTHER_PLUGIN))
+    (site / "sockwork_othertcp-1.0.dist-info").mkdir()
+    (site / "sockwork_othertcp-1.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: sockwork-othertcp\nVersion: 1.0\n")
+    (site / "sockwork_othertcp-1.0.dist-info" / "entry_points.txt").write_text("[sockwork]\nothertcp = other_plugin\n")
+    if others:
+        text = (project / "pyproject.toml").read_text()
+        opted_in = 'testpaths = ["tests"]\nsockwork_conformance_others = true'
+        (project / "pyproject.toml").write_text(text.replace('testpaths = ["tests"]', opted_in))
+    result = run_in(project, env, "--collect-only", "-q", "-k", "test_echo_small")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "test_echo_small[defaults-tcp-oldpool]" in result.stdout
+    assert ("test_echo_small[defaults-othertcp-oldpool]" in result.stdout) is others, result.stdout

@@ -448,3 +448,12 @@ def test_the_tls_transport_is_built_on_public_pieces_only() -> None:
             assert name in public, f"tls imports {module}.{name}, which is not in its __all__"
             checked += 1
     assert checked >= 8  # the check saw the imports it is about
+
+
+def test_tls_with_asyncio_is_refused_as_parts_that_do_not_go_together(files: dict[str, str]) -> None:
+    """The refusal is a PartsRefused (a ConfigError), which the conformance kit skips, saying why."""
+    from sockwork import PartsRefused
+
+    with pytest.raises(PartsRefused, match="keeps its session in the socket object"):
+        Server(transport="tls://127.0.0.1:0", dispatcher="asyncio", handler="echo",
+               transport_options={"certfile": files["cert"], "keyfile": files["key"]})
