@@ -66,6 +66,7 @@ if typing.TYPE_CHECKING:
     from .registry import DispatcherEntry as DispatcherEntry
     from .registry import FramingEntry as FramingEntry
     from .registry import HandlerEntry as HandlerEntry
+    from .registry import HandlerSamples as HandlerSamples
     from .registry import NoOptions as NoOptions
     from .registry import PluginManager as PluginManager
     from .registry import Registry as Registry
@@ -122,6 +123,7 @@ _EXPORTS = {
     "DispatcherEntry": ".registry",
     "FramingEntry": ".registry",
     "HandlerEntry": ".registry",
+    "HandlerSamples": ".registry",
     "NoOptions": ".registry",
     "PluginManager": ".registry",
     "Registry": ".registry",

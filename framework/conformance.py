@@ -54,6 +54,7 @@ from sockwork.registry import StageInputs
 from sockwork.testing import Clients, HandlerForms, dispatcher_runs_async, recv_until_eof, serving
 
 __all__ = [
+    "test_a_handler_answers_its_samples_under_each_kind_of_dispatcher",
     "test_a_stage_refuses_what_it_must_and_it_is_counted_refused",
     "test_a_stage_stalled_mid_input_costs_no_cpu_while_it_waits",
     "test_a_stage_stalled_mid_input_is_cut_at_its_timeout_and_counted_timed_out",
@@ -797,3 +798,52 @@ def test_framing_serves_a_message_handler_chosen_by_name(
             received += chunk
             replies += _split_all(client_side, received)
     assert replies == [message.upper() for message in FRAMING_SAMPLES]
+
+
+# ---- Handlers: what a named handler's samples say it answers ---------------------------------
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    received = b""
+    while len(received) < size:
+        chunk = sock.recv(size - len(received))
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+@_conformance
+def test_a_handler_answers_its_samples_under_each_kind_of_dispatcher(
+    sockwork_handler_name: str, sockwork_registry: Registry,
+) -> None:
+    """Each of the entry's samples (HandlerSamples) gets its reply: streams on tcp, datagrams on udp, under a
+    blocking dispatcher (pool) and, for a handler with an async form, under asyncio; a connection per sample."""
+    if sockwork_handler_name == "(a plugin failed to load)":
+        pytest.fail("a plugin failed to load (see the plugin-load-failure tests)", pytrace=False)
+    entry = sockwork_registry.get("handler", sockwork_handler_name)
+    samples = entry.samples
+    if samples is None or not (samples.stream or samples.datagram):
+        pytest.skip(f"handler {sockwork_handler_name!r} gives no samples: it is not tested")
+    dispatchers = ["pool"] + (["asyncio"] if entry.async_factory is not None else [])
+    for dispatcher in dispatchers:
+        for kind, exchanges in (("stream", samples.stream), ("datagram", samples.datagram)):
+            if not exchanges:
+                continue
+            url = "tcp://127.0.0.1:0" if kind == "stream" else "udp://127.0.0.1:0"
+            server = Server(transport=url, dispatcher=dispatcher, handler=sockwork_handler_name,
+                            registry=sockwork_registry)
+            with serving(server):
+                for request, reply in exchanges:
+                    if kind == "stream":
+                        with socket.create_connection(server.address, timeout=10) as sock:
+                            sock.sendall(request)
+                            got = _read_exactly(sock, len(reply))
+                    else:
+                        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                            sock.settimeout(10)
+                            sock.sendto(request, server.address)
+                            got = sock.recv(65536)
+                    assert got == reply, (f"handler {sockwork_handler_name!r} under {dispatcher} answered {request!r} "
+                                          f"on a {kind} with {got!r}; its samples say {reply!r}")
+            stats = server.stats
+            assert stats.failed == 0, f"handler {sockwork_handler_name!r} failed under {dispatcher}: {stats}"

@@ -21,7 +21,7 @@ import attrs
 from .connection import KEEP_ALIVE, Connection
 from .hookspecs import hookimpl
 from .messages import DEFAULT_MAX_MESSAGE, LengthPrefixed, Lines, MessageHandler, message_handler, send_datagram
-from .registry import FramingEntry, HandlerEntry, NoOptions
+from .registry import FramingEntry, HandlerEntry, HandlerSamples, NoOptions
 from .validators import positive_int
 
 __all__ = [
@@ -163,6 +163,7 @@ def sockwork_add_handlers() -> list[HandlerEntry]:
             "echo", lambda options: echo, NoOptions,
             description="send back whatever arrives (streams and datagrams)",
             async_factory=lambda options: _aio().echo,
+            samples=HandlerSamples(stream=[(b"ping", b"ping")], datagram=[(b"ping", b"ping")]),
         ),
         HandlerEntry(
             "discard", lambda options: discard, NoOptions,
@@ -173,6 +174,7 @@ def sockwork_add_handlers() -> list[HandlerEntry]:
             "lines", lines, LinesOptions,
             description="answer each line with '<n>: <line>' (streams)",
             async_factory=lambda options: _aio().lines(options),
+            samples=HandlerSamples(stream=[(b"hello\n", b"1: hello\n"), (b"a\nb\n", b"1: a\n2: b\n")]),
         ),
     ]
 

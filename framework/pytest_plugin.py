@@ -110,7 +110,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 _BROKEN = "(a plugin failed to load)"
 _AXES: dict[str, Kind] = {"sockwork_transport_name": "transport", "sockwork_dispatcher_name": "dispatcher",
-                          "sockwork_framing_name": "framing"}
+                          "sockwork_framing_name": "framing", "sockwork_handler_name": "handler"}
 """The fixtures that parametrize a test over registered parts, and the kind of part each names."""
 
 

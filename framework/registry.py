@@ -31,6 +31,7 @@ __all__ = [
     "Entry",
     "FramingEntry",
     "HandlerEntry",
+    "HandlerSamples",
     "NoOptions",
     "PluginManager",
     "Registry",
@@ -169,6 +170,29 @@ class DispatcherEntry(Entry):
     supervisor: bool = False
 
 
+def _exchanges(value: object) -> tuple[tuple[bytes, bytes], ...]:
+    pairs = tuple(tuple(pair) for pair in value) if isinstance(value, (list, tuple)) else value
+    if not isinstance(pairs, tuple) or not all(
+            len(pair) == 2 and all(isinstance(part, bytes) for part in pair) for pair in pairs):
+        raise PluginError(f"handler samples must be (request bytes, reply bytes) pairs, got {value!r}")
+    return pairs
+
+
+@final
+@attrs.frozen
+class HandlerSamples:
+    """What the conformance kit sends a named handler, and the reply it expects (``HandlerEntry.samples``).
+
+    ``stream``: ``(request, reply)`` pairs, each sent on a connection of its own
+    (``reply`` is read by its length); ``datagram``: the same as datagrams. The kit
+    sends them under a blocking dispatcher and, when the entry has an
+    ``async_factory``, under ``asyncio`` too; leave a kind empty to skip it.
+    """
+
+    stream: tuple[tuple[bytes, bytes], ...] = attrs.field(default=(), converter=_exchanges)
+    datagram: tuple[tuple[bytes, bytes], ...] = attrs.field(default=(), converter=_exchanges)
+
+
 @final
 @attrs.frozen
 class HandlerEntry(Entry):
@@ -180,6 +204,8 @@ class HandlerEntry(Entry):
     """
 
     async_factory: Callable[..., Any] | None = None
+    samples: HandlerSamples | None = None
+    """What the conformance kit sends the handler and expects back; without it, its kit test is skipped."""
 
 
 @final

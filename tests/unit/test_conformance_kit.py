@@ -227,3 +227,71 @@ def test_the_kit_catches_a_stage_that_lets_a_partial_input_through(short_tmp: Pa
     with pytest.raises(pytest.fail.Exception, match="was still connected"):
         run_stage_test(conformance.test_a_stage_stalled_mid_input_is_cut_at_its_timeout_and_counted_timed_out,
                        LetsPartialThrough(), short_tmp)
+
+
+# ---- The kit's handler test, against handlers broken on purpose ----------------------------------------
+
+def handler_registry(blocking: Any, async_form: Any = None) -> Registry:
+    """A registry with a handler-only plugin: ``upper``, which should answer b"abc" with b"ABC"."""
+    from sockwork import HandlerEntry, HandlerSamples
+
+    class Plugin:
+        @hookimpl
+        def sockwork_add_handlers(self) -> list[HandlerEntry]:
+            return [HandlerEntry("upper", lambda options: blocking,
+                                 async_factory=None if async_form is None else lambda options: async_form,
+                                 samples=HandlerSamples(stream=[(b"abc", b"ABC")], datagram=[(b"abc", b"ABC")]))]
+
+    pm = make_plugin_manager(entry_points=False)
+    pm.register(Plugin())
+    return Registry(pm)
+
+
+def upper_of(transform: Any) -> Any:
+    """A classic handler: reads three bytes (or takes the datagram) and answers ``transform`` of them."""
+    def handle(request: Any, client_address: Any, server: Any) -> None:
+        if isinstance(request, tuple):
+            payload, sock = request
+            sock.sendto(transform(payload), client_address)
+        else:
+            request.sendall(transform(request.recv(3)))
+
+    return handle
+
+
+def async_upper(transform: Any) -> Any:
+    from sockwork import aio
+
+    async def stream(reader: Any, writer: Any) -> None:
+        writer.write(transform(await reader.read(3)))
+        await writer.drain()
+
+    async def datagram(payload: bytes, client_address: Any) -> bytes:
+        return bytes(transform(payload))
+
+    return aio.AsyncHandler(stream, datagram, name="upper")
+
+
+def test_the_kit_passes_a_handler_that_answers_its_samples() -> None:
+    """Blocking and async forms both answer b"ABC", on streams and datagrams."""
+    conformance.test_a_handler_answers_its_samples_under_each_kind_of_dispatcher(
+        sockwork_handler_name="upper", sockwork_registry=handler_registry(
+            upper_of(bytes.upper), async_upper(bytes.upper)))
+
+
+def test_the_kit_catches_a_handler_with_a_wrong_reply() -> None:
+    """A blocking form that answers wrongly is caught, named with what it said."""
+    with pytest.raises(AssertionError, match=r"handler 'upper' under pool answered b'abc' on a stream with b'abc'"):
+        conformance.test_a_handler_answers_its_samples_under_each_kind_of_dispatcher(
+            sockwork_handler_name="upper", sockwork_registry=handler_registry(upper_of(bytes), None))
+
+
+def test_the_kit_catches_a_broken_async_form() -> None:
+    """The blocking form is right, the async one raises: caught under asyncio."""
+    def explode(payload: bytes) -> bytes:
+        raise RuntimeError("async form is broken")
+
+    with pytest.raises(AssertionError, match="under asyncio"):
+        conformance.test_a_handler_answers_its_samples_under_each_kind_of_dispatcher(
+            sockwork_handler_name="upper", sockwork_registry=handler_registry(
+                upper_of(bytes.upper), async_upper(explode)))
