@@ -70,6 +70,7 @@ __all__ = [
     "test_framing_waits_for_a_message_to_be_complete",
     "test_handle_request_serves_one_or_times_out",
     "test_keep_alive_clients_beyond_the_workers_are_all_served",
+    "test_lifecycle_hooks_are_called_in_order_and_raise_nothing",
     "test_many_clients_each_get_their_own_reply",
     "test_raising_handler_does_not_stop_the_server",
     "test_saturation_stops_accepting_and_freed_capacity_wakes_the_loop",
@@ -847,3 +848,55 @@ def test_a_handler_answers_its_samples_under_each_kind_of_dispatcher(
                                           f"on a {kind} with {got!r}; its samples say {reply!r}")
             stats = server.stats
             assert stats.failed == 0, f"handler {sockwork_handler_name!r} failed under {dispatcher}: {stats}"
+
+
+# ---- Lifecycle plugins: their hooks, in a server's life ---------------------------------------
+
+LIFECYCLE_ORDER = ("sockwork_server_started", "sockwork_collect_stats", "sockwork_request_failed",
+                   "sockwork_server_stopped")
+
+
+@_conformance
+def test_lifecycle_hooks_are_called_in_order_and_raise_nothing(
+    sockwork_lifecycle_plugin: str, sockwork_registry: Registry,
+) -> None:
+    """A server's life (start, a request, a failing request, its stats read, stop) calls each lifecycle hook
+    the plugin implements, started first and stopped last, and none of its hooks raises (a hook that raises
+    is logged by the server, which goes on: the plugin's work is then silently not done)."""
+    implemented = dict(sockwork_registry.lifecycle_plugins())[sockwork_lifecycle_plugin]
+    calls: list[tuple[str, BaseException | None]] = []
+
+    def before(hook_name: str, hook_impls: Any, kwargs: Any) -> None:
+        pass
+
+    def after(outcome: Any, hook_name: str, hook_impls: Any, kwargs: Any) -> None:
+        if any(impl.plugin_name == sockwork_lifecycle_plugin for impl in hook_impls):
+            calls.append((hook_name, outcome.exception))
+
+    def handle(request: Any, client_address: Any, server: Any) -> None:
+        if request.recv(4) == b"boom":
+            raise RuntimeError("the kit's failing request")
+        request.sendall(b"fine")
+
+    undo = sockwork_registry.plugin_manager.add_hookcall_monitoring(before, after)
+    try:
+        with serving(Server(transport="tcp://127.0.0.1:0", dispatcher="thread", handler=handle,
+                            registry=sockwork_registry)) as server:
+            for payload in (b"fine", b"boom"):
+                with socket.create_connection(server.address, timeout=10) as sock:
+                    sock.sendall(payload)
+                    recv_until_eof(sock)
+            deadline = time.monotonic() + 10
+            while server.stats.failed < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+    finally:
+        undo()
+    raised = [(hook, error) for hook, error in calls if error is not None]
+    assert not raised, f"plugin {sockwork_lifecycle_plugin!r}'s hooks raised: {raised}"
+    called = [hook for hook, _ in calls]
+    assert sorted(set(called)) == sorted(implemented), (
+        f"plugin {sockwork_lifecycle_plugin!r} implements {implemented}, but only {sorted(set(called))} were called")
+    if "sockwork_server_started" in called:
+        assert called[0] == "sockwork_server_started", called
+    if "sockwork_server_stopped" in called:
+        assert called[-1] == "sockwork_server_stopped", called

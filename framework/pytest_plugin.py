@@ -83,6 +83,8 @@ def _param(entries: tuple[Entry, ...]) -> Any:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "sockwork_lifecycle_plugin" in metafunc.fixturenames:
+        _parametrize_lifecycle_plugins(metafunc)
     wanted = [name for name in _AXES if name in metafunc.fixturenames]
     if not wanted:
         return
@@ -106,6 +108,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     metafunc.parametrize(wanted, [_param(c) if c else pytest.param(
         *([_BROKEN] * len(wanted)), id="plugin-load-failure") for c in combos])
+
+
+def _parametrize_lifecycle_plugins(metafunc: pytest.Metafunc) -> None:
+    """``sockwork_lifecycle_plugin``: each plugin under test that implements a lifecycle hook."""
+    registry = _registry(metafunc.config)
+    only = set(metafunc.config.getini(_PLUGINS_INI)) or set(project_plugins(metafunc.config))
+    builtins = metafunc.config.getini(_BUILTINS_INI)
+    names = [name for name, _ in registry.lifecycle_plugins()
+             if (builtins or name not in BUILTIN_PLUGINS) and (builtins or not only or name in only)]
+    if not names:
+        metafunc.parametrize("sockwork_lifecycle_plugin", [pytest.param(None, marks=pytest.mark.skip(
+            reason="no plugin under test implements a lifecycle hook"))])
+        return
+    metafunc.parametrize("sockwork_lifecycle_plugin", names, ids=names)
 
 
 _BROKEN = "(a plugin failed to load)"

@@ -295,3 +295,42 @@ def test_the_kit_catches_a_broken_async_form() -> None:
         conformance.test_a_handler_answers_its_samples_under_each_kind_of_dispatcher(
             sockwork_handler_name="upper", sockwork_registry=handler_registry(
                 upper_of(bytes.upper), async_upper(explode)))
+
+
+# ---- The kit's lifecycle test, against a plugin whose hook raises ----------------------------------------
+
+def lifecycle_registry(started_raises: bool) -> Registry:
+    class Audit:
+        def __init__(self) -> None:
+            self.seen: list[str] = []
+
+        @hookimpl
+        def sockwork_server_started(self, server: Any) -> None:
+            if started_raises:
+                raise KeyError("the audit log is not configured")
+            self.seen.append("started")
+
+        @hookimpl
+        def sockwork_request_failed(self, exc: BaseException) -> None:
+            self.seen.append("failed")
+
+        @hookimpl
+        def sockwork_server_stopped(self, server: Any) -> None:
+            self.seen.append("stopped")
+
+    pm = make_plugin_manager(entry_points=False)
+    pm.register(Audit(), name="audit")
+    return Registry(pm)
+
+
+def test_the_kit_passes_a_lifecycle_plugin_that_keeps_the_contract() -> None:
+    """Started, a failed request, stopped: each hook called, in that order, none raising."""
+    conformance.test_lifecycle_hooks_are_called_in_order_and_raise_nothing(
+        sockwork_lifecycle_plugin="audit", sockwork_registry=lifecycle_registry(started_raises=False))
+
+
+def test_the_kit_catches_a_lifecycle_hook_that_raises() -> None:
+    """The server logs a raising hook and goes on; the kit names it."""
+    with pytest.raises(AssertionError, match=r"plugin 'audit'.s hooks raised: \[\('sockwork_server_started', KeyError"):
+        conformance.test_lifecycle_hooks_are_called_in_order_and_raise_nothing(
+            sockwork_lifecycle_plugin="audit", sockwork_registry=lifecycle_registry(started_raises=True))
