@@ -61,7 +61,7 @@ from .errors import PartsRefused
 from .registry import BUILTIN_PLUGINS, Entry, Kind, Registry, StageInputs, TransportEntry
 from .testing import Clients, HandlerForms, ResourceSnapshot, Wrap, dispatcher_runs_async
 
-__all__ = ["Loopback"]  # otherwise a pytest plugin: reached through hooks and fixtures
+__all__ = ["Loopback", "SupervisedName"]  # otherwise a pytest plugin: reached through hooks and fixtures
 
 _REGISTRY_KEY = pytest.StashKey[Registry]()
 
@@ -76,10 +76,56 @@ def _registry(config: pytest.Config) -> Registry:
     return config.stash[_REGISTRY_KEY]
 
 
-def _param(entries: tuple[Entry, ...]) -> Any:
+def _param(entries: tuple[Any, ...]) -> Any:
     reasons = [f"{e.name}: {e.unavailable_reason}" for e in entries if e.unavailable_reason]
-    return pytest.param(*(e.name for e in entries), id="-".join(e.name for e in entries),
+    return pytest.param(*(getattr(e, "value", e.name) for e in entries), id="-".join(e.name for e in entries),
                         marks=[pytest.mark.skip(reason="; ".join(reasons))] if reasons else [])
+
+
+@final
+class SupervisedName(str):
+    """The dispatcher under test when it runs inside a supervisor: the supervisor's name (a str, as the
+    fixtures expect), with ``inner``, the dispatcher each worker runs."""
+
+    inner: str
+
+    def __new__(cls, supervisor: str, inner: str) -> SupervisedName:
+        name = super().__new__(cls, supervisor)
+        name.inner = inner
+        return name
+
+
+@attrs.frozen
+class _Supervised:
+    """A pseudo-entry of the dispatcher axis: ``inner`` (yours) inside ``supervisor`` (e.g. ``prefork[mine]``)."""
+
+    supervisor: Entry
+    inner: Entry
+
+    @property
+    def name(self) -> str:
+        return f"{self.supervisor.name}[{self.inner.name}]"
+
+    @property
+    def value(self) -> SupervisedName:
+        return SupervisedName(self.supervisor.name, self.inner.name)
+
+    @property
+    def plugin(self) -> str:
+        return self.inner.plugin
+
+    @property
+    def unavailable_reason(self) -> str | None:
+        return self.supervisor.unavailable_reason or self.inner.unavailable_reason
+
+
+def _dispatchers_with_supervised(registry: Registry, only: set[str]) -> list[Any]:
+    """Every dispatcher, and each plugin dispatcher under test inside each supervisor (prefork, a plugin's)."""
+    entries: list[Any] = registry.entries("dispatcher")
+    supervisors = [e for e in entries if getattr(e, "supervisor", False)]
+    entries += [_Supervised(supervisor, inner) for inner in list(entries)
+                if _under_test(inner, only) and not getattr(inner, "supervisor", False) for supervisor in supervisors]
+    return entries
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -92,8 +138,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     include_builtins = metafunc.config.getini(_BUILTINS_INI)
     only = set(metafunc.config.getini(_PLUGINS_INI)) or set(project_plugins(metafunc.config))
     with_others = metafunc.config.getini(_OTHERS_INI) or not only
-    axes = [registry.entries(_AXES[name]) for name in wanted]
-    combos: list[tuple[Entry, ...]] = [()]
+    axes: list[list[Any]] = [_dispatchers_with_supervised(registry, only) if _AXES[name] == "dispatcher"
+                             else registry.entries(_AXES[name]) for name in wanted]
+    combos: list[tuple[Any, ...]] = [()]
     for axis in axes:
         combos = [(*combo, entry) for combo in combos for entry in axis]
     if not include_builtins:  # your parts, with sockwork's built-ins (and others' only if you opt in)
@@ -130,7 +177,7 @@ _AXES: dict[str, Kind] = {"sockwork_transport_name": "transport", "sockwork_disp
 """The fixtures that parametrize a test over registered parts, and the kind of part each names."""
 
 
-def _under_test(entry: Entry, only: set[str]) -> bool:
+def _under_test(entry: Any, only: set[str]) -> bool:
     return entry.plugin not in BUILTIN_PLUGINS and (not only or entry.plugin in only)
 
 
@@ -269,6 +316,9 @@ def sockwork_make_server(
         if isinstance(handler, HandlerForms):  # the form this dispatcher serves: blocking or async
             handler = handler.pick(dispatcher_runs_async(sockwork_registry, sockwork_dispatcher_name))
         kwargs.setdefault("registry", sockwork_registry)
+        inner = getattr(sockwork_dispatcher_name, "inner", None)
+        if inner is not None:  # your dispatcher inside a supervisor: each worker runs it
+            kwargs.setdefault("dispatcher_options", {"inner": inner})
         try:
             server = Server(
                 transport=sockwork_transport_name,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -236,3 +237,51 @@ def test_your_parts_are_paired_with_the_built_ins_and_others_only_if_you_opt_in(
     assert result.returncode == 0, result.stdout + result.stderr
     assert "test_echo_small[defaults-tcp-oldpool]" in result.stdout
     assert ("test_echo_small[defaults-othertcp-oldpool]" in result.stdout) is others, result.stdout
+
+
+PARENT_ONLY = """
+    import os
+
+    from sockwork import DispatcherEntry, hookimpl
+    from sockwork.strategies.pool import PoolDispatcher, PoolOptions
+
+    PARENT = os.getpid()
+
+
+    class ParentOnly:
+        '''Broken inside a supervisor: works in the process that imported it, refuses to start in a worker.'''
+
+        def __init__(self):
+            self.inner = PoolDispatcher(PoolOptions(workers=1))
+            self.concurrency = 1
+            self.submit, self.saturated, self.drain, self.close = (
+                self.inner.submit, self.inner.saturated, self.inner.drain, self.inner.close)
+
+        def start(self, host):
+            if os.getpid() != PARENT:
+                raise RuntimeError("this dispatcher only works in the process that imported it")
+            self.inner.start(host)
+
+
+    @hookimpl
+    def sockwork_add_dispatchers():
+        return [DispatcherEntry("parentonly", lambda options: ParentOnly())]
+"""
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_your_dispatcher_is_tested_inside_every_supervisor(tmp_path: Path, broken: bool) -> None:
+    """The kit adds prefork[yours] to the dispatchers: a dispatcher that breaks only in a worker process fails."""
+    project, env = old_plugin_project(tmp_path)
+    if broken:
+        (Path(env["PYTHONPATH"]) / "old_plugin" / "__init__.py").write_text(textwrap.dedent(PARENT_ONLY))
+        (project / "tests" / "test_conformance.py").write_text("from sockwork.conformance import *  # noqa: F403\n")
+    name = "parentonly" if broken else "oldpool"
+    result = run_in(project, env, "-q", "-k", f"test_echo_small and tcp-prefork and {name}")
+    ids = re.findall(r"test_echo_small\[([^\]]*\])\]", result.stdout)
+    if broken:
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "FAILED tests/test_conformance.py::test_echo_small[defaults-tcp-prefork[parentonly]]" in result.stdout
+    else:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "2 passed" in result.stdout, (result.stdout, ids)
