@@ -40,7 +40,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, final
 
 from ._ratelimit import RateLimitedLog
-from .connection import Connection, StageFailed
+from .connection import ClosedBeforeSpeaking, Connection, StageFailed
 from .limits import Outcome
 
 if TYPE_CHECKING:
@@ -180,6 +180,10 @@ class WaitingSet:
                 want = "read"  # nothing to read yet: try again when there is
             except StageFailed as exc:
                 self._close(record, Outcome.REFUSED, f"{stage.name} failed: {exc}")
+                return
+            except ClosedBeforeSpeaking as exc:  # a health check: counted, not news
+                logger.debug("client %s: %s", record.conn.peer, exc)
+                self._close(record, Outcome.DISCONNECTED, None)
                 return
             except OSError as exc:
                 self._close(record, Outcome.DISCONNECTED, f"went away during the {stage.name}: {exc}")

@@ -148,6 +148,17 @@ class DispatcherHost(LoopHost, Protocol):
         """The server's handler: a dispatcher that ``runs_async`` awaits it its own way
         (:class:`sockwork.aio.AsyncHandler`) instead of calling ``serve``."""
 
+    @property
+    def on_error(self) -> Callable[[Request, Address, Exception], object] | None:
+        """The server's ``on_error`` (None if it has none), for a dispatcher that runs handlers without
+        ``serve`` (``runs_async``): called inside its ``except`` block instead of logging the exception."""
+
+    @property
+    def log_access(self) -> Callable[[Request, Address, Outcome, float], None] | None:
+        """Writes one access-log line ``(request, client_address, outcome, seconds)`` when the server's
+        ``access_log`` is on (None when it is off), for a dispatcher that runs handlers without ``serve``;
+        call it before the request's socket closes (the kernel's byte counts are read from it)."""
+
 
 class ProcessDispatcherHost(DispatcherHost, Protocol):
     """A :class:`DispatcherHost` for a dispatcher that forks a child per request (``fork``).

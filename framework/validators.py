@@ -20,8 +20,8 @@ import attrs
 
 from .errors import ConfigError, OptionError
 
-__all__ = ["SECRET", "boolean", "is_secret", "off_is_none", "optional_positive_int", "positive_int", "secret_field",
-           "shown"]
+__all__ = ["SECRET", "boolean", "is_secret", "off_is_none", "optional_positive_int", "optional_seconds",
+           "positive_int", "secret_field", "shown"]
 
 SECRET = "secret"
 """The attrs ``metadata`` key that marks an option as a secret: ``attrs.field(metadata={SECRET: True})``.
@@ -74,6 +74,13 @@ def positive_int(instance: object, attribute: attrs.Attribute[Any], value: objec
 def optional_positive_int(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(f"'{attribute.name}' must be an int >= 1, or none for no limit, got {value!r}")
+
+
+def optional_seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf
+    ):
+        raise ValueError(f"'{attribute.name}' must be a number of seconds > 0, or none to disable, got {value!r}")
 
 
 # ---- Server settings checked in one place, for ServerConfig and Server(...) alike ---------

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, final
 import attrs
 
 # Public pieces only, as a third party's transport would use them (tests/unit/test_tls.py checks).
-from sockwork import StageFailed, StageInputs, TransportEntry, hookimpl
+from sockwork import ClosedBeforeSpeaking, StageFailed, StageInputs, TransportEntry, hookimpl
 from sockwork.transports.tcp import (
     TCPStreams,
     address_field,
@@ -237,7 +237,7 @@ class TLSHandshakeStage:
             except (BlockingIOError, InterruptedError):
                 return "read"
             if not first:
-                raise ConnectionAbortedError("the client closed the connection before the TLS handshake")
+                raise ClosedBeforeSpeaking("the client closed the connection before the TLS handshake")
             if first[0] != _HANDSHAKE_RECORD:
                 raise StageFailed(f"not a TLS client: it sent {first!r}... (plaintext on a TLS port?)")
             sock = self.transport.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
