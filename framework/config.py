@@ -52,6 +52,7 @@ from .validators import (
 __all__ = [
     "ConfigErrors",
     "DispatcherConfig",
+    "FramingConfig",
     "HandlerConfig",
     "ServerConfig",
     "TransportConfig",
@@ -125,6 +126,16 @@ class HandlerConfig:
     options: Any = attrs.field(factory=_options_factory)
 
 
+@final
+@attrs.frozen(kw_only=True)
+class FramingConfig:
+    """Which framing a message handler uses (a registered name: ``lines``, ``length``, a plugin's), and its
+    options; None in a ServerConfig keeps the handler's own."""
+
+    name: str = "lines"
+    options: Any = attrs.field(factory=_options_factory)
+
+
 def _check_drain_timeout(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     check_drain_timeout(value, attribute.name)
 
@@ -181,6 +192,8 @@ class ServerConfig:
     """``tcp://HOST:PORT``: answer HAProxy's agent check there (``up``, ``drain``, ``maint``); None: off."""
     health: str | None = attrs.field(default=None, converter=off_is_none, validator=_check_listener_url)
     """``tcp://HOST:PORT``: answer HTTP ``GET /healthz`` and ``GET /readyz`` there; None: off."""
+    framing: FramingConfig | None = None
+    """The framing the (message) handler uses, chosen by name; None: the handler's own."""
     plugins: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     """Options for plugins by plugin name (``[plugins.NAME]`` tables in a file): the Server
     passes them on as ``server.plugin_options``, for lifecycle-hook plugins to read."""
@@ -211,13 +224,15 @@ class ServerConfig:
             "agent_check": self.agent_check if self.agent_check is not None else False,
             "health": self.health if self.health is not None else False,
             "plugins": _plain(self.plugins),
+            **({} if self.framing is None else
+               {"framing": {"name": self.framing.name, "options": _options_dict(self.framing.options)}}),
         }
 
 
 # ---- Loading ------------------------------------------------------------------
 
-_TOP_KEYS = ("transport", "dispatcher", "handler", "drain_timeout", "log_level", "limits", "access_log", "lame_duck",
-             "pid_file", "agent_check", "health", "plugins")
+_TOP_KEYS = ("transport", "dispatcher", "handler", "framing", "drain_timeout", "log_level", "limits", "access_log",
+             "lame_duck", "pid_file", "agent_check", "health", "plugins")
 
 
 def read_config_file(path: str | Path) -> ServerConfig:
@@ -290,6 +305,8 @@ def read_config_partially(data: Mapping[str, Any]) -> tuple[ServerConfig | None,
             server_fields["limits"] = limits
     if "plugins" in data:
         server_fields["plugins"] = _read_plugin_options(data["plugins"], errors)
+    if "framing" in data:
+        server_fields["framing"] = _read_component(data["framing"], "framing", "name", errors)
     if transport is None:
         return None, errors
     return ServerConfig(transport=transport, dispatcher=dispatcher, handler=handler, **server_fields), errors
@@ -334,7 +351,7 @@ def _read_transport(value: Any, errors: list[tuple[str, str]]) -> TransportConfi
 
 
 def _read_component(value: Any, kind: str, key: str, errors: list[tuple[str, str]]) -> Any:
-    config_class = DispatcherConfig if kind == "dispatcher" else HandlerConfig
+    config_class = {"dispatcher": DispatcherConfig, "framing": FramingConfig}.get(kind, HandlerConfig)
     if isinstance(value, str):
         return config_class(**{key: value})
     if not isinstance(value, Mapping):
