@@ -40,6 +40,7 @@ from .validators import check_access_log, check_drain_timeout, field_problem, of
 __all__ = [
     "ConfigErrors",
     "DispatcherConfig",
+    "FramingConfig",
     "HandlerConfig",
     "ServerConfig",
     "TransportConfig",
@@ -113,6 +114,16 @@ class HandlerConfig:
     options: Any = attrs.field(factory=_options_factory)
 
 
+@final
+@attrs.frozen(kw_only=True)
+class FramingConfig:
+    """Which framing a message handler uses (a registered name: ``lines``, ``length``, a plugin's), and its
+    options; None in a ServerConfig keeps the handler's own."""
+
+    name: str = "lines"
+    options: Any = attrs.field(factory=_options_factory)
+
+
 def _check_drain_timeout(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     check_drain_timeout(value, attribute.name)
 
@@ -147,6 +158,8 @@ class ServerConfig:
     """Connection cap and timeouts (see :class:`~sockwork.Limits`)."""
     access_log: str | None = attrs.field(default=None, converter=off_is_none, validator=_check_access_log)
     """One line per request on the ``sockwork.access`` logger: ``"text"``, ``"json"`` (JSON lines), or None (off)."""
+    framing: FramingConfig | None = None
+    """The framing the (message) handler uses, chosen by name; None: the handler's own."""
     plugins: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     """Options for plugins by plugin name (``[plugins.NAME]`` tables in a file): the Server
     passes them on as ``server.plugin_options``, for lifecycle-hook plugins to read."""
@@ -173,12 +186,15 @@ class ServerConfig:
             "limits": _options_dict(self.limits),
             "access_log": self.access_log if self.access_log is not None else False,
             "plugins": _plain(self.plugins),
+            **({} if self.framing is None else
+               {"framing": {"name": self.framing.name, "options": _options_dict(self.framing.options)}}),
         }
 
 
 # ---- Loading ------------------------------------------------------------------
 
-_TOP_KEYS = ("transport", "dispatcher", "handler", "drain_timeout", "log_level", "limits", "access_log", "plugins")
+_TOP_KEYS = ("transport", "dispatcher", "handler", "framing", "drain_timeout", "log_level", "limits", "access_log",
+             "plugins")
 
 
 def read_config_file(path: str | Path) -> ServerConfig:
@@ -251,6 +267,8 @@ def read_config_partially(data: Mapping[str, Any]) -> tuple[ServerConfig | None,
             server_fields["limits"] = limits
     if "plugins" in data:
         server_fields["plugins"] = _read_plugin_options(data["plugins"], errors)
+    if "framing" in data:
+        server_fields["framing"] = _read_component(data["framing"], "framing", "name", errors)
     if transport is None:
         return None, errors
     return ServerConfig(transport=transport, dispatcher=dispatcher, handler=handler, **server_fields), errors
@@ -295,7 +313,7 @@ def _read_transport(value: Any, errors: list[tuple[str, str]]) -> TransportConfi
 
 
 def _read_component(value: Any, kind: str, key: str, errors: list[tuple[str, str]]) -> Any:
-    config_class = DispatcherConfig if kind == "dispatcher" else HandlerConfig
+    config_class = {"dispatcher": DispatcherConfig, "framing": FramingConfig}.get(kind, HandlerConfig)
     if isinstance(value, str):
         return config_class(**{key: value})
     if not isinstance(value, Mapping):

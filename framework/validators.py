@@ -20,7 +20,17 @@ import attrs
 
 from .errors import ConfigError, OptionError
 
-__all__ = ["boolean", "off_is_none", "optional_positive_int", "optional_seconds", "positive_int"]
+__all__ = ["SECRET", "boolean", "is_secret", "off_is_none", "optional_positive_int", "optional_seconds",
+           "positive_int", "secret_field", "shown"]
+
+SECRET = "secret"
+"""The attrs ``metadata`` key that marks an option as a secret: ``attrs.field(metadata={SECRET: True})``.
+
+``sockwork check`` (and ``sockwork plugins``, for a default) shows such an option's
+value as ``***``. :func:`secret_field` sets it, and keeps the value out of the
+options object's ``repr`` too (so out of logs and tracebacks)."""
+
+SECRET_SHOWN = "***"
 
 ACCESS_LOG_FORMATS = ("text", "json")
 
@@ -29,6 +39,26 @@ def off_is_none(value: object) -> object:
     """Config files cannot write None: ``false`` or ``"none"`` mean it."""
     return None if value is False or value == "none" else value
 
+
+
+def secret_field(**kwargs: Any) -> Any:
+    """``attrs.field(**kwargs)`` for a secret option (a password, a token): marked :data:`SECRET`, and shown
+    as ``***`` by ``sockwork check``, ``sockwork plugins`` and the options object's ``repr``."""
+    metadata = {**kwargs.pop("metadata", {}), SECRET: True}
+    return attrs.field(repr=lambda value: SECRET_SHOWN if value is not None else "None", metadata=metadata,
+                       **kwargs)
+
+
+def is_secret(field: attrs.Attribute[Any]) -> bool:
+    """Whether an options class's field is marked :data:`SECRET`."""
+    return bool(field.metadata.get(SECRET))
+
+
+def shown(options_class: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` (a mapping of option names) with every secret option's value replaced by ``***``."""
+    secret = {field.alias for field in attrs.fields(options_class) if is_secret(field)} \
+        if attrs.has(options_class) else set()
+    return {name: SECRET_SHOWN if name in secret and value is not None else value for name, value in values.items()}
 
 
 def boolean(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
