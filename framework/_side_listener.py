@@ -1,169 +1,280 @@
-"""A small listener beside the server (the metrics endpoint), served by the server's own loop.
+"""Side listeners: tiny TCP endpoints a server answers in its own loop, beside its clients.
 
-    server's loop selector ──► this listener's selector (one descriptor: epoll is itself pollable)
-                                  ├── its listening socket ──► accept (at most MAX_CONNECTIONS held)
-                                  └── its connections      ──► read the request ──► respond() ──► write ──► close
+    probe ──► side listener ──► (in the server's loop) accept, read the request head, one answer, close
 
-It never takes a worker and starts no thread: a process that forks (``fork``,
-``prefork``) has no other thread to fork from, and a prefork supervisor, whose
-loop only watches its workers, answers at once. A scrape is served between two
-rounds of the loop; with the ``inline`` dispatcher it waits for the running
-handler.
+They carry what operators and balancers ask a server about itself: HAProxy's
+agent check (a line on connect), HTTP health probes (``/healthz``,
+``/readyz``), metrics. A probe never takes one of the handlers' workers, and
+a slow or silent probe never blocks the loop.
 
-Rule 1: bounded: at most MAX_CONNECTIONS connections (a new one closes the
-oldest), REQUEST_BYTES of request each, and none older than TIMEOUT seconds
-once the listener runs again.
-Rule 2: nothing here blocks: every socket is non-blocking, and what a client
-does not read is kept for the next time it is writable.
+The whole API::
+
+    listener = SideListener("health", ("127.0.0.1", 0), answer, reads_request=True)
+    listener.open()                  # binds now (a BindError names the listener); .address has the real port
+    listener.attach(host)            # host: anything with add_reader, remove_reader, call_later (a Loop,
+                                     # a DispatcherHost), whose thread then answers
+    listener.close()                 # idempotent: the listener and every probe connection it holds
+    listener.close_in_child()        # in a forked child: drop the descriptors, touch nothing else
+
+``answer(request) -> bytes`` gets the request head (the bytes up to the
+first blank line, or to the end of what the client sent; a head longer than
+MAX_HEAD gets an HTTP 400 without ``answer``) when ``reads_request`` is true, or ``b""`` at
+accept when it is false (the agent check speaks first), and returns the
+bytes to send; the connection is closed after them. ``http_answer(routes)``
+makes an ``answer`` for ``GET`` requests from ``{path: route}``, where
+``route()`` returns ``(status, content_type, body)``.
+
+Rule 1: the loop never blocks here: sockets are non-blocking; an answer
+larger than the socket buffer is sent in pieces from loop timers.
+Rule 2: bounded: at most MAX_PROBES connections at once (more are closed at
+accept), each closed PROBE_TIMEOUT seconds after accept whatever it did.
+Rule 3: answered where the loop runs: with an ``inline`` handler between its
+requests; not at all once the loop has stopped (a probe then times out or is
+refused, which balancers and kubelets read as "not ready").
 """
 
 from __future__ import annotations
 
 import contextlib
-import selectors
+import errno
+import logging
 import socket
 import time
-from collections.abc import Callable
-from typing import final
+from collections.abc import Callable, Mapping
+from typing import Protocol, final
 
-__all__ = ["SideListener"]
+from .errors import BindError
 
-MAX_CONNECTIONS = 16
-REQUEST_BYTES = 16384
-TIMEOUT = 10.0
+__all__ = ["SideListener", "http_answer", "http_response"]
 
-Respond = Callable[[bytes, bool], bytes | None]
-"""``respond(received, eof)``: the whole reply for what was received so far (the connection closes after
-it), or None to wait for more. Called on accept with ``b""`` too, for protocols where the server speaks first."""
+logger = logging.getLogger("sockwork")
+
+MAX_PROBES = 64
+"""Probe connections held at once; more are closed at accept."""
+
+PROBE_TIMEOUT = 2.0
+"""Seconds a probe connection may take, from accept to its answer sent."""
+
+MAX_HEAD = 8192
+"""The longest request head read (bytes); a longer one is answered as a bad request."""
+
+_RESEND = 0.005  # seconds between pieces of an answer larger than the socket buffer
 
 
-@final
-class _Client:
-    __slots__ = ("data", "out", "since", "sock")
+class LoopHost(Protocol):
+    """What a side listener needs of the loop that answers it."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.data = b""
-        self.out: memoryview | None = None  # the reply, while it is being written
-        self.since = time.monotonic()
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None: ...
+
+    def remove_reader(self, fd: int) -> None: ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None: ...
 
 
 @final
 class SideListener:
-    """Listens on ``(host, port)`` (port 0: the OS picks; read ``address``) and answers with ``respond``.
+    """A TCP listener whose connections each get one answer (see the module's docstring)."""
 
-    ``fileno()`` is for the owner's selector; call ``run_ready()`` when it is readable. ``close()`` ends every
-    connection and the listening socket; ``close_in_child()`` does so in a forked child without touching
-    the parent's copies (only this process's descriptors are closed).
-    """
+    def __init__(
+        self, name: str, address: tuple[str, int], answer: Callable[[bytes], bytes], *, reads_request: bool,
+    ) -> None:
+        self.name = name
+        self._requested = address
+        self._answer = answer
+        self._reads_request = reads_request
+        self._socket: socket.socket | None = None
+        self._host: LoopHost | None = None
+        self._probes: dict[int, _Probe] = {}
 
-    def __init__(self, host: str, port: int, respond: Respond) -> None:
-        self._respond = respond
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._sock = socket.create_server((host, port), family=family, backlog=MAX_CONNECTIONS)
-        try:
-            self._sock.setblocking(False)
-            self._selector = selectors.DefaultSelector()
-            self._selector.register(self._sock, selectors.EVENT_READ, None)
-            self._fileno = self._selector.fileno()  # (PollSelector has none: a TypeError names the problem)
-        except BaseException:
-            self._sock.close()
-            raise
-        self._clients: dict[int, _Client] = {}
+    def __repr__(self) -> str:
+        return f"<SideListener {self.name} {self.url if self._socket is not None else 'closed'}>"
 
     @property
     def address(self) -> tuple[str, int]:
-        host, port = self._sock.getsockname()[:2]
+        if self._socket is None:
+            raise RuntimeError(f"the {self.name} listener is not open")
+        host, port = self._socket.getsockname()[:2]
         return host, port
 
-    def fileno(self) -> int:
-        return self._fileno
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
-    def run_ready(self) -> None:
-        """Serve what is ready now, without blocking; close connections past TIMEOUT."""
-        for key, mask in self._selector.select(0):
-            client = key.data
-            if client is None:
-                self._accept()
-            elif mask & selectors.EVENT_WRITE:
-                self._write(client)
-            else:
-                self._read(client)
-        now = time.monotonic()
-        for client in [c for c in self._clients.values() if now - c.since > TIMEOUT]:
-            self._drop(client)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, _ = self._sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:  # out of descriptors, a client gone already: try again next time
-                return
-            if len(self._clients) >= MAX_CONNECTIONS:
-                self._drop(min(self._clients.values(), key=lambda c: c.since))
+    def open(self) -> None:
+        host, port = self._requested
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(MAX_PROBES)
             sock.setblocking(False)
-            client = self._clients[sock.fileno()] = _Client(sock)
-            self._selector.register(sock, selectors.EVENT_READ, client)
-            self._answer(client, eof=False)
+        except OSError as exc:
+            sock.close()
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise BindError(exc.errno, f"couldn't bind the {self.name} listener to {where}: "
+                                       f"{exc.strerror or exc}") from exc
+        self._socket = sock
 
-    def _read(self, client: _Client) -> None:
-        try:
-            data = client.sock.recv(4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._drop(client)
-            return
-        client.data += data
-        if len(client.data) > REQUEST_BYTES:
-            self._drop(client)
-            return
-        self._answer(client, eof=not data)
-
-    def _answer(self, client: _Client, eof: bool) -> None:
-        reply = self._respond(client.data, eof)
-        if reply is None:
-            if eof:
-                self._drop(client)
-            return
-        client.out = memoryview(reply)
-        self._selector.modify(client.sock, selectors.EVENT_WRITE, client)
-        self._write(client)
-
-    def _write(self, client: _Client) -> None:
-        assert client.out is not None
-        try:
-            sent = client.sock.send(client.out)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._drop(client)
-            return
-        client.out = client.out[sent:]
-        if not client.out:
-            with contextlib.suppress(OSError):
-                client.sock.shutdown(socket.SHUT_WR)
-            self._drop(client)
-
-    def _drop(self, client: _Client) -> None:
-        self._clients.pop(client.sock.fileno(), None)
-        with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(client.sock)
-        client.sock.close()
+    def attach(self, host: LoopHost) -> None:
+        """Answer from ``host``'s loop from now on (call it in that loop's thread, or before it runs)."""
+        if self._socket is None:
+            raise RuntimeError(f"the {self.name} listener is not open")
+        self._host = host
+        host.add_reader(self._socket.fileno(), self._accept)
 
     def close(self) -> None:
-        for client in list(self._clients.values()):
-            self._drop(client)
-        self._selector.close()
-        self._sock.close()
+        for probe in list(self._probes.values()):
+            self._end(probe)
+        sock, self._socket = self._socket, None
+        if sock is None:
+            return
+        if self._host is not None:
+            with contextlib.suppress(KeyError, ValueError, RuntimeError):  # the loop's selector is closed already
+                self._host.remove_reader(sock.fileno())
+        sock.close()
 
     def close_in_child(self) -> None:
-        """In a forked child: close this process's copies only. No unregistering: an epoll set is shared
-        across fork, and removing a connection from it would remove it for the parent too."""
-        for client in self._clients.values():
-            client.sock.close()
-        self._clients.clear()
-        self._selector.close()
-        self._sock.close()
+        """In a forked child: close this process's copies; the parent's loop goes on answering."""
+        for probe in self._probes.values():
+            probe.sock.close()
+        self._probes.clear()
+        self._host = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+    # ---- In the loop -------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        assert self._socket is not None and self._host is not None
+        for _ in range(MAX_PROBES):
+            try:
+                conn, _ = self._socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EMFILE, errno.ENFILE, errno.ENOBUFS,
+                                 errno.ENOMEM):
+                    return  # a probe that left, or no descriptor to spare: the next probe tries again
+                raise
+            if len(self._probes) >= MAX_PROBES:
+                conn.close()
+                continue
+            conn.setblocking(False)
+            probe = self._probes[conn.fileno()] = _Probe(conn, time.monotonic() + PROBE_TIMEOUT)
+            self._host.call_later(PROBE_TIMEOUT, lambda probe=probe: self._end(probe))  # type: ignore[misc]
+            if self._reads_request:
+                self._host.add_reader(conn.fileno(), lambda probe=probe: self._read(probe))  # type: ignore[misc]
+                probe.reading = True
+            else:
+                self._reply(probe, b"")
+
+    def _read(self, probe: _Probe) -> None:
+        try:
+            chunk = probe.sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._end(probe)
+            return
+        probe.head += chunk
+        end = probe.head.find(b"\r\n\r\n")
+        if end < 0:
+            end = probe.head.find(b"\n\n")
+        if chunk and end < 0 and len(probe.head) < MAX_HEAD:
+            return  # more to come
+        self._stop_reading(probe)
+        if end < 0 and chunk:
+            probe.out = http_response(400, "text/plain", b"request head too long\n")
+            self._send(probe)
+            return
+        self._reply(probe, probe.head[:end] if end >= 0 else probe.head)
+
+    def _reply(self, probe: _Probe, request: bytes) -> None:
+        try:
+            probe.out = self._answer(request)
+        except Exception:
+            logger.exception("the %s listener's answer raised", self.name)
+            probe.out = http_response(500, "text/plain", b"internal error\n") if self._reads_request else b""
+        self._send(probe)
+
+    def _send(self, probe: _Probe) -> None:
+        if probe.sock.fileno() < 0:
+            return  # ended meanwhile (its timeout)
+        try:
+            sent = probe.sock.send(probe.out)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._end(probe)
+            return
+        probe.out = probe.out[sent:]
+        if probe.out and time.monotonic() < probe.deadline:
+            assert self._host is not None
+            self._host.call_later(_RESEND, lambda: self._send(probe))
+            return
+        self._end(probe)
+
+    def _stop_reading(self, probe: _Probe) -> None:
+        if probe.reading and self._host is not None:
+            probe.reading = False
+            with contextlib.suppress(KeyError, ValueError, RuntimeError):  # the loop's selector is closed already
+                self._host.remove_reader(probe.sock.fileno())
+
+    def _end(self, probe: _Probe) -> None:
+        if self._probes.get(probe.fd) is not probe:
+            return  # ended already (answered before its timeout)
+        self._stop_reading(probe)
+        del self._probes[probe.fd]
+        probe.sock.close()
+
+
+@final
+class _Probe:
+    __slots__ = ("deadline", "fd", "head", "out", "reading", "sock")
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.deadline = deadline
+        self.head = b""
+        self.out = b""
+        self.reading = False
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            500: "Internal Server Error", 503: "Service Unavailable"}
+
+
+def http_response(status: int, content_type: str, body: bytes) -> bytes:
+    """A complete HTTP/1.1 response that closes the connection."""
+    head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode("ascii") + body
+
+
+Route = Callable[[], tuple[int, str, bytes]]
+
+
+def http_answer(routes: Mapping[str, Route]) -> Callable[[bytes], bytes]:
+    """An ``answer`` for a side listener that serves ``GET``/``HEAD`` on ``routes`` (a query string is ignored)."""
+
+    def answer(request: bytes) -> bytes:
+        line = request.split(b"\r\n", 1)[0].split(b"\n", 1)[0]
+        parts = line.split()
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
+            return http_response(400, "text/plain", b"bad request\n")
+        method, target = parts[0], parts[1].split(b"?", 1)[0].decode("latin-1")
+        route = routes.get(target)
+        if route is None:
+            known = ", ".join(sorted(routes))
+            return http_response(404, "text/plain", f"not found; paths: {known}\n".encode())
+        if method not in (b"GET", b"HEAD"):
+            return http_response(405, "text/plain", b"only GET and HEAD\n")
+        status, content_type, body = route()
+        response = http_response(status, content_type, body)
+        return response[: len(response) - len(body)] if method == b"HEAD" else response
+
+    return answer

@@ -5,7 +5,7 @@
 measures turns for it (any :class:`sockwork.observe.Observer`; the endpoint
 shows histograms of the built-in one only).
 
-    scrape ──► SideListener (the server's loop, no worker) ──► prometheus_client.generate_latest(registry)
+    scrape ──► SideListener "metrics" (the server's loop, no worker) ──► prometheus_client.generate_latest(registry)
                                                        └── SockworkCollector.collect() ──► observe.read(server)
 
 ``prometheus_client`` is an optional extra (``pip install 'sockwork[prometheus]'``):
@@ -25,15 +25,16 @@ import importlib.util
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, final
 
-from ._side_listener import SideListener
+from ._side_listener import SideListener, http_answer
 from .errors import ConfigError
 from .observe import Observer, Reading, Snapshot, TurnMetrics, read
+from .validators import check_listener_url
 
 if TYPE_CHECKING:
+    from ._health import ListenerAddress
     from ._server import Server
 
-__all__ = ["EXTRA", "MetricsEndpoint", "Observer", "checked_observer", "parse_metrics_url", "require_prometheus",
-           "serve_metrics"]
+__all__ = ["EXTRA", "MetricsEndpoint", "Observer", "metrics_endpoint", "require_prometheus"]
 
 EXTRA = "pip install 'sockwork[prometheus]'"
 
@@ -72,108 +73,49 @@ def require_prometheus() -> None:
         raise ConfigError(f"metrics: the Prometheus endpoint needs prometheus_client, which is not installed: {EXTRA}")
 
 
-def parse_metrics_url(url: object) -> tuple[str, int]:
-    """``tcp://HOST:PORT`` (``[::1]`` for IPv6; port 0: the OS picks) as ``(host, port)``."""
-    problem = f"'metrics' must be a URL tcp://HOST:PORT such as tcp://127.0.0.1:9100, got {url!r}"
-    if not isinstance(url, str) or not url.startswith("tcp://"):
-        raise ConfigError(problem)
-    rest = url[len("tcp://"):].rstrip("/")
-    host, sep, port = rest.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(problem)
-    return host, int(port)
-
-
-def checked_observer(url: str | None, observer: Observer | None) -> Observer | None:
-    """For ``Server(metrics=url, observer=...)``, before anything is bound: the URL and the extra checked
-    (ConfigError), and the observer to use (the built-in :class:`TurnMetrics` unless one was given)."""
-    if url is None:
-        return observer
+def metrics_endpoint(server: Server, address: ListenerAddress, observer: Observer | None,
+                     ) -> tuple[MetricsEndpoint | None, Observer | None]:
+    """For ``Server(metrics=..., observer=...)``, before anything is bound: the address and the extra
+    checked (ConfigError), the endpoint built and added to ``server.side_listeners`` (bound and answered
+    with the others, by the server's loop), and the observer to use (the built-in one unless given)."""
+    where = check_listener_url(address, "metrics")
+    if where is None:
+        return None, observer
     require_prometheus()
-    parse_metrics_url(url)
-    return observer if observer is not None else TurnMetrics()
-
-
-def serve_metrics(server: Server, url: str | None) -> MetricsEndpoint | None:
-    """The server's endpoint at ``url`` (None: none), watched by its loop and closed with it.
-
-    If the endpoint cannot listen, the server (bound already) is closed before the error goes up.
-    """
-    if url is None:
-        return None
-    try:
-        endpoint = MetricsEndpoint(server, url)
-    except BaseException:
-        server.loop.close()
-        server.transport.close()
-        server.dispatcher.close()
-        raise
-    server.loop.add_reader(endpoint.listener.fileno(), endpoint.listener.run_ready)
-    server.lifecycle.side_listeners.append(endpoint.listener)
-    return endpoint
+    endpoint = MetricsEndpoint(server, where)
+    server.side_listeners["metrics"] = endpoint.listener
+    return endpoint, observer if observer is not None else TurnMetrics()
 
 
 @final
 class MetricsEndpoint:
-    """``/metrics`` of one server, on a listener of its own (see :mod:`sockwork._side_listener`)."""
+    """``GET /metrics`` of one server, on a side listener of its own (see :mod:`sockwork._side_listener`)."""
 
-    def __init__(self, server: Server, url: str) -> None:
+    def __init__(self, server: Server, address: tuple[str, int]) -> None:
         require_prometheus()
-        host, port = parse_metrics_url(url)
         from prometheus_client import CollectorRegistry, ProcessCollector  # optional extra, checked above
 
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SockworkCollector(server))
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
-        try:
-            self.listener = SideListener(host, port, self._respond)
-        except OSError as exc:
-            raise ConfigError(f"metrics: couldn't listen on {url}: {exc}") from None
+        self.listener = SideListener("metrics", address, http_answer({"/metrics": self._route}), reads_request=True)
 
     @property
     def url(self) -> str:
+        """``http://HOST:PORT/metrics``, once the listener is bound."""
         host, port = self.listener.address
         return f"http://{f'[{host}]' if ':' in host else host}:{port}/metrics"
 
     def render(self) -> bytes:
-        """The exposition text (Prometheus text format 0.0.4)."""
+        """The exposition text (Prometheus' text format)."""
         from prometheus_client import generate_latest  # an optional extra
 
         return generate_latest(self.registry)
 
-    def _respond(self, received: bytes, eof: bool) -> bytes | None:
-        head, sep, _ = received.partition(b"\r\n\r\n")
-        if not sep:
-            head, sep, _ = received.partition(b"\n\n")
-        if not sep:
-            return _reply(400, b"incomplete request\n") if eof else None
-        words = head.split(b"\r\n", 1)[0].split()
-        if len(words) != 3 or not words[2].startswith(b"HTTP/"):
-            return _reply(400, b"not an HTTP request\n")
-        method, path = words[0], words[1].split(b"?", 1)[0]
-        if path != b"/metrics":
-            return _reply(404, b"not found; the metrics are at /metrics\n")
-        if method not in (b"GET", b"HEAD"):
-            return _reply(405, b"GET /metrics\n", b"Allow: GET, HEAD\r\n")
+    def _route(self) -> tuple[int, str, bytes]:
         from prometheus_client import CONTENT_TYPE_LATEST  # an optional extra
 
-        body = self.render()
-        return _reply(200, b"" if method == b"HEAD" else body, content_type=CONTENT_TYPE_LATEST.encode(),
-                      length=len(body))
-
-    def close(self) -> None:
-        self.listener.close()
-
-
-_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed"}
-
-
-def _reply(status: int, body: bytes, headers: bytes = b"", content_type: bytes = b"text/plain; charset=utf-8",
-           length: int | None = None) -> bytes:
-    return (b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n%s\r\n"
-            % (status, _REASONS[status], content_type, len(body) if length is None else length, headers)) + body
+        return 200, CONTENT_TYPE_LATEST, self.render()
 
 
 @final

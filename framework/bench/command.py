@@ -27,6 +27,21 @@ from .wrk import WRK_MISSING, one_http_run
 DESCRIPTION = "Side-by-side benchmark: sockwork's dispatchers and legacy classes against socketserver."
 
 
+EPILOG = """\
+comparisons the project tracks (one run each, on a quiet machine):
+  the legacy module against socketserver: UDP with 8 outstanding datagrams, a new TCP
+  connection per request, 32 keep-alive connections; server pinned, 3 rounds:
+    sockwork bench --workloads udp,short,persistent --implementations legacy --pin --rounds 3
+  the hot path against the bare reference rows, pinned and free, every client counted:
+    sockwork bench --workloads persistent,many,short,udp,lines,tls \\
+        --implementations legacy,bare-threads,bare-lf,thread,pool,asyncio,asyncio-streams,uvloop-streams \\
+        --pin both --rounds 3
+  each table gives ratios to the standard library ("× stdlib"), to asyncio streams
+  ("× asyncio") and to the bare row ("× bare"); the report ends with the best dispatcher
+  per workload and the legacy module's ratios. See docs/performance.md.
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark (or, with a first word the driver uses, one of its server or client processes)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -59,7 +74,8 @@ def _child(role: str, argv: list[str]) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sockwork bench", description=DESCRIPTION)
+    parser = argparse.ArgumentParser(prog="sockwork bench", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short runs: a few minutes with every workload")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated, of: " + ", ".join(WORKLOADS))
     parser.add_argument("--implementations", default=",".join(IMPLEMENTATIONS),

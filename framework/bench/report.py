@@ -56,7 +56,8 @@ def markdown(results: list[dict[str, Any]], shutdown: dict[str, float], args: ar
     for workload in args.workloads:
         rows = [r for r in results if r["workload"] == workload]
         lines += _workload_markdown(workload, args.specs[workload], rows, args)
-    return "\n".join(lines + summary(results, args) + _lifecycle_tables(shutdown, args.import_ms))
+    lines += summary(results, args) + legacy_summary(results, args)
+    return "\n".join(lines + _lifecycle_tables(shutdown, args.import_ms))
 
 
 def _workload_markdown(workload: str, spec: dict[str, Any], rows: list[dict[str, Any]],
@@ -89,23 +90,49 @@ def summary(results: list[dict[str, Any]], args: argparse.Namespace) -> list[str
     for workload in args.workloads:
         for placement in args.placements:
             rows = [r for r in results if r["workload"] == workload and r.get("placement", "free") == placement.name]
-            if rows:
-                lines.append(_summary_line(workload, placement.name, rows))
+            line = _summary_line(workload, placement.name, rows) if rows else None
+            if line is not None:
+                lines.append(line)
     if len(lines) == 4:
         return []
     return [*lines, "", "The best by req/s among sockwork's dispatchers without errors (a row says so when each had "
-            "errors); ratios as in the tables.", ""]
+            "errors; a workload none of them ran is left out); ratios as in the tables.", ""]
 
 
-def _summary_line(workload: str, placement: str, rows: list[dict[str, Any]]) -> str:
+def legacy_summary(results: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
+    """sockwork.socketserver against socketserver, the same classic handler: ratios per workload (issue 24)."""
+    lines = ["### sockwork.socketserver against socketserver (the same handler code)", "",
+             "| workload | placement | req/s × stdlib | server CPU/req × stdlib | errors (stdlib, legacy) | "
+             "at least level |", "|---|---|---:|---:|---:|---|"]
+    for workload in args.workloads:
+        for placement in args.placements:
+            rows = {r["implementation"]: r for r in results
+                    if r["workload"] == workload and r.get("placement", "free") == placement.name}
+            stdlib, legacy = rows.get("stdlib"), rows.get("legacy")
+            if stdlib is None or legacy is None:
+                continue
+            rps = legacy["rps"] / stdlib["rps"] if legacy["rps"] and stdlib["rps"] else None
+            cpu_ratio = _ratio(legacy["cpu_us_per_request"], stdlib["cpu_us_per_request"])
+            level = (rps is not None and rps >= 1.0 and cpu_ratio != "–" and float(cpu_ratio) <= 1.0
+                     and not legacy["errors"])
+            lines.append(f"| {workload} | {placement.name} | {_ratio(legacy['rps'], stdlib['rps'])} | {cpu_ratio} | "
+                         f"{stdlib['errors']}, {legacy['errors']} | {'yes' if level else 'no'} |")
+    if len(lines) == 4:
+        return []
+    return [*lines, "", "At least level: ≥ 1.00× the standard library's req/s at ≤ 1.00× its server CPU per "
+            "request, with no errors (medians over the rounds; compare pinned runs).", ""]
+
+
+def _summary_line(workload: str, placement: str, rows: list[dict[str, Any]]) -> str | None:
     reference = rows[0]
     peer = next((r for r in rows if r["implementation"] == "asyncio-streams"), None)
     bare = next((r for r in rows if r["implementation"] in BARE), None)
     ours = [r for r in rows if r["implementation"] not in (*CLASSIC, *PEERS, *BARE)]
     clean = [r for r in ours if not r["errors"]]
+    if not ours:
+        return None  # none was asked for (or none serves the workload)
     if not clean:
-        what = "every sockwork dispatcher had errors" if ours else "no sockwork dispatcher ran"
-        return f"| {workload} | {placement} | {what} | | | | | | | |"
+        return f"| {workload} | {placement} | every sockwork dispatcher had errors | | | | | | | |"
     best = max(clean, key=lambda r: r["rps"])
     cpu = best["cpu_us_per_request"]
     peer_rps = peer["rps"] if peer else None

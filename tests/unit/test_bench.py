@@ -490,3 +490,38 @@ def test_the_summary_names_the_best_dispatcher_without_errors() -> None:
 
 def test_the_default_comparison_has_the_asyncio_dispatcher_and_the_bare_row() -> None:
     assert {"asyncio", "bare-threads"} <= set(workloads.IMPLEMENTATIONS)
+
+
+def test_the_legacy_module_is_reported_as_ratios_to_the_standard_library() -> None:
+    """Per workload and placement: req/s and server CPU per request of the legacy module ÷ the stdlib's,
+    and whether it is at least level (both, with no errors)."""
+    import argparse
+
+    from sockwork.bench.placement import FREE, Placement
+
+    pinned = Placement("pinned", (0,), (1,))
+    rows = [_row("stdlib", 100.0, placement="pinned"), _row("legacy", 105.0, placement="pinned"),
+            {**_row("stdlib", 100.0), "workload": "udp"}, {**_row("legacy", 95.0), "workload": "udp"},
+            {**_row("pool", 95.0), "workload": "short"}]
+    args = argparse.Namespace(workloads=["persistent", "udp", "short"], placements=[pinned, FREE])
+    lines = reporting.legacy_summary(rows, args)
+    assert "| persistent | pinned | 1.05 | 0.95 | 0, 0 | yes |" in lines, lines
+    assert "| udp | free | 0.95 | 1.05 | 0, 0 | no |" in lines, lines
+    assert not any(line.startswith("| short |") for line in lines)  # no legacy row there
+    assert reporting.legacy_summary([_row("pool", 1.0)], args) == []
+
+
+def test_help_gives_the_command_lines_of_the_tracked_comparisons() -> None:
+    help_text = subprocess.run([sys.executable, "-m", "sockwork", "bench", "--help"], capture_output=True,
+                               text=True, timeout=60, check=True).stdout
+    assert "sockwork bench --workloads udp,short,persistent --implementations legacy --pin --rounds 3" in help_text
+    assert "--pin both --rounds 3" in help_text
+
+
+def test_no_summary_without_a_sockwork_dispatcher() -> None:
+    import argparse
+
+    from sockwork.bench.placement import FREE
+
+    args = argparse.Namespace(workloads=["persistent"], placements=[FREE])
+    assert reporting.summary([_row("stdlib", 100.0), _row("legacy", 90.0)], args) == []

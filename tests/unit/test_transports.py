@@ -8,13 +8,14 @@ import re
 import socket
 import stat
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import pytest
 
-from sockwork import BindError, Server
+from sockwork import BindError, Server, StageFailed
 from sockwork.handlers import echo
-from sockwork.testing import exchange, serving
+from sockwork.testing import eventually, exchange, recv_until_eof, serving
 from sockwork.transports import TCPOptions, TCPTransport, UDPOptions, UDPTransport
 
 pytestmark = pytest.mark.timeout(10)
@@ -93,15 +94,44 @@ def test_accept_returns_none_for_an_aborted_connection_and_raises_for_emfile() -
     transport = TCPTransport(TCPOptions(address=("127.0.0.1", 0)))
     transport.open()
     try:
-        with mock.patch.object(socket.socket, "accept", side_effect=ConnectionAbortedError(errno.ECONNABORTED, "x")):
+        assert transport.accept() is None  # nothing pending: no blocking
+        # The transport accepts through the accept function it made for its listener (see accepter()).
+        aborted = ConnectionAbortedError(errno.ECONNABORTED, "x")
+        with mock.patch.object(transport, "_accept", side_effect=aborted):
             assert transport.accept() is None
-        with mock.patch.object(socket.socket, "accept", side_effect=OSError(errno.EMFILE, "Too many open files")):
+        with mock.patch.object(transport, "_accept", side_effect=OSError(errno.EMFILE, "Too many open files")):
             with pytest.raises(OSError) as info:
                 transport.accept()
             assert info.value.errno == errno.EMFILE
-        assert transport.accept() is None  # nothing pending: no blocking
+        assert transport.accept() is None
     finally:
         transport.close()
+
+
+def test_the_accept_shim_is_in_use_and_accepts_as_socket_accept_does() -> None:
+    """accepter() skips socket.accept()'s enum conversions through the private ``socket.socket._accept``:
+    this fails loudly on a Python without it. What it returns is what accept() returns."""
+    import ssl
+
+    from sockwork.transports._socket import _RAW_ACCEPT, accepter
+
+    assert _RAW_ACCEPT is not None, "socket.socket._accept is gone: accepter() falls back to socket.accept()"
+    for timeout in (None, 2.0):
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            listener.settimeout(timeout)
+            accept = accepter(listener)
+            assert accept != listener.accept
+            with socket.create_connection(listener.getsockname()) as client:
+                conn, address = accept()
+                with conn:
+                    assert address == client.getsockname()
+                    assert (conn.family, conn.type, conn.proto) == (listener.family, listener.type, listener.proto)
+                    assert type(conn) is socket.socket and conn.gettimeout() is None  # blocking, as accept() makes it
+                    client.sendall(b"x")
+                    assert conn.recv(1) == b"x"
+    with socket.socket() as plain, ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).wrap_socket(
+            plain, server_side=True, do_handshake_on_connect=False) as wrapped:
+        assert accepter(wrapped) == wrapped.accept  # a subclass keeps its own accept
 
 
 # ---- Unix socket files ------------------------------------------------------
@@ -303,3 +333,51 @@ def test_the_legacy_module_keeps_the_standard_reading_of_a_shorthand_host() -> N
         assert server.server_address[0] == "0.0.0.0"
     finally:
         server.server_close()
+
+
+class _Greeting:
+    """A stage of a plugin's own: the client must send b"HI" first (consumed)."""
+
+    name = "greeting"
+    timeout = 5.0
+
+    def advance(self, conn: Any) -> str:
+        head = conn.peek(2)
+        if not b"HI".startswith(head):
+            raise StageFailed(f"expected HI, got {head!r}")
+        if len(head) < 2:
+            return "read"
+        conn.recv(2)
+        return "done"
+
+
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+def test_stages_of_your_own_on_tcp_and_unix(kind: str, short_tmp: Path) -> None:
+    """TCPTransport(options, stages=[...]) and UnixStreamTransport(options, stages=[...]) run a plugin's stage
+    (after the PROXY header, which stays first), then the handler sees the rest."""
+    from sockwork.transports.tcp import TCPOptions, TCPTransport
+    from sockwork.transports.unix import UnixOptions, UnixStreamTransport
+
+    if kind == "tcp":
+        transport: Any = TCPTransport(TCPOptions(address=("127.0.0.1", 0)), stages=[_Greeting()])
+        proxied = TCPTransport(TCPOptions(address=("127.0.0.1", 0), proxy_protocol="v1",
+                                          trusted_proxies=["127.0.0.1"]), stages=[_Greeting()])
+    else:
+        transport = UnixStreamTransport(UnixOptions(path=str(short_tmp / "s.sock")), stages=[_Greeting()])
+        proxied = UnixStreamTransport(UnixOptions(path=str(short_tmp / "p.sock"), proxy_protocol="v1"),
+                                      stages=[_Greeting()])
+    assert [stage.name for stage in proxied.stages] == ["PROXY header", "greeting"]
+    with serving(Server(transport=transport, handler="echo")) as server:
+        family = socket.AF_INET if kind == "tcp" else socket.AF_UNIX
+        with socket.socket(family) as sock:
+            sock.settimeout(10)
+            sock.connect(server.address)
+            sock.sendall(b"HIhello")
+            sock.shutdown(socket.SHUT_WR)
+            assert recv_until_eof(sock) == b"hello"
+        with socket.socket(family) as sock:
+            sock.settimeout(10)
+            sock.connect(server.address)
+            sock.sendall(b"NO")
+            assert recv_until_eof(sock) == b""  # refused by the stage
+        assert eventually(lambda: server.stats.refused == 1)
