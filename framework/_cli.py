@@ -104,6 +104,15 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         command.add_argument("--access-log", choices=("text", "json"),
                              help="log one line per request (client, duration, bytes in/out, outcome) on the "
                                   "'sockwork.access' logger, as text or JSON lines (default: off)")
+        command.add_argument("--lame-duck", metavar="SECONDS",
+                             help="on SIGTERM, keep serving that long while health checks say draining, then stop "
+                                  "listening and drain (default: 0, off)")
+        command.add_argument("--pid-file", metavar="PATH",
+                             help="write the server's process id there once serving; removed at exit")
+        command.add_argument("--agent-check", metavar="URL",
+                             help="answer HAProxy's agent check on tcp://HOST:PORT (up, drain, maint)")
+        command.add_argument("--health", metavar="URL",
+                             help="answer HTTP GET /healthz and /readyz on tcp://HOST:PORT")
         command.add_argument("--log-level", metavar="LEVEL",
                              help=f"one of {', '.join(LOG_LEVELS)}, in any case (default: INFO)")
 
@@ -257,7 +266,8 @@ def _one_problem_one_line(exc: ConfigError, source: str | None = None) -> str:
 def _source(args: argparse.Namespace) -> str:
     """Where the settings came from, as problems are reported: a file, flags, or both (and the environment)."""
     flags = any((args.transport, args.dispatcher, args.workers, args.handler, args.framing, args.drain_timeout,
-                 args.log_level, args.access_log, args.option))
+                 args.log_level, args.access_log, args.option, args.lame_duck, args.pid_file, args.agent_check,
+                 args.health))
     source = f"{args.config} with the command line's flags" if args.config and flags else args.config or "command line"
     environment = getattr(args, "environment", [])
     return f"{source} (and {', '.join(environment)})" if environment else source
@@ -278,6 +288,11 @@ def _config_from(args: argparse.Namespace, registry: Registry) -> ServerConfig:
         data["drain_timeout"] = args.drain_timeout if args.drain_timeout == FOREVER else _number(args.drain_timeout)
     if args.log_level:
         data["log_level"] = args.log_level
+    if args.lame_duck is not None:
+        data["lame_duck"] = _number(args.lame_duck)
+    for key in ("pid_file", "agent_check", "health"):
+        if getattr(args, key) is not None:
+            data[key] = getattr(args, key)
     if args.access_log:
         data["access_log"] = args.access_log
     if args.workers is not None:
@@ -359,7 +374,14 @@ def _serve(config: ServerConfig, registry: Registry, source: str) -> int:
     except (ServerError, OSError) as exc:
         print(f"sockwork: {exc}", file=sys.stderr)
         return 2
-    with server.handle_signals(), _reload_on_sighup(server):
+    if config.pid_file is not None:
+        try:
+            write_pid_file(config.pid_file, os.getpid())
+        except OSError as exc:
+            print(f"sockwork: pid_file: cannot write {config.pid_file!r}: {exc.strerror or exc}", file=sys.stderr)
+            server.close()
+            return 2
+    with server.handle_signals(), _reload_on_sighup(server), _pid_file(config.pid_file):
         try:
             try:
                 server.serve_forever()
@@ -391,8 +413,9 @@ class _Announce:
 
     @hookimpl(tryfirst=True)
     def sockwork_server_started(self, server: Any) -> None:
+        side = "".join(f"; {name} on {listener.url}" for name, listener in server.side_listeners.items())
         print(f"sockwork: serving {self.handler!r} on {server.url} with dispatcher {self.dispatcher!r} "
-              f"(pid {os.getpid()})", flush=True)
+              f"(pid {os.getpid()}){side}", flush=True)
         self.said = True
 
 
@@ -421,6 +444,30 @@ def _reload_on_sighup(server: Any) -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGHUP, previous)
+
+
+@contextlib.contextmanager
+def _pid_file(path: str | None) -> Iterator[None]:
+    """Remove the pid file ``path`` (written already) after the block, if it still names this process."""
+    if path is None:
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            with open(path, encoding="ascii") as file:
+                ours = file.read().strip() == str(os.getpid())
+            if ours:  # a new master (an upgrade) has rewritten it otherwise
+                os.unlink(path)
+
+
+def write_pid_file(path: str, pid: int) -> None:
+    """``pid`` and a newline in ``path``, replaced in one step: a reader never sees half a file."""
+    temporary = f"{path}.{pid}.tmp"
+    with open(temporary, "w", encoding="ascii") as file:
+        file.write(f"{pid}\n")
+    os.replace(temporary, path)
 
 
 def _close_attentively(server: Any) -> None:

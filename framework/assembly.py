@@ -178,7 +178,8 @@ def build_server(config: ServerConfig, registry: Registry | None = None) -> Serv
     if config.access_log is not None:
         logging.getLogger("sockwork.access").setLevel(logging.INFO)  # asked for: shown whatever log_level says
     return Server(parts=parts, drain_timeout=config.drain_timeout, limits=config.limits,
-                  plugin_options=config.plugins, access_log=config.access_log)
+                  plugin_options=config.plugins, access_log=config.access_log, lame_duck=config.lame_duck,
+                  agent_check=config.agent_check, health=config.health)
 
 
 def _resolve_config(

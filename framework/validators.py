@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 
 from .errors import ConfigError, OptionError
+from .urls import parse_listener_url
 
 __all__ = ["SECRET", "boolean", "is_secret", "off_is_none", "optional_positive_int", "optional_seconds",
            "positive_int", "secret_field", "shown"]
@@ -98,6 +99,25 @@ def check_access_log(value: object, name: str = "access_log") -> None:
     if value is not None and value not in ACCESS_LOG_FORMATS:
         raise ConfigError(f"'{name}' must be one of {', '.join(ACCESS_LOG_FORMATS)}, or None for none "
                           f"(false in files), got {value!r}")
+
+
+def check_lame_duck(value: object, name: str = "lame_duck") -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ConfigError(f"'{name}' must be a finite number of seconds >= 0 (0: off), got {value!r}")
+
+
+def check_pid_file(value: object, name: str = "pid_file") -> None:
+    if value is not None and (not isinstance(value, str) or not value or "\0" in value):
+        raise ConfigError(f"'{name}' must be a file path, or None for none (false in files), got {value!r}")
+
+
+def check_listener_url(value: object, name: str) -> tuple[str, int] | None:
+    """A side listener's ``tcp://HOST:PORT`` (None: none; a ``(HOST, PORT)`` tuple as it is) as ``(HOST, PORT)``."""
+    if value is None:
+        return None
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int):
+        return value
+    return parse_listener_url(value, f"'{name}'")
 
 
 # ---- Checking values against an options class -----------------------------------------

@@ -13,6 +13,7 @@ from sockwork.hookspecs import hookimpl
 from sockwork.registry import TransportEntry
 from sockwork.validators import boolean, positive_int
 
+from ._handshakes import drop_new_handshakes, half_open
 from ._socket import (
     NODELAY_INHERITED,
     InternetAddress,
@@ -97,6 +98,14 @@ class TCPStreams(InternetAddress, StreamRequests):
         super().configure(sock)
         if self.options.nodelay:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def stop_new_connections(self) -> bool:
+        """Before the listener closes: the kernel starts no new handshake (see ``_handshakes``)."""
+        return self.socket is not None and drop_new_handshakes(self.socket)
+
+    def handshakes_pending(self) -> int:
+        """Handshakes under way on the listener's port, which complete into the accept queue."""
+        return half_open(self.address[1])
 
     def _accept_nodelay(self) -> tuple[socket.socket, object] | None:
         accepted = StreamRequests.accept(self)

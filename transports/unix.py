@@ -78,6 +78,13 @@ class UnixStreamTransport(UnixAddress, StreamRequests):
         super().__init__(options)
         self.stages: tuple[ConnectionStage, ...] = (*proxy_stages(options, unix=True), *stages)
 
+    def stop_new_connections(self) -> bool:
+        """Before the listener closes: remove the socket file (a new ``connect()`` is refused), if it is ours."""
+        if self.socket is None or self._bound_file is None:
+            return False
+        self.forget_bind()
+        return True
+
 
 @final
 class UnixDatagramTransport(UnixAddress, DatagramRequests):
