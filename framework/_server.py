@@ -30,7 +30,7 @@ from ._requests import Requests
 from .deadlines import deadline_after, remaining
 from .errors import ConfigError
 from .interfaces import Address, Dispatcher, Request, Transport, capability
-from .limits import Limits, Outcome, ServerStats
+from .limits import Limits, ServerStats
 from .urls import format_address
 from .validators import check_access_log, check_drain_timeout
 
@@ -286,15 +286,6 @@ class Server:
         spawning processes while a process-based dispatcher forks its workers.
         """
         return self.lifecycle.serving.wait(timeout)
-
-    def settle(self, request: Request, outcome: Outcome = Outcome.COMPLETED) -> None:
-        """Count ``request`` as ended with ``outcome``: for code that served and closed it itself
-        (a legacy ``process_request`` override). Does nothing for a request already counted."""
-        self.requests.settle(request, outcome)
-
-    def serve_request(self, request: Request, client_address: Address) -> Outcome:
-        """Serve one accepted request here and now, as a dispatcher's worker would (``host.serve``)."""
-        return self.requests.serve(request, client_address)
 
     def __enter__(self) -> Server:
         return self
