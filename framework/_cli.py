@@ -16,9 +16,13 @@ config file name (``.toml``/``.json``) is refused as an unknown command.
 With no arguments at all it serves the built-in echo handler on
 tcp://127.0.0.1:9999. SIGINT or SIGTERM stops a server gracefully (stop
 accepting, drain, exit 0); a second signal during the drain exits at once
-with status 1. SIGHUP asks the transport to reload what it read from files
-(the ``tls`` transport: its certificate and key), without dropping a
-connection; a reload that fails is logged and the old files stay in use.
+with status 1 (with ``--lame-duck S``, the first one keeps serving S seconds
+while health checks say draining). SIGHUP reloads: the config file and flags
+are read again and checked, the handler's modules imported afresh; prefork
+starts new workers with it and drains the old ones, other dispatchers apply
+what can change in place and name the rest; a config that does not check is
+refused in one line and the old one keeps serving (sockwork._operations).
+SIGTTIN/SIGTTOU add/remove a prefork worker.
 
 Handler modules are imported with the current directory first on
 ``sys.path``, for the ``sockwork`` script as for ``python -m sockwork``.
@@ -36,21 +40,20 @@ import json
 import logging
 import os
 import re
-import signal
 import sys
 import threading
 import tomllib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
 
 from . import __version__
+from ._operations import fresh_handler_modules, handle_operations, reload_server
 from .assembly import assemble_config, build_server, load_config
 from .config import FOREVER, LOG_FORMATS, LOG_LEVELS, ConfigErrors, ServerConfig, read_config_data
 from .errors import ConfigError, PluginError, ServerError
 from .hookspecs import hookimpl
-from .interfaces import capability
 from .registry import KINDS, Kind, Registry
 from .validators import SECRET_SHOWN, is_secret, shown
 
@@ -256,7 +259,7 @@ def _run(args: argparse.Namespace) -> int:
             return 1
         print(json.dumps(_secrets_hidden(config.to_dict(), registry), indent=2))
         return 0
-    return _serve(config, registry, source=_source(args))
+    return _serve(config, registry, source=_source(args), reread=lambda: _config_from(args, registry))
 
 
 def _secrets_hidden(data: dict[str, Any], registry: Registry) -> dict[str, Any]:
@@ -392,7 +395,9 @@ def _number(text: str) -> Any:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else text
 
 
-def _serve(config: ServerConfig, registry: Registry, source: str) -> int:
+def _serve(
+    config: ServerConfig, registry: Registry, source: str, reread: Callable[[], ServerConfig] | None = None,
+) -> int:
     _configure_logging(config)
     handler = config.handler.ref if isinstance(config.handler.ref, str) else repr(config.handler.ref)
     announce = _Announce(handler, config.dispatcher.name)
@@ -412,7 +417,8 @@ def _serve(config: ServerConfig, registry: Registry, source: str) -> int:
             print(f"sockwork: pid_file: cannot write {config.pid_file!r}: {exc.strerror or exc}", file=sys.stderr)
             server.close()
             return 2
-    with server.handle_signals(), _reload_on_sighup(server), _pid_file(config.pid_file):
+    reload = None if reread is None else _reloader(server, config, registry, source, reread)
+    with server.handle_signals(), handle_operations(server, reload), _pid_file(config.pid_file):
         try:
             try:
                 server.serve_forever()
@@ -470,31 +476,25 @@ class _Announce:
         self.said = True
 
 
-@contextlib.contextmanager
-def _reload_on_sighup(server: Any) -> Iterator[None]:
-    """SIGHUP calls the transport's ``reload()`` (a capability: tls has it), in the main thread."""
-    if not hasattr(signal, "SIGHUP"):
-        yield
-        return
+def _reloader(
+    server: Any, config: ServerConfig, registry: Registry, source: str, reread: Callable[[], ServerConfig],
+) -> Callable[[], str]:
+    """SIGHUP's action: read the config again (file and flags), check it with the handler's code imported
+    afresh, apply it (:func:`sockwork._operations.reload_server`); a ConfigError refuses it."""
+    current = [config]
 
-    def reload(signum: int, frame: object) -> None:
-        transport = server.transport
-        method = capability(transport, "reload")
-        name = capability(transport, "name") or type(transport).__name__
-        if method is None:
-            logger.info("SIGHUP: the %s transport has nothing to reload", name)
-            return
-        try:
-            method()
-        except Exception as exc:  # a renewed file that does not load must not stop the server
-            logger.error("SIGHUP: reloading the %s transport failed; still using what was loaded before: %s",
-                         name, exc)
+    def reload() -> str:
+        new = reread()
+        with fresh_handler_modules(new.handler.ref):
+            try:
+                parts = assemble_config(new, registry, source=source)
+            except PluginError as exc:
+                raise ConfigError(str(exc)) from None
+        result = reload_server(server, current[0], new, parts)
+        current[0] = new
+        return f"read {source} again: {result}"
 
-    previous = signal.signal(signal.SIGHUP, reload)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGHUP, previous)
+    return reload
 
 
 @contextlib.contextmanager

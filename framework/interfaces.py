@@ -323,6 +323,11 @@ OPTIONAL_CAPABILITIES: dict[str, tuple[object, str]] = {
     "keeps_connections_elsewhere": (False, "Dispatcher: True if it serves each request in another process, "
                                            "which serves a KEEP_ALIVE connection to its end (fork): such a "
                                            "connection then holds that worker between requests"),
+    "resize": (None, "Dispatcher: a method resize(delta) -> str: a supervisor starts delta more workers or retires "
+                     "-delta (at least one stays), closing no listener; SIGTTIN/SIGTTOU under sockwork serve call it"),
+    "replace_workers": (None, "Dispatcher: a method replace_workers(new) -> str: a supervisor starts workers with "
+                              "the options of new (one of its own kind, built from a reloaded config, never "
+                              "started) and the server's new handler, then retires the old ones (SIGHUP)"),
     "abort": (None, "Dispatcher: a method that kills its child processes at once, without waiting or locks "
                     "(a second SIGINT/SIGTERM under Server.handle_signals calls it, then the process exits)"),
     # Handler factory

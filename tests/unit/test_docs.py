@@ -289,8 +289,9 @@ def test_sighup_on_a_transport_with_nothing_to_reload_is_what_production_md_says
         port = int(re.search(r"127\.0\.0\.1:(\d+) ", line).group(1))  # type: ignore[union-attr]
         process.send_signal(signal.SIGHUP)
         logged = process.stderr.readline().split(" sockwork INFO ", 1)[1].strip()  # type: ignore[union-attr]
-        assert logged == "SIGHUP: the tcp transport has nothing to reload"
-        assert f"`{logged}`" in text  # the doc's unit inherits a TCP socket: the same line
+        assert logged == "SIGHUP: read command line again: no setting changed; the tcp transport has nothing to reload"
+        # The doc's unit reads /etc/myapp/server.toml and inherits a TCP socket: the same line, its file named.
+        assert f"`{logged.replace('command line', '/etc/myapp/server.toml')}`" in text
         with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
             conn.sendall(b"still here")
             conn.shutdown(socket.SHUT_WR)

@@ -338,3 +338,213 @@ def test_bad_operations_flags_are_one_line_and_exit_2(flags: list[str], message:
     assert done.returncode == 2
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+HANDLER = '''from sockwork import message_handler
+
+VERSION = b"{version}"
+
+
+@message_handler
+def handle(line, conn):
+    return VERSION + b" " + line
+'''
+
+
+def write_app(directory: Path, version: str, dispatcher: str, extra: str = "") -> Path:
+    (directory / "reloadable_app.py").write_text(HANDLER.format(version=version))
+    config = directory / "server.toml"
+    options = "{ workers = 2, inner = \"pool\" }" if dispatcher == "prefork" else "{ workers = 4 }"
+    config.write_text(f'transport = "tcp://127.0.0.1:0"\nhandler = "reloadable_app:handle"\n{extra}'
+                      f'[dispatcher]\nname = "{dispatcher}"\noptions = {options}\n')
+    return config
+
+
+class Load:
+    """Bounded load: new connections and keep-alive ones (a request on a reused connection the server
+    closed is retried once, as HTTP clients do); every other failure is counted."""
+
+    def __init__(self, port: int, clients: int = 4, most: int = 20_000, seconds: float = 25.0) -> None:
+        self.port, self.most, self.until = port, most, time.monotonic() + seconds
+        self.replies: dict[bytes, int] = {}
+        self.failures: list[str] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._client, args=(i % 2 == 0,)) for i in range(clients)]
+        for thread in self.threads:
+            thread.start()
+
+    @property
+    def answered(self) -> int:
+        return sum(self.replies.values())
+
+    def _done(self) -> bool:
+        return self.stop.is_set() or self.answered >= self.most or time.monotonic() > self.until
+
+    def _client(self, keep_alive: bool) -> None:
+        conn: socket.socket | None = None
+        while not self._done():
+            try:
+                if conn is None:
+                    conn = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+                    fresh = True
+                else:
+                    fresh = False
+                reply = self._ask(conn)
+                if reply is None and not fresh:  # the server closed a kept-alive connection: retry once
+                    conn.close()
+                    conn = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+                    reply = self._ask(conn)
+                if reply is None:
+                    raise ConnectionError("closed without a reply")
+                with self.lock:
+                    version = reply.split()[0]
+                    self.replies[version] = self.replies.get(version, 0) + 1
+                if not keep_alive:
+                    conn.close()
+                    conn = None
+            except OSError as exc:
+                with self.lock:
+                    self.failures.append(repr(exc))
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def _ask(self, conn: socket.socket) -> bytes | None:
+        try:
+            conn.sendall(b"ping\n")
+        except (BrokenPipeError, ConnectionResetError):
+            return None
+        data = b""
+        while not data.endswith(b"\n"):
+            try:
+                chunk = conn.recv(100)
+            except ConnectionResetError:
+                return None
+            if not chunk:
+                return None
+            data += chunk
+        return data
+
+    def finish(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(30)
+
+
+def wait_for(predicate: object, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def serve_app(directory: Path, config: Path) -> tuple[subprocess.Popen[str], int, list[str]]:
+    """sockwork serve CONFIG from ``directory``; its port, and a list that collects its log lines."""
+    process = subprocess.Popen([sys.executable, "-m", "sockwork", "serve", config.name], cwd=directory,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = process.stdout.readline()  # type: ignore[union-attr]
+    started = re.search(r" on tcp://127\.0\.0\.1:(\d+) ", line)
+    assert started, line + end(process)
+    log: list[str] = []
+    threading.Thread(target=lambda: log.extend(iter(process.stderr.readline, "")), daemon=True).start()  # type: ignore[union-attr]
+    return process, int(started.group(1)), log
+
+
+def logged(log: list[str], text: str) -> bool:
+    return any(text in line for line in list(log))
+
+
+def test_prefork_reloads_new_code_resizes_and_refuses_a_broken_config_without_failing_a_request(
+    tmp_path: Path,
+) -> None:
+    """Under load (new and keep-alive connections): SIGHUP serves new handler code, SIGTTIN/SIGTTOU add and
+    remove a worker, a broken config and a broken module are refused in one line each; 0 failed requests."""
+    config = write_app(tmp_path, "v1", "prefork")
+    process, port, log = serve_app(tmp_path, config)
+    load = None
+    try:
+        load = Load(port)
+        wait_for(lambda: load.replies.get(b"v1", 0) >= 200)
+        write_app(tmp_path, "v2", "prefork")
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: load.replies.get(b"v2", 0) >= 200)
+        assert logged(log, "SIGHUP: read server.toml again: no setting changed; the tcp transport has nothing to "
+                           "reload; started 2 new prefork worker(s) with it (the handler's code imported afresh)")
+        process.send_signal(signal.SIGTTIN)
+        wait_for(lambda: logged(log, "SIGTTIN: resized from 2 to 3 worker(s)"))
+        process.send_signal(signal.SIGTTOU)
+        wait_for(lambda: logged(log, "SIGTTOU: resized from 3 to 2 worker(s)"))
+        wait_for(lambda: sum("retired: drained and stopped" in line for line in list(log)) >= 3)
+        (tmp_path / "reloadable_app.py").write_text("this is not python\n")
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: logged(log, "SIGHUP: refused, still serving the config loaded before: 1 problem in "
+                                     "server.toml: handler.ref: "))
+        write_app(tmp_path, "v3", "prefork", extra="drain_timeout = -1\n")
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: logged(log, "SIGHUP: refused, still serving the config loaded before: 1 problem in "
+                                     "server.toml: drain_timeout: must be a finite number of seconds >= 0"))
+        before = load.replies.get(b"v2", 0)
+        wait_for(lambda: load.replies.get(b"v2", 0) >= before + 200)
+        load.finish()
+        assert load.failures == []
+        assert set(load.replies) == {b"v1", b"v2"}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+    finally:
+        if load is not None:
+            load.finish()
+        end(process)
+
+
+def test_reload_without_prefork_applies_what_it_can_and_names_the_rest(tmp_path: Path) -> None:
+    """pool: a new drain_timeout applies in place; a new handler and limits are named as needing a restart."""
+    config = write_app(tmp_path, "v1", "pool")
+    process, port, log = serve_app(tmp_path, config)
+    try:
+        write_app(tmp_path, "v2", "pool", extra='drain_timeout = 3\nhandler = "echo"\n'.replace(
+            'handler = "echo"\n', "") + "limits = { idle_timeout = 5 }\n")
+        process.send_signal(signal.SIGHUP)
+        wait_for(lambda: logged(log, "SIGHUP: read server.toml again: changed and applied: drain_timeout; changed, "
+                                     "and applied only by a restart or an upgrade (SIGUSR2): limits; the tcp "
+                                     "transport has nothing to reload; the handler's code is the one loaded at "
+                                     "start (new code takes a restart or an upgrade)"))
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(b"x\n")
+            assert conn.recv(100) == b"v1 x\n"
+        process.send_signal(signal.SIGTTIN)
+        wait_for(lambda: logged(log, "SIGTTIN: not resized: the PoolDispatcher cannot change its number of workers"))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+    finally:
+        end(process)
+
+
+def test_fresh_handler_modules_imports_afresh_and_puts_the_old_ones_back_on_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Inside the block the handler's package imports anew; a block that raises leaves sys.modules as before."""
+    import importlib
+
+    from sockwork._operations import fresh_handler_modules
+
+    package = tmp_path / "fresh_pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "mod.py").write_text("VERSION = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        old = importlib.import_module("fresh_pkg.mod")
+        (package / "mod.py").write_text("VERSION = 22\n")  # another size: the cached bytecode is stale
+        with pytest.raises(RuntimeError), fresh_handler_modules("fresh_pkg.mod:VERSION"):
+            assert importlib.import_module("fresh_pkg.mod").VERSION == 22
+            raise RuntimeError("refused")
+        assert sys.modules["fresh_pkg.mod"] is old
+        with fresh_handler_modules("fresh_pkg.mod:VERSION"):
+            new = importlib.import_module("fresh_pkg.mod")
+        assert new is not old and new.VERSION == 22 and sys.modules["fresh_pkg.mod"] is new
+    finally:
+        for name in [name for name in sys.modules if name.startswith("fresh_pkg")]:
+            del sys.modules[name]
