@@ -41,8 +41,9 @@ from typing import final
 
 from ._ratelimit import RateLimitedLog
 from ._requests import Requests
-from ._waiting import Waiting, WaitingSet
+from ._waiting import TurnPoller, Waiting, WaitingSet
 from .interfaces import ACCEPT_CAPACITY_ERRNOS, ACCEPT_FATAL_ERRNOS, Address, Dispatcher, Request, Transport, capability
+from .limits import Outcome
 
 __all__ = ["ACCEPT_CAPACITY_ERRNOS", "ACCEPT_FATAL_ERRNOS", "Loop"]
 
@@ -64,6 +65,7 @@ LOG_EVERY = 5.0
 
 _LISTENER = "listener"
 _WAKE = "wake"
+_TURNS = "turns"
 
 
 @final
@@ -114,20 +116,30 @@ class Loop:
         requests.wake = self.wake
         self.waiting: WaitingSet | None = None
         self.max_waiting: int | float = 0  # inf: no cap
+        # What dispatchers call as host.serve / host.release: the waiting set owns the connections it holds.
+        self.serve: Callable[[Request, Address], Outcome] = requests.serve
+        self.release: Callable[[Request], None] = requests.release
+        self.turns: TurnPoller | None = None  # for a dispatcher that takes_turns, when connections wait here
+        self.take_turn: Callable[[int], None] = _no_turns
         if transport.kind == "stream" and self.accepts:
             waiting = WaitingSet(
                 self._selector, requests, dispatcher, stages=tuple(capability(transport, "stages")),
-                speaks_first=capability(requests.handler, "sockwork_speaks_first"),
-                framing=getattr(requests.handler, "sockwork_framing", None),
+                handler=requests.handler,
                 idle_timeout=requests.limits.idle_timeout, message_timeout=requests.limits.message_timeout,
                 wake=self.wake, submit=self.submit,
             )
             if waiting.needed:
                 self.waiting = waiting
                 self.max_waiting = requests.limits.waiting_capacity()
-                requests.give_back = waiting.give_back
-                requests.forget = waiting.forget
-                requests.close_later = waiting.close_later
+                self.serve = waiting.serve
+                self.release = waiting.release
+                if waiting.workers_take_turns:
+                    self.turns = waiting.turns  # the dispatcher's workers wait on it (host.turns)
+                    self.take_turn = waiting.take_turn
+                else:
+                    self._selector.register(waiting.turns.fileno(), selectors.EVENT_READ, _TURNS)
+            else:
+                waiting.close()
 
     @property
     def wakeup_fd(self) -> int:
@@ -194,11 +206,13 @@ class Loop:
         if self._timers:
             timeout = _shorter(timeout, max(0.0, self._timers[0][0] - time.monotonic()))
         dispatched = None
-        for key, mask in self._selector.select(timeout):
+        for key, _ in self._selector.select(timeout):
             what = key.data
-            if type(what) is Waiting:
+            if what is _TURNS:
+                waiting.on_turns_ready()  # type: ignore[union-attr]  # registered only with a waiting set
+            elif type(what) is Waiting:
                 if what.events:  # not closed by an earlier event of this round
-                    waiting.on_event(what, mask)  # type: ignore[union-attr]  # records exist only with a waiting set
+                    waiting.on_stage_event(what)  # type: ignore[union-attr]  # records exist only with a waiting set
             elif what is _LISTENER:
                 dispatched = self._accept_batch(limit)
             elif what is _WAKE:
@@ -353,6 +367,8 @@ class Loop:
 
     def close(self) -> None:
         self._closed = True
+        if self.waiting is not None:
+            self.waiting.close()
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
@@ -360,6 +376,10 @@ class Loop:
     def close_in_child(self) -> None:
         """In a forked child: drop the parent's loop (its selector and wake-up channel)."""
         self.close()
+
+
+def _no_turns(fd: int) -> None:
+    raise RuntimeError("no connections wait in this server's loop: host.turns is None")
 
 
 def _shorter(timeout: float | None, other: float) -> float:

@@ -46,13 +46,15 @@ class _Host:
 
     __slots__ = (
         "add_reader", "after_fork", "call_later", "finished", "handler", "limits", "release", "remove_reader",
-        "run_worker", "serve", "take_error", "wake",
+        "run_worker", "serve", "take_error", "take_turn", "turns", "wake",
     )
 
     def __init__(self, server: Server) -> None:
         requests, loop = server.requests, server.loop
-        self.serve = requests.serve
-        self.release = requests.release
+        self.serve = loop.serve  # the waiting set's, which serves the connections it holds
+        self.release = loop.release
+        self.turns = loop.turns  # for a dispatcher that takes_turns (leader/followers), else None
+        self.take_turn = loop.take_turn
         self.finished = requests.finished
         self.take_error = requests.take_error
         self.after_fork = server.after_fork
@@ -319,7 +321,7 @@ class Server:
 
     def serve_request(self, request: Request, client_address: Address) -> Outcome:
         """Serve one accepted request here and now, as a dispatcher's worker would (``host.serve``)."""
-        return self.requests.serve(request, client_address)
+        return self.loop.serve(request, client_address)
 
     def __enter__(self) -> Server:
         return self

@@ -90,6 +90,24 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+class TurnSource(Protocol):
+    """Where connections wait between turns (``host.turns``), for a dispatcher that ``takes_turns``.
+
+    Its workers call ``poll(timeout, 1)`` (epoll's: a list of ``(fd, events)``; -1 waits for ever)
+    and give each ``fd`` to ``host.take_turn(fd)``, which serves that connection's turn in the
+    calling thread and re-arms it (leader/followers: no hand-off, no lock). ``watch(fd)`` adds a
+    descriptor of the dispatcher's own (level-triggered, such as an eventfd that wakes its workers
+    for ``submit``ted work or to stop); ``remove(fd)`` drops it. Any fd ``poll`` returns that the
+    dispatcher did not watch itself is a turn.
+    """
+
+    poll: Callable[[float, int], list[tuple[int, int]]]
+
+    def watch(self, fd: int) -> None: ...
+
+    def remove(self, fd: int) -> None: ...
+
+
 class DispatcherHost(Protocol):
     """What a Dispatcher may ask of the Server that started it.
 
@@ -147,6 +165,12 @@ class DispatcherHost(Protocol):
     def remove_reader(self, fd: int) -> None: ...
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> None: ...
+
+    @property
+    def turns(self) -> TurnSource | None:
+        """For a dispatcher that ``takes_turns``: the poller where connections wait between turns, or None."""
+
+    def take_turn(self, fd: int) -> None: ...
 
     def run_worker(
         self, dispatcher: Dispatcher, max_requests: int | None = None,
@@ -258,6 +282,9 @@ OPTIONAL_CAPABILITIES: dict[str, tuple[object, str]] = {
     "accepts_itself": (False, "Dispatcher: True for a Supervisor, whose workers accept; "
                               "the loop then never listens"),
     "stats_elsewhere": (None, "Dispatcher: counters of requests served in other processes (a ServerStats)"),
+    "takes_turns": (False, "Dispatcher: True if its workers wait on host.turns themselves (leader/followers) and "
+                           "serve a waiting connection's turn with host.take_turn(fd), with no hand-off from the "
+                           "loop; host.turns is None when no connection waits in the loop (then submit() as usual)"),
     "runs_async": (False, "Dispatcher: True if it serves async handlers (sockwork_async) on an event loop instead "
                           "of blocking ones (asyncio); a supervisor answers for its inner dispatcher"),
     "keeps_connections_elsewhere": (False, "Dispatcher: True if it serves each request in another process, "
@@ -276,6 +303,8 @@ OPTIONAL_CAPABILITIES: dict[str, tuple[object, str]] = {
                                          "across KEEP_ALIVE turns) instead of the bare socket (stream_handler's)"),
     "sockwork_framing": (None, "Handler: a message handler's Framing; the loop then reads and splits messages "
                                "and calls sockwork_answer(messages, conn) -> replies (see sockwork.messages)"),
+    "sockwork_answer": (None, "Handler: with sockwork_framing, the method a worker calls for one turn: "
+                              "sockwork_answer(messages, conn) -> framed replies, in order"),
 }
 """Every optional member of a part: ``name -> (default, what it means)``."""
 
