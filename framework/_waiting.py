@@ -464,7 +464,7 @@ class WaitingSet:
                 return  # gone (ended there)
         conn = record.conn
         if (self.turns.rearm_in_workers and not record.replies and not record.messages and not self.draining
-                and not conn.buffered and not _tls_pending(conn.socket)):
+                and not conn.buffered and record.partial_since is None and not _tls_pending(conn.socket)):
             # The common keep-alive case: the worker re-arms it, no lock, no wake-up. The
             # idle deadline is read by the loop when its timer comes due.
             if self._idle_timeout is not None:

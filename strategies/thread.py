@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import collections
 import math
-import queue
 import threading
 from typing import TYPE_CHECKING, Any, final
 
@@ -70,9 +70,9 @@ class ThreadDispatcher:
         self._daemon = self.options.daemon
         self._block_on_close = self.options.block_on_close
         self._linger = self.options.idle_linger
-        # Work for idle threads; one token in _idle per idle thread not yet promised work.
-        self._work: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
-        self._idle = threading.Semaphore(0)
+        # Idle threads, each parked on a lock of its own: submit() pops one (deque.pop is atomic, so
+        # one submit and one thread's own timeout never both take it), hands it the request, releases it.
+        self._idle: collections.deque[_Parked] = collections.deque()
         self._stopping = False
         # Every thread started and maybe not yet joined; dead ones are pruned
         # when the list doubles, so appending stays O(1) on average.
@@ -85,8 +85,13 @@ class ThreadDispatcher:
 
     def submit(self, request: Any, client_address: Any) -> None:
         self._slots.take()
-        if self._idle.acquire(blocking=False):  # an idle thread takes it
-            self._work.put((request, client_address))
+        try:
+            parked = self._idle.pop()  # the most recently idle thread: its caches are warm
+        except IndexError:
+            pass
+        else:
+            parked.item = (request, client_address)
+            parked.lock.release()
             return
         thread = threading.Thread(target=self._run, args=(request, client_address), daemon=self._daemon)
         try:
@@ -113,13 +118,16 @@ class ThreadDispatcher:
         """The next request for this thread, or None when it should end."""
         if self._linger <= 0 or self._stopping:
             return None
-        self._idle.release()
-        try:
-            return self._work.get(timeout=self._linger)
-        except queue.Empty:
-            if self._idle.acquire(blocking=False):
-                return None  # took our token back: nobody was promised to us
-            return self._work.get()  # a submit took our token: its request is on its way
+        parked = _Parked()
+        self._idle.append(parked)
+        if not parked.lock.acquire(timeout=self._linger):
+            try:
+                self._idle.remove(parked)
+                return None  # nobody took it: this thread ends
+            except ValueError:
+                parked.lock.acquire()  # a submit took it just now: its request is on its way
+        item, parked.item = parked.item, None
+        return item
 
     def saturated(self) -> bool:
         return self._slots.full()
@@ -143,11 +151,27 @@ class ThreadDispatcher:
             self._end_idle()  # one that went idle just as the drain began
 
     def _end_idle(self) -> None:
-        while self._idle.acquire(blocking=False):
-            self._work.put(None)  # an idle thread ends now instead of lingering
+        while True:
+            try:
+                parked = self._idle.pop()
+            except IndexError:
+                return
+            parked.lock.release()  # with no item: an idle thread ends now instead of lingering
 
     def close(self) -> None:
         pass  # threads cannot be stopped from outside; the Server logs any still running
+
+
+@final
+class _Parked:
+    """An idle thread's place: it waits on ``lock`` (taken) until a submit sets ``item`` and releases it."""
+
+    __slots__ = ("item", "lock")
+
+    def __init__(self) -> None:
+        self.item: tuple[Any, Any] | None = None
+        self.lock = threading.Lock()
+        self.lock.acquire()
 
 
 @hookimpl(trylast=True)

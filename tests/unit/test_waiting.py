@@ -452,3 +452,27 @@ def test_a_failing_message_handler_leaves_no_record_behind() -> None:
                 assert sock.recv(10) == b""
         assert eventually(lambda: server.stats.failed == 10)
         assert eventually(lambda: server.loop.waiting is not None and server.loop.waiting.held == 0)
+
+
+# ---- Issue 23 B: a classic handler that waits for the client in the loop --------------------------
+
+@pytest.mark.parametrize("dispatcher", ["pool", "thread"])
+def test_classic_handler_waiting_for_the_client_times_out_instead_of_reading_a_partial_line(dispatcher: str) -> None:
+    """A classic handler opted in with sockwork_speaks_first = "client": at idle_timeout its readline
+    raises (counted timed_out); it never gets a partial line as if it were complete."""
+    import socketserver
+
+    lines: list[bytes] = []
+
+    class LineHandler(socketserver.StreamRequestHandler):
+        sockwork_speaks_first = "client"
+
+        def handle(self) -> None:
+            lines.append(self.rfile.readline())
+
+    server = Server(transport=TCP, dispatcher=dispatcher, handler=LineHandler, limits=Limits(idle_timeout=0.3))
+    with serving(server), client(server) as sock:
+        sock.sendall(b"abc")  # no newline: the rest of the line never comes
+        assert eventually(lambda: server.stats.timed_out + server.stats.completed == 1, timeout=5)
+        assert lines == []
+        assert server.stats.timed_out == 1
