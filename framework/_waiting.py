@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import heapq
 import itertools
 import logging
@@ -39,6 +40,7 @@ import selectors
 import socket
 import struct
 import sys
+import termios
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, final
@@ -73,7 +75,8 @@ GRAVE_SECONDS = 1.0
 
 _READ: Final = selectors.EVENT_READ
 _WRITE: Final = selectors.EVENT_WRITE
-_IN: Final = getattr(select, "EPOLLIN", 1)
+EPOLLIN: Final = getattr(select, "EPOLLIN", 1)
+_IN: Final = EPOLLIN
 _OUT: Final = getattr(select, "EPOLLOUT", 4)
 _ONESHOT: Final = getattr(select, "EPOLLONESHOT", 0)
 _IN_OR_HANGUP: Final = _IN | getattr(select, "EPOLLHUP", 0) | getattr(select, "EPOLLERR", 0)
@@ -83,8 +86,8 @@ _IN_OR_HANGUP: Final = _IN | getattr(select, "EPOLLHUP", 0) | getattr(select, "E
 class Waiting:
     """The owner's record of one connection (internal)."""
 
-    __slots__ = ("batch", "closed", "conn", "due", "eof", "events", "fd", "heap_due", "messages", "partial_since",
-                 "polled", "replies", "served", "since", "stage", "wait_began", "why")
+    __slots__ = ("batch", "closed", "conn", "due", "eof", "events", "fd", "heap_due", "lowat", "messages",
+                 "partial_since", "polled", "replies", "served", "since", "stage", "wait_began", "why")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -92,6 +95,7 @@ class Waiting:
         self.stage = 0  # index of the next stage to run; len(stages) when all are done
         self.events = 0  # what the loop's selector watches for it (stages only; 0: not there)
         self.polled = False  # registered in the turn poller (after its stages)
+        self.lowat = 0  # bytes a stage left unread and waits beyond (SO_RCVLOWAT raised above them), or 0
         self.due: float | None = None  # when its current wait ends (monotonic)
         self.heap_due: float | None = None  # when its entry in the timer heap is due (one entry at a time)
         self.closed = False
@@ -116,13 +120,18 @@ class TurnPoller:
 
     def __init__(self) -> None:
         epoll = getattr(select, "epoll", None)
-        self.rearm_in_workers = epoll is not None
+        self.rearm_in_workers = self.workers_can_rearm()
         if epoll is not None:
             self._epoll = epoll()
             self.poll: Callable[[float, int], list[tuple[int, int]]] = self._epoll.poll
         else:
             self._selector = selectors.DefaultSelector()
             self.poll = self._select_once
+
+    @staticmethod
+    def workers_can_rearm() -> bool:
+        """Whether workers may wait on a turn poller and re-arm it themselves (Linux: epoll)."""
+        return hasattr(select, "epoll")
 
     def fileno(self) -> int:
         return self._epoll.fileno() if self.rearm_in_workers else self._selector.fileno()
@@ -300,9 +309,15 @@ class WaitingSet:
             if want == "done":
                 record.stage += 1
                 continue
+            if want != "write":
+                record.lowat = _wake_on_more_than(record.conn.socket, record.lowat)
+            elif record.lowat:
+                record.lowat = _wake_on_more_than(record.conn.socket, record.lowat, reset=True)
             self._watch_stage(record, _WRITE if want == "write" else _READ)
             return
         if stages:
+            if record.lowat:
+                record.lowat = _wake_on_more_than(record.conn.socket, record.lowat, reset=True)
             self._watch_stage(record, 0)
             record.wait_began = time.monotonic()
             if self._framing is None:
@@ -340,6 +355,11 @@ class WaitingSet:
 
     def on_stage_event(self, record: Waiting) -> None:
         """The loop's selector says a record in a stage can go on."""
+        if record.lowat and _unread(record.conn.socket) <= record.lowat:
+            # Readable with no byte more than the stage has seen: the client ended (or reset)
+            # its connection in the middle of the stage.
+            self._close(record, Outcome.DISCONNECTED, f"went away during the {self._stages[record.stage].name}")
+            return
         self._next_stage(record)
 
     def on_turns_ready(self) -> None:
@@ -786,6 +806,38 @@ def set_idle_timeout(sock: socket.socket, seconds: float | None) -> None:
 
 _SO_TIMEOUTS = ((socket.SO_RCVTIMEO, socket.SO_SNDTIMEO)
                 if hasattr(socket, "SO_RCVTIMEO") and sys.platform.startswith("linux") else None)
+
+def _wake_on_more_than(sock: socket.socket, raised: int, *, reset: bool = False) -> int:
+    """Make the socket readable (for the selector) only once more bytes arrive than it holds now.
+
+    A stage that peeks at a partial header and asks to "read" again must not
+    be called again at once while those bytes sit unread (a one-packet busy
+    loop): SO_RCVLOWAT makes epoll report the socket readable only when it
+    holds more, or at its end. ``reset``: back to 1 (before anyone else reads
+    it). Returns the bytes it holds now if the mark is raised, else 0. Where
+    the kernel has no such option (not Linux), nothing changes.
+    """
+    if _FIONREAD is None:
+        return 0
+    pending = 0 if reset else _unread(sock)
+    if pending or raised:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, pending + 1)
+    return pending
+
+
+def _unread(sock: socket.socket) -> int:
+    """Bytes the kernel holds for ``sock`` that nobody read yet (FIONREAD; 0 if it cannot tell)."""
+    if _FIONREAD is None:
+        return 0
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), _FIONREAD, b"\0\0\0\0"))[0])
+    except (OSError, TypeError):
+        return 0
+
+
+_FIONREAD = getattr(termios, "FIONREAD", None) if sys.platform.startswith("linux") else None
+
 
 def _after(seconds: float | None) -> float | None:
     return None if seconds is None else time.monotonic() + seconds

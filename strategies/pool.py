@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import functools
 import logging
 import os
@@ -17,6 +16,7 @@ from sockwork.deadlines import join_all
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
 from sockwork.slots import Slots
+from sockwork.turns import TurnWorkers
 from sockwork.validators import positive_int
 
 if TYPE_CHECKING:
@@ -54,9 +54,9 @@ class PoolDispatcher:
     of the connection it got and re-arms it, so a keep-alive request costs no
     hand-off from the loop and no lock (docs/design.md, "The turn path").
     Work ``submit``ted by the loop (a connection whose handler speaks first,
-    one with bytes already read) goes into a FIFO and wakes one worker
-    through an eventfd the poller watches. Without a turn poller (datagrams,
-    classic handlers only) the workers take submitted work from a queue.
+    one with bytes already read) is posted to them (``sockwork.turns``).
+    Without a turn poller (datagrams, classic handlers only) the workers take
+    submitted work from a queue.
 
     ``drain`` lets the workers finish everything already submitted, then joins them.
     """
@@ -67,23 +67,18 @@ class PoolDispatcher:
         self.options = options or PoolOptions()
         self.concurrency = self.options.workers
         self._slots = Slots(self.options.workers + self.options.queue_size)  # submitted and not finished
-        self._submitted: collections.deque[tuple[Any, Any] | None] = collections.deque()
         self._queue: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
-        self._signal = -1  # the eventfd that wakes a worker on the turn poller (leader/followers)
+        self._turn_workers: TurnWorkers | None = None
         self._workers: list[threading.Thread] = []
         self._stopping = False
 
     def start(self, host: DispatcherHost) -> None:
         self._serve = host.serve
         self._slots.wake_with(host.wake)
-        turns = host.turns
-        if turns is not None:
-            self._signal = os.eventfd(0, os.EFD_SEMAPHORE | os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            turns.watch(self._signal)
-            self._turns = turns
-            target: Callable[[], None] = functools.partial(self._take_turns, turns.poll, host.take_turn)
-        else:
-            target = self._work
+        target: Callable[[], object] = self._work
+        if host.turns is not None:
+            self._turn_workers = TurnWorkers(host.turns, host.take_turn)
+            target = functools.partial(self._turn_workers.run, self._serve_submitted)
         for number in range(self.options.workers):
             worker = threading.Thread(target=target, name=f"sockwork-pool-{number}", daemon=True)
             worker.start()
@@ -91,32 +86,13 @@ class PoolDispatcher:
 
     def submit(self, request: Any, client_address: Any) -> None:
         self._slots.take()
-        if self._signal >= 0:
-            self._submitted.append((request, client_address))
-            os.eventfd_write(self._signal, 1)
+        if self._turn_workers is not None:
+            self._turn_workers.post((request, client_address))
         else:
             self._queue.put((request, client_address))
 
     def saturated(self) -> bool:
         return self._slots.full()
-
-    def _take_turns(self, poll: Callable[[float, int], list[tuple[int, int]]], take_turn: Callable[[int], None]
-                    ) -> None:
-        """A worker as leader/follower: wait on the turn poller, serve what it gives."""
-        signal, submitted = self._signal, self._submitted
-        while True:
-            for fd, _ in poll(-1, 1):
-                if fd != signal:
-                    self._run(take_turn, fd)
-                    continue
-                try:
-                    os.eventfd_read(signal)  # one unit: one submitted item is this worker's
-                except BlockingIOError:
-                    continue  # another worker took it
-                item = submitted.popleft()
-                if item is None:
-                    return
-                self._serve_submitted(item)
 
     def _work(self) -> None:
         get = self._queue.get
@@ -125,35 +101,27 @@ class PoolDispatcher:
 
     def _serve_submitted(self, item: tuple[Any, Any]) -> None:
         try:
-            self._run(self._serve, *item)
+            self._serve(*item)
+        except BaseException as exc:  # SystemExit from a handler, say: not the worker's end
+            logger.error("pool worker: handler raised %r; the worker carries on", exc)
         finally:
             self._slots.give_back()
 
-    @staticmethod
-    def _run(serve: Callable[..., object], *args: Any) -> None:
-        try:
-            serve(*args)
-        except BaseException as exc:  # SystemExit from a handler, say: not the worker's end
-            logger.error("pool worker: handler raised %r; the worker carries on", exc)
-
     def drain(self, timeout: float | None) -> bool:
         if not self._stopping:
-            self._stopping = True
-            for _ in self._workers:  # after everything submitted: submitted work is served
-                if self._signal >= 0:
-                    self._submitted.append(None)
-                    os.eventfd_write(self._signal, 1)
-                else:
+            self._stopping = True  # after everything submitted: submitted work is served
+            if self._turn_workers is not None:
+                self._turn_workers.stop()
+            else:
+                for _ in self._workers:
                     self._queue.put(None)
         self._workers = join_all(self._workers, timeout)
         return not self._workers
 
     def close(self) -> None:
         # Threads cannot be stopped from outside; the Server logs any still running.
-        if self._signal >= 0 and not self._workers:
-            self._turns.remove(self._signal)
-            os.close(self._signal)
-            self._signal = -1
+        if self._turn_workers is not None and not self._workers:
+            self._turn_workers.close()
 
 
 @hookimpl(trylast=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, final
 
 import attrs
@@ -13,6 +15,7 @@ from sockwork.deadlines import deadline_after, join_all, remaining
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
 from sockwork.slots import Slots
+from sockwork.turns import TurnWorkers
 from sockwork.validators import boolean, off_is_none, optional_positive_int
 
 if TYPE_CHECKING:
@@ -39,7 +42,9 @@ class ThreadOptions:
     """Most requests served at once; at the limit the server stops accepting
     until a thread finishes. None (in files: false) means no limit, as in socketserver."""
     daemon: bool = attrs.field(default=False, validator=boolean)
-    """Daemon threads do not keep the interpreter alive at exit."""
+    """Daemon threads do not keep the interpreter alive at exit. (Where connections
+    wait in the loop, the threads that wait on its poller are always daemon threads,
+    as ``pool``'s workers are: one of them waits there for as long as the server runs.)"""
     block_on_close: bool = attrs.field(default=True, validator=boolean)
     """Whether closing the server waits for running threads (up to the drain
     timeout). False: close returns at once and running requests finish on
@@ -61,7 +66,16 @@ class ThreadDispatcher:
     way ``concurrent.futures`` reuses idle workers), so keep-alive turns do
     not start a thread each. ``drain`` ends the idle ones and joins every
     thread it started.
+
+    Where connections wait in the server's loop (``host.turns``), threads are
+    leaders/followers instead (``sockwork.turns``): a thread that finished
+    waits on the turn poller itself for ``idle_linger`` seconds and serves the
+    next turn it gets, with no hand-off from the loop; one thread always waits
+    there, and a thread that takes a turn while none other waits starts one
+    (up to ``max_threads``), so a blocking handler never holds up the rest.
     """
+
+    takes_turns = True
 
     def __init__(self, options: ThreadOptions | None = None) -> None:
         self.options = options or ThreadOptions()
@@ -70,6 +84,9 @@ class ThreadDispatcher:
         self._daemon = self.options.daemon
         self._block_on_close = self.options.block_on_close
         self._linger = self.options.idle_linger
+        # Leader/followers (host.turns) only for threads that linger: with idle_linger = 0 every
+        # request gets a thread of its own, as socketserver did (the legacy module's default).
+        self.takes_turns = self._linger > 0
         # Idle threads, each parked on a lock of its own: submit() pops one (deque.pop is atomic, so
         # one submit and one thread's own timeout never both take it), hands it the request, releases it.
         self._idle: collections.deque[_Parked] = collections.deque()
@@ -78,13 +95,23 @@ class ThreadDispatcher:
         # when the list doubles, so appending stays O(1) on average.
         self._threads: list[threading.Thread] = []
         self._prune_at = 64
+        self._turn_workers: TurnWorkers | None = None
+        self._alive = 0  # leader/followers threads alive (changed under _starting)
+        self._starting = threading.Lock()  # taken to start or end a thread, never per request
 
     def start(self, host: DispatcherHost) -> None:
         self._serve = host.serve
         self._slots.wake_with(host.wake)
+        if host.turns is not None and self.takes_turns:
+            self._turn_workers = TurnWorkers(host.turns, host.take_turn)
+            self._another_waits()
 
     def submit(self, request: Any, client_address: Any) -> None:
         self._slots.take()
+        if self._turn_workers is not None:
+            self._turn_workers.post((request, client_address))
+            self._another_waits()
+            return
         try:
             parked = self._idle.pop()  # the most recently idle thread: its caches are warm
         except IndexError:
@@ -93,17 +120,53 @@ class ThreadDispatcher:
             parked.item = (request, client_address)
             parked.lock.release()
             return
-        thread = threading.Thread(target=self._run, args=(request, client_address), daemon=self._daemon)
         try:
-            thread.start()
+            self._start_thread(functools.partial(self._run, request, client_address))
         except BaseException:
             self._slots.give_back()
             raise
+
+    def _start_thread(self, target: Callable[[], object], *, daemon: bool | None = None) -> None:
+        thread = threading.Thread(target=target, daemon=self._daemon if daemon is None else daemon)
+        thread.start()
         threads = self._threads
         threads.append(thread)
         if len(threads) >= self._prune_at:
             self._threads = threads = [t for t in threads if t.is_alive()]
             self._prune_at = 2 * len(threads) + 64
+
+    # ---- Leader/followers (connections wait in the loop) ----------------------------------
+
+    def _another_waits(self) -> None:
+        """Make sure a thread waits on the turn poller (called after a thread took an event, and on submit)."""
+        workers = self._turn_workers
+        if workers is None or workers.polling or workers.stopping or self._alive >= self._slots.limit:
+            return
+        with self._starting:
+            if workers.polling or workers.stopping or self._alive >= self._slots.limit:
+                return
+            self._alive += 1
+            try:
+                self._start_thread(self._lead, daemon=True)  # one always waits: it must not hold the exit
+            except BaseException:
+                self._alive -= 1
+                raise
+
+    def _lead(self) -> None:
+        try:
+            self._turn_workers.run(self._serve_posted, idle=self._linger, on_taken=self._another_waits)  # type: ignore[union-attr]  # set before any _lead
+        finally:
+            with self._starting:
+                self._alive -= 1
+                last = self._alive == 0
+            if last and self._stopping:
+                self._turn_workers.close()  # type: ignore[union-attr]  # see above
+
+    def _serve_posted(self, item: tuple[Any, Any]) -> None:
+        try:
+            self._serve(*item)
+        finally:
+            self._slots.give_back()
 
     def _run(self, request: Any, client_address: Any) -> None:
         item: tuple[Any, Any] | None = (request, client_address)
@@ -139,6 +202,8 @@ class ThreadDispatcher:
 
     def drain(self, timeout: float | None) -> bool:
         self._stopping = True
+        if self._turn_workers is not None:
+            self._turn_workers.stop()
         self._end_idle()
         if not self._block_on_close:
             return True  # by request: running threads finish on their own
@@ -159,7 +224,7 @@ class ThreadDispatcher:
             parked.lock.release()  # with no item: an idle thread ends now instead of lingering
 
     def close(self) -> None:
-        pass  # threads cannot be stopped from outside; the Server logs any still running
+        pass  # threads cannot be stopped from outside; the last leader closes the turn workers' descriptors
 
 
 @final

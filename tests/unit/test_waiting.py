@@ -321,6 +321,48 @@ def test_failed_stage_is_refused_at_info(staged: Server, caplog: pytest.LogCaptu
     assert record.levelno == logging.INFO and "HELO greeting failed: expected HELO" in record.getMessage()
 
 
+class CountingHello(Hello):
+    """Hello, counting its calls, with a longer timeout."""
+
+    timeout = 5.0
+    calls = 0
+
+    def advance(self, conn: Connection) -> str:
+        CountingHello.calls += 1
+        return super().advance(conn)
+
+
+def test_a_stage_that_peeks_at_a_partial_greeting_is_not_called_again_until_more_bytes_come() -> None:
+    """Issue 22: a stage that peeked at 2 of 4 bytes and asked to "read" again is called only when
+    more bytes arrive (no busy loop while they sit unread: a one-packet denial of service)."""
+    from sockwork.assembly import assemble
+
+    CountingHello.calls = 0
+    parts = assemble(TCP, "echo", "pool")
+    parts.transport.stages = (CountingHello(),)  # type: ignore[attr-defined]
+    server = Server(parts=parts)
+    with serving(server), client(server) as sock:
+        sock.sendall(b"HE")
+        time.sleep(0.5)  # the loop would call it about 100,000 times in this half second if it spun
+        assert CountingHello.calls <= 3
+        sock.sendall(b"LOdata")
+        assert sock.recv(100) == b"data"
+
+
+def test_a_client_that_leaves_mid_stage_with_bytes_unread_is_closed_at_once() -> None:
+    """A client that sent part of a greeting and closed: disconnected at once, not at the stage's timeout."""
+    from sockwork.assembly import assemble
+
+    parts = assemble(TCP, "echo", "pool")
+    parts.transport.stages = (CountingHello(),)  # type: ignore[attr-defined]
+    server = Server(parts=parts)
+    with serving(server):
+        with client(server) as sock:
+            sock.sendall(b"HE")
+            time.sleep(0.1)
+        assert eventually(lambda: server.stats.disconnected == 1, timeout=2)
+
+
 def test_stalled_stage_times_out(staged: Server) -> None:
     with client(staged) as sock:
         sock.sendall(b"HE")
