@@ -93,6 +93,11 @@ class Loop:
         self.batch: int = capability(transport, "accept_batch")
         # A supervisor's workers accept by themselves: this loop only watches them.
         self.accepts = not capability(dispatcher, "accepts_itself")
+        # An event-loop dispatcher may take the listener and accept on its own loop (asyncio).
+        take_listener = capability(dispatcher, "take_listener")
+        self._listener_taken = bool(self.accepts and take_listener is not None and take_listener(transport))
+        self._listens = self.accepts and not self._listener_taken  # this loop accepts from the listener
+        self._report_turns = False  # handle_request() waits: count what workers take themselves, wake
         self._on_round = on_round  # runs after each round; returns the longest next wait
         self._timers: list[tuple[float, int, Callable[[], None]]] = []  # (when, order, callback): a heap
         self._timer_order = 0
@@ -127,7 +132,7 @@ class Loop:
                 self._selector, requests, dispatcher, stages=tuple(capability(transport, "stages")),
                 handler=requests.handler,
                 idle_timeout=requests.limits.idle_timeout, message_timeout=requests.limits.message_timeout,
-                wake=self.wake, submit=self.submit,
+                wake=self.wake, submit=self.submit, on_turn=self._turn_taken,
             )
             if waiting.needed:
                 self.waiting = waiting
@@ -148,7 +153,7 @@ class Loop:
             # it for the next worker, and serves its datagram. The loop never reads one.
             self.turns = TurnPoller()
             self.take_turn = self._datagram_turn
-            self.accepts = False
+            self._listens = False
             self.turns.add(self._listener_fd, EPOLLIN)
 
     @property
@@ -202,7 +207,7 @@ class Loop:
             next_due = waiting.expire()
             if next_due is not None:
                 timeout = _shorter(timeout, next_due)
-        listening = self.accepts and not (paused or saturated)
+        listening = self._listens and not (paused or saturated)
         if listening != self._listening:
             self._set_listening(listening)
         if paused:
@@ -279,6 +284,25 @@ class Loop:
             self._backoff = BACKOFF_MIN
         return dispatched
 
+    def _turn_taken(self) -> None:
+        # A worker took a turn itself (leader/followers) while handle_request() waits for one.
+        self.submitted += 1
+        self.wake()
+
+    def report_turns(self, on: bool) -> None:
+        """Count turns workers take themselves as dispatched, and wake the loop for each (handle_request)."""
+        self._report_turns = on
+        if self.waiting is not None:
+            self.waiting.report_turns = on
+
+    def admit(self, request: Request) -> bool:
+        """``host.admit``: a dispatcher that took the listener accepted ``request`` (its thread)."""
+        if not self.requests.admit(request):
+            return False
+        if self._report_turns:
+            self._turn_taken()
+        return True
+
     def submit(self, request: Request, client_address: Address) -> bool:
         """Hand one admitted request to the dispatcher; False if it raised (the request was ended)."""
         try:
@@ -329,11 +353,13 @@ class Loop:
             if not self.stopped_listening:
                 with contextlib.suppress(OSError, ValueError):  # closed at shutdown meanwhile
                     self.turns.arm(fd, EPOLLIN)  # type: ignore[union-attr]  # set with this method
-        if accepted is not None and self.requests.admit(accepted[0]):
+        if accepted is not None and self.admit(accepted[0]):
             self.requests.serve(*accepted)
 
     def stop_listening(self) -> None:
         self._set_listening(False)
+        if self._listener_taken and not self.stopped_listening:
+            self.dispatcher.stop_accepting()  # type: ignore[attr-defined]  # take_listener's pair
         self.stopped_listening = True
         if self.take_turn == self._datagram_turn:
             self.turns.remove(self._listener_fd)  # type: ignore[union-attr]  # set with _datagram_turn

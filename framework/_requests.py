@@ -170,6 +170,10 @@ class Requests:
         """At the connection cap (with ``over_limit = "wait"``)."""
         return self.cap is not None and self.counters.active >= self.cap
 
+    def at_capacity(self) -> bool:
+        """``saturated``, as a method (what a dispatcher that accepts by itself asks)."""
+        return self.cap is not None and self.counters.active >= self.cap
+
     # ---- The dispatcher's side (DispatcherHost) -----------------------------
 
     def serve(self, request: Request, client_address: Address) -> Outcome:

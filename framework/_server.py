@@ -45,8 +45,22 @@ class _Host:
     """What a Dispatcher sees of its Server (see ``DispatcherHost``)."""
 
     __slots__ = (
-        "add_reader", "after_fork", "call_later", "finished", "handler", "limits", "release", "remove_reader",
-        "run_worker", "serve", "take_error", "take_turn", "turns", "wake",
+        "add_reader",
+        "admit",
+        "after_fork",
+        "at_capacity",
+        "call_later",
+        "finished",
+        "handler",
+        "limits",
+        "release",
+        "remove_reader",
+        "run_worker",
+        "serve",
+        "take_error",
+        "take_turn",
+        "turns",
+        "wake",
     )
 
     def __init__(self, server: Server) -> None:
@@ -55,6 +69,9 @@ class _Host:
         self.release = loop.release
         self.turns = loop.turns  # for a dispatcher that takes_turns (leader/followers), else None
         self.take_turn = loop.take_turn
+        # For a dispatcher that took the listener: count (and cap) what it accepts; stop at the cap.
+        self.admit = loop.admit
+        self.at_capacity = requests.at_capacity
         self.finished = requests.finished
         self.take_error = requests.take_error
         self.after_fork = server.after_fork
@@ -248,8 +265,9 @@ class Server:
                                f"{type(self.dispatcher).__name__}'s workers accept by themselves: use serve_forever()")
         deadline = deadline_after(timeout)
         self.lifecycle.begin_serving(_Host(self))
+        loop = self.loop
+        loop.report_turns(True)
         try:
-            loop = self.loop
             while not loop.stop_requested:
                 before = loop.submitted
                 dispatched = loop.run_once(remaining(deadline), 1)
@@ -261,6 +279,7 @@ class Server:
                     return False
             return False
         finally:
+            loop.report_turns(False)
             self.lifecycle.end_serving()
 
     def shutdown(self) -> None:

@@ -79,6 +79,7 @@ EPOLLIN: Final = getattr(select, "EPOLLIN", 1)
 _IN: Final = EPOLLIN
 _OUT: Final = getattr(select, "EPOLLOUT", 4)
 _ONESHOT: Final = getattr(select, "EPOLLONESHOT", 0)
+_IN_ONESHOT: Final = _IN | _ONESHOT
 _IN_OR_HANGUP: Final = _IN | getattr(select, "EPOLLHUP", 0) | getattr(select, "EPOLLERR", 0)
 
 
@@ -124,6 +125,7 @@ class TurnPoller:
         if epoll is not None:
             self._epoll = epoll()
             self.poll: Callable[[float, int], list[tuple[int, int]]] = self._epoll.poll
+            self.modify: Callable[[int, int], None] = self._epoll.modify  # events | EPOLLONESHOT: a re-arm
         else:
             self._selector = selectors.DefaultSelector()
             self.poll = self._select_once
@@ -187,8 +189,10 @@ class WaitingSet:
         self, selector: selectors.BaseSelector, requests: Requests, dispatcher: Dispatcher, *,
         stages: tuple[ConnectionStage, ...], handler: Callable[..., object],
         idle_timeout: float | None, message_timeout: float | None, wake: Callable[[], None],
-        submit: Callable[[Any, Any], bool],
+        submit: Callable[[Any, Any], bool], on_turn: Callable[[], None],
     ) -> None:
+        self._on_turn = on_turn  # the loop's, while report_turns: a worker took a turn (handle_request waits)
+        self.report_turns = False
         self._submit_to_dispatcher = submit  # the loop's: one place handles a dispatcher that raises
         self._selector = selector
         self._requests = requests
@@ -207,6 +211,10 @@ class WaitingSet:
         self._timers: list[tuple[float, int, Waiting]] = []  # (due, order, record): a heap, see expire()
         self._order = itertools.count()
         self.turns = TurnPoller()
+        # A worker's re-arm, as direct as it gets (epoll.modify), or None where only the loop re-arms.
+        self._rearm: Callable[[int, int], None] | None = self.turns.modify if self.turns.rearm_in_workers else None
+        # A stage that wraps the socket (TLS) may hold decrypted bytes the descriptor does not show.
+        self._wrapped = any(capability(stage, "replaces_socket") for stage in stages)
         # Leader/followers: the dispatcher's workers wait on the turn poller themselves (pool); the loop
         # keeps stages, message framing, deadlines and the drain. Not for message handlers (the loop frames).
         self.workers_take_turns = bool(capability(dispatcher, "takes_turns")) and self._framing is None \
@@ -430,22 +438,24 @@ class WaitingSet:
         record = self._dispatched.get(id(request))
         if record is None:
             return self._requests.serve(request, client_address)
-        return self._turn(record)
+        return self._turn(record, handed_over=True)
 
     def take_turn(self, fd: int) -> None:
         """A worker waiting on the turn poller got ``fd``: serve its turn (``host.take_turn``, leader/followers)."""
         record = self._armed.pop(fd, None)
         if record is not None:  # else the loop took it first (a deadline): nothing to do
             record.served += 1
-            self._turn(record)
+            self._dispatched[id(record.conn.socket)] = record  # with a worker: counted busy
+            if self.report_turns:
+                self._on_turn()
+            self._turn(record, handed_over=False)
 
-    def _turn(self, record: Waiting) -> Outcome:
+    def _turn(self, record: Waiting, *, handed_over: bool) -> Outcome:
         """One turn of the handler on a held connection (a worker's thread), then act on its verdict."""
         conn = record.conn
         sock = conn.socket
         requests = self._requests
-        handed_over = record.batch is not None or id(sock) in self._dispatched  # by the loop, not taken
-        if handed_over and not requests.start(sock):
+        if handed_over and not requests.start(sock):  # handed over by the loop, not taken from the poller
             self._dispatched.pop(id(sock), None)
             return Outcome.FAILED  # closed unanswered at the drain deadline already
         deadlines = self._deadlines
@@ -483,8 +493,9 @@ class WaitingSet:
             if not self._write_replies(record):
                 return  # gone (ended there)
         conn = record.conn
-        if (self.turns.rearm_in_workers and not record.replies and not record.messages and not self.draining
-                and not conn.buffered and record.partial_since is None and not _tls_pending(conn.socket)):
+        if (self._rearm is not None and not record.replies and not record.messages and not self.draining
+                and not conn.buffered and record.partial_since is None
+                and not (self._wrapped and _tls_pending(conn.socket))):
             # The common keep-alive case: the worker re-arms it, no lock, no wake-up. The
             # idle deadline is read by the loop when its timer comes due.
             if self._idle_timeout is not None:
@@ -493,7 +504,7 @@ class WaitingSet:
             self._dispatched.pop(id(conn.socket), None)
             self._armed[record.fd] = record
             try:
-                self.turns.arm(record.fd, _IN)
+                self._rearm(record.fd, _IN_ONESHOT)
             except (OSError, ValueError):  # the socket was shut down under us (force at the drain deadline)
                 self._return(record)
             return

@@ -172,6 +172,10 @@ class DispatcherHost(Protocol):
 
     def take_turn(self, fd: int) -> None: ...
 
+    def admit(self, request: Request) -> bool: ...
+
+    def at_capacity(self) -> bool: ...
+
     def run_worker(
         self, dispatcher: Dispatcher, max_requests: int | None = None,
         report: Callable[[ServerStats], None] | None = None, report_every: float = 0.2, *,
@@ -285,6 +289,13 @@ OPTIONAL_CAPABILITIES: dict[str, tuple[object, str]] = {
     "takes_turns": (False, "Dispatcher: True if its workers wait on host.turns themselves (leader/followers) and "
                            "serve a waiting connection's turn with host.take_turn(fd), with no hand-off from the "
                            "loop; host.turns is None when no connection waits in the loop (then submit() as usual)"),
+    "replaces_socket": (False, "Connection stage: True if it replaces conn.socket with a wrapper that keeps its "
+                               "session in the socket object (TLS): assembly then refuses dispatchers that take the "
+                               "bare descriptor over (asyncio), and the loop asks the wrapper for bytes it holds"),
+    "take_listener": (None, "Dispatcher: a method take_listener(transport) -> bool, called once at assembly: True "
+                            "if it accepts from that transport itself, on its own event loop (asyncio); the "
+                            "server's loop then never listens, and calls its stop_accepting() at shutdown, before "
+                            "the listener closes. Each connection it accepts goes through host.admit(request)"),
     "runs_async": (False, "Dispatcher: True if it serves async handlers (sockwork_async) on an event loop instead "
                           "of blocking ones (asyncio); a supervisor answers for its inner dispatcher"),
     "keeps_connections_elsewhere": (False, "Dispatcher: True if it serves each request in another process, "

@@ -435,11 +435,14 @@ def test_many_pipelined_messages_are_all_answered(dispatcher: str) -> None:
 
 def test_drain_serves_queued_readable_connections() -> None:
     """A busy pool at shutdown: connections whose request arrived are answered, none closed as idle."""
+    started = threading.Event()
+
     @stream_handler
     def slow(conn: Connection) -> object:
         data = conn.recv()
         if not data:
             return None
+        started.set()
         time.sleep(0.3)
         conn.write(data)
         return KEEP_ALIVE
@@ -451,7 +454,7 @@ def test_drain_serves_queued_readable_connections() -> None:
         with serving(server):
             for i, sock in enumerate(socks):
                 sock.sendall(b"req%d" % i)
-            assert eventually(lambda: server.loop.waiting is not None and len(server.loop.waiting.ready) >= 1)
+            assert started.wait(10)  # the one worker is busy: the other requests wait for it
         assert [sock.recv(10) for sock in socks] == [b"req%d" % i for i in range(4)]
         assert server.stats.active == 0 and server.stats.failed == 0
     finally:
