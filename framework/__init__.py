@@ -20,16 +20,16 @@ if typing.TYPE_CHECKING:
     from ._parts import LifecycleHooks as LifecycleHooks
     from ._parts import Parts as Parts
     from ._server import Server as Server
-    from ._server import build_server as build_server
     from .assembly import assemble as assemble
     from .assembly import assemble_config as assemble_config
+    from .assembly import build_server as build_server
+    from .assembly import load_config as load_config
+    from .assembly import load_config_file as load_config_file
     from .config import ConfigErrors as ConfigErrors
     from .config import DispatcherConfig as DispatcherConfig
     from .config import HandlerConfig as HandlerConfig
     from .config import ServerConfig as ServerConfig
     from .config import TransportConfig as TransportConfig
-    from .config import load_config as load_config
-    from .config import load_config_file as load_config_file
     from .connection import KEEP_ALIVE as KEEP_ALIVE
     from .connection import Connection as Connection
     from .connection import ConnectionStage as ConnectionStage
@@ -48,7 +48,10 @@ if typing.TYPE_CHECKING:
     from .interfaces import Dispatcher as Dispatcher
     from .interfaces import DispatcherHost as DispatcherHost
     from .interfaces import HandlerFactory as HandlerFactory
+    from .interfaces import ProcessDispatcherHost as ProcessDispatcherHost
+    from .interfaces import ServerHost as ServerHost
     from .interfaces import Supervisor as Supervisor
+    from .interfaces import SupervisorHost as SupervisorHost
     from .interfaces import Transport as Transport
     from .limits import Limits as Limits
     from .limits import Outcome as Outcome
@@ -70,7 +73,7 @@ _EXPORTS = {
     "LifecycleHooks": "._parts",
     "Parts": "._parts",
     "Server": "._server",
-    "build_server": "._server",
+    "build_server": ".assembly",
     "assemble": ".assembly",
     "assemble_config": ".assembly",
     "ConfigErrors": ".config",
@@ -78,8 +81,8 @@ _EXPORTS = {
     "HandlerConfig": ".config",
     "ServerConfig": ".config",
     "TransportConfig": ".config",
-    "load_config": ".config",
-    "load_config_file": ".config",
+    "load_config": ".assembly",
+    "load_config_file": ".assembly",
     "BindError": ".errors",
     "ConfigError": ".errors",
     "FailedElsewhere": ".errors",
@@ -97,6 +100,9 @@ _EXPORTS = {
     "message_handler": ".messages",
     "Dispatcher": ".interfaces",
     "DispatcherHost": ".interfaces",
+    "ProcessDispatcherHost": ".interfaces",
+    "ServerHost": ".interfaces",
+    "SupervisorHost": ".interfaces",
     "HandlerFactory": ".interfaces",
     "Supervisor": ".interfaces",
     "Transport": ".interfaces",

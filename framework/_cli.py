@@ -43,10 +43,10 @@ from typing import Any
 import attrs
 
 from . import __version__
-from ._server import build_server
-from .assembly import assemble_config
-from .config import FOREVER, LOG_LEVELS, ConfigErrors, ServerConfig, load_config, read_config_data
+from .assembly import assemble_config, build_server, load_config
+from .config import FOREVER, LOG_LEVELS, ConfigErrors, ServerConfig, read_config_data
 from .errors import ConfigError, PluginError, ServerError
+from .interfaces import capability
 from .registry import KINDS, Registry
 
 __all__ = ["main"]
@@ -306,7 +306,6 @@ def _reload_on_sighup(server: Any) -> Iterator[None]:
     if not hasattr(signal, "SIGHUP"):
         yield
         return
-    from .interfaces import capability
 
     def reload(signum: int, frame: object) -> None:
         transport = server.transport
@@ -349,6 +348,8 @@ def _plugins(registry: Registry) -> int:
             origin = distributions.get(entry.plugin, "?")
             status = f"  UNAVAILABLE: {entry.unavailable_reason}" if entry.unavailable_reason else ""
             print(f"  {entry.name:<12} {entry.description}  [{entry.plugin}, {origin}]{status}")
+            if kind == "transport":
+                print(f"      URLs: {', '.join(scheme + '://' for scheme in registry.schemes_of(entry.name))}")
             for field in attrs.fields(entry.options):
                 default = "required" if field.default is attrs.NOTHING else _show_default(field.default)
                 print(f"      {field.alias} = {default}")

@@ -27,7 +27,7 @@ from ._loop import Loop
 from ._parts import LifecycleHooks
 from ._requests import Requests
 from .deadlines import deadline_after, remaining
-from .interfaces import Dispatcher, DispatcherHost, Transport, capability
+from .interfaces import Dispatcher, ServerHost, Transport, capability
 
 __all__ = ["Lifecycle"]
 
@@ -72,7 +72,7 @@ class Lifecycle:
 
     # ---- Serving ---------------------------------------------------------------------
 
-    def begin_serving(self, host: DispatcherHost) -> None:
+    def begin_serving(self, host: ServerHost) -> None:
         with self._lock:
             if self.closed:
                 raise RuntimeError("the server is closed")
@@ -96,7 +96,7 @@ class Lifecycle:
 
     def end_serving(self) -> None:
         with self._lock:
-            self.loop.stop_requested = False
+            self.loop.request_stop(False)
             self._serving_thread = None
             self.serving.clear()
             self._not_serving.set()
@@ -109,8 +109,7 @@ class Lifecycle:
         return self._serving_thread == threading.get_ident()
 
     def shutdown(self) -> None:
-        self.loop.stop_requested = True
-        self.loop.wake()
+        self.loop.request_stop()
         if not self.in_serving_thread:
             self._not_serving.wait()
 
@@ -124,8 +123,7 @@ class Lifecycle:
                 raise RuntimeError("close() called from the serving thread; call shutdown() instead")
             self.closed = True
         deadline = deadline_after(self.drain_timeout)
-        self.loop.stop_requested = True
-        self.loop.wake()
+        self.loop.request_stop()
         try:
             if not self._stop_and_drain(deadline):
                 self.force_stop()

@@ -74,8 +74,9 @@ class Loop:
     """Selector, wake-up channel, accepting with backoff, and watched descriptors.
 
     ``run_once(timeout, limit)`` waits for one round of events and handles
-    them; ``stop_requested`` ends accepting within the round. The surface for
-    everyone else: ``wake()``, ``wakeup_fd`` (for ``signal.set_wakeup_fd``),
+    them; ``stop_requested`` (set by ``request_stop()``) ends accepting within
+    the round. The surface for everyone else: ``request_stop()``, ``wake()``,
+    ``wakeup_fd`` (for ``signal.set_wakeup_fd``),
     ``add_reader``/``remove_reader``, ``stop_listening()``, ``close()`` and,
     in a forked child, ``close_in_child()``.
     """
@@ -160,6 +161,12 @@ class Loop:
     def wakeup_fd(self) -> int:
         """A descriptor whose writes wake the loop: give it to ``signal.set_wakeup_fd``."""
         return self._wake_w.fileno()
+
+    def request_stop(self, requested: bool = True) -> None:
+        """Ask ``run_once``'s caller to stop (and wake the loop to notice), or clear the request."""
+        self.stop_requested = requested
+        if requested:
+            self.wake()
 
     def wake(self) -> None:
         # One byte per round is enough: whatever changed before this call is seen

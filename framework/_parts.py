@@ -6,14 +6,18 @@ legacy module can make Parts from the built-in components alone.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from typing import Any, final
 
 import attrs
 
-from .interfaces import Dispatcher, HandlerFactory, Transport
+from .interfaces import Address, Dispatcher, HandlerFactory, Transport, capability
 
-__all__ = ["LifecycleHooks", "Parts"]
+__all__ = ["InheritedTransport", "LifecycleHooks", "Parts"]
+
+logger = logging.getLogger("sockwork")
 
 
 @final
@@ -40,6 +44,27 @@ class LifecycleHooks:
         self.stopped = implemented("sockwork_server_stopped")
         self.request_failed = implemented("sockwork_request_failed")
         self.collect_stats = implemented("sockwork_collect_stats")
+
+    def stats_reporter(self, server: Any, interval: float) -> Callable[[], float] | None:
+        """What the loop runs after each round to call ``collect_stats(server, stats)`` every
+        ``interval`` seconds (returning the time until the next call), or None without the hook."""
+        hook = self.collect_stats
+        if hook is None:
+            return None
+        due = 0.0
+
+        def report() -> float:
+            nonlocal due
+            now = time.monotonic()
+            if now >= due:
+                due = now + interval
+                try:
+                    hook(server=server, stats=server.stats)
+                except Exception:
+                    logger.exception("sockwork_collect_stats hook raised")
+            return max(0.0, due - now)
+
+        return report
 
     def for_worker(self) -> LifecycleHooks:
         """The hooks a supervisor's worker calls: only ``request_failed`` (failures happen there).
@@ -73,3 +98,43 @@ class Parts:
     transport_name: str = "transport"
     hooks: LifecycleHooks = NO_HOOKS
     registry: Any = None
+
+
+@final
+class InheritedTransport:
+    """A transport opened by the parent process, served by a forked worker's server.
+
+    Every member a Server uses is the parent's transport's, passed on
+    (optional ones too, ``accept_batch`` replaceable); ``open()`` does nothing
+    (the worker inherited the open listener) and ``close()`` drops only this
+    process's copy (``after_fork()``): the parent still serves, and owns a
+    Unix socket file, which must stay.
+    """
+
+    def __init__(self, transport: Transport, accept_batch: int | None = None) -> None:
+        self.inherited = transport
+        self.kind = transport.kind
+        self.family = transport.family
+        self.name = capability(transport, "name")
+        self.accept_batch: int = accept_batch or capability(transport, "accept_batch")
+        self.stages = capability(transport, "stages")
+        self.reload = capability(transport, "reload")
+        self.fileno = transport.fileno
+        self.accept = transport.accept
+        self.close_request = transport.close_request
+        self.release_request = transport.release_request
+        self.after_fork = transport.after_fork
+
+    @property
+    def address(self) -> Address:
+        return self.inherited.address
+
+    @property
+    def oversized(self) -> int:
+        return int(capability(self.inherited, "oversized"))
+
+    def open(self) -> None:
+        pass  # opened by the parent; this process inherited it
+
+    def close(self) -> None:
+        self.inherited.after_fork()

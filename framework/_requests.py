@@ -82,8 +82,6 @@ class Requests:
         self._child_error: BaseException | None = None
         self.wake: Callable[[], None] = _nothing  # the loop's, once there is one
         self._log_disconnect = RateLimitedLog(logger, LOG_EVERY)
-        if access_log not in (None, "text", "json"):
-            raise ValueError(f"'access_log' must be 'text', 'json' or None, got {access_log!r}")
         self.access_log = access_log
 
     # ---- The loop's side ---------------------------------------------------

@@ -7,7 +7,8 @@
 
 Rule 1: the Server resolves no names; given names, it asks assembly once.
 Rule 2: the parts talk to each other through the small surfaces above; a
-dispatcher sees only its DispatcherHost.
+dispatcher sees only its host (the roles in sockwork.interfaces: DispatcherHost,
+ProcessDispatcherHost, SupervisorHost).
 Rule 3: nothing on the per-request path calls a hook that no plugin implements.
 """
 
@@ -15,13 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
-import os
 import signal
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, final
 
+from ._host import ServerSideHost
 from ._lifecycle import Lifecycle
 from ._loop import Loop
 from ._parts import Parts
@@ -29,59 +29,16 @@ from ._requests import Requests
 from .deadlines import deadline_after, remaining
 from .errors import ConfigError
 from .interfaces import Address, Dispatcher, Request, Transport, capability
-from .limits import Limits, Outcome, ServerStats, WorkerExit
+from .limits import Limits, Outcome, ServerStats
+from .urls import format_address
+from .validators import check_access_log, check_drain_timeout
 
 if TYPE_CHECKING:
-    from .config import ServerConfig
     from .registry import Registry
 
-__all__ = ["Server", "build_server"]
+__all__ = ["Server"]
 
 logger = logging.getLogger("sockwork")
-
-
-@final
-class _Host:
-    """What a Dispatcher sees of its Server (see ``DispatcherHost``)."""
-
-    __slots__ = (
-        "add_reader",
-        "admit",
-        "after_fork",
-        "at_capacity",
-        "call_later",
-        "finished",
-        "handler",
-        "limits",
-        "release",
-        "remove_reader",
-        "run_worker",
-        "serve",
-        "take_error",
-        "take_turn",
-        "turns",
-        "wake",
-    )
-
-    def __init__(self, server: Server) -> None:
-        requests, loop = server.requests, server.loop
-        self.serve = loop.serve  # the waiting set's, which serves the connections it holds
-        self.release = loop.release
-        self.turns = loop.turns  # for a dispatcher that takes_turns (leader/followers), else None
-        self.take_turn = loop.take_turn
-        # For a dispatcher that took the listener: count (and cap) what it accepts; stop at the cap.
-        self.admit = loop.admit
-        self.at_capacity = requests.at_capacity
-        self.finished = requests.finished
-        self.take_error = requests.take_error
-        self.after_fork = server.after_fork
-        self.wake = loop.wake
-        self.add_reader = loop.add_reader
-        self.remove_reader = loop.remove_reader
-        self.call_later = loop.call_later
-        self.run_worker = server.run_worker
-        self.limits = server.limits
-        self.handler = server.handler
 
 
 @final
@@ -135,14 +92,8 @@ class Server:
         plugin_options: Mapping[str, Mapping[str, Any]] | None = None,
         access_log: str | None = None,
     ) -> None:
-        if drain_timeout is not None and (
-            isinstance(drain_timeout, bool)
-            or not isinstance(drain_timeout, (int, float))
-            or not 0 <= drain_timeout < math.inf
-        ):
-            raise ConfigError(
-                f"'drain_timeout' must be a finite number >= 0, or None to wait forever: {drain_timeout!r}"
-            )
+        check_drain_timeout(drain_timeout)
+        check_access_log(access_log)
         if limits is not None and not isinstance(limits, Limits):
             raise ConfigError(f"'limits' must be a sockwork.Limits, got {limits!r}")
         if parts is None:
@@ -172,8 +123,6 @@ class Server:
             handler_server=self if handler_server is None else handler_server, access_log=access_log,
         )
         self.requests.server = self
-        self._stats_hook = parts.hooks.collect_stats
-        self._next_stats = 0.0
 
         try:
             self.transport.open()  # last: everything above fails without a socket open
@@ -182,7 +131,7 @@ class Server:
             raise
         try:
             self.loop = Loop(self.transport, self.dispatcher, self.requests,
-                             on_round=self._report_stats if self._stats_hook is not None else None)
+                             on_round=parts.hooks.stats_reporter(self, limits.stats_interval))
         except BaseException:
             self.transport.close()
             self.dispatcher.close()
@@ -196,8 +145,6 @@ class Server:
     @property
     def url(self) -> str:
         """The bound address as a transport URL, e.g. ``tcp://127.0.0.1:40123``."""
-        from .urls import format_address
-
         return format_address(self.parts.transport_name, self.address)
 
     @property
@@ -234,7 +181,7 @@ class Server:
         a growing pause; an accept error that cannot heal (the listener was
         closed) is logged once and raised from here.
         """
-        self.lifecycle.begin_serving(_Host(self))
+        self.lifecycle.begin_serving(ServerSideHost(self))
         try:
             loop, run_once, batch = self.loop, self.loop.run_once, self.loop.batch
             service_actions = self._service_actions
@@ -254,17 +201,17 @@ class Server:
         Returns True if a request was handed to the dispatcher (with ``inline``
         it has also been served). A connection whose handler waits for the
         client counts once the client has sent something (until then it waits
-        in the loop, and the next call goes on waiting for it). Returns False if the timeout passed, if
-        :meth:`shutdown` was called, or if the pending request vanished before
-        it could be taken (a connection the client aborted, one the transport
-        refused) — as ``socketserver``'s ``handle_request`` does. ``timeout=0``
-        takes a request only if one is already waiting.
+        in the loop, and the next call goes on waiting for it). Returns False
+        if the timeout passed, if :meth:`shutdown` was called, or if the pending
+        request vanished before it could be taken (aborted by the client,
+        refused by the transport), as ``socketserver``'s ``handle_request``
+        does. ``timeout=0`` takes a request only if one is already waiting.
         """
         if not self.loop.accepts:
             raise RuntimeError("handle_request() needs a dispatcher the loop hands requests to; "
                                f"{type(self.dispatcher).__name__}'s workers accept by themselves: use serve_forever()")
         deadline = deadline_after(timeout)
-        self.lifecycle.begin_serving(_Host(self))
+        self.lifecycle.begin_serving(ServerSideHost(self))
         loop = self.loop
         loop.report_turns(True)
         try:
@@ -347,115 +294,3 @@ class Server:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    # ---- For dispatchers (through _Host) -----------------------------------------
-
-    def after_fork(self) -> None:
-        """In a forked child that serves one request: drop the parent's loop and listener."""
-        self.loop.close_in_child()
-        self.transport.after_fork()
-        self.requests.in_child = True  # failures go to the parent's hook, through the dispatcher
-
-    def run_worker(
-        self, dispatcher: Dispatcher, max_requests: int | None = None,
-        report: Callable[[ServerStats], None] | None = None, report_every: float = 0.2, *,
-        parent: int | None = None,
-    ) -> WorkerExit:
-        """In a supervisor's worker (forked with :func:`sockwork.forking.fork`): serve with ``dispatcher``.
-
-        Serves until SIGTERM (then stops accepting and drains, as ``close()``
-        does), until ``max_requests`` requests have finished, or until the
-        parent process is gone (``parent``: its pid, read before the fork, so that a
-        parent that died before this call is noticed too). ``report`` gets the
-        counters at most every ``report_every`` seconds and once at the end.
-        Returns why it ended.
-        """
-        self.loop.close_in_child()  # the parent's loop, inherited: not ours
-        if parent is None:
-            parent = os.getppid()
-        reason = WorkerExit.STOPPED
-        next_check = 0.0
-
-        def check() -> None:  # after every round of the worker's loop
-            nonlocal reason, next_check
-            if max_requests is not None and counters.finished >= max_requests:
-                reason = WorkerExit.RECYCLED
-                worker.shutdown()  # from the serving thread: stop accepting, drain, exit
-                return
-            now = time.monotonic()
-            if now < next_check:
-                return
-            next_check = now + report_every
-            if report is not None:
-                report(worker.stats)
-            if os.getppid() != parent:
-                reason = WorkerExit.ORPHANED
-                logger.warning("prefork worker %d: the parent process %d is gone; draining and stopping",
-                               os.getpid(), parent)
-                worker.shutdown()
-
-        worker = Server(
-            parts=Parts(transport=_Adopted(self.transport), dispatcher=dispatcher, handler=self.handler,
-                        transport_name=self.parts.transport_name, hooks=self.parts.hooks.for_worker()),
-            drain_timeout=self.drain_timeout, limits=self.limits, on_error=self._on_error,
-            handler_server=self.requests.handler_server, service_actions=check,
-            plugin_options=self.plugin_options, access_log=self.requests.access_log,
-        )
-        counters = worker.requests.counters
-        if max_requests is not None:
-            worker.loop.batch = 1  # one accept per round, so the check after each round is on time
-        signal.signal(signal.SIGTERM, lambda signum, frame: worker.shutdown())
-        signal.set_wakeup_fd(worker.wakeup_fd, warn_on_full_buffer=False)
-        try:
-            worker.serve_forever(report_every)
-        finally:
-            signal.set_wakeup_fd(-1)
-            worker.close()
-            if report is not None:
-                report(worker.stats)
-        return reason
-
-    # ---- Counters to the hook ------------------------------------------------------
-
-    def _report_stats(self) -> float:
-        """After each round: call ``sockwork_collect_stats`` when due; return the time until next."""
-        now = time.monotonic()
-        if now >= self._next_stats:
-            self._next_stats = now + self.limits.stats_interval
-            try:
-                self._stats_hook(server=self, stats=self.stats)  # type: ignore[misc]  # on_round: only if set
-            except Exception:
-                logger.exception("sockwork_collect_stats hook raised")
-        return max(0.0, self._next_stats - now)
-
-
-@final
-class _Adopted:
-    """A transport already open, taken over by a worker process's server."""
-
-    def __init__(self, transport: Transport) -> None:
-        self._transport = transport
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-    def open(self) -> None:
-        pass  # opened by the parent; this process inherited it
-
-    def close(self) -> None:
-        # Only this process's copy: the parent still serves (and owns a Unix
-        # socket file, which must stay).
-        self._transport.after_fork()
-
-
-def build_server(config: ServerConfig, registry: Registry | None = None) -> Server:
-    """Assemble ``config`` (each part resolved once, everything checked), then bind a ready Server."""
-    from .assembly import assemble_config
-
-    parts = assemble_config(config, registry)
-    logging.getLogger("sockwork").setLevel(config.log_level)
-    if config.access_log is not None:
-        logging.getLogger("sockwork.access").setLevel(logging.INFO)  # asked for: shown whatever log_level says
-    return Server(parts=parts, drain_timeout=config.drain_timeout, limits=config.limits,
-                  plugin_options=config.plugins, access_log=config.access_log)
-

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .handlers import send_datagram
 from .hookspecs import hookimpl
+from .messages import send_datagram
 from .registry import HandlerEntry, NoOptions
 
 __all__ = ["address", "format_address"]

@@ -16,23 +16,26 @@ against its call signature ``handler(request, client_address, server)``.
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
+import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import attrs
 
 from ._parts import LifecycleHooks, Parts
-from .errors import ConfigError, OptionError, PluginError, UnknownPluginError
+from ._server import Server
+from .config import ConfigErrors, ServerConfig, TransportConfig, read_config_data, read_config_partially
+from .errors import ConfigError, PluginError, UnknownPluginError
 from .interfaces import capability
-from .registry import DispatcherEntry, Entry, HandlerEntry, Kind, Registry, make_options
-
-if TYPE_CHECKING:
-    from .config import ServerConfig
+from .registry import DispatcherEntry, Entry, HandlerEntry, Kind, Registry
+from .validators import make_options, validate_options
 
 __all__ = [
-    "Parts", "assemble", "assemble_config", "build_component", "check_handler", "inner_dispatcher_factory",
-    "resolve_handler",
+    "Parts", "assemble", "assemble_config", "build_component", "build_server", "check_handler",
+    "inner_dispatcher_factory", "load_config", "load_config_file", "resolve_handler",
 ]
 
 # What a built component must have; the Protocols in sockwork.interfaces document them.
@@ -42,6 +45,16 @@ REQUIRED_MEMBERS: dict[str, tuple[str, ...]] = {
     "dispatcher": ("concurrency", "start", "submit", "saturated", "drain", "close"),
 }
 ROLES = {"transport": "Transport", "dispatcher": "Dispatcher", "handler": "handler factory"}
+Errors = list[tuple[str, str]]
+
+
+@attrs.frozen
+class _Resolved:
+    """One component resolved: its entry, its validated options, and a supervisor's inner dispatcher."""
+
+    entry: Entry
+    options: object
+    inner: _Resolved | None = None
 
 
 def assemble(
@@ -74,6 +87,29 @@ def assemble(
     )
 
 
+# ---- Configs: read (sockwork.config), then resolved here, then built -------------------
+
+def load_config(data: Mapping[str, Any], registry: Registry | None = None, *, source: str = "config") -> ServerConfig:
+    """Plain data (as TOML/JSON give it) into a ServerConfig whose names are resolved and whose
+    options are options objects; raises :class:`~sockwork.ConfigErrors` listing every problem.
+
+    :func:`sockwork.config.read_config` reads the data; this also looks the
+    components up, checks their options and imports a handler reference,
+    and reports the problems of both steps at once, each with its field path.
+    """
+    registry = registry if registry is not None else Registry()
+    config, errors = read_config_partially(data)
+    resolved = _resolve_config(config, registry, errors) if config is not None else None
+    if errors or resolved is None:
+        raise ConfigErrors(errors, source)
+    return resolved[0]
+
+
+def load_config_file(path: str | Path, registry: Registry | None = None) -> ServerConfig:
+    """Read a ``.toml`` or ``.json`` file, then :func:`load_config`."""
+    return load_config(read_config_data(path), registry, source=str(path))
+
+
 def assemble_config(config: ServerConfig, registry: Registry | None = None, *, source: str = "config") -> Parts:
     """:func:`assemble` for a :class:`~sockwork.ServerConfig`; problems name their field path.
 
@@ -81,35 +117,29 @@ def assemble_config(config: ServerConfig, registry: Registry | None = None, *, s
     that failed, e.g. ``handler: handler 'lines' serves stream requests, but
     the udp transport delivers datagram requests``.
     """
-    from .config import ConfigErrors  # config imports nothing of assembly; this keeps it so
-
     registry = registry if registry is not None else Registry()
-    errors: list[tuple[str, str]] = []
+    errors: Errors = []
+    resolved = _resolve_config(config, registry, errors)
+    if errors or resolved is None:
+        raise ConfigErrors(errors, source)
+    parts = resolved[1]
     built: dict[str, Any] = {}
-    handler_ref = config.handler.ref
-    roles: tuple[tuple[Kind, str, Any, str], ...] = (
-        ("transport", config.transport.name, config.transport.options, "transport"),
-        ("dispatcher", config.dispatcher.name, config.dispatcher.options, "dispatcher"),
-    )
-    for kind, name, options, path in roles:
+    for kind in ("transport", "dispatcher"):
         try:
-            built[kind], _ = _component(registry, kind, name, options or None)
+            built[kind] = _build(registry, kind, parts[kind])
         except PluginError as exc:
-            raise PluginError(f"{path}: {exc}") from None
-        except OptionError as exc:
-            errors.append((f"{path}.options" + (f".{exc.field}" if exc.field else ""), exc.problem))
-        except ConfigError as exc:
-            errors.append((f"{path}.name" if isinstance(exc, UnknownPluginError) else path, _first_line(exc)))
-    try:
-        built["handler"] = _handler(registry, handler_ref, config.handler.options or None,
-                                    _runs_async(built.get("dispatcher")))
-    except PluginError as exc:
-        raise PluginError(f"handler: {exc}") from None
-    except ConfigError as exc:
-        errors.append(("handler.ref", _first_line(exc)))
+            raise PluginError(f"{kind}: {exc}") from None
+        except ConfigError as exc:  # the component's own words about its environment
+            errors.append((kind, _first_line(exc)))
+    handler = parts["handler"]
+    if isinstance(handler, _Resolved):
+        try:
+            handler = _build_handler(registry, handler, _runs_async(built.get("dispatcher")))
+        except PluginError as exc:
+            raise PluginError(f"handler: {exc}") from None
     if not errors:
         try:
-            built["handler"] = check_handler(built["handler"], built["transport"], handler_ref,
+            built["handler"] = check_handler(handler, built["transport"], config.handler.ref,
                                              built["dispatcher"], config.dispatcher.name)
         except ConfigError as exc:
             errors.append(("handler", str(exc)))
@@ -117,12 +147,145 @@ def assemble_config(config: ServerConfig, registry: Registry | None = None, *, s
         raise ConfigErrors(errors, source)
     return Parts(
         transport=built["transport"], dispatcher=built["dispatcher"], handler=built["handler"],
-        transport_name=str(capability(built["transport"], "name") or config.transport.name),
+        transport_name=str(capability(built["transport"], "name") or parts["transport"].entry.name),
         hooks=LifecycleHooks(registry.plugin_manager), registry=registry,
     )
 
 
+def build_server(config: ServerConfig, registry: Registry | None = None) -> Server:
+    """Assemble ``config`` (each part resolved once, everything checked), then bind a ready Server."""
+    parts = assemble_config(config, registry)
+    logging.getLogger("sockwork").setLevel(config.log_level)
+    if config.access_log is not None:
+        logging.getLogger("sockwork.access").setLevel(logging.INFO)  # asked for: shown whatever log_level says
+    return Server(parts=parts, drain_timeout=config.drain_timeout, limits=config.limits,
+                  plugin_options=config.plugins, access_log=config.access_log)
+
+
+def _resolve_config(
+    config: ServerConfig, registry: Registry, errors: Errors,
+) -> tuple[ServerConfig, dict[str, Any]] | None:
+    """Each name looked up once, each option checked, a handler reference imported; problems to ``errors``.
+
+    Returns the config with options objects, and the resolved parts
+    (a handler given by reference or as an object resolves to itself).
+    """
+    before = len(errors)
+    transport_config = config.transport
+    name, options = transport_config.name, transport_config.options
+    if transport_config.url is not None:
+        try:
+            name, options = _transport_url(registry, transport_config.url, options)
+        except ConfigError as exc:
+            errors.append(("transport", str(exc)))
+    transport = _resolve(registry, "transport", name, options, "transport", errors) if name is not None else None
+    dispatcher = _resolve(registry, "dispatcher", config.dispatcher.name, config.dispatcher.options, "dispatcher",
+                          errors)
+    ref = config.handler.ref
+    handler: _Resolved | Callable[..., object] | None
+    if isinstance(ref, str) and ":" not in ref:
+        handler = _resolve(registry, "handler", ref, config.handler.options, "handler", errors, name_key="ref")
+    else:
+        try:
+            handler = resolve_handler(ref)
+        except ConfigError as exc:
+            handler = None
+            errors.append(("handler.ref", str(exc)))
+        if config.handler.options:
+            errors.append(("handler.options", "options only apply to a registered handler name"))
+    _check_plugin_names(config.plugins, registry, errors)
+    if len(errors) > before or transport is None or dispatcher is None or handler is None:
+        return None
+    resolved = attrs.evolve(
+        config,
+        transport=TransportConfig(name=transport.entry.name, options=transport.options),
+        dispatcher=attrs.evolve(config.dispatcher, options=dispatcher.options),
+        handler=attrs.evolve(config.handler, options=handler.options) if isinstance(handler, _Resolved)
+        else config.handler,
+    )
+    return resolved, {"transport": transport, "dispatcher": dispatcher, "handler": handler}
+
+
+def _resolve(
+    registry: Registry, kind: Kind, name: str, options: object, path: str, errors: Errors, name_key: str = "name",
+) -> _Resolved | None:
+    try:
+        entry = _lookup(registry, kind, name)
+    except ConfigError as exc:
+        errors.append((f"{path}.{name_key}", _first_line(exc)))
+        return None
+    validated, problems = validate_options(entry.options, options)
+    errors.extend((f"{path}.options" + (f".{field}" if field else ""), problem) for field, problem in problems)
+    if validated is None:
+        return None
+    if not (isinstance(entry, DispatcherEntry) and entry.supervisor):
+        return _Resolved(entry, validated)
+    inner_problems: list[tuple[str, str]] = []
+    inner = _resolve_inner(registry, validated, inner_problems)
+    errors.extend((f"{path}.options.{option}", problem) for option, problem in inner_problems)
+    return _Resolved(entry, validated, inner) if inner is not None else None
+
+
+def _resolve_inner(registry: Registry, options: Any, problems: list[tuple[str, str]] | None) -> _Resolved | None:
+    """A supervisor's inner dispatcher (options ``inner``, ``inner_options``, checked at registration),
+    validated with that dispatcher's own options class.
+
+    Problems go to ``problems`` as ``(option path, message)``, all of them; with
+    None, the first is raised, naming the supervisor's option and the inner dispatcher's.
+    """
+    try:
+        inner = registry.get("dispatcher", options.inner)
+        if inner.supervisor:
+            raise ConfigError(f"option 'inner': {inner.name!r} supervises processes itself and cannot run inside "
+                              "a worker; choose e.g. pool, thread or inline")
+    except ConfigError as exc:
+        if problems is None:
+            raise
+        problems.append(("inner", _first_line(exc).removeprefix("option 'inner': ")))
+        return None
+    validated, found = validate_options(inner.options, options.inner_options)
+    if problems is not None:
+        problems.extend(("inner_options" + (f".{field}" if field else ""), problem) for field, problem in found)
+    elif found:
+        field, problem = found[0]
+        where = f" option {field!r}" if field else ""
+        raise ConfigError(f"option 'inner_options' ({inner.name}{where}): {problem}")
+    return _Resolved(inner, validated) if validated is not None else None
+
+
+def _check_plugin_names(plugins: Mapping[str, Any], registry: Registry, errors: Errors) -> None:
+    """``[plugins.NAME]`` tables: each NAME a registered plugin."""
+    pm = registry.plugin_manager
+    for name in plugins:
+        if pm.get_plugin(name) is None:
+            registered = sorted(plugin for plugin, _ in pm.list_name_plugin())
+            errors.append((f"plugins.{name}", f"no plugin named {name!r}; registered: {', '.join(registered)}"))
+
+
 # ---- One component --------------------------------------------------------------
+
+def _lookup(registry: Registry, kind: Kind, name: str) -> Entry:
+    """``registry.get``, with a hint for a handler name that looks like an import path."""
+    try:
+        return registry.get(kind, name)
+    except UnknownPluginError as exc:
+        if kind != "handler" or "." not in name:
+            raise
+        raise ConfigError(_first_line(exc) + " To import a handler, write 'package.module:attribute'.") from None
+
+
+def _transport_url(
+    registry: Registry, url: str, options: object, label: str = "the options",
+) -> tuple[str, dict[str, Any]]:
+    """A transport URL (by the scheme a transport declared, or its name) and more options, merged."""
+    name, from_url = registry.parse_transport_url(url)
+    if options is not None and not isinstance(options, Mapping):
+        raise ConfigError(f"{label} given with the URL {url!r} must be a mapping, got {options!r}")
+    twice = sorted(set(from_url) & set(options or {}))
+    if twice:
+        raise ConfigError(f"{', '.join(twice)} given twice: in the URL {url!r} and in {label}")
+    return name, {**from_url, **(options or {})}
+
 
 def _component(
     registry: Registry, kind: Kind, spec: object, options: Mapping[str, Any] | object | None,
@@ -131,14 +294,8 @@ def _component(
     if isinstance(spec, str):
         name = spec
         if kind == "transport" and ":" in spec:
-            name, from_url = registry.parse_transport_url(spec)
-            if options is not None and not isinstance(options, Mapping):
-                raise ConfigError(f"transport_options given with the URL {spec!r} must be a mapping, got {options!r}")
-            twice = sorted(set(from_url) & set(options or {}))
-            if twice:
-                raise ConfigError(f"{', '.join(twice)} given twice: in the URL {spec!r} and in transport_options")
-            options = {**from_url, **(options or {})}
-        entry = registry.get(kind, name)
+            name, options = _transport_url(registry, spec, options, "transport_options")
+        entry = _lookup(registry, kind, name)
         return build_component(registry, kind, entry, options), entry.name
     owner = registry.entry_for_options(kind, spec)
     if owner is not None:
@@ -161,11 +318,44 @@ def _component(
 
 def build_component(registry: Registry, kind: Kind, entry: Entry, options: Mapping[str, Any] | object | None) -> Any:
     """Validate ``options`` for ``entry``, call its factory, check what it returned against the role."""
-    validated = make_options(kind, entry, options)
-    make_inner = (inner_dispatcher_factory(registry, entry, validated)
-                  if isinstance(entry, DispatcherEntry) and entry.supervisor else None)
+    validated = make_options(kind, entry.name, entry.options, options)
+    inner = (_inner_or_raise(registry, entry, validated)
+             if isinstance(entry, DispatcherEntry) and entry.supervisor else None)
+    return _build(registry, kind, _Resolved(entry, validated, inner))
+
+
+def inner_dispatcher_factory(registry: Registry, entry: Entry, options: Any) -> Callable[[], Any]:
+    """For supervisor ``entry`` with ``options``: a function building the dispatcher each worker runs.
+
+    The inner dispatcher is chosen by name from ``registry`` and its options are
+    validated now, with its own options class, so a mistake fails at assembly.
+    """
+    return _make_inner(registry, _inner_or_raise(registry, entry, options))
+
+
+def _inner_or_raise(registry: Registry, entry: Entry, options: Any) -> _Resolved:
     try:
-        built = entry.factory(validated) if make_inner is None else entry.factory(validated, make_inner)
+        inner = _resolve_inner(registry, options, None)
+    except UnknownPluginError:
+        raise  # names the dispatchers that exist
+    except ConfigError as exc:
+        raise ConfigError(f"dispatcher {entry.name!r} {exc}") from None
+    assert inner is not None  # problems raise above
+    return inner
+
+
+def _make_inner(registry: Registry, inner: _Resolved) -> Callable[[], Any]:
+    make_inner = functools.partial(_build, registry, "dispatcher", inner)
+    make_inner().close()  # built once here, so that a broken one fails assembly, not every worker
+    return make_inner
+
+
+def _build(registry: Registry, kind: Kind, resolved: _Resolved) -> Any:
+    """Call a resolved component's factory; check what it returned against its role."""
+    entry, options = resolved.entry, resolved.options
+    make_inner = _make_inner(registry, resolved.inner) if resolved.inner is not None else None
+    try:
+        built = entry.factory(options) if make_inner is None else entry.factory(options, make_inner)
     except (ConfigError, PluginError):
         raise  # the component's own words about its options or environment
     except Exception as exc:
@@ -180,27 +370,6 @@ def build_component(registry: Registry, kind: Kind, entry: Entry, options: Mappi
     if make_inner is not None and capability(built, "accepts_itself") is not True:
         raise _broken(registry, kind, entry, built, "a supervisor's dispatcher must declare accepts_itself = True")
     return built
-
-
-def inner_dispatcher_factory(registry: Registry, entry: Entry, options: Any) -> Callable[[], Any]:
-    """For supervisor ``entry`` with ``options``: a function building the dispatcher each worker runs.
-
-    The inner dispatcher is chosen by name from ``registry`` and its options are
-    validated now, with its own options class, so a mistake fails at assembly.
-    """
-    inner = registry.get("dispatcher", options.inner)
-    if isinstance(inner, DispatcherEntry) and inner.supervisor:
-        raise ConfigError(f"dispatcher {entry.name!r} option 'inner': {inner.name!r} supervises processes "
-                          "itself and cannot run inside a worker; choose e.g. pool, thread or inline")
-    try:
-        inner_options = make_options("dispatcher", inner, options.inner_options)
-    except OptionError as exc:
-        where = f" option {exc.field!r}" if exc.field else ""
-        raise ConfigError(f"dispatcher {entry.name!r} option 'inner_options' ({inner.name}{where}): "
-                          f"{exc.problem}") from None
-    make_inner = functools.partial(build_component, registry, "dispatcher", inner, inner_options)
-    make_inner().close()  # built once here, so that a broken one fails assembly, not every worker
-    return make_inner
 
 
 def _missing_members(kind: str, component: object) -> list[str]:
@@ -240,17 +409,9 @@ def _handler(
     registry: Registry, spec: object, options: Mapping[str, Any] | object | None, runs_async: bool = False,
 ) -> Callable[..., object]:
     if isinstance(spec, str) and ":" not in spec:
-        try:
-            entry = registry.get("handler", spec)
-        except UnknownPluginError as exc:
-            if "." not in spec:
-                raise
-            raise ConfigError(_first_line(exc) + " To import a handler, write 'package.module:attribute'.") from None
-        if runs_async and isinstance(entry, HandlerEntry) and entry.async_factory is not None:
-            # The one place a name turns into its async form: same entry, same options.
-            entry = attrs.evolve(entry, factory=entry.async_factory)
-        handler: Callable[..., object] = build_component(registry, "handler", entry, options)
-        return handler
+        entry = _lookup(registry, "handler", spec)
+        return _build_handler(registry, _Resolved(entry, make_options("handler", entry.name, entry.options, options)),
+                              runs_async)
     if options is not None:
         raise ConfigError(f"handler_options only apply to a handler given by name, not to {spec!r}")
     if isinstance(spec, str):
@@ -264,13 +425,20 @@ def _handler(
     return spec
 
 
+def _build_handler(registry: Registry, resolved: _Resolved, runs_async: bool) -> Callable[..., object]:
+    entry = resolved.entry
+    if runs_async and isinstance(entry, HandlerEntry) and entry.async_factory is not None:
+        # The one place a name turns into its async form: same entry, same options.
+        resolved = attrs.evolve(resolved, entry=attrs.evolve(entry, factory=entry.async_factory))
+    handler: Callable[..., object] = _build(registry, "handler", resolved)
+    return handler
+
+
 def resolve_handler(ref: str | Callable[..., object]) -> Callable[..., object]:
     """A handler factory from ``"package.module:attribute"`` (or the object itself).
 
     Naming a handler imports its module: a config file is trusted input.
     """
-    import importlib
-
     if callable(ref):
         return ref
     if not isinstance(ref, str) or ref.count(":") != 1:
@@ -283,6 +451,9 @@ def resolve_handler(ref: str | Callable[..., object]) -> Callable[..., object]:
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"cannot import module {module_name!r} for handler {ref!r}: {exc}") from None
+    except Exception as exc:  # the module's own code failed (a missing file, a syntax error): still one line
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise ConfigError(f"cannot import module {module_name!r} for handler {ref!r}: {detail}") from None
     for part in attribute.split("."):
         try:
             target = getattr(target, part)
@@ -321,7 +492,7 @@ def check_handler(
             # An event loop takes the descriptor over; a session a stage built on the
             # socket object (TLS) would stay behind, and the client would get plaintext.
             for stage in capability(transport, "stages"):
-                if getattr(stage, "replaces_socket", False):
+                if capability(stage, "replaces_socket"):
                     raise ConfigError(
                         f"the {capability(transport, 'name') or 'given'} transport's {stage.name} keeps its "
                         f"session in the socket object, which dispatcher {dispatcher_name or 'asyncio'!r} "
@@ -329,7 +500,7 @@ def check_handler(
                         "with pool, thread, inline, fork or prefork"
                     )
     if is_async:
-        from .aio import as_async_handler
+        from .aio import as_async_handler  # start-up cost: asyncio is imported only for an async handler
 
         async_handler = as_async_handler(handler, kind)
         if async_handler is None:  # marked async by a plugin of its own: its dispatcher knows it

@@ -29,13 +29,15 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
+import attrs
 import pytest
 
 from sockwork import Registry, Server, hookimpl, make_plugin_manager
 from sockwork import aio as aio
+from sockwork.assembly import assemble
 from sockwork.errors import FailedElsewhere
 from sockwork.handlers import echo as blocking_echo
-from sockwork.interfaces import capability
+from sockwork.interfaces import ServerHost, capability
 from sockwork.testing import Clients, HandlerForms, dispatcher_runs_async, recv_until_eof, serving
 
 __all__ = [
@@ -246,7 +248,7 @@ class _Watched:
         self.saturated_seen = 0
         self.submitting = False
 
-    def start(self, host: Any) -> None:
+    def start(self, host: ServerHost) -> None:  # passed on whole: the wrapped dispatcher takes the role it needs
         self.dispatcher.start(host)
 
     def submit(self, request: Any, client_address: Any) -> None:
@@ -281,8 +283,6 @@ def test_saturation_stops_accepting_and_freed_capacity_wakes_the_loop(
     """With every worker blocked, a dispatcher says saturated() (backpressure) before it holds an
     unbounded number of requests, and wakes the loop (host.wake(), or a descriptor it watches) when
     capacity frees up: here the loop does not poll, so a dispatcher that never wakes it hangs."""
-    from sockwork.assembly import assemble
-
     with open_gate() as gate:
         handler = gated_handler(gate).pick(dispatcher_runs_async(sockwork_registry, sockwork_dispatcher_name))
         parts = assemble(sockwork_transport_name, handler, sockwork_dispatcher_name,
@@ -328,8 +328,6 @@ def _discard(parts: Any) -> None:
 
 
 def attrs_evolve(parts: Any, **changes: Any) -> Any:
-    import attrs
-
     return attrs.evolve(parts, **changes)
 
 

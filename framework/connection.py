@@ -115,6 +115,12 @@ class Connection:
         """Bytes read from the socket and not yet consumed (a pipelined next request, say)."""
         return len(self._buffer)
 
+    @property
+    def buffer(self) -> bytearray:
+        """The read buffer itself, for the loop and framings: they append what they read and
+        split messages off its front. Handlers read through ``recv``, ``read`` and ``readline``."""
+        return self._buffer
+
     def __repr__(self) -> str:
         return f"<Connection peer={self.peer!r}>"
 

@@ -13,7 +13,6 @@ Writing one by hand means knowing what a request is (a socket, or
 from __future__ import annotations
 
 import functools
-import socket
 from collections.abc import Callable
 from typing import Any, Literal, final, overload
 
@@ -21,11 +20,13 @@ import attrs
 
 from .connection import KEEP_ALIVE, Connection
 from .hookspecs import hookimpl
-from .messages import MessageHandler, message_handler
+from .messages import MessageHandler, message_handler, send_datagram
 from .registry import HandlerEntry, NoOptions
 from .validators import positive_int
 
-__all__ = ["Connection", "LinesOptions", "datagram_handler", "discard", "echo", "lines", "stream_handler"]
+__all__ = [
+    "Connection", "LinesOptions", "datagram_handler", "discard", "echo", "lines", "send_datagram", "stream_handler",
+]
 
 _CHUNK = 65536
 
@@ -98,16 +99,6 @@ def datagram_handler(fn: Callable[[bytes, Any], bytes | None]) -> Callable[[Any,
 
     handle.sockwork_kind = "datagram"  # type: ignore[attr-defined]  # checked when a Server is assembled
     return handle
-
-
-def send_datagram(sock: socket.socket, data: bytes, client_address: Any) -> None:
-    """Answer a datagram client, with a clear error for one that cannot be answered."""
-    if not client_address:
-        raise ValueError(
-            "cannot reply to a datagram client whose socket has no address "
-            "(a Unix datagram client must bind its socket to a path to get replies)"
-        )
-    sock.sendto(data, client_address)
 
 
 def echo(request: Any, client_address: Any, server: Any) -> object:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from ._server import Server
     from .limits import Limits, Outcome, ServerStats
 
 __all__ = [
@@ -26,7 +27,11 @@ __all__ = [
     "Dispatcher",
     "DispatcherHost",
     "HandlerFactory",
+    "LoopHost",
+    "ProcessDispatcherHost",
+    "ServerHost",
     "Supervisor",
+    "SupervisorHost",
     "Transport",
     "capability",
 ]
@@ -108,55 +113,18 @@ class TurnSource(Protocol):
     def remove(self, fd: int) -> None: ...
 
 
-class DispatcherHost(Protocol):
-    """What a Dispatcher may ask of the Server that started it.
+class LoopHost(Protocol):
+    """The server's loop, as every host role offers it.
 
-    ``serve(request, client_address)`` runs the handler on one request,
-    reports its errors, closes the request, counts it, and returns its
-    :class:`~sockwork.Outcome` (``COMPLETED`` is 0, so its value serves as a
-    child's exit status). It never raises an ``Exception``.
-
-    ``release(request)`` is for dispatchers that serve a request in another
-    process: it drops the local handle without ending the request, which
-    still counts as active until the dispatcher reports it with
-    ``finished(outcome, error, client_address)``; ``error`` (optional)
-    describes a failure that happened elsewhere, for the
-    ``sockwork_request_failed`` hook.
-
-    ``after_fork()`` must be called first thing in a forked child that serves
-    one request; from then on a handler's failure is not reported to the
-    ``sockwork_request_failed`` hook in the child: ``take_error()`` (after
-    ``serve``) returns it, for the dispatcher to send to the parent, which
-    reports it with ``finished(outcome, error, client_address)`` — e.g. as a
-    :class:`~sockwork.errors.FailedElsewhere`. ``wake()`` asks the loop to look at
-    :meth:`Dispatcher.saturated` again; call it when capacity frees up after
-    ``saturated()`` returned True. ``add_reader(fd, callback)`` and
-    ``remove_reader(fd)`` watch a file descriptor from the loop's selector; the
-    callback runs in the loop's thread. ``call_later(delay, callback)`` runs
-    ``callback()`` in the loop's thread after ``delay`` seconds (call it from
-    the loop's thread: ``start``, ``submit`` or a callback).
-
-    ``run_worker(dispatcher, max_requests=None, report=None, report_every=0.2,
-    parent=None)`` is for supervisors, in a forked worker process: it serves
-    this server's transport with ``dispatcher`` until SIGTERM (then drains),
-    until ``max_requests`` requests have finished, or until the parent process
-    (``parent``, its pid as read before the fork) is gone; ``report(stats)``
-    gets the worker's counters every ``report_every`` seconds and once at the
-    end. It returns a :class:`~sockwork.limits.WorkerExit`. In a worker only the
-    ``sockwork_request_failed`` hook is called; started, stopped and the
-    counters hook are the supervising server's.
+    ``wake()`` asks the loop to look at :meth:`Dispatcher.saturated` again; call
+    it when capacity frees up after ``saturated()`` returned True.
+    ``add_reader(fd, callback)`` and ``remove_reader(fd)`` watch a file
+    descriptor from the loop's selector; the callback runs in the loop's
+    thread. ``call_later(delay, callback)`` runs ``callback()`` in the loop's
+    thread after ``delay`` seconds (call it from the loop's thread: ``start``,
+    ``submit`` or a callback). ``limits`` is the server's
+    :class:`~sockwork.Limits`.
     """
-
-    def serve(self, request: Request, client_address: Address) -> Outcome: ...
-
-    def release(self, request: Request) -> None: ...
-
-    def finished(self, outcome: Outcome, error: BaseException | None = None, client_address: Address = None) -> None:
-        ...
-
-    def take_error(self) -> BaseException | None: ...
-
-    def after_fork(self) -> None: ...
 
     def wake(self) -> None: ...
 
@@ -167,29 +135,94 @@ class DispatcherHost(Protocol):
     def call_later(self, delay: float, callback: Callable[[], None]) -> None: ...
 
     @property
-    def turns(self) -> TurnSource | None:
-        """For a dispatcher that ``takes_turns``: the poller where connections wait between turns, or None."""
-
-    def take_turn(self, fd: int) -> None: ...
-
-    def admit(self, request: Request) -> bool: ...
-
-    def at_capacity(self) -> bool: ...
-
-    def run_worker(
-        self, dispatcher: Dispatcher, max_requests: int | None = None,
-        report: Callable[[ServerStats], None] | None = None, report_every: float = 0.2, *,
-        parent: int | None = None,
-    ) -> Any: ...
-
-    @property
     def limits(self) -> Limits:
         """The server's :class:`~sockwork.Limits` (a dispatcher may enforce ``request_timeout`` itself)."""
+
+
+class DispatcherHost(LoopHost, Protocol):
+    """What a Dispatcher may ask of the Server that started it: the loop, and serving requests.
+
+    ``serve(request, client_address)`` runs the handler on one request,
+    reports its errors, closes the request, counts it, and returns its
+    :class:`~sockwork.Outcome`. It never raises an ``Exception``.
+
+    ``release(request)`` is for dispatchers that serve a request in another
+    process: it drops the local handle without ending the request, which
+    still counts as active until the dispatcher reports it with
+    ``finished(outcome, error, client_address)``; ``error`` (optional)
+    describes a failure that happened elsewhere, for the
+    ``sockwork_request_failed`` hook.
+    """
+
+    def serve(self, request: Request, client_address: Address) -> Outcome: ...
+
+    def release(self, request: Request) -> None: ...
+
+    def finished(self, outcome: Outcome, error: BaseException | None = None, client_address: Address = None) -> None:
+        ...
 
     @property
     def handler(self) -> HandlerFactory:
         """The server's handler: a dispatcher that ``runs_async`` awaits it its own way
         (:class:`sockwork.aio.AsyncHandler`) instead of calling ``serve``."""
+
+    @property
+    def turns(self) -> TurnSource | None:
+        """For a dispatcher that ``takes_turns``: the poller where connections wait between turns, or None."""
+
+    def take_turn(self, fd: int) -> None:
+        """Serve the turn of the connection whose ``fd`` ``turns.poll`` gave this thread, and re-arm it."""
+
+    def admit(self, request: Request) -> bool:
+        """For a dispatcher that took the listener (``take_listener``): count a connection it accepted;
+        False if it was closed at once (over a ``max_connections`` cap with ``over_limit = "close"``)."""
+
+    def at_capacity(self) -> bool:
+        """For a dispatcher that took the listener: at the ``max_connections`` cap, stop accepting."""
+
+
+class ProcessDispatcherHost(DispatcherHost, Protocol):
+    """A :class:`DispatcherHost` for a dispatcher that forks a child per request (``fork``).
+
+    ``after_fork()`` must be called first thing in a forked child that serves
+    one request; from then on a handler's failure is not reported to the
+    ``sockwork_request_failed`` hook in the child: ``take_error()`` (after
+    ``serve``) returns it, for the dispatcher to send to the parent, which
+    reports it with ``finished(outcome, error, client_address)`` — e.g. as a
+    :class:`~sockwork.errors.FailedElsewhere`.
+    """
+
+    def after_fork(self) -> None: ...
+
+    def take_error(self) -> BaseException | None: ...
+
+
+class SupervisorHost(LoopHost, Protocol):
+    """What a :class:`Supervisor` asks of the Server that started it: the loop, to watch its
+    workers, and in each worker process a server of its own.
+
+    ``worker_server(dispatcher, service_actions=None, accept_batch=None)``,
+    first thing in a worker process forked with :func:`sockwork.forking.fork`:
+    drops the parent's loop and returns a new, complete Server on the inherited
+    listener, serving with ``dispatcher`` (not yet serving; ``close()`` closes
+    only this process's copy of the listener). ``service_actions`` runs after
+    each round of its loop; ``accept_batch`` caps accepts per round (1: a
+    check after each accept). In a worker only the ``sockwork_request_failed``
+    hook is called; started, stopped and the counters hook are the
+    supervising server's. :func:`sockwork.strategies.prefork.run_worker` is a
+    complete worker body built on it.
+    """
+
+    def worker_server(
+        self, dispatcher: Dispatcher, service_actions: Callable[[], object] | None = None,
+        accept_batch: int | None = None,
+    ) -> Server: ...
+
+
+class ServerHost(ProcessDispatcherHost, SupervisorHost, Protocol):
+    """Every host role: what the Server passes to ``start(host)``. A dispatcher annotates
+    the role it uses (:class:`DispatcherHost`, :class:`ProcessDispatcherHost`,
+    :class:`SupervisorHost`), and a test may hand it an object of that role alone."""
 
 
 @runtime_checkable
@@ -215,14 +248,14 @@ class Dispatcher(Protocol):
 
     Optional capabilities (see :data:`OPTIONAL_CAPABILITIES`):
     ``accepts_itself`` and ``stats_elsewhere`` (supervisors), ``abort()``
-    (dispatchers with child processes), ``runs_async`` (event loops: the
+    (dispatchers with child processes), ``keeps_connections_elsewhere``, ``runs_async`` (event loops: the
     handler is async, awaited by the dispatcher, which reports each request
     with ``host.release`` and ``host.finished`` instead of ``host.serve``).
     """
 
     concurrency: int | None
 
-    def start(self, host: DispatcherHost) -> None: ...
+    def start(self, host: ServerHost) -> None: ...
 
     def submit(self, request: Request, client_address: Address) -> None: ...
 
@@ -238,8 +271,9 @@ class Supervisor(Dispatcher, Protocol):
     """A dispatcher whose worker processes accept by themselves (``prefork``).
 
     The loop of the server that starts it never accepts: it only watches the
-    workers (through ``host.add_reader``). Each worker calls
-    ``host.run_worker(inner_dispatcher, ...)``. ``submit`` is never called
+    workers (through ``host.add_reader``); its ``start`` gets a
+    :class:`SupervisorHost`, and each worker serves with
+    ``host.worker_server(inner_dispatcher, ...)``. ``submit`` is never called
     and ``saturated()`` is never asked. ``stats_elsewhere`` is what the
     workers reported; ``server.stats`` adds it to the parent's own counters.
     """
@@ -265,7 +299,9 @@ class HandlerFactory(Protocol):
     :func:`~sockwork.stream_handler` and :func:`~sockwork.datagram_handler`);
     assembling it with a transport of the other kind fails. Optional capability
     ``sockwork_async``: True for an async handler (:mod:`sockwork.aio`), which
-    only a dispatcher that ``runs_async`` serves.
+    only a dispatcher that ``runs_async`` serves. The others
+    (``sockwork_speaks_first``, ``sockwork_takes_connection``,
+    ``sockwork_framing``, ``sockwork_answer``) are in :data:`OPTIONAL_CAPABILITIES`.
     """
 
     def __call__(self, request: Request, client_address: Address, server: Any) -> object: ...
@@ -289,9 +325,6 @@ OPTIONAL_CAPABILITIES: dict[str, tuple[object, str]] = {
     "takes_turns": (False, "Dispatcher: True if its workers wait on host.turns themselves (leader/followers) and "
                            "serve a waiting connection's turn with host.take_turn(fd), with no hand-off from the "
                            "loop; host.turns is None when no connection waits in the loop (then submit() as usual)"),
-    "replaces_socket": (False, "Connection stage: True if it replaces conn.socket with a wrapper that keeps its "
-                               "session in the socket object (TLS): assembly then refuses dispatchers that take the "
-                               "bare descriptor over (asyncio), and the loop asks the wrapper for bytes it holds"),
     "take_listener": (None, "Dispatcher: a method take_listener(transport) -> bool, called once at assembly: True "
                             "if it accepts from that transport itself, on its own event loop (asyncio); the "
                             "server's loop then never listens, and calls its stop_accepting() at shutdown, before "
@@ -316,6 +349,10 @@ OPTIONAL_CAPABILITIES: dict[str, tuple[object, str]] = {
                                "and calls sockwork_answer(messages, conn) -> replies (see sockwork.messages)"),
     "sockwork_answer": (None, "Handler: with sockwork_framing, the method a worker calls for one turn: "
                               "sockwork_answer(messages, conn) -> framed replies, in order"),
+    # Connection stage (a transport's stages)
+    "replaces_socket": (False, "ConnectionStage: True if it replaces conn.socket with an object that carries a "
+                               "session (tls: an ssl.SSLSocket); assembly then refuses dispatchers that serve the "
+                               "bare descriptor (runs_async: asyncio)"),
 }
 """Every optional member of a part: ``name -> (default, what it means)``."""
 

@@ -31,7 +31,8 @@ __all__ = ["Limits", "Outcome", "ServerStats", "WorkerExit"]
 
 
 class Outcome(enum.IntEnum):
-    """How a request ended; the value is also the exit status of a forked child."""
+    """How a request ended. (A ``fork`` child's exit status is not this value: see
+    ``sockwork.strategies.fork.CHILD_EXIT``, so that a handler's own ``os._exit(2)`` is a crash.)"""
 
     COMPLETED = 0
     FAILED = 1
@@ -140,7 +141,7 @@ RESERVE_MIN = 16
 def auto_waiting_capacity() -> int:
     """The descriptor limit (RLIMIT_NOFILE, soft) less a quarter (at least RESERVE_MIN) kept in reserve."""
     try:
-        import resource
+        import resource  # POSIX only: the ImportError below is the other platforms'
 
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     except (ImportError, OSError, ValueError):

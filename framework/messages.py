@@ -20,13 +20,14 @@ and the reply goes back to its sender (the same function serves both)::
 
 from __future__ import annotations
 
+import socket
 import struct
 from collections.abc import Callable
 from typing import Any, Protocol, final, overload
 
 from .connection import Connection, StageFailed
 
-__all__ = ["Framing", "LengthPrefixed", "Lines", "MessageHandler", "message_handler"]
+__all__ = ["Framing", "LengthPrefixed", "Lines", "MessageHandler", "message_handler", "send_datagram"]
 
 DEFAULT_MAX_MESSAGE = 65536
 _READ = 65536
@@ -183,13 +184,11 @@ class MessageHandler:
             payload, sock = request
             reply = self.fn(payload, Connection(sock, client_address, server))
             if reply is not None:
-                from .handlers import send_datagram
-
                 send_datagram(sock, reply, client_address)
             return
         conn = request if isinstance(request, Connection) else Connection(request, client_address, server)
         framing = self.sockwork_framing
-        buffer = conn._buffer  # noqa: SLF001 -- the framing reads the record's own buffer
+        buffer = conn.buffer
         ended = False
         while True:
             try:
@@ -250,3 +249,12 @@ def _positive(name: str, value: object) -> int:
         raise ValueError(f"'{name}' must be an int >= 1, got {value!r}")
     return value
 
+
+def send_datagram(sock: socket.socket, data: bytes, client_address: Any) -> None:
+    """Answer a datagram client, with a clear error for one that cannot be answered."""
+    if not client_address:
+        raise ValueError(
+            "cannot reply to a datagram client whose socket has no address "
+            "(a Unix datagram client must bind its socket to a path to get replies)"
+        )
+    sock.sendto(data, client_address)

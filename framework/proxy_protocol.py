@@ -305,32 +305,47 @@ def _unix_path(raw: memoryview) -> str:
     return data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
 
+_TLV_MAX_DEPTH: Final = 2
+"""TLVs nest this deep at most: the header's own, and the sub-TLVs of a ``PP2_TYPE_SSL`` one.
+
+The specification nests only that one level; an SSL TLV inside an SSL TLV is
+refused with that reason (510 of them fit in a 4 KiB header).
+"""
+
+
 def _parse_tlvs(data: memoryview) -> tuple[tuple[int, bytes], ...]:
-    tlvs = []
-    offset = 0
-    while offset < len(data):
-        if len(data) - offset < 3:
-            raise ProxyProtocolError(f"PROXY v2 TLV cut short: {len(data) - offset} byte(s) left where a TLV "
-                                     "needs at least 3")
-        kind = data[offset]
-        (length,) = struct.unpack_from("!H", data, offset + 1)
-        value = bytes(data[offset + 3: offset + 3 + length])
-        if len(value) != length:
-            raise ProxyProtocolError(f"PROXY v2 TLV of type {kind:#04x} claims {length} bytes, {len(value)} left")
-        if kind == PP2_TYPE_SSL:
-            _check_ssl_tlv(value)
-        elif kind == PP2_TYPE_CRC32C and length != 4:
-            raise ProxyProtocolError(f"PROXY v2 CRC32C TLV of {length} bytes; it has 4")
-        tlvs.append((kind, value))
-        offset += 3 + length
+    """The header's TLVs (top level only), each checked; an SSL TLV's sub-TLVs are checked too.
+
+    Iterative, with a work list and a depth bound: no header can make it recurse.
+    """
+    tlvs: list[tuple[int, bytes]] = []
+    pending = [(data, 1)]
+    while pending:
+        block, depth = pending.pop()
+        offset = 0
+        while offset < len(block):
+            if len(block) - offset < 3:
+                raise ProxyProtocolError(f"PROXY v2 TLV cut short: {len(block) - offset} byte(s) left where a TLV "
+                                         "needs at least 3")
+            kind = block[offset]
+            (length,) = struct.unpack_from("!H", block, offset + 1)
+            value = block[offset + 3: offset + 3 + length]
+            if len(value) != length:
+                raise ProxyProtocolError(f"PROXY v2 TLV of type {kind:#04x} claims {length} bytes, {len(value)} left")
+            if kind == PP2_TYPE_SSL:
+                if depth >= _TLV_MAX_DEPTH:
+                    raise ProxyProtocolError("PROXY v2 SSL TLV nested in an SSL TLV; its sub-TLVs nest one level "
+                                             "only")
+                if length < 5:
+                    raise ProxyProtocolError(f"PROXY v2 SSL TLV of {length} bytes; it has at least 5")
+                # Client flags (1 byte), verify result (4 bytes), then sub-TLVs that fill it exactly.
+                pending.append((value[5:], depth + 1))
+            elif kind == PP2_TYPE_CRC32C and length != 4:
+                raise ProxyProtocolError(f"PROXY v2 CRC32C TLV of {length} bytes; it has 4")
+            if depth == 1:
+                tlvs.append((kind, bytes(value)))
+            offset += 3 + length
     return tuple(tlvs)
-
-
-def _check_ssl_tlv(value: bytes) -> None:
-    """PP2_TYPE_SSL: client flags (1 byte), verify result (4 bytes), then sub-TLVs that fill it exactly."""
-    if len(value) < 5:
-        raise ProxyProtocolError(f"PROXY v2 SSL TLV of {len(value)} bytes; it has at least 5")
-    _parse_tlvs(memoryview(value)[5:])
 
 
 def _check_crc(data: bytes, address_length: int, crc: bytes) -> None:

@@ -17,7 +17,7 @@ import attrs
 import pluggy
 
 from . import hookspecs
-from .errors import ConfigError, OptionError, PluginError, UnknownPluginError
+from .errors import ConfigError, PluginError, UnknownPluginError
 from .urls import parse_transport_url
 
 if TYPE_CHECKING:
@@ -231,7 +231,7 @@ def _load_entry_point(pm: PluginManager, entry_point: importlib.metadata.EntryPo
 
 
 def _own_version() -> str:
-    from importlib import metadata
+    from importlib import metadata  # costly: only where a plugin manager is made
 
     try:
         return metadata.version("sockwork")
@@ -299,6 +299,11 @@ class Registry:
         name, options = parse_transport_url(url)
         return (entry.name if entry is not None else name), options
 
+    def schemes_of(self, transport: str) -> list[str]:
+        """The URL schemes that mean transport ``transport``: its name and the ``schemes`` it declared
+        (less any another transport took first), in that order."""
+        return [scheme for scheme, entry in self._schemes.items() if entry.name == transport]
+
     def lifecycle_plugins(self) -> list[tuple[str, list[str]]]:
         """``(plugin name, [lifecycle hooks it implements])`` for every plugin that implements one."""
         found: dict[str, list[str]] = {}
@@ -341,13 +346,6 @@ class Registry:
                 return entry
         return None
 
-    def build(self, kind: Kind, name: str, options: Mapping[str, Any] | object | None = None) -> Any:
-        """Build component ``name`` from ``options`` (a mapping or an options instance), checked
-        as assembly checks it (see :func:`sockwork.assembly.build_component`)."""
-        from .assembly import build_component  # assembly builds on this module
-
-        return build_component(self, kind, self.get(kind, name), options)
-
 
 def _checked_entries(kind: Kind, returned: object) -> list[Entry]:
     expected = _ENTRY_TYPES[kind]
@@ -371,84 +369,3 @@ def _checked_entries(kind: Kind, returned: object) -> list[Entry]:
                 raise PluginError(f"supervisor {entry.name!r}: its options class {entry.options.__name__} "
                                   "needs the fields 'inner' and 'inner_options'")
     return entries
-
-
-Problem = tuple[str | None, str]
-"""(option name or None, what is wrong with it), as :func:`validate_options` reports."""
-
-_ATTRS_FIELD_MESSAGE = re.compile(r"^'(?P<field>\w+)' ")
-_MISSING_ARGUMENT = re.compile(r"missing \d+ required .*argument[s]?: (?P<fields>.*)$")
-
-
-def validate_options(cls: type, values: Mapping[str, Any] | object | None) -> tuple[object | None, list[Problem]]:
-    """Build an instance of the attrs class ``cls`` from ``values``, or say every problem.
-
-    ``values`` may be None (all defaults), a mapping of option names, or
-    already an instance of ``cls``. Returns ``(instance, [])`` or
-    ``(None, problems)``; each problem names its option where it can, so a
-    file with several mistakes is reported in one go.
-    """
-    if isinstance(values, cls):
-        return values, []
-    if values is None:
-        values = {}
-    if not isinstance(values, Mapping):
-        return None, [(None, f"options must be a table of option names, got {type(values).__name__}")]
-    fields = {f.alias: f for f in attrs.fields(cls) if f.init}
-    listing = ", ".join(sorted(fields)) or "(it takes none)"
-    problems: list[Problem] = [
-        (str(key), f"unknown option; allowed: {listing}") for key in values if key not in fields
-    ]
-    missing = sorted(name for name, f in fields.items() if f.default is attrs.NOTHING and name not in values)
-    if missing:
-        problems.append((None, f"missing required option(s): {', '.join(missing)}"))
-    for name, value in values.items():
-        if name in fields:
-            problem = field_problem(fields[name], value)
-            if problem is not None:
-                problems.append((name, problem))
-    if problems:
-        return None, problems
-    try:
-        return cls(**values), []
-    except (TypeError, ValueError) as exc:  # a check across fields, made by the class itself
-        return None, [_as_problem(exc)]
-
-
-def field_problem(field: attrs.Attribute[Any], value: object) -> str | None:
-    """What is wrong with one option's value, checked on its own."""
-    try:
-        if field.converter is not None:
-            value = field.converter(value)  # type: ignore[operator]  # our options use plain callables
-        if field.validator is not None:
-            field.validator(None, field, value)
-    except (TypeError, ValueError) as exc:
-        return _as_problem(exc)[1]
-    except AttributeError:
-        return None  # a validator that needs the whole object: the class checks it
-    return None
-
-
-def _as_problem(exc: Exception) -> Problem:
-    message = str(exc.args[0]) if exc.args else str(exc)
-    missing = _MISSING_ARGUMENT.search(message)
-    if missing:
-        return None, f"missing required option(s): {missing.group('fields').replace(chr(39), '')}"
-    field = _ATTRS_FIELD_MESSAGE.match(message)
-    if field is None:
-        return None, message
-    # attrs-style messages start with the option's name, which the caller shows already.
-    return field.group("field"), message[field.end():]
-
-
-def make_options(kind: Kind, entry: Entry, values: Mapping[str, Any] | object | None) -> object:
-    """Validate ``values`` into an instance of ``entry.options``; raise on the first problem.
-
-    Errors name the component and the option:
-    ``dispatcher 'pool' option 'workers': must be an int >= 1, got 0``.
-    """
-    options, problems = validate_options(entry.options, values)
-    if problems:
-        field, problem = problems[0]
-        raise OptionError(kind, entry.name, field, problem)
-    return options

@@ -33,6 +33,7 @@ It uses absolute imports only, so that compatibility tests can execute it
 under the name ``socketserver`` itself.
 """
 
+import importlib
 import io
 import os
 import socket
@@ -52,13 +53,10 @@ def _load_core():
     does; a server built while descriptors are plentiful has everything it
     needs loaded before it serves (no import at serve time).
     """
-    import sockwork._server
-    import sockwork.strategies.inline
-    import sockwork.strategies.thread
-
-    if hasattr(os, "fork"):
-        import sockwork.strategies.fork
-    return sockwork._server  # noqa: SLF001 -- a module of this package
+    strategies = ("inline", "thread", "fork") if hasattr(os, "fork") else ("inline", "thread")
+    for name in strategies:
+        importlib.import_module(f"sockwork.strategies.{name}")
+    return importlib.import_module("sockwork._server")
 
 __version__ = "0.4"
 
@@ -186,6 +184,7 @@ class _ClassicDispatch:
         self._server = server
         self._inner = inner
         self._handed_off = False
+        self.settle = _nothing  # the core server's settle(request), set once the core is built
         self.concurrency = inner.concurrency
         self.saturated = inner.saturated
         self.drain = inner.drain
@@ -195,7 +194,7 @@ class _ClassicDispatch:
         self._host = host
         body = getattr(type(self._server), "process_request_thread", None)
         if body is not None and body is not ThreadingMixIn.process_request_thread:
-            host = _ThreadBody(host, self._server)  # an override of the thread's body runs
+            host = _ThreadBody(host, self._server, self.settle)  # an override of the thread's body runs
         self._inner.start(host)
         if type(self._server).process_request in _DEFAULT_PROCESS_REQUEST:
             # Nothing to honour: straight to the mix-in's dispatcher (bound after its
@@ -206,7 +205,7 @@ class _ClassicDispatch:
         self._handed_off = False
         self._server.process_request(request, client_address)
         if not self._handed_off:
-            self._server._sockwork_core.settle(request)  # noqa: SLF001 -- this module's server
+            self.settle(request)
 
     def hand_off(self, request, client_address):
         self._handed_off = True
@@ -229,9 +228,10 @@ def _shutdown_and_close(request):
 class _ThreadBody:
     """A DispatcherHost whose ``serve`` is the server's own ``process_request_thread``."""
 
-    def __init__(self, host, server):
+    def __init__(self, host, server, settle):
         self._host = host
         self._server = server
+        self._settle = settle
 
     def __getattr__(self, name):
         return getattr(self._host, name)
@@ -242,7 +242,7 @@ class _ThreadBody:
         finally:
             # Counted already if the override called super(); if it served the
             # request all by itself, count it now.
-            self._server._sockwork_core.settle(request)  # noqa: SLF001 -- this module's server
+            self._settle(request)
 
 
 # ---- Servers ------------------------------------------------------------------------
@@ -301,8 +301,8 @@ class BaseServer:
         plain_finish = type(self).finish_request is BaseServer.finish_request
         transport = _ClassicTransport(self)
         registry = self.sockwork_registry
-        from sockwork._parts import NO_HOOKS, LifecycleHooks, Parts
-        from sockwork.limits import Limits
+        from sockwork._parts import NO_HOOKS, LifecycleHooks, Parts  # start-up cost (see _load_core)
+        from sockwork.limits import Limits  # start-up cost (see _load_core)
 
         parts = Parts(
             transport=transport,
@@ -313,7 +313,7 @@ class BaseServer:
             hooks=NO_HOOKS if registry is None else LifecycleHooks(registry.plugin_manager),
             registry=registry,
         )
-        return _load_core().Server(
+        core = _load_core().Server(
             parts=parts,
             drain_timeout=None,  # socketserver waits for every thread or child it waits for
             limits=Limits.none(),  # no cap, no timeouts: handlers see what they always saw
@@ -321,9 +321,11 @@ class BaseServer:
             service_actions=self.service_actions if overridden else None,
             handler_server=self,
         )
+        self._sockwork_dispatch.settle = core.settle
+        return core
 
     def _sockwork_make_dispatcher(self):
-        from sockwork.strategies.inline import InlineDispatcher
+        from sockwork.strategies.inline import InlineDispatcher  # loaded by _load_core already
 
         return InlineDispatcher()
 
@@ -575,7 +577,7 @@ if hasattr(os, "fork"):
         # If true, server_close() waits until all child processes complete.
         block_on_close = True
         def _sockwork_make_dispatcher(self):
-            from sockwork.strategies.fork import ForkDispatcher, ForkOptions
+            from sockwork.strategies.fork import ForkDispatcher, ForkOptions  # loaded by _load_core already
 
             return ForkDispatcher(ForkOptions(max_children=self.max_children,
                                                 block_on_close=bool(self.block_on_close)))
@@ -630,7 +632,7 @@ class ThreadingMixIn(_MixIn):
     # If true, server_close() waits until all non-daemonic threads terminate.
     block_on_close = True
     def _sockwork_make_dispatcher(self):
-        from sockwork.strategies.thread import ThreadDispatcher, ThreadOptions
+        from sockwork.strategies.thread import ThreadDispatcher, ThreadOptions  # loaded by _load_core already
 
         return ThreadDispatcher(ThreadOptions(
             max_threads=None,

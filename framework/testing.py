@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any, final
 import attrs
 
 from ._server import Server
+from .aio import runs_async
+from .assembly import build_component
 
 if TYPE_CHECKING:
     from .registry import Registry
@@ -64,9 +66,6 @@ class HandlerForms:
 
 def dispatcher_runs_async(registry: Registry, name: str) -> bool:
     """Whether the dispatcher registered as ``name`` (default options) serves async handlers."""
-    from .aio import runs_async
-    from .assembly import build_component
-
     dispatcher = build_component(registry, "dispatcher", registry.get("dispatcher", name), None)
     try:
         return runs_async(dispatcher)

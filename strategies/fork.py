@@ -28,7 +28,7 @@ import os
 import select
 import signal
 import time
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Final, final
 
 import attrs
 
@@ -36,14 +36,14 @@ from sockwork.deadlines import deadline_after, remaining
 from sockwork.errors import FailedElsewhere
 from sockwork.forking import flush_stdio, fork
 from sockwork.hookspecs import hookimpl
-from sockwork.interfaces import DispatcherHost
+from sockwork.interfaces import ProcessDispatcherHost
 from sockwork.limits import Outcome
 from sockwork.validators import boolean, positive_int
 
 if TYPE_CHECKING:
     from sockwork.registry import DispatcherEntry
 
-__all__ = ["ForkDispatcher", "ForkOptions"]
+__all__ = ["CHILD_EXIT", "ForkDispatcher", "ForkOptions"]
 
 logger = logging.getLogger("sockwork")
 
@@ -51,6 +51,20 @@ _UNAVAILABLE = None if hasattr(os, "fork") else "os.fork() is missing on this pl
 _HAVE_PIDFD = hasattr(os, "pidfd_open")
 PIPE_RECORD = 4000  # a failure report's most bytes: one write under PIPE_BUF never interleaves
 _POLL_INTERVAL = 0.01  # where there are no pidfds, how often drain() looks for exits
+CHILD_EXIT: Final[dict[Outcome, int]] = {
+    Outcome.COMPLETED: 0,
+    Outcome.FAILED: 81,
+    Outcome.TIMED_OUT: 82,
+    Outcome.DISCONNECTED: 83,
+    Outcome.REFUSED: 84,
+}
+"""The exit status a child serving one request ends with, for each Outcome; the parent maps it back.
+
+Statuses of their own, not the Outcome's values: a handler that ends its child
+with ``os._exit(2)`` or ``sys.exit(1)`` is a crash (logged with its status,
+counted failed), never taken for ``TIMED_OUT`` or ``FAILED``. 81-84 are clear of
+the statuses programs commonly use (1, 2, sysexits' 64-78, 126-128+N)."""
+_OUTCOME_OF_EXIT: Final = {status: outcome for outcome, status in CHILD_EXIT.items()}
 KILL_GRACE = 1.0
 """Seconds past ``request_timeout`` before a child still serving is killed: time for
 its own watchdog to end a request blocked on I/O cleanly (the child then exits by itself)."""
@@ -96,7 +110,7 @@ class ForkDispatcher:
         self._killed: set[int] = set()  # killed past their deadline, not yet reaped
         self._timer_armed = False  # one loop timer at a time watches every deadline
 
-    def start(self, host: DispatcherHost) -> None:
+    def start(self, host: ProcessDispatcherHost) -> None:
         self._host = host
         # Children tell the parent why their request failed, one line each (atomic: < PIPE_BUF).
         self._failures_r, self._failures_w = os.pipe()
@@ -184,7 +198,7 @@ class ForkDispatcher:
         return None
 
     def _serve_in_child(self, request: Any, client_address: Any) -> None:
-        status = 1
+        status = CHILD_EXIT[Outcome.FAILED]  # unless serving returns
         try:
             self._host.after_fork()
             for pidfd, _ in self._children.values():  # the siblings are not ours to watch
@@ -192,7 +206,7 @@ class ForkDispatcher:
                     os.close(pidfd)
             self._children.clear()
             self._kill_at.clear()
-            status = int(self._host.serve(request, client_address))  # an Outcome: 0 completed
+            status = CHILD_EXIT[self._host.serve(request, client_address)]
             error = self._host.take_error()
             if error is not None:
                 _tell_parent(self._failures_w, error)
@@ -331,7 +345,7 @@ def _tell_parent(fd: int, error: BaseException) -> None:
 
 
 def _outcome(pid: int, client_address: Any, status: int | None, *, killed: bool = False) -> Outcome:
-    """The child's exit status is its request's Outcome; anything else is a crash, logged.
+    """The child's exit status (:data:`CHILD_EXIT`) says its request's Outcome; anything else is a crash, logged.
 
     ``killed``: the parent sent SIGKILL at the request's deadline (logged then); a
     death by exactly that signal is ``TIMED_OUT``.
@@ -342,8 +356,9 @@ def _outcome(pid: int, client_address: Any, status: int | None, *, killed: bool 
     code = os.waitstatus_to_exitcode(status)
     if killed and code == -signal.SIGKILL:
         return Outcome.TIMED_OUT
-    if code in list(Outcome):
-        return Outcome(code)  # a failure was logged by the child itself
+    outcome = _OUTCOME_OF_EXIT.get(code)
+    if outcome is not None:
+        return outcome  # a failure was logged by the child itself
     how = f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
     logger.error("child %d serving %s %s", pid, client_address, how)
     return Outcome.FAILED

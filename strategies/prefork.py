@@ -42,17 +42,19 @@ from typing import TYPE_CHECKING, Any, Literal, final
 
 import attrs
 
+from sockwork.assembly import inner_dispatcher_factory
 from sockwork.deadlines import deadline_after, remaining
 from sockwork.forking import flush_stdio, fork
 from sockwork.hookspecs import hookimpl
-from sockwork.interfaces import Dispatcher, DispatcherHost, capability
+from sockwork.interfaces import Dispatcher, SupervisorHost, capability
 from sockwork.limits import ServerStats, WorkerExit
+from sockwork.registry import DispatcherEntry, Registry, make_plugin_manager
 from sockwork.validators import off_is_none, optional_positive_int, positive_int
 
 if TYPE_CHECKING:
     from sockwork.registry import DispatcherEntry
 
-__all__ = ["PreforkDispatcher", "PreforkOptions"]
+__all__ = ["PreforkDispatcher", "PreforkOptions", "run_worker"]
 
 logger = logging.getLogger("sockwork")
 
@@ -138,7 +140,7 @@ class PreforkDispatcher:
             total += worker.last
         return total
 
-    def start(self, host: DispatcherHost) -> None:
+    def start(self, host: SupervisorHost) -> None:
         self._host = host
         for _ in range(self.options.workers):
             self._spawn()
@@ -175,8 +177,8 @@ class PreforkDispatcher:
                 os.close(worker.reports)
             self._workers.clear()
             report = functools.partial(_send_report, reports)
-            status = int(self._host.run_worker(self._make_inner(), self.options.max_requests, report, REPORT_EVERY,
-                                               parent=parent))
+            status = int(run_worker(self._host, self._make_inner(), self.options.max_requests, report, REPORT_EVERY,
+                                    parent=parent))
         except SystemExit as exc:  # a handler's sys.exit(N) ends its worker with status N...
             status = exc.code if isinstance(exc.code, int) else 1
             if status in (WorkerExit.RECYCLED, WorkerExit.ORPHANED):
@@ -306,6 +308,57 @@ class PreforkDispatcher:
                 os.waitpid(pid, 0)  # SIGKILL: at once
 
 
+def run_worker(
+    host: SupervisorHost, dispatcher: Dispatcher, max_requests: int | None = None,
+    report: Callable[[ServerStats], None] | None = None, report_every: float = 0.2, *,
+    parent: int | None = None,
+) -> WorkerExit:
+    """In a supervisor's worker (forked with :func:`sockwork.forking.fork`): serve with ``dispatcher``.
+
+    Serves until SIGTERM (then stops accepting and drains, as ``close()``
+    does), until ``max_requests`` requests have finished, or until the
+    parent process is gone (``parent``: its pid, read before the fork, so that a
+    parent that died before this call is noticed too). ``report`` gets the
+    counters at most every ``report_every`` seconds and once at the end.
+    Returns why it ended.
+    """
+    if parent is None:
+        parent = os.getppid()
+    reason = WorkerExit.STOPPED
+    next_check = 0.0
+
+    def check() -> None:  # after every round of the worker's loop
+        nonlocal reason, next_check
+        if max_requests is not None and worker.stats.finished >= max_requests:
+            reason = WorkerExit.RECYCLED
+            worker.shutdown()  # from the serving thread: stop accepting, drain, exit
+            return
+        now = time.monotonic()
+        if now < next_check:
+            return
+        next_check = now + report_every
+        if report is not None:
+            report(worker.stats)
+        if os.getppid() != parent:
+            reason = WorkerExit.ORPHANED
+            logger.warning("prefork worker %d: the parent process %d is gone; draining and stopping",
+                           os.getpid(), parent)
+            worker.shutdown()
+
+    # With max_requests, one accept per round, so that the check after each round is on time.
+    worker = host.worker_server(dispatcher, check, accept_batch=1 if max_requests is not None else None)
+    signal.signal(signal.SIGTERM, lambda signum, frame: worker.shutdown())
+    signal.set_wakeup_fd(worker.wakeup_fd, warn_on_full_buffer=False)
+    try:
+        worker.serve_forever(report_every)
+    finally:
+        signal.set_wakeup_fd(-1)
+        worker.close()
+        if report is not None:
+            report(worker.stats)
+    return reason
+
+
 def _signal(pid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):  # exited already; reaped by the caller
         os.kill(pid, signum)
@@ -313,9 +366,6 @@ def _signal(pid: int, signum: int) -> None:
 
 def _builtin_inner(options: PreforkOptions) -> Callable[[], Dispatcher]:
     """Without assembly: the inner dispatcher from the built-in ones (no entry points scanned)."""
-    from sockwork.assembly import inner_dispatcher_factory
-    from sockwork.registry import Registry, make_plugin_manager
-
     registry = Registry(make_plugin_manager(entry_points=False))
     return inner_dispatcher_factory(registry, registry.get("dispatcher", "prefork"), options)
 
@@ -357,8 +407,6 @@ def _send_report(fd: int, stats: ServerStats) -> None:
 
 @hookimpl(trylast=True)
 def sockwork_add_dispatchers() -> list[DispatcherEntry]:
-    from sockwork.registry import DispatcherEntry  # the registry is loaded only when one is built
-
     reason = None if hasattr(os, "fork") and hasattr(os, "pidfd_open") else "needs fork() and pidfd_open() (Linux)"
     return [
         DispatcherEntry(

@@ -159,5 +159,6 @@ def sockwork_add_transports() -> list[TransportEntry]:
             "fd", make_fd_transport, FDOptions,
             description="a socket inherited from a supervisor: fd://N or systemd:// socket activation",
             loopback_options=_loopback,
+            schemes=("systemd",),  # systemd://[NAME], read by sockwork.urls
         )
     ]

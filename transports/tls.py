@@ -15,6 +15,9 @@ already open keep theirs, so nothing is dropped. A reload that fails keeps
 the old context.
 Rule 2: closing sends close_notify without waiting for the client's, and a
 client that closes without one reads as an ordinary end of stream.
+Rule 3: a client that goes away while its handler writes is a client that left
+(``ClientLeftTLS``, a ``ConnectionResetError``): counted ``disconnected`` with
+one INFO line, as over tcp, not a handler failure.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import logging
 import re
 import socket
 import ssl
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, final
 
@@ -46,7 +50,7 @@ from .tcp import TCPStreams
 if TYPE_CHECKING:
     from sockwork.connection import Connection, StageWant
 
-__all__ = ["TLSHandshakeStage", "TLSInfo", "TLSOptions", "TLSTransport", "make_context"]
+__all__ = ["ClientLeftTLS", "TLSHandshakeStage", "TLSInfo", "TLSOptions", "TLSTransport", "make_context"]
 
 logger = logging.getLogger("sockwork")
 
@@ -144,9 +148,25 @@ class TLSOptions:
         make_context(self)  # a key that does not match, a wrong password: found now, not at the first client
 
 
+class ClientLeftTLS(ssl.SSLEOFError, ConnectionResetError):
+    """The client closed the connection under a write: still an ``ssl.SSLEOFError`` for code that catches
+    that, and a ``ConnectionResetError`` like the same client over tcp (so the request counts ``disconnected``)."""
+
+
+class _TLSSocket(ssl.SSLSocket):
+    """The handlers' socket: an ``SSLEOFError`` from a write is the client leaving (rule 3)."""
+
+    def send(self, data: Any, flags: int = 0) -> int:  # sendall() sends through this
+        try:
+            return super().send(data, flags)
+        except ssl.SSLEOFError as exc:
+            raise ClientLeftTLS(*exc.args) from exc
+
+
 def make_context(options: TLSOptions) -> ssl.SSLContext:
     """A server-side SSLContext for ``options``, loading the files anew (a reload calls it again)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.sslsocket_class = _TLSSocket
     context.minimum_version = _VERSIONS[options.minimum_version]
     # A client that closes without close_notify reads as end of stream (rule 2), not as an error.
     context.options |= getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
@@ -240,7 +260,7 @@ class TLSHandshakeStage:
         conn.info["tls"] = TLSInfo(
             version=sock.version(), cipher=cipher[0] if cipher else None,
             alpn_protocol=sock.selected_alpn_protocol(),
-            server_name=getattr(sock, "sockwork_server_name", None),
+            server_name=self.transport.server_names.pop(sock, None),
             peer_certificate=sock.getpeercert() or None if certificate_der else None,
             peer_certificate_der=certificate_der,
         )
@@ -272,10 +292,6 @@ def _reason(exc: BaseException) -> str:
     return f"{meaning}{f': {detail}' if detail else ''}{f' ({reason})' if reason else ''}"
 
 
-def _remember_server_name(sock: Any, server_name: str | None, context: ssl.SSLContext) -> None:
-    sock.sockwork_server_name = server_name  # read into TLSInfo when the handshake is done
-
-
 @final
 class TLSTransport(TCPStreams):
     """Accepts TCP connections and runs TLS on them; a request is the ``ssl.SSLSocket``."""
@@ -284,13 +300,20 @@ class TLSTransport(TCPStreams):
 
     def __init__(self, options: TLSOptions) -> None:
         super().__init__(options)
+        # The host name each client asked for (SNI), by its socket, until its handshake is done
+        # (the loop's thread only); a socket that never finishes drops its entry when it goes.
+        self.server_names: weakref.WeakKeyDictionary[ssl.SSLSocket, str | None] = weakref.WeakKeyDictionary()
         self.context = self._new_context()
         self.stages = (*self.stages, TLSHandshakeStage(self, options.handshake_timeout))  # after PROXY
 
     def _new_context(self) -> ssl.SSLContext:
         context = make_context(self.options)
-        context.sni_callback = _remember_server_name
+        context.sni_callback = self._remember_server_name
         return context
+
+    def _remember_server_name(self, sock: Any, server_name: str | None, context: ssl.SSLContext) -> None:
+        """OpenSSL's SNI callback, during the handshake: the name goes into TLSInfo when it is done."""
+        self.server_names[sock] = server_name
 
     def reload(self) -> None:
         """Load the certificate, key and client CAs from their files again (after a renewal, say).
@@ -328,7 +351,7 @@ def _loopback(directory: Path) -> TLSOptions:
 
 def _loopback_client(sock: socket.socket, options: Any) -> Any:
     """A TLS client on a socket connected to a loopback tls server made by ``_loopback``."""
-    from sockwork.testing import TLSClient
+    from sockwork.testing import TLSClient  # start-up cost: the test helpers load only when a test needs a client
 
     context = ssl.create_default_context(cafile=str(Path(options.certfile).parent / "ca.pem"))
     return TLSClient(sock, context, server_hostname="127.0.0.1")

@@ -158,6 +158,8 @@ def test_plugins_lists_everything_and_reports_a_broken_plugin(
     assert "  pool         a fixed set of worker threads" in out
     assert "[sockwork.strategies.pool, sockwork " in out
     assert "      workers = " in out and "      queue_size = 64" in out
+    assert "  tls          " in out and "      URLs: tls://\n" in out  # the name is its scheme
+    assert "      URLs: tcp://\n" in out and "      URLs: fd://, systemd://\n" in out
     assert "broken [?]: FAILED: ModuleNotFoundError: No module named 'sockwork_no_such_plugin_module'" in out
 
 
@@ -436,3 +438,27 @@ def test_access_log_as_text_from_the_command_line() -> None:
         assert process.wait(timeout=10) == 0
     finally:
         stop(process)
+
+
+@pytest.mark.parametrize(("source", "error"), [
+    ("open('no-such-file.txt')\n", "FileNotFoundError: [Errno 2] No such file or directory: 'no-such-file.txt'"),
+    ("x = (\n", "SyntaxError: "),
+    ("raise RuntimeError('no database')\n", "RuntimeError: no database"),
+])
+@pytest.mark.parametrize("command", ["serve", "check"])
+def test_a_handler_module_that_fails_at_import_is_one_line_like_an_import_error(
+        command: str, source: str, error: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Anything a handler module raises at import, not only ImportError, is one line naming the module; serve
+    exits 2 and check 1, as for an ImportError."""
+    from sockwork._cli import main
+
+    name = f"broken_at_import_{command}_{abs(hash(source))}"
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    status = main([command, "--handler", f"{name}:handle", "--transport", "tcp://127.0.0.1:0"])
+    err = capsys.readouterr().err
+    assert status == (2 if command == "serve" else 1)
+    assert err.startswith(f"sockwork: command line: handler.ref: cannot import module {name!r} for handler "
+                          f"'{name}:handle': {error}"), err
+    assert err.count("\n") == 1, err

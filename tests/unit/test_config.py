@@ -73,7 +73,7 @@ def test_round_trip_through_dict_and_json(tmp_path: Path) -> None:
 def test_toml_file_runs_a_server(tmp_path: Path) -> None:
     path = tmp_path / "server.toml"
     path.write_text(TOML)
-    config = ServerConfig.from_file(path, REGISTRY)
+    config = ServerConfig.from_file(path)
     assert config.drain_timeout is None and config.to_dict()["drain_timeout"] == "forever"
     with serving(build_server(config, REGISTRY)) as server:
         assert type(server.dispatcher).__name__ == "PoolDispatcher"
@@ -205,7 +205,7 @@ def test_mistakes_only_assembly_finds() -> None:
 def test_mistakes_only_a_whole_check_finds() -> None:
     """An address given twice; none in files."""
     assert errors_of({"transport": {"url": "tcp://[::1]:0", "options": {"address": ["127.0.0.1", 5]}}}) == [
-        ("transport.url", "address given twice: in the URL 'tcp://[::1]:0' and in the options")]
+        ("transport", "address given twice: in the URL 'tcp://[::1]:0' and in the options")]
     hint = errors_of({"transport": "tcp://127.0.0.1:0", "handler": "mymodule.handle"})
     assert "write 'package.module:attribute'" in hint[0][1]
     config = load_config({"transport": "tcp://127.0.0.1:0",
@@ -242,12 +242,24 @@ def test_plugins_get_their_options_from_the_config() -> None:
     assert errors["plugins.metrics"] == "must be a table of options, got 3"
 
 
+def test_reading_resolves_nothing_and_load_config_reports_both_steps_at_once() -> None:
+    """read_config keeps names, URLs and handler references as given; load_config (assembly)
+    reports the data's problems and the parts' in one go."""
+    from sockwork.config import read_config
+
+    data = {"transport": "quic://h:1", "dispatcher": "threads", "handler": "no_such_module:fn"}
+    config = read_config(data)
+    assert config.transport == TransportConfig(url="quic://h:1") and config.dispatcher.name == "threads"
+    assert sorted(p for p, _ in errors_of({**data, "log_level": "LOUD"})) == [
+        "dispatcher.name", "handler.ref", "log_level", "transport.name"]
+
+
 def test_config_does_not_import_the_server() -> None:
-    """config.py reads and validates data; building and serving are assembly's and the server's."""
+    """config.py reads and validates data; resolving, building and serving are assembly's and the server's."""
     import subprocess
     import sys
 
-    probe = ("import sys, sockwork.config; "
-             "print(sorted(m for m in ('sockwork._server', 'sockwork._loop') if m in sys.modules))")
+    probe = ("import sys, sockwork.config; print(sorted(m for m in ('sockwork._server', 'sockwork._loop', "
+             "'sockwork.registry', 'sockwork.assembly', 'pluggy') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30, check=True)
     assert result.stdout.strip() == "[]"

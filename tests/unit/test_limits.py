@@ -155,22 +155,35 @@ def test_fork_children_close_the_listener_and_crashes_are_logged(caplog: pytest.
             request.sendall(b"closed" if server.transport.socket is None else b"open")
         elif command == b"crash":
             os.kill(os.getpid(), signal.SIGKILL)
-        elif command == b"exit 7":
-            os._exit(7)
+        elif command.startswith(b"exit "):
+            os._exit(int(command[5:]))
 
     server = Server(transport=TCP, dispatcher="fork", handler=handle)
     with caplog.at_level(logging.WARNING, logger="sockwork"), serving(server):
         with client(server) as sock:
             sock.sendall(b"listener?")
             assert sock.recv(10) == b"closed"
-        for command in (b"crash", b"exit 7"):
+        # 2 and 3 were TIMED_OUT's and DISCONNECTED's values: a child's status is not an Outcome.
+        for command in (b"crash", b"exit 7", b"exit 2", b"exit 3"):
             with client(server) as sock:
                 sock.sendall(command)
                 assert sock.recv(10) == b""
         wait_until(lambda: server.stats.active == 0)
     assert "was killed by signal SIGKILL" in caplog.text
-    assert "exited with status 7" in caplog.text
-    assert server.stats.completed == 1 and server.stats.failed == 2
+    for status in (7, 2, 3):
+        assert f"exited with status {status}" in caplog.text
+    stats = server.stats
+    assert (stats.completed, stats.failed, stats.timed_out, stats.disconnected) == (1, 4, 0, 0)
+
+
+def test_a_fork_child_exit_status_maps_to_an_outcome_explicitly() -> None:
+    """CHILD_EXIT is a one-to-one map of every Outcome to a status of its own (0 for completed)."""
+    from sockwork.limits import Outcome
+    from sockwork.strategies.fork import CHILD_EXIT
+
+    assert set(CHILD_EXIT) == set(Outcome) and len(set(CHILD_EXIT.values())) == len(Outcome)
+    assert CHILD_EXIT[Outcome.COMPLETED] == 0
+    assert all(status not in (1, 2, 3, 4) for status in CHILD_EXIT.values())
 
 
 def test_legacy_servers_have_no_limits_by_default() -> None:

@@ -396,3 +396,29 @@ def test_an_inherited_descriptor_takes_the_proxy_options_too() -> None:
             make_fd_transport(FDOptions(fd=datagram.fileno(), proxy_protocol="v1", trusted_proxies=["::1"]))
     finally:
         datagram.close()
+
+
+def _nested_ssl(levels: int) -> bytes:
+    """An SSL TLV holding an SSL TLV, ``levels`` deep."""
+    value = b""
+    for _ in range(levels):
+        value = bytes([PP2_TYPE_SSL]) + struct.pack("!H", 5 + len(value)) + b"\x01\0\0\0\0" + value
+    return value
+
+
+@pytest.mark.parametrize("levels", [2, 510])
+def test_nested_ssl_tlvs_are_refused_with_a_reason_not_a_recursion(levels: int) -> None:
+    """An SSL TLV inside an SSL TLV (510 deep fits in 4 KiB) is refused by depth, never a RecursionError."""
+    header = _v2(0x21, 0x11, b"\0" * 12 + _nested_ssl(levels))
+    assert len(header) <= V2_MAX_LENGTH
+    with pytest.raises(ProxyProtocolError, match="SSL TLV nested in an SSL TLV"):
+        parse(header)
+
+
+def test_an_ssl_tlvs_sub_tlvs_are_still_checked() -> None:
+    """One level of nesting (the SSL TLV's own sub-TLVs) is parsed and checked as before."""
+    good = bytes([PP2_TYPE_SSL]) + struct.pack("!H", 5 + 10) + b"\x01\0\0\0\0" + b"\x21\x00\x07TLSv1.3"
+    assert parse(_v2(0x21, 0x11, b"\0" * 12 + good)).tlvs[0][0] == PP2_TYPE_SSL
+    bad = bytes([PP2_TYPE_SSL]) + struct.pack("!H", 5 + 4) + b"\x01\0\0\0\0" + b"\x21\x00\x07T"
+    with pytest.raises(ProxyProtocolError, match="claims 7 bytes"):
+        parse(_v2(0x21, 0x11, b"\0" * 12 + bad))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import attrs
 import pytest
@@ -17,9 +18,16 @@ from sockwork import (
     hookimpl,
     make_plugin_manager,
 )
+from sockwork.assembly import build_component
+from sockwork.registry import Kind
 from sockwork.strategies import InlineDispatcher, PoolOptions
 
 pytestmark = pytest.mark.timeout(10)
+
+
+def build(registry: Registry, kind: Kind, name: str, options: object) -> Any:
+    """A component by name, built and checked as assembly builds it."""
+    return build_component(registry, kind, registry.get(kind, name), options)
 
 
 def registry_with(*plugins: object) -> Registry:
@@ -121,19 +129,19 @@ def test_unavailable_component_says_why() -> None:
 def test_bad_options_name_the_component_and_the_field(options: object, message: str) -> None:
     """Every option error names the component, the option and what is allowed."""
     with pytest.raises(OptionError) as info:
-        registry_with().build("dispatcher", "pool", options)
+        build(registry_with(), "dispatcher", "pool", options)
     assert str(info.value) == message
 
 
 def test_missing_required_option() -> None:
     """A transport without its address says which option is missing."""
     with pytest.raises(OptionError, match=r"transport 'tcp': missing required option.*address"):
-        registry_with().build("transport", "tcp", {})
+        build(registry_with(), "transport", "tcp", {})
 
 
 def test_options_object_is_used_as_is() -> None:
     """An options instance needs no conversion."""
-    dispatcher = registry_with().build("dispatcher", "pool", PoolOptions(workers=3))
+    dispatcher = build(registry_with(), "dispatcher", "pool", PoolOptions(workers=3))
     assert dispatcher.concurrency == 3
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,10 +15,10 @@ import pytest
 import trustme
 from stage_driver import StageTimedOut, accept_connection, run_stages
 
-from sockwork import ConfigError, Server, StageFailed
+from sockwork import ConfigError, Server, StageFailed, stream_handler
 from sockwork.connection import Connection
 from sockwork.proxy_protocol import encode_v2
-from sockwork.testing import TLSClient
+from sockwork.testing import TLSClient, eventually, serving
 from sockwork.transports.tcp import TCPOptions, TCPTransport
 from sockwork.transports.tls import TLSOptions, TLSTransport
 
@@ -115,6 +117,9 @@ def test_handshake_in_stages_then_the_handler_reads_and_writes(open_transport: A
     assert (info.version, info.alpn_protocol, info.server_name) == ("TLSv1.3", "http/1.1", "localhost")
     assert info.cipher and info.peer_certificate is None
     assert isinstance(conn.socket, ssl.SSLSocket)
+    # The details are in conn.info only: nothing stuck onto the socket, nothing kept by the transport.
+    assert not [name for name in vars(conn.socket) if name.startswith("sockwork")]
+    assert len(transport.server_names) == 0
     conn.socket.settimeout(10)  # what the loop does before a handler gets it
     assert conn.socket.recv(100) == b"ping"
     conn.socket.sendall(b"pong")
@@ -380,3 +385,33 @@ def test_the_testing_client_does_not_wait_for_a_busy_server(open_transport: Any,
             assert client.version == "TLSv1.3"
         finally:
             client.close()
+
+
+def test_a_client_that_leaves_mid_request_is_disconnected_not_failed(
+        files: dict[str, str], caplog: pytest.LogCaptureFixture) -> None:
+    """A TLS client that resets while its handler writes: one INFO line and `disconnected`, as over tcp."""
+    read, leave = threading.Event(), threading.Event()
+
+    @stream_handler
+    def handle(conn: Connection) -> None:
+        conn.read(3)
+        read.set()
+        leave.wait(10)
+        for _ in range(1000):  # far more than the socket buffers hold: a write meets the reset
+            conn.write(b"x" * 16384)
+
+    server = Server(transport="tls://127.0.0.1:0", dispatcher="thread", handler=handle,
+                    transport_options={"certfile": files["cert"], "keyfile": files["key"]})
+    with caplog.at_level(logging.INFO, logger="sockwork"), serving(server):
+        raw = socket.create_connection(server.address[:2], timeout=10)
+        with client_context(files).wrap_socket(raw, server_hostname="localhost") as sock:
+            sock.sendall(b"abc")
+            assert read.wait(10)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+        leave.set()
+        assert eventually(lambda: server.stats.active == 0)
+    stats = server.stats
+    assert (stats.disconnected, stats.failed) == (1, 0)
+    gone = [r for r in caplog.records if "went away mid-request" in r.getMessage()]
+    assert [r.levelno for r in gone] == [logging.INFO]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -238,8 +238,7 @@ def test_systemd_socket_activation_environment() -> None:
 )
 def test_a_malformed_url_is_a_one_line_config_error(url: str, message: str) -> None:
     """parse_transport_url, Server(...) and load_config all say what is wrong, in one line."""
-    from sockwork import ConfigError
-    from sockwork.config import load_config
+    from sockwork import ConfigError, load_config
     from sockwork.urls import parse_transport_url
 
     with pytest.raises(ConfigError) as info:

@@ -26,7 +26,7 @@ from typing import Any, final
 
 import attrs
 
-from sockwork import DispatcherEntry, FailedElsewhere, Outcome, hookimpl
+from sockwork import DispatcherEntry, FailedElsewhere, Outcome, ProcessDispatcherHost, hookimpl
 from sockwork.deadlines import deadline_after, remaining
 from sockwork.forking import flush_stdio, fork
 from sockwork.validators import positive_int
@@ -73,7 +73,7 @@ class ProcPoolDispatcher:
 
     # ---- parent side ------------------------------------------------------------
 
-    def start(self, host: Any) -> None:
+    def start(self, host: ProcessDispatcherHost) -> None:  # serve, finished, readers; after_fork in workers
         self._host = host
         for _ in range(self.options.workers):
             self._spawn()
