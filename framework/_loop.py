@@ -99,6 +99,7 @@ class Loop:
         self._listener_taken = bool(self.accepts and take_listener is not None and take_listener(transport))
         self._listens = self.accepts and not self._listener_taken  # this loop accepts from the listener
         self._report_turns = False  # handle_request() waits: count what workers take themselves, wake
+        self._no_room = 0.0  # max_waiting full and no idle connection to close: accept again from then on
         self._on_round = on_round  # runs after each round; returns the longest next wait
         self._timers: list[tuple[float, int, Callable[[], None]]] = []  # (when, order, callback): a heap
         self._timer_order = 0
@@ -133,7 +134,7 @@ class Loop:
                 self._selector, requests, dispatcher, stages=tuple(capability(transport, "stages")),
                 handler=requests.handler,
                 idle_timeout=requests.limits.idle_timeout, message_timeout=requests.limits.message_timeout,
-                wake=self.wake, submit=self.submit, on_turn=self._turn_taken,
+                wake=self.wake, submit=self.submit, on_turn=self._turn_taken, stopping=self._stop_was_requested,
             )
             if waiting.needed:
                 self.waiting = waiting
@@ -210,7 +211,10 @@ class Loop:
         else:
             waiting.take_returned()
             waiting.dispatch_ready()
-            saturated = waiting.waiting >= self.max_waiting or self.requests.saturated
+            at_cap = waiting.waiting >= self.max_waiting
+            if self._no_room and (not at_cap or time.monotonic() >= self._no_room):
+                self._no_room = 0.0  # room again, or time to look for an idle connection to close again
+            saturated = (at_cap and bool(self._no_room)) or self.requests.saturated
             next_due = waiting.expire()
             if next_due is not None:
                 timeout = _shorter(timeout, next_due)
@@ -262,6 +266,8 @@ class Loop:
         waiting = self.waiting
         dispatched = taken = 0  # taken: dispatched or closed at once; a round takes at most `limit`
         while taken < limit and not self.stop_requested:
+            if waiting is not None and waiting.waiting >= self.max_waiting and not self._room_for_one_more():
+                break  # the listener is readable: a client waits, and max_waiting is full
             try:
                 accepted = accept()
             except OSError as exc:
@@ -279,7 +285,7 @@ class Loop:
                 continue  # closed at once (over_limit = "close")
             if waiting is not None:
                 waiting.add(request, client_address, requests.handler_server)
-                if waiting.waiting >= self.max_waiting or requests.saturated:
+                if requests.saturated:
                     break
                 continue
             if not self.submit(request, client_address):
@@ -290,6 +296,9 @@ class Loop:
         if dispatched or (taken and waiting is not None):
             self._backoff = BACKOFF_MIN
         return dispatched
+
+    def _stop_was_requested(self) -> bool:
+        return self.stop_requested
 
     def _turn_taken(self) -> None:
         # A worker took a turn itself (leader/followers) while handle_request() waits for one.
@@ -309,6 +318,14 @@ class Loop:
         if self._report_turns:
             self._turn_taken()
         return True
+
+    def _room_for_one_more(self) -> bool:
+        """``max_waiting`` is full: make room by closing the longest-idle keep-alive connection, if any;
+        else stop accepting, and look again after SATURATED_RECHECK (one may have become idle by then)."""
+        if self.waiting is not None and self.waiting.make_room():
+            return True
+        self._no_room = time.monotonic() + SATURATED_RECHECK
+        return False
 
     def submit(self, request: Request, client_address: Address) -> bool:
         """Hand one admitted request to the dispatcher; False if it raised (the request was ended)."""
@@ -409,6 +426,7 @@ class Loop:
         if waiting is None:
             return
         waiting.draining = True
+        waiting.drain_deadline = deadline
         waiting.take_returned()
         idle = waiting.close_idle(fresh_since=None)
         while not self._closed and waiting.unsettled():
@@ -417,7 +435,8 @@ class Loop:
                 break
             idle += waiting.close_idle(fresh_since=now - DRAIN_GRACE)
             self.run_once(_shorter(SATURATED_RECHECK, max(0.0, (deadline or math.inf) - now)), 0)
-        abandoned = waiting.abandon_ready()
+        abandoned, idle_at_deadline = waiting.abandon_ready()
+        idle += idle_at_deadline
         waiting.stop_taking_returns()
         if idle:
             logger.info("closed %d idle connection(s) at shutdown", idle)

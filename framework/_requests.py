@@ -100,7 +100,7 @@ class Requests:
         self._unstarted.pop(id(request), None)
         if self.in_flight.pop(id(request), None) is not None:
             self.transport.close_request(request)
-            self.finished(Outcome.FAILED)
+            self.finished(Outcome.FAILED, turns=0)
 
     def submit_failed(self, request: Request, client_address: Address, exc: Exception) -> bool:
         """The dispatcher raised taking ``request``: end it (counted failed) and say so once.
@@ -142,7 +142,7 @@ class Requests:
         self.in_flight[id(new)] = new
 
     def close_held(self, request: socket.socket, peer: Address, outcome: Outcome, since: float, *,
-                   close: bool = True) -> None:
+                   turns: int, idle_closed: bool = False, close: bool = True) -> None:
         """End a connection the waiting set held (any thread: its owner's): close it and count it once.
 
         ``close=False``: shut it down only; the caller closes it later (it keeps the descriptor's number).
@@ -157,7 +157,7 @@ class Requests:
             else:
                 with contextlib.suppress(OSError):
                     request.shutdown(socket.SHUT_RDWR)
-            self.finished(outcome)
+            self.finished(outcome, turns=turns, idle_closed=idle_closed)
 
     def stats(self, oversized: int, elsewhere: ServerStats | None) -> ServerStats:
         own = self.counters.snapshot(oversized=oversized)
@@ -208,10 +208,12 @@ class Requests:
                 self._end_served(request, client_address, outcome, began)
         if not kept or outcome is not Outcome.COMPLETED:
             return outcome
+        idle_closed = False
         try:
-            outcome = self.keep_here(request, Connection(request, client_address, self.handler_server), [], [])
+            outcome, idle_closed = self.keep_here(request, Connection(request, client_address, self.handler_server),
+                                                  [], [])
         finally:
-            self._end_served(request, client_address, outcome, began)
+            self._end_served(request, client_address, outcome, began, idle_closed=idle_closed)
         return outcome
 
     def end_deadline(self, token: int, outcome: Outcome, client_address: Address) -> Outcome:
@@ -221,7 +223,8 @@ class Requests:
             return Outcome.TIMED_OUT
         return outcome
 
-    def _end_served(self, request: Request, client_address: Address, outcome: Outcome, began: float) -> None:
+    def _end_served(self, request: Request, client_address: Address, outcome: Outcome, began: float, *,
+                    idle_closed: bool = False) -> None:
         """Close a served request and count it (and log it: one access line per connection)."""
         if self.access_log is not None:
             _log_access(self.access_log, request, client_address, outcome, time.perf_counter() - began)
@@ -229,15 +232,16 @@ class Requests:
         # process, which this process never tracked.
         self.in_flight.pop(id(request), None)
         self.transport.close_request(request)
-        self.finished(outcome)
+        self.finished(outcome, idle_closed=idle_closed)
 
     def keep_here(self, request: socket.socket, conn: Connection, replies: list[bytes],
-                  messages: list[bytes]) -> Outcome:
+                  messages: list[bytes]) -> tuple[Outcome, bool]:
         """Keep-alive without the loop (a forked child; a dispatcher that moved the socket).
 
         The connection is served to its end right here, as a classic handler
         would: wait (under ``idle_timeout``) for the next bytes, take another turn.
-        The caller closes and counts it.
+        The caller closes and counts it: returns its outcome, and whether it was
+        closed idle between requests (``completed``: every request was served).
         """
         client_address = conn.peer
         try:
@@ -251,13 +255,13 @@ class Requests:
                 if not conn.buffered and not _wait_readable(request, self._idle_timeout):
                     logger.info("closing the connection of %s: idle for more than %ss",
                                 client_label(client_address), self._idle_timeout)
-                    return Outcome.TIMED_OUT
+                    return Outcome.COMPLETED, True
                 # A message handler, given the Connection, serves the rest of the stream itself.
                 target = conn if self._takes_connection else request
                 if self.handler(target, client_address, self.handler_server) is not KEEP_ALIVE:
-                    return Outcome.COMPLETED
+                    return Outcome.COMPLETED, False
         except Exception as exc:
-            return self.handler_failed(request, client_address, exc, None)
+            return self.handler_failed(request, client_address, exc, None), False
 
     def release(self, request: Request) -> None:
         """Drop this process's handle on a request now served in another process."""
@@ -266,14 +270,16 @@ class Requests:
         self._unstarted.pop(key, None)
         self.transport.release_request(request)
 
-    def finished(self, outcome: Outcome, error: BaseException | None = None, client_address: Address = None) -> None:
+    def finished(self, outcome: Outcome, error: BaseException | None = None, client_address: Address = None, *,
+                 turns: int = 1, idle_closed: bool = False) -> None:
         """Count a finished request (wake the loop if that frees a slot under the cap).
 
         ``error``: a failure that happened in another process, for the hook.
+        ``turns``: handler turns it took (0: none ran); ``idle_closed``: closed idle between requests.
         """
         if error is not None:
             self._call_failure_hook(client_address, error)
-        if self.counters.finish(outcome):
+        if self.counters.finish(outcome, turns, idle_closed):
             self.wake()
 
     def take_error(self) -> BaseException | None:
@@ -358,7 +364,7 @@ class Requests:
                 continue
             self.in_flight.pop(key, None)
             self.transport.close_request(request)
-            self.finished(Outcome.FAILED)
+            self.finished(Outcome.FAILED, turns=0)
             closed += 1
         if closed:
             logger.warning("%d accepted request(s) never started before the drain deadline; "

@@ -60,7 +60,10 @@ __all__ = ["Waiting", "WaitingSet"]
 logger = logging.getLogger("sockwork")
 
 LOG_EVERY = 5.0
-READ_CHUNK = 65536
+MESSAGE_READ = 4096
+"""Most bytes the loop reads from a message connection at once, and only when no framed message
+waits for a worker: a read of tiny messages (2-byte lines) becomes one object each, so this bounds
+them at about 90 KiB per connection (issue 23 C), replies aside (REPLIES_HIGH_WATER)."""
 REPLIES_HIGH_WATER = 256 * 1024
 """Unsent reply bytes above which the loop stops reading a client (it is not reading its replies)."""
 
@@ -69,6 +72,9 @@ TURN_MESSAGES = 32
 
 POLL_BATCH = 256
 """Most turn-poller events the loop takes in one round."""
+
+EVICT_SCAN = 64
+"""Most timer entries make_room() looks at for an idle keep-alive connection to close."""
 
 GRAVE_SECONDS = 1.0
 """How long the loop keeps the number of a socket it ended while workers poll (see WaitingSet._close)."""
@@ -189,8 +195,9 @@ class WaitingSet:
         self, selector: selectors.BaseSelector, requests: Requests, dispatcher: Dispatcher, *,
         stages: tuple[ConnectionStage, ...], handler: Callable[..., object],
         idle_timeout: float | None, message_timeout: float | None, wake: Callable[[], None],
-        submit: Callable[[Any, Any], bool], on_turn: Callable[[], None],
+        submit: Callable[[Any, Any], bool], on_turn: Callable[[], None], stopping: Callable[[], bool],
     ) -> None:
+        self._stopping = stopping  # the loop's: a stop was asked for (hand out no more in this round)
         self._on_turn = on_turn  # the loop's, while report_turns: a worker took a turn (handle_request waits)
         self.report_turns = False
         self._submit_to_dispatcher = submit  # the loop's: one place handles a dispatcher that raises
@@ -230,6 +237,7 @@ class WaitingSet:
         self.ready: collections.deque[Waiting] = collections.deque()
         self._returned: collections.deque[Waiting] = collections.deque()  # from workers, for the loop
         self.draining = False
+        self.drain_deadline: float | None = None  # set with draining: after it, nothing more is handed out
         self._taking_returns = True
         self._log_timeout = RateLimitedLog(logger, LOG_EVERY)
         self._log_refused = RateLimitedLog(logger, LOG_EVERY)
@@ -372,13 +380,17 @@ class WaitingSet:
 
     def on_turns_ready(self) -> None:
         """The turn poller has events: each is a connection to serve (or, for messages, to read/write)."""
-        armed = self._armed
+        armed, stopping = self._armed, self._stopping
         for fd, mask in self.turns.poll(0, POLL_BATCH):
             record = armed.pop(fd, None)
             if record is None or record.closed:
                 continue
             if self._framing is None:
-                self._to_worker(record)
+                if stopping():  # (an inline dispatcher serves in this thread: a batch can take long)
+                    record.due, record.why = None, "ready"
+                    self.ready.append(record)  # for the drain, first come, first served
+                else:
+                    self._to_worker(record)
                 continue
             if mask & _OUT and not self._write_replies(record):
                 continue
@@ -412,7 +424,7 @@ class WaitingSet:
 
     def _to_worker(self, record: Waiting) -> None:
         record.due, record.why = None, "ready"  # it has work: no deadline until its turn is over
-        if self.ready or self._dispatcher.saturated():
+        if self.ready or self._dispatcher.saturated() or (self.draining and self._past_drain_deadline()):
             self.ready.append(record)  # first come, first served when a worker frees up
         else:
             self._submit(record)
@@ -421,7 +433,12 @@ class WaitingSet:
         """Hand queued readable connections to the dispatcher while it has room (oldest first)."""
         ready, saturated = self.ready, self._dispatcher.saturated
         while ready and not saturated():
+            if self.draining and self._past_drain_deadline():
+                return  # an inline dispatcher serves in this thread: the deadline holds between requests
             self._submit(ready.popleft())
+
+    def _past_drain_deadline(self) -> bool:
+        return self.drain_deadline is not None and time.monotonic() >= self.drain_deadline
 
     def _submit(self, record: Waiting) -> None:
         if self._framing is not None:  # at most TURN_MESSAGES per turn: the replies are bounded too
@@ -480,7 +497,8 @@ class WaitingSet:
         if kept is None or outcome is not Outcome.COMPLETED:
             self._end(record, outcome, None)
         elif requests.in_child:  # a forked child: no loop to give it back to; served to its end here
-            self._end(record, requests.keep_here(sock, conn, kept, record.messages), None)
+            outcome, idle_closed = requests.keep_here(sock, conn, kept, record.messages)
+            self._end(record, outcome, None, idle_closed=idle_closed)
         else:
             self._keep(record, kept)
         return outcome
@@ -566,7 +584,7 @@ class WaitingSet:
         conn, framing = record.conn, self._framing
         assert framing is not None
         try:
-            data = conn.socket.recv(READ_CHUNK)
+            data = conn.socket.recv(MESSAGE_READ)
         except (BlockingIOError, InterruptedError):
             self._settle(record)
             return
@@ -613,7 +631,7 @@ class WaitingSet:
             self._close(record, Outcome.COMPLETED, None)
             return
         events = _OUT if record.replies else 0
-        if len(record.replies) <= REPLIES_HIGH_WATER:
+        if len(record.replies) <= REPLIES_HIGH_WATER and not record.messages:
             events |= _IN  # a client that does not read its replies is not read either
         if record.partial_since is not None and self._message_timeout is not None:
             self._set_due(record, record.partial_since + self._message_timeout, "message")
@@ -666,6 +684,45 @@ class WaitingSet:
         self._empty_graveyard(now)
         return None
 
+    def make_room(self) -> bool:
+        """``max_waiting`` is full and a new client waits: close the longest-idle keep-alive connection.
+
+        Only one whose requests were all served and that waits idle for its
+        next one (as nginx reuses its keep-alive connections); counted
+        completed and ``idle_closed``. False if there is none (within the
+        EVICT_SCAN earliest deadlines): the server then stops accepting.
+        """
+        timers, dispatched = self._timers, self._dispatched
+        put_back: list[tuple[float, int, Waiting]] = []
+        found = None
+        try:
+            for _ in range(EVICT_SCAN):
+                if not timers:
+                    break
+                entry = heapq.heappop(timers)
+                due, _, record = entry
+                if record.heap_due != due or record.closed:
+                    continue  # superseded, or gone
+                if record.due is not None and record.due > due:  # re-armed since: its place is later
+                    put_back.append((record.due, next(self._order), record))
+                    record.heap_due = record.due
+                    continue
+                if (record.served and record.why == "idle" and id(record.conn.socket) not in dispatched
+                        and not record.messages and not record.conn.buffered and not _unread(record.conn.socket)
+                        and self._claim(record)):
+                    record.heap_due = None
+                    found = record
+                    break
+                put_back.append(entry)
+        finally:
+            for entry in put_back:
+                heapq.heappush(timers, entry)
+        if found is None:
+            return False
+        self._close(found, Outcome.COMPLETED, "idle between requests, closed to make room for a new client "
+                    "(max_waiting is full)", idle_closed=True)
+        return True
+
     def _claim(self, record: Waiting) -> bool:
         """Take an armed record for the loop (a deadline, a drain); False if a worker has it."""
         taken = self._armed.pop(record.fd, None)
@@ -698,6 +755,10 @@ class WaitingSet:
 
     def _expired(self, record: Waiting) -> None:
         why = record.why
+        if why == "idle" and record.served and not record.messages and not record.conn.buffered:
+            # Served, then idle between requests: nothing was lost, the connection simply ended.
+            self._close(record, Outcome.COMPLETED, f"idle for more than {self._idle_timeout}s", idle_closed=True)
+            return
         if why == "idle":
             detail = f"idle for more than {self._idle_timeout}s"
         elif why == "message":
@@ -725,7 +786,7 @@ class WaitingSet:
                 self._polled.pop(record.fd, None)
                 self.turns.remove(record.fd)
 
-    def _close(self, record: Waiting, outcome: Outcome, detail: str | None) -> None:
+    def _close(self, record: Waiting, outcome: Outcome, detail: str | None, *, idle_closed: bool = False) -> None:
         """End a connection from the loop's thread.
 
         While workers poll (leader/followers), a record the loop ends out of the
@@ -735,10 +796,12 @@ class WaitingSet:
         take the new connection's record. It is shut down now (the client hears
         the end) and closed a moment later.
         """
-        self._end(record, outcome, detail, keep_number=self.workers_take_turns and record.polled)
+        self._end(record, outcome, detail, keep_number=self.workers_take_turns and record.polled,
+                  idle_closed=idle_closed)
         self._compact_timers()
 
-    def _end(self, record: Waiting, outcome: Outcome, detail: str | None, *, keep_number: bool = False) -> None:
+    def _end(self, record: Waiting, outcome: Outcome, detail: str | None, *, keep_number: bool = False,
+             idle_closed: bool = False) -> None:
         """End a connection (its owner: the loop, or the worker whose turn it is): log, close, count once."""
         if record.closed:
             return
@@ -747,23 +810,29 @@ class WaitingSet:
             self._graveyard.append((time.monotonic() + GRAVE_SECONDS, record.conn.socket))
         if detail is not None:
             label = record.conn.peer or "an unnamed client"
-            if outcome is Outcome.TIMED_OUT:
+            if outcome is Outcome.TIMED_OUT or idle_closed:
                 self._log_timeout(logging.INFO, "closed the connection of %s: %s", label, detail)
             elif outcome is Outcome.REFUSED:
                 self._log_refused(logging.INFO, "refused the connection of %s: %s", label, detail)
             else:
                 self._log_gone(logging.INFO, "client %s %s", label, detail)
-        self._requests.close_held(record.conn.socket, record.conn.peer, outcome, record.since, close=not keep_number)
+        self._requests.close_held(record.conn.socket, record.conn.peer, outcome, record.since, turns=record.served,
+                                  idle_closed=idle_closed, close=not keep_number)
 
     def close_idle(self, *, fresh_since: float | None) -> int:
         """At shutdown: close watched connections with no request in them; return how many.
 
         Those idle between requests always (nothing is lost); those waiting
-        for their first request only if their wait began before
-        ``fresh_since`` (None: not yet). Mid-stage ones finish or time out;
+        for their first request, and those mid-stage (counted ``timed_out``),
+        only if their wait began before ``fresh_since`` (None: not yet);
         readable ones (a request arrived just now) are left for the loop to serve.
         """
         dispatched = self._dispatched
+        if fresh_since is not None:
+            # Mid-stage ones get what fresh ones get (DRAIN_GRACE since they arrived), not their whole stage.
+            for record in list(self._held.values()):
+                if record.events and not record.closed and record.wait_began <= fresh_since:
+                    self._close(record, Outcome.TIMED_OUT, f"the {record.why} was not complete when the drain began")
         candidates = []
         for record in list(self._polled.values()):
             if (record.closed or id(record.conn.socket) in dispatched or record.messages or record.replies
@@ -784,15 +853,29 @@ class WaitingSet:
                 closed += 1
         return closed
 
-    def abandon_ready(self) -> int:
-        """At the drain deadline: close the readable connections no worker took; return how many."""
-        count = 0
+    def abandon_ready(self) -> tuple[int, int]:
+        """At the drain deadline: close what no worker took; return (readable ones, idle ones).
+
+        Readable connections (queued here, or armed in the poller with bytes
+        waiting) are closed unanswered and counted failed; idle ones completed.
+        """
+        abandoned = 0
         while self.ready:
             record = self.ready.popleft()
             if not record.closed:
                 self._close(record, Outcome.FAILED, None)
-                count += 1
-        return count
+                abandoned += 1
+        idle = 0
+        for record in list(self._armed.values()):
+            if record.closed or not self._claim(record):
+                continue
+            if record.messages or record.conn.buffered or _unread(record.conn.socket):
+                self._close(record, Outcome.FAILED, None)
+                abandoned += 1
+            else:
+                self._close(record, Outcome.COMPLETED, None)
+                idle += 1
+        return abandoned, idle
 
 
 def set_idle_timeout(sock: socket.socket, seconds: float | None) -> None:

@@ -66,11 +66,16 @@ def test_idle_connections_in_the_loop_are_closed_and_counted(caplog: pytest.LogC
     with caplog.at_level(logging.INFO, logger="sockwork"), serving(server), client(server) as silent:
         assert silent.recv(10) == b""  # closed by the server
         assert eventually(lambda: server.stats.timed_out == 1)
-        with client(server) as talker:  # between keep-alive turns too
+        with client(server) as talker:  # between keep-alive turns too: served, then idle
             talker.sendall(b"one")
             assert talker.recv(10) == b"one"
+            talker.sendall(b"two")
+            assert talker.recv(10) == b"two"
             assert talker.recv(10) == b""
-        assert eventually(lambda: server.stats.timed_out == 2)
+        # Issue 23 H: its requests were served: completed (not timed_out), closed idle, two turns.
+        assert eventually(lambda: server.stats.completed == 1)
+        stats = server.stats
+        assert (stats.timed_out, stats.idle_closed, stats.turns) == (1, 1, 2)
     assert "idle for more than 0.2s" in caplog.text
 
 
@@ -521,3 +526,109 @@ def test_classic_handler_waiting_for_the_client_times_out_instead_of_reading_a_p
         assert eventually(lambda: server.stats.timed_out + server.stats.completed == 1, timeout=5)
         assert lines == []
         assert server.stats.timed_out == 1
+
+
+# ---- Issue 23 A: the drain deadline holds with inline and clients queued --------------------------
+
+def test_inline_drain_stops_serving_queued_clients_at_the_deadline() -> None:
+    """Ten clients with a request each and a 0.4 s handler on inline, drain_timeout 1 s: close() returns
+    by the deadline (+ 1 s), not after serving all ten one by one; every client is answered or closed,
+    and counted."""
+    started = threading.Event()
+
+    @stream_handler
+    def slow(conn: Connection) -> object:
+        data = conn.recv()
+        if not data:
+            return None
+        started.set()
+        time.sleep(0.4)
+        conn.write(data)
+        return KEEP_ALIVE
+
+    server = Server(transport=TCP, dispatcher="inline", handler=slow, drain_timeout=1.0)
+    socks = [socket.create_connection(server.address, timeout=10) for _ in range(10)]
+    try:
+        with serving(server):
+            for i, sock in enumerate(socks):
+                sock.sendall(b"req%d" % i)
+            assert started.wait(10)
+            began = time.monotonic()
+            server.shutdown()
+            server.close()
+            assert time.monotonic() - began < 1.0 + 1.0
+        replies = [sock.recv(10) for sock in socks]
+        answered = [r for r in replies if r]
+        assert 1 <= len(answered) < 10
+        stats = server.stats
+        assert stats.active == 0
+        assert stats.completed == len(answered) and stats.failed == 10 - len(answered)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+# ---- Issue 23 G: a full max_waiting makes room by closing the longest-idle keep-alive connection ----
+
+def test_a_full_waiting_set_closes_the_longest_idle_keep_alive_connection_for_a_new_client() -> None:
+    """max_waiting=3, all three served and idle between requests: a fourth client is served at once;
+    the connection idle longest is closed (completed, idle_closed), the others stay."""
+    server = Server(transport=TCP, dispatcher="pool", handler="echo", limits=Limits(max_waiting=3))
+    with serving(server), ExitStack() as stack:
+        kept = []
+        for i in range(3):
+            sock = stack.enter_context(client(server))
+            sock.sendall(b"hi %d" % i)
+            assert sock.recv(10) == b"hi %d" % i
+            kept.append(sock)
+            time.sleep(0.05)  # the first one is idle longest
+        late = stack.enter_context(client(server))
+        late.sendall(b"late")
+        assert late.recv(10) == b"late"
+        assert kept[0].recv(10) == b""  # closed to make room
+        kept[1].sendall(b"still")
+        assert kept[1].recv(10) == b"still"
+        assert eventually(lambda: server.stats.idle_closed == 1)
+        assert server.stats.timed_out == 0
+
+
+def test_a_full_waiting_set_of_silent_clients_still_stops_accepting() -> None:
+    """Clients that never sent a request are not closed to make room (only served, idle ones are)."""
+    server = Server(transport=TCP, dispatcher="pool", handler="echo", limits=Limits(max_waiting=2))
+    with serving(server), ExitStack() as stack:
+        for _ in range(2):
+            stack.enter_context(client(server))
+        assert eventually(lambda: server.stats.accepted == 2)
+        late = stack.enter_context(client(server))
+        late.sendall(b"late")
+        time.sleep(0.3)
+        assert server.stats.accepted == 2 and server.stats.idle_closed == 0
+
+
+# ---- Issue 23 C: a message client that never reads its replies costs bounded memory ----------------
+
+def test_a_message_client_that_never_reads_its_replies_costs_bounded_memory() -> None:
+    """64 KiB of 2-byte lines, replies never read: the server stops reading it, holding at most
+    REPLIES_HIGH_WATER (plus one turn) of replies and one small read of unanswered messages."""
+    from sockwork._waiting import MESSAGE_READ, REPLIES_HIGH_WATER
+
+    server = Server(transport=TCP, dispatcher="pool", handler="lines")
+    with serving(server), client(server) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        sent, blocked_since, give_up = 0, None, time.monotonic() + 10
+        while time.monotonic() < give_up:  # until the server has stopped reading for 0.3 s
+            try:
+                sent += sock.send(b"a\n" * 4096)
+                blocked_since = None
+            except BlockingIOError:
+                blocked_since = blocked_since or time.monotonic()
+                if time.monotonic() - blocked_since > 0.3:
+                    break
+                time.sleep(0.01)
+        assert sent > 0
+        waiting = server.loop.waiting
+        assert waiting is not None
+        [record] = list(waiting._held.values())
+        held = len(record.replies) + sum(len(m) + 40 for m in record.messages) + len(record.conn._buffer)
+        assert held <= REPLIES_HIGH_WATER + 32 * 64 + MESSAGE_READ * 21
