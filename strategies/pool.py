@@ -40,9 +40,11 @@ class PoolOptions:
     """Worker threads, started with the server: the most requests served at
     once. Default: 4 per CPU, at most 32."""
     queue_size: int = attrs.field(default=64, validator=positive_int)
-    """Accepted requests that may wait for a free worker. When the queue is
-    full the server stops accepting (new clients wait in the kernel's
-    backlog) until a worker frees up; nothing is dropped."""
+    """Requests the loop hands over (classic handlers, at accept) that may wait
+    for a free worker. When they are all taken the server stops accepting (new
+    clients wait in the kernel's backlog) until a worker frees up; nothing is
+    dropped. Connections that wait for their client are bounded by
+    ``limits.max_waiting`` instead (docs/production.md, section 4)."""
 
 
 @final
