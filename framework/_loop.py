@@ -436,7 +436,7 @@ class Loop:
             idle += waiting.close_idle(fresh_since=now - DRAIN_GRACE)
             self.run_once(_shorter(SATURATED_RECHECK, max(0.0, (deadline or math.inf) - now)), 0)
         abandoned, idle_at_deadline = waiting.abandon_ready()
-        idle += idle_at_deadline
+        idle += idle_at_deadline + waiting.returned_idle_at_drain
         waiting.stop_taking_returns()
         if idle:
             logger.info("closed %d idle connection(s) at shutdown", idle)

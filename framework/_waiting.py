@@ -238,6 +238,7 @@ class WaitingSet:
         self._returned: collections.deque[Waiting] = collections.deque()  # from workers, for the loop
         self.draining = False
         self.drain_deadline: float | None = None  # set with draining: after it, nothing more is handed out
+        self.returned_idle_at_drain = 0  # connections whose turn ended while draining, closed idle
         self._taking_returns = True
         self._log_timeout = RateLimitedLog(logger, LOG_EVERY)
         self._log_refused = RateLimitedLog(logger, LOG_EVERY)
@@ -304,6 +305,7 @@ class WaitingSet:
             if record.why != stage.name:  # entering this stage: its clock starts
                 self._set_due(record, None if stage.timeout is None else time.monotonic() + stage.timeout, stage.name)
             before = record.conn.socket
+            unread_before = _unread(before)
             try:
                 want = stage.advance(record.conn)
             except BlockingIOError:
@@ -325,9 +327,12 @@ class WaitingSet:
             if want == "done":
                 record.stage += 1
                 continue
-            if want != "write":
-                record.lowat = _wake_on_more_than(record.conn.socket, record.lowat)
-            elif record.lowat:
+            unread = _unread(record.conn.socket) if want != "write" else 0
+            if unread and unread == unread_before:
+                # It asks for more having read none of what is there (it peeked): wake it only
+                # for more bytes than these, or the loop would call it again at once, forever.
+                record.lowat = _wake_on_more_than(record.conn.socket, unread)
+            elif record.lowat:  # it read (TLS reads what it needs): the next byte wakes it as usual
                 record.lowat = _wake_on_more_than(record.conn.socket, record.lowat, reset=True)
             self._watch_stage(record, _WRITE if want == "write" else _READ)
             return
@@ -574,7 +579,8 @@ class WaitingSet:
                 if record.messages or self._frame(record):  # what arrived behind the last turn's messages
                     self._settle(record)
             elif self.draining and not record.conn.buffered and not _tls_pending(record.conn.socket):
-                self._close(record, Outcome.COMPLETED, None)
+                self._close(record, Outcome.COMPLETED, None)  # its turn ended as the drain began: idle now
+                self.returned_idle_at_drain += 1
             else:
                 self._wait_for_bytes(record)
 
@@ -591,14 +597,14 @@ class WaitingSet:
         except OSError as exc:
             self._close(record, Outcome.DISCONNECTED, f"went away: {exc}")
             return
-        conn._buffer += data  # noqa: SLF001 -- the loop fills the record's own read buffer
+        conn.buffer.extend(data)
         record.eof = not data
         if self._frame(record):
             self._settle(record)
 
     def _frame(self, record: Waiting) -> bool:
         """Split what the buffer holds into messages; False if the client was refused for it."""
-        framing, buffer = self._framing, record.conn._buffer  # noqa: SLF001 -- see above
+        framing, buffer = self._framing, record.conn.buffer
         assert framing is not None
         if not buffer:
             record.partial_since = None
@@ -901,23 +907,22 @@ def set_idle_timeout(sock: socket.socket, seconds: float | None) -> None:
 _SO_TIMEOUTS = ((socket.SO_RCVTIMEO, socket.SO_SNDTIMEO)
                 if hasattr(socket, "SO_RCVTIMEO") and sys.platform.startswith("linux") else None)
 
-def _wake_on_more_than(sock: socket.socket, raised: int, *, reset: bool = False) -> int:
-    """Make the socket readable (for the selector) only once more bytes arrive than it holds now.
+def _wake_on_more_than(sock: socket.socket, unread: int, *, reset: bool = False) -> int:
+    """Make the socket readable (for the selector) only once it holds more than ``unread`` bytes.
 
     A stage that peeks at a partial header and asks to "read" again must not
     be called again at once while those bytes sit unread (a one-packet busy
     loop): SO_RCVLOWAT makes epoll report the socket readable only when it
     holds more, or at its end. ``reset``: back to 1 (before anyone else reads
-    it). Returns the bytes it holds now if the mark is raised, else 0. Where
-    the kernel has no such option (not Linux), nothing changes.
+    it). Returns the mark's base (``unread``), or 0 once reset. Where the
+    kernel has no such option (not Linux), nothing changes.
     """
     if _FIONREAD is None:
         return 0
-    pending = 0 if reset else _unread(sock)
-    if pending or raised:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, pending + 1)
-    return pending
+    mark = 1 if reset else unread + 1
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, mark)
+    return 0 if reset else unread
 
 
 def _unread(sock: socket.socket) -> int:

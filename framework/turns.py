@@ -42,7 +42,8 @@ class TurnWorkers:
     poller watches, in semaphore mode, wakes exactly one); ``stop()`` makes
     every thread serve what is still posted and return; ``polling`` is the
     number of threads waiting on the poller now (a dispatcher that starts
-    threads as needed reads it). ``close()`` after the threads ended.
+    threads as needed reads it). The last thread to return after ``stop()``
+    closes the wake-up descriptors (or ``stop()`` itself, if none runs).
     """
 
     def __init__(self, turns: TurnSource, take_turn: Callable[[int], None]) -> None:
@@ -58,6 +59,8 @@ class TurnWorkers:
             self.close()
             raise
         self._waiting: set[int] = set()  # idents of the threads in poll() now (set.add/discard: atomic)
+        self._running = 0  # threads in run(): changed under _lock, twice per thread, never per request
+        self._lock = threading.Lock()
         self.stopping = False
 
     @property
@@ -65,13 +68,24 @@ class TurnWorkers:
         return len(self._waiting)
 
     def post(self, item: Any) -> None:
-        """Hand ``item`` to one waiting thread (any thread; items are served in order)."""
+        """Hand ``item`` to one waiting thread (any thread; items are served in order).
+
+        Raises RuntimeError once ``stop()`` was called: the threads may be gone.
+        """
+        if self.stopping:
+            raise RuntimeError("the dispatcher's threads are stopping: they take no more work")
         self._posted.append(item)
         os.eventfd_write(self._signal, 1)
 
     def stop(self) -> None:
-        """Every thread serves what is posted, then returns from ``run``."""
-        self.stopping = True
+        """Every thread serves what is posted, then returns from ``run`` (again: nothing more)."""
+        with self._lock:
+            if self.stopping:
+                return
+            self.stopping = True
+            if not self._running:
+                self.close()
+                return
         os.eventfd_write(self._stop, 1)
 
     def run(self, serve: Callable[[Any], object], *, idle: float = -1.0,
@@ -84,6 +98,24 @@ class TurnWorkers:
         before serving it (a dispatcher that starts threads as needed makes
         sure another one waits meanwhile).
         """
+        with self._lock:
+            if self.stopping:
+                return
+            self._running += 1
+        try:
+            self._serve_until_stopped(serve, idle, on_taken)
+        finally:
+            if self._leave():
+                self.close()
+
+    def _leave(self) -> bool:
+        """A thread leaves run(); True if it is the last one after stop()."""
+        with self._lock:
+            self._running -= 1
+            return self.stopping and not self._running
+
+    def _serve_until_stopped(self, serve: Callable[[Any], object], idle: float,
+                             on_taken: Callable[[], object] | None) -> None:
         poll, take_turn, signal, stop = self._turns.poll, self._take_turn, self._signal, self._stop
         waiting, me = self._waiting, threading.get_ident()
         while True:
@@ -122,7 +154,7 @@ class TurnWorkers:
             serve(item)
 
     def close(self) -> None:
-        """Stop watching and close the wake-up descriptors (after every thread returned)."""
+        """Stop watching and close the wake-up descriptors (once every thread returned; again: nothing)."""
         for fd in (self._signal, self._stop):
             if fd >= 0:
                 self._turns.remove(fd)

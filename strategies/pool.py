@@ -121,9 +121,7 @@ class PoolDispatcher:
         return not self._workers
 
     def close(self) -> None:
-        # Threads cannot be stopped from outside; the Server logs any still running.
-        if self._turn_workers is not None and not self._workers:
-            self._turn_workers.close()
+        pass  # threads cannot be stopped from outside (the Server logs any still running); the last closes up
 
 
 @hookimpl(trylast=True)

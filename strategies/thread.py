@@ -108,7 +108,7 @@ class ThreadDispatcher:
 
     def submit(self, request: Any, client_address: Any) -> None:
         self._slots.take()
-        if self._turn_workers is not None:
+        if self._turn_workers is not None and not self._stopping:
             self._turn_workers.post((request, client_address))
             self._another_waits()
             return
@@ -158,9 +158,6 @@ class ThreadDispatcher:
         finally:
             with self._starting:
                 self._alive -= 1
-                last = self._alive == 0
-            if last and self._stopping:
-                self._turn_workers.close()  # type: ignore[union-attr]  # see above
 
     def _serve_posted(self, item: tuple[Any, Any]) -> None:
         try:
@@ -224,7 +221,7 @@ class ThreadDispatcher:
             parked.lock.release()  # with no item: an idle thread ends now instead of lingering
 
     def close(self) -> None:
-        pass  # threads cannot be stopped from outside; the last leader closes the turn workers' descriptors
+        pass  # threads cannot be stopped from outside; the last to stop closes the turn workers' descriptors
 
 
 @final
