@@ -31,6 +31,7 @@ if typing.TYPE_CHECKING:
     from .config import ServerConfig as ServerConfig
     from .config import TransportConfig as TransportConfig
     from .connection import KEEP_ALIVE as KEEP_ALIVE
+    from .connection import ClosedBeforeSpeaking as ClosedBeforeSpeaking
     from .connection import Connection as Connection
     from .connection import ConnectionStage as ConnectionStage
     from .connection import StageFailed as StageFailed
@@ -93,6 +94,7 @@ _EXPORTS = {
     "KEEP_ALIVE": ".connection",
     "Connection": ".connection",
     "ConnectionStage": ".connection",
+    "ClosedBeforeSpeaking": ".connection",
     "StageFailed": ".connection",
     "datagram_handler": ".handlers",
     "stream_handler": ".handlers",

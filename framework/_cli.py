@@ -1,8 +1,9 @@
 """The ``sockwork`` command (also ``python -m sockwork``).
 
-    sockwork [serve] [CONFIG] [--transport URL] [--dispatcher NAME] [--workers N]
+    sockwork [serve] [CONFIG] [--transport URL | -b URL] [--dispatcher NAME] [--workers N | -w N]
                      [--handler REF] [--option KEY=VALUE ...] [--drain-timeout S]
-                     [--log-level LEVEL]
+                     [--access-log text|json] [--log-level LEVEL]
+                     (each flag but --option also as SOCKWORK_<FLAG>, e.g. SOCKWORK_WORKERS)
     sockwork check [CONFIG] [the same flags]
     sockwork plugins
     sockwork bench [--quick] ...        (see sockwork.bench)
@@ -33,6 +34,7 @@ import difflib
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -53,6 +55,13 @@ __all__ = ["main"]
 
 DEFAULT_TRANSPORT = "tcp://127.0.0.1:9999"
 COMMANDS = ("serve", "check", "plugins", "bench")
+ENVIRONMENT = {  # SOCKWORK_<NAME>: the flag (its dest) it stands for, when the command line does not give it
+    "SOCKWORK_CONFIG": "config", "SOCKWORK_TRANSPORT": "transport", "SOCKWORK_DISPATCHER": "dispatcher",
+    "SOCKWORK_WORKERS": "workers", "SOCKWORK_HANDLER": "handler", "SOCKWORK_DRAIN_TIMEOUT": "drain_timeout",
+    "SOCKWORK_ACCESS_LOG": "access_log", "SOCKWORK_LOG_LEVEL": "log_level",
+}
+ENVIRONMENT_HELP = "SOCKWORK_CONFIG, SOCKWORK_TRANSPORT, ... SOCKWORK_LOG_LEVEL (the flag's name in capitals)"
+_HANDLER_REF = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")  # app:handle, a handler where a file was expected
 
 logger = logging.getLogger("sockwork")
 
@@ -61,24 +70,26 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     """The top-level parser, and each command's own (for errors in that command's words)."""
     parser = argparse.ArgumentParser(
         prog="sockwork", description="Run and inspect sockwork servers.",
-        epilog="With no COMMAND, or with a config file or flags first, 'serve' is meant.",
+        epilog="With no COMMAND, or with a config file or flags first, 'serve' is meant. "
+               f"Each flag of serve and check can also come from the environment: {ENVIRONMENT_HELP}.",
     )
     parser.add_argument("--version", action="version", version=f"sockwork {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def config_flags(command: argparse.ArgumentParser) -> None:
+        command.epilog = f"Flags can also come from the environment: {ENVIRONMENT_HELP}; a flag given wins."
         command.add_argument("config", nargs="?", metavar="CONFIG", help="a .toml or .json config file (optional)")
-        command.add_argument("--transport", metavar="URL",
+        command.add_argument("--transport", "-b", "--bind", metavar="URL",
                              help=f"where to listen, e.g. tcp://[::1]:8000, unix:///run/app.sock, fd://3, "
-                                  f"systemd:// (default: {DEFAULT_TRANSPORT})")
+                                  f"systemd:// (default: {DEFAULT_TRANSPORT}); -b/--bind as gunicorn's")
         command.add_argument("--dispatcher", metavar="NAME",
                              help="concurrency strategy: inline, thread, fork, pool, ... (default: thread)")
-        command.add_argument("--workers", metavar="N",
+        command.add_argument("--workers", "-w", metavar="N",
                              help="the dispatcher's worker count, for one that has a 'workers' option "
                                   "(pool, prefork): short for --option dispatcher.workers=N")
         command.add_argument("--handler", metavar="REF",
-                             help="a registered handler (echo, discard, lines) or package.module:attribute "
-                                  "(modules in the current directory are found)")
+                             help="a registered handler (address, discard, echo, lines; sockwork plugins lists "
+                                  "all) or package.module:attribute (modules in the current directory are found)")
         command.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                              help="a component option or limit, e.g. dispatcher.workers=8, transport.backlog=4096, "
                                   "limits.idle_timeout=30 "
@@ -121,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] not in (*COMMANDS, "-h", "--help", "--version"):
         if argv[0].startswith("-") or _looks_like_a_config_file(argv[0]):
             argv.insert(0, "serve")
+        elif _HANDLER_REF.fullmatch(argv[0]):
+            parser.error(f"{argv[0]!r} is not a command; did you mean 'sockwork serve --handler {argv[0]}'?")
         else:
             close = difflib.get_close_matches(argv[0], COMMANDS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -128,14 +141,49 @@ def main(argv: Sequence[str] | None = None) -> int:
                          "A config file's name ends in .toml or .json.")
     if not argv:
         argv = ["serve"]
+    if argv[0] in own and (hint := _address_hint(argv[1:])):  # before parsing: --port's value is no CONFIG
+        own[argv[0]].error(hint)
     args, extra = parser.parse_known_args(argv)
     if extra:  # in the words, and with the usage, of the command they were given to
         own[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command in ("serve", "check"):
+        config = args.config
+        if config is not None and _HANDLER_REF.fullmatch(config) and not os.path.exists(config):
+            own[args.command].error(f"{config!r} is not a config file (a .toml or .json file); "
+                                    f"did you mean --handler {config}?")
+        args.environment = _from_environment(args)
     try:
         return _run(args)
     except BrokenPipeError:  # `sockwork plugins | head`: the reader left; so do we, quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _address_hint(words: list[str]) -> str:
+    """For ``--host 0.0.0.0 --port 8000`` (uvicorn's, flask's habit): the error, with the --transport URL meant."""
+    given: dict[str, str] = {}
+    for i, word in enumerate(words):
+        name, equals, value = word.partition("=")
+        if name in ("--host", "--port"):
+            following = words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("-") else ""
+            given[name[2:]] = value if equals else following
+    if not given:
+        return ""
+    host = given.get("host") or "127.0.0.1"
+    host = f"[{host}]" if ":" in host else host
+    return (f"no {' or '.join(f'--{name}' for name in given)}: sockwork takes the address as a URL, "
+            f"--transport tcp://{host}:{given.get('port') or 'PORT'} (or -b/--bind)")
+
+
+def _from_environment(args: argparse.Namespace) -> list[str]:
+    """Fill the flags the command line did not give from SOCKWORK_* variables; return the names used."""
+    used = []
+    for variable, dest in ENVIRONMENT.items():
+        value = os.environ.get(variable)
+        if value and getattr(args, dest) is None:
+            setattr(args, dest, value)
+            used.append(variable)
+    return used
 
 
 def _current_directory_first() -> None:
@@ -182,10 +230,12 @@ def _one_problem_one_line(exc: ConfigError, source: str | None = None) -> str:
 
 
 def _source(args: argparse.Namespace) -> str:
-    """Where the settings came from, as problems are reported: a file, flags, or both."""
+    """Where the settings came from, as problems are reported: a file, flags, or both (and the environment)."""
     flags = any((args.transport, args.dispatcher, args.workers, args.handler, args.drain_timeout, args.log_level,
                  args.access_log, args.option))
-    return f"{args.config} with the command line's flags" if args.config and flags else args.config or "command line"
+    source = f"{args.config} with the command line's flags" if args.config and flags else args.config or "command line"
+    environment = getattr(args, "environment", [])
+    return f"{source} (and {', '.join(environment)})" if environment else source
 
 
 def _config_from(args: argparse.Namespace, registry: Registry) -> ServerConfig:

@@ -6,10 +6,12 @@ bound to the one part that owns it (the loop, the requests, the transport).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, final
 
 from ._parts import InheritedTransport, Parts
+from ._requests import _log_access
 from .interfaces import Dispatcher
 
 if TYPE_CHECKING:
@@ -24,8 +26,8 @@ class ServerSideHost:
     the forked child's duties (ProcessDispatcherHost) and a worker's own server (SupervisorHost)."""
 
     __slots__ = (
-        "add_reader", "admit", "at_capacity", "call_later", "finished", "handler", "limits", "release",
-        "remove_reader", "serve", "server", "take_error", "take_turn", "turns", "wake",
+        "add_reader", "admit", "at_capacity", "call_later", "finished", "handler", "limits", "log_access",
+        "on_error", "release", "remove_reader", "serve", "server", "take_error", "take_turn", "turns", "wake",
     )
 
     def __init__(self, server: Server) -> None:
@@ -46,6 +48,9 @@ class ServerSideHost:
         self.call_later = loop.call_later
         self.limits = server.limits
         self.handler = server.handler
+        self.on_error = requests.on_error
+        style = requests.access_log
+        self.log_access = None if style is None else functools.partial(_log_access, style)
 
     def after_fork(self) -> None:
         """In a forked child that serves one request: drop the parent's loop and listener."""

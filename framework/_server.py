@@ -116,28 +116,32 @@ class Server:
         self.limits = limits = limits if limits is not None else Limits()
         self.plugin_options: Mapping[str, Mapping[str, Any]] = dict(plugin_options or {})
         self.drain_timeout = drain_timeout
-        self._on_error = on_error
         self._service_actions = service_actions
         self.requests = Requests(
             self.transport, self.handler, limits=limits, hooks=parts.hooks, on_error=on_error,
             handler_server=self if handler_server is None else handler_server, access_log=access_log,
         )
         self.requests.server = self
+        self._bind()
 
+    def _bind(self) -> None:
+        """The end of ``__init__``: open the transport (last: everything before fails without a
+        socket open), then the loop and the lifecycle; on failure nothing is left open."""
         try:
-            self.transport.open()  # last: everything above fails without a socket open
+            self.transport.open()
         except BaseException:
             self.dispatcher.close()  # built, never started: close() is still its to run
             raise
+        hooks = self.parts.hooks
         try:
             self.loop = Loop(self.transport, self.dispatcher, self.requests,
-                             on_round=parts.hooks.stats_reporter(self, limits.stats_interval))
+                             on_round=hooks.stats_reporter(self, self.limits.stats_interval))
         except BaseException:
             self.transport.close()
             self.dispatcher.close()
             raise
-        self.lifecycle = Lifecycle(self, self.transport, self.dispatcher, self.loop, self.requests,
-                                   parts.hooks, drain_timeout)
+        self.lifecycle = Lifecycle(self, self.transport, self.dispatcher, self.loop, self.requests, hooks,
+                                   self.drain_timeout)
 
     def __repr__(self) -> str:
         return f"<Server {self.url} {type(self.dispatcher).__name__} handler={self.handler!r}>"

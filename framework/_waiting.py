@@ -46,7 +46,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, final
 
 from ._ratelimit import RateLimitedLog
-from .connection import KEEP_ALIVE, Connection, StageFailed
+from .connection import KEEP_ALIVE, ClosedBeforeSpeaking, Connection, StageFailed
 from .interfaces import capability
 from .limits import Outcome
 
@@ -312,6 +312,10 @@ class WaitingSet:
                 want = "read"  # nothing to read yet: try again when there is
             except StageFailed as exc:
                 self._close(record, Outcome.REFUSED, f"{stage.name} failed: {exc}")
+                return
+            except ClosedBeforeSpeaking as exc:  # a health check: counted, not news
+                logger.debug("client %s: %s", record.conn.peer, exc)
+                self._close(record, Outcome.DISCONNECTED, None)
                 return
             except OSError as exc:
                 self._close(record, Outcome.DISCONNECTED, f"went away during the {stage.name}: {exc}")

@@ -31,6 +31,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, final
 
+from .connection import StageFailed
 from .interfaces import capability
 
 __all__ = [
@@ -165,26 +166,33 @@ discard = AsyncHandler(_discard_stream, _discard_datagram, name="discard")
 def lines(options: Any) -> AsyncHandler:
     """The async form of the ``lines`` handler: each line answered ``"<n>: <line>"``.
 
-    ``options.max_line`` as in the blocking form: a longer line is answered in pieces.
+    The blocking form's behaviour exactly (its ``Lines`` framing): ``"\\r\\n"`` reads as ``"\\n"``, a
+    last line without one is answered too, and a line longer than ``options.max_line`` refuses the
+    connection (``StageFailed``: counted ``refused``) once the lines before it are answered.
     """
     max_line: int = options.max_line
 
     async def number_lines(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         count = 0
         buffer = bytearray()
+        ended = False
         while True:
-            newline = buffer.find(b"\n", 0, max_line)
-            if newline < 0 and len(buffer) < max_line:
-                chunk = await reader.read(_CHUNK)
-                if chunk:
+            newline = buffer.find(b"\n")
+            if (newline if newline >= 0 else len(buffer)) > max_line:
+                raise StageFailed(f"sent a line longer than {max_line} bytes")
+            if newline < 0:
+                if not ended:
+                    chunk = await reader.read(_CHUNK)
+                    ended = not chunk
                     buffer += chunk
                     continue
-                if not buffer:
+                newline = len(buffer)  # the last line, without its b"\n"
+                if not buffer[:-1 if buffer.endswith(b"\r") else None]:
                     return
-            end = newline + 1 if newline >= 0 else min(len(buffer), max_line)
+            line = buffer[:newline - 1] if buffer[newline - 1:newline] == b"\r" else buffer[:newline]
+            del buffer[:newline + 1]
             count += 1
-            writer.write(b"%d: %s" % (count, buffer[:end]))
-            del buffer[:end]
+            writer.write(b"%d: %s\n" % (count, line))
             await writer.drain()
 
     return AsyncHandler(stream=number_lines, name="lines")

@@ -54,6 +54,11 @@ class StageFailed(ServerError):
     """
 
 
+class ClosedBeforeSpeaking(ConnectionAbortedError):
+    """The client closed the connection before sending a byte, as a balancer's TCP health check (or a
+    port scan) does: raised by a stage, counted ``disconnected`` and logged at DEBUG only, being no news."""
+
+
 @runtime_checkable
 class ConnectionStage(Protocol):
     """A non-blocking step the loop runs on an accepted stream connection before dispatch.
@@ -72,8 +77,9 @@ class ConnectionStage(Protocol):
     dispatchers that take the bare descriptor over, such as ``asyncio``) and
     ``conn.peer`` (the real client behind a proxy), and add to ``conn.info``.
     Raising :class:`StageFailed` refuses the client; ``BlockingIOError``
-    means "call again when readable"; any other ``OSError`` means it went
-    away (counted ``disconnected``); a stage not done ``timeout``
+    means "call again when readable"; :class:`ClosedBeforeSpeaking` that the
+    client closed without a byte (``disconnected``, logged at DEBUG only); any
+    other ``OSError`` means it went away (counted ``disconnected``); a stage not done ``timeout``
     seconds after it began is cut (counted ``timed_out``). Any other
     exception is a bug in the stage: logged with its traceback, the
     connection closed and counted as failed; the server keeps serving.

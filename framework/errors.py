@@ -44,8 +44,12 @@ class UnknownPluginError(ConfigError, LookupError):
         self.name = name
         self.available = tuple(sorted(available))
         listing = ", ".join(self.available) or "(none)"
+        import difflib  # only for this message: the drop-in's import time stays low
+
+        close = difflib.get_close_matches(name, self.available, n=1) if isinstance(name, str) else []
+        hint = f" Did you mean {close[0]!r}?" if close else ""
         super().__init__(
-            f"no {kind} named {name!r}; registered: {listing}.\n"
+            f"no {kind} named {name!r}; registered: {listing}.{hint}\n"
             "Is the plugin that provides it installed (entry point group 'sockwork')?"
         )
 

@@ -180,6 +180,17 @@ class DispatcherHost(LoopHost, Protocol):
     def at_capacity(self) -> bool:
         """For a dispatcher that took the listener: at the ``max_connections`` cap, stop accepting."""
 
+    @property
+    def on_error(self) -> Callable[[Request, Address, Exception], object] | None:
+        """The server's ``on_error`` (None if it has none), for a dispatcher that runs handlers without
+        ``serve`` (``runs_async``): called inside its ``except`` block instead of logging the exception."""
+
+    @property
+    def log_access(self) -> Callable[[Request, Address, Outcome, float], None] | None:
+        """Writes one access-log line ``(request, client_address, outcome, seconds)`` when the server's
+        ``access_log`` is on (None when it is off), for a dispatcher that runs handlers without ``serve``;
+        call it before the request's socket closes (the kernel's byte counts are read from it)."""
+
 
 class ProcessDispatcherHost(DispatcherHost, Protocol):
     """A :class:`DispatcherHost` for a dispatcher that forks a child per request (``fork``).

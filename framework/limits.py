@@ -25,7 +25,7 @@ from typing import Any, Literal, final
 
 import attrs
 
-from .validators import off_is_none
+from .validators import off_is_none, optional_seconds
 
 __all__ = ["Limits", "Outcome", "ServerStats", "WorkerExit"]
 
@@ -53,13 +53,6 @@ class WorkerExit(enum.IntEnum):
     """It finished ``max_requests`` requests and made way for a fresh worker."""
     ORPHANED = 4
     """Its parent process was gone: it drained and stopped by itself."""
-
-
-def _optional_seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and (
-        isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf
-    ):
-        raise ValueError(f"'{attribute.name}' must be a number of seconds > 0, or none to disable, got {value!r}")
 
 
 def _seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -104,17 +97,17 @@ class Limits:
     At the cap the server stops accepting. ``"auto"``: the process's
     descriptor limit less a reserve of a quarter (at least 16), so the
     server never runs out of descriptors for its own work."""
-    idle_timeout: float | None = attrs.field(default=60.0, converter=off_is_none, validator=_optional_seconds)
+    idle_timeout: float | None = attrs.field(default=60.0, converter=off_is_none, validator=optional_seconds)
     """Stream connections: seconds a connection may wait for its client,
     in the loop (for its first bytes, between keep-alive requests) or in a
     handler's read or write (the socket's timeout). A client that sends
     nothing cannot hold a worker at all, and a waiting descriptor no longer
     than this; the connection is closed and counted ``timed_out``."""
-    request_timeout: float | None = attrs.field(default=None, converter=off_is_none, validator=_optional_seconds)
+    request_timeout: float | None = attrs.field(default=None, converter=off_is_none, validator=optional_seconds)
     """Stream requests: seconds a handler's turn may take; then its connection
     is shut down, which ends the handler at its next read or write (``fork``:
     the child is killed)."""
-    message_timeout: float | None = attrs.field(default=30.0, converter=off_is_none, validator=_optional_seconds)
+    message_timeout: float | None = attrs.field(default=30.0, converter=off_is_none, validator=optional_seconds)
     """Message handlers: seconds from a message's first byte until it must be
     complete; a client trickling a message slower is cut (``timed_out``)."""
     stats_interval: float = attrs.field(default=10.0, validator=_seconds)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import attrs
 
-from .connection import StageFailed
+from .connection import ClosedBeforeSpeaking, StageFailed
 
 if TYPE_CHECKING:
     from .connection import Connection, StageWant
@@ -468,7 +468,7 @@ class ProxyHeaderStage:
                     info.pop(_PARTIAL, None)
                     if partial:
                         raise StageFailed(f"the connection ended inside the PROXY header, after {partial!r}")
-                    raise ConnectionAbortedError("the client closed the connection before sending a PROXY header")
+                    raise ClosedBeforeSpeaking("the client closed the connection before sending a PROXY header")
                 partial += chunk
         except ProxyProtocolError as exc:
             info.pop(_PARTIAL, None)

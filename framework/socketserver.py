@@ -56,6 +56,7 @@ def _load_core():
     strategies = ("inline", "thread", "fork") if hasattr(os, "fork") else ("inline", "thread")
     for name in strategies:
         importlib.import_module(f"sockwork.strategies.{name}")
+    importlib.import_module("sockwork.transports._socket")  # accepter(), for the fast path
     return importlib.import_module("sockwork._server")
 
 __version__ = "0.4"
@@ -94,6 +95,7 @@ class _ClassicTransport:
 
     accept_batch = 1  # the classic listening socket blocks: one accept per readiness
     kind: _typing.Literal["stream", "datagram"]
+    _listener = None  # the listening socket _accept_on was made for (the fast path)
 
     def __init__(self, server):
         self._server = server
@@ -115,8 +117,12 @@ class _ClassicTransport:
             self.release_request = socket.socket.close  # type: ignore[method-assign]  # the fast path, per instance
 
     def _accept_connection(self):
+        listener = self._server.socket
+        if listener is not self._listener:  # the first time, or a program replaced server.socket
+            self._listener = listener
+            self._accept_on = _accepter()(listener)
         try:
-            return self._server.socket.accept()
+            return self._accept_on()
         except OSError as exc:
             if exc.errno in _ACCEPT_CAPACITY_ERRNOS:
                 raise
@@ -210,6 +216,11 @@ class _ClassicDispatch:
     def hand_off(self, request, client_address):
         self._handed_off = True
         self._inner.submit(request, client_address)
+
+
+def _accepter():
+    """sockwork.transports' accept without socket.accept()'s enum conversions (loaded by _load_core)."""
+    return sys.modules["sockwork.transports._socket"].accepter
 
 
 def _nothing(request):

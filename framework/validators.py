@@ -20,7 +20,7 @@ import attrs
 
 from .errors import ConfigError, OptionError
 
-__all__ = ["boolean", "off_is_none", "optional_positive_int", "positive_int"]
+__all__ = ["boolean", "off_is_none", "optional_positive_int", "optional_seconds", "positive_int"]
 
 ACCESS_LOG_FORMATS = ("text", "json")
 
@@ -44,6 +44,13 @@ def positive_int(instance: object, attribute: attrs.Attribute[Any], value: objec
 def optional_positive_int(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(f"'{attribute.name}' must be an int >= 1, or none for no limit, got {value!r}")
+
+
+def optional_seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf
+    ):
+        raise ValueError(f"'{attribute.name}' must be a number of seconds > 0, or none to disable, got {value!r}")
 
 
 # ---- Server settings checked in one place, for ServerConfig and Server(...) alike ---------

@@ -22,7 +22,9 @@ Rule 2: limits are cancellations. ``idle_timeout`` cancels a stream handler
 that has waited that long on its client (one read pending, or the same
 bytes unsent); ``request_timeout`` one whose connection is older than that;
 both counted ``timed_out`` with an INFO line. A client that resets is
-``disconnected`` (INFO, rate limited). At the drain deadline what still runs
+``disconnected`` (INFO, rate limited); a handler that raises ``StageFailed``
+refuses its client (``refused``, INFO, rate limited), as a message handler's
+framing does. At the drain deadline what still runs
 is cancelled (FAILED, INFO): no traceback for what we caused. One timer
 checks every connection at a quarter of the shorter timeout (at most every
 second): nothing per request.
@@ -45,12 +47,13 @@ import attrs
 from sockwork._ratelimit import RateLimitedLog
 from sockwork._requests import DISCONNECT_ERRORS, client_label
 from sockwork.aio import AsyncHandler, as_async_handler
+from sockwork.connection import StageFailed
 from sockwork.handlers import send_datagram
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import ACCEPT_FATAL_ERRNOS, DispatcherHost, Transport, capability
 from sockwork.limits import Outcome, auto_waiting_capacity
 from sockwork.slots import Slots
-from sockwork.validators import off_is_none, optional_positive_int
+from sockwork.validators import off_is_none, optional_positive_int, optional_seconds
 
 if TYPE_CHECKING:
     from sockwork.registry import DispatcherEntry
@@ -96,6 +99,11 @@ class AsyncioOptions:
     """Requests served at once on the loop; at this many the server stops accepting until one
     ends. Default: the process's descriptor limit less a quarter in reserve (as ``limits.max_waiting``,
     an event loop's connections wait in it). None (in files: false): no bound of its own."""
+    warn_blocked: float | None = attrs.field(default=0.5, converter=off_is_none, validator=optional_seconds)
+    """Seconds a handler may hold the event loop (run without awaiting) before a WARNING names it, at most
+    one every 5 s: a blocking call in an async handler delays every other client. Measured as the lateness
+    of a timer, so a loop round busy with thousands of clients counts too: hence 0.5 s rather than the 0.1 s
+    of asyncio's debug mode, which times every callback. None (in files: false): no check."""
 
 
 @final
@@ -125,6 +133,9 @@ class AsyncioDispatcher:
         self._listener: Transport | None = None  # taken from the server: accepted here, on the event loop
         self._accepting = False  # the listener is watched by the event loop now
         self._stopped_accepting = threading.Event()
+        self._log_refused = RateLimitedLog(logger, _LOG_EVERY)
+        self._log_blocked = RateLimitedLog(logger, _LOG_EVERY)
+        self._beating = False  # the held-loop check runs (only while there are requests on the loop)
 
     def take_listener(self, transport: Transport) -> bool:
         """Accept this stream transport's connections on the event loop itself (no stages to run first):
@@ -148,6 +159,8 @@ class AsyncioDispatcher:
         shortest = min(t for t in (limits.idle_timeout, limits.request_timeout, math.inf) if t is not None)
         self._sweep_every = None if shortest == math.inf else min(SWEEP_AT_MOST, shortest / 4)
         self._slots.wake_with(host.wake)
+        self._on_error = host.on_error
+        self._log_access = host.log_access
         self._loop = loop = _new_loop(self.options.loop)
         loop.set_exception_handler(_log_loop_error)
         self._thread = threading.Thread(target=self._run, args=(loop,), name="sockwork-asyncio", daemon=True)
@@ -262,17 +275,40 @@ class AsyncioDispatcher:
         while incoming:
             item, client_address = incoming.popleft()
             if isinstance(item, tuple):
-                conn = _Conn(client_address, None, 0.0)
+                conn = _Conn(client_address, None, loop.time())  # type: ignore[union-attr]
                 conn.task = loop.create_task(self._serve_datagram(conn, item))  # type: ignore[union-attr]
             else:
                 conn = _Conn(client_address, item, loop.time())  # type: ignore[union-attr]
                 conn.task = loop.create_task(self._serve_stream(conn, item))  # type: ignore[union-attr]
             conns.add(conn)
+        if not self._beating and self.options.warn_blocked is not None:
+            self._beating = True
+            self._heartbeat(loop.time())  # type: ignore[union-attr]  # started
+
+    def _heartbeat(self, due: float) -> None:
+        """Runs every half ``warn_blocked`` while requests are on the loop: later than due, the loop was held.
+
+        A timer that runs late measures, without a cost per request, how long the
+        callback before it held the loop; with one handler per server, that names it.
+        """
+        if not self._conns:
+            self._beating = False
+            return
+        loop = self._loop
+        now = loop.time()  # type: ignore[union-attr]  # started
+        limit: float = self.options.warn_blocked  # type: ignore[assignment]  # not None while it beats
+        if now - due > limit:
+            self._log_blocked(
+                logging.WARNING, "handler %r held the event loop for at least %.2f s (warn_blocked = %s s), "
+                "delaying every other client: a blocking call in an async handler? Await it in a thread "
+                "(asyncio.to_thread) instead", self._handler.__qualname__, now - due, limit)
+        loop.call_at(now + limit / 2, self._heartbeat, now + limit / 2)  # type: ignore[union-attr]
 
     async def _serve_stream(self, conn: _Conn, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         outcome, error = Outcome.FAILED, None
         transport: asyncio.Transport | None = None
+        log_access = self._log_access  # None once written: one line per request, while the socket is open
         try:
             reader = asyncio.StreamReader(STREAM_LIMIT, loop)
             protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
@@ -280,11 +316,16 @@ class AsyncioDispatcher:
             writer = asyncio.StreamWriter(transport, protocol, reader, loop)
             conn.reader, conn.transport = reader, transport  # for the idle check
             await self._handler.stream(reader, writer)  # type: ignore[misc]  # a stream server: has it
+            if log_access is not None:
+                log_access(sock, conn.address, Outcome.COMPLETED, loop.time() - conn.started)
+                log_access = None
             writer.close()
             await writer.wait_closed()  # the reply is on its way before the request counts as done
             outcome = Outcome.COMPLETED
         except BaseException as exc:  # the event loop carries on whatever a handler raised
-            outcome, error = self._outcome_of(conn, exc)
+            outcome, error = self._outcome_of(conn, exc, sock)
+            if log_access is not None:
+                log_access(sock, conn.address, outcome, loop.time() - conn.started)
             if transport is None:
                 sock.close()
             elif outcome is Outcome.FAILED and conn.reason is None:
@@ -306,12 +347,15 @@ class AsyncioDispatcher:
                 send_datagram(sock, reply, conn.address)
             outcome = Outcome.COMPLETED
         except BaseException as exc:
-            outcome, error = self._outcome_of(conn, exc)
+            outcome, error = self._outcome_of(conn, exc, request)
         finally:
+            if self._log_access is not None:
+                self._log_access(request, conn.address, outcome, self._loop.time() - conn.started)  # type: ignore[union-attr]
             self._end(conn, outcome, error)
 
-    def _outcome_of(self, conn: _Conn, exc: BaseException) -> tuple[Outcome, BaseException | None]:
-        """How a request that raised ``exc`` ended, logged once; the error for the hook, if any."""
+    def _outcome_of(self, conn: _Conn, exc: BaseException, request: Any) -> tuple[Outcome, BaseException | None]:
+        """How a request that raised ``exc`` ended, logged once (or given to the server's ``on_error``);
+        the error for the hook, if any. Called inside the ``except`` block, as ``on_error`` expects."""
         who = client_label(conn.address)
         if isinstance(exc, asyncio.CancelledError) and conn.reason is not None:
             if conn.reason == "idle":
@@ -323,10 +367,18 @@ class AsyncioDispatcher:
                 logger.info("connection of %s cancelled at the drain deadline", who)
                 return Outcome.FAILED, None  # we ended it: no handler failure to report
             return Outcome.TIMED_OUT, None
+        if isinstance(exc, StageFailed):  # the client broke the protocol (a line too long): its fault
+            self._log_refused(logging.INFO, "refused the connection of %s: %s", who, exc)
+            return Outcome.REFUSED, None
         if isinstance(exc, _CLIENT_GONE):
             self._log_gone(logging.INFO, "client %s went away mid-request: %s", who, exc)
             return Outcome.DISCONNECTED, None
-        if isinstance(exc, Exception | asyncio.CancelledError):
+        if isinstance(exc, Exception) and self._on_error is not None:
+            try:
+                self._on_error(request, conn.address, exc)
+            except Exception:
+                logger.exception("on_error raised while handling the failure of %s's request", who)
+        elif isinstance(exc, Exception | asyncio.CancelledError):
             logger.error("error while serving %s", who, exc_info=exc)
         else:  # SystemExit, KeyboardInterrupt from a handler: not the event loop's end
             logger.error("handler serving %s raised %r; the event loop carries on", who, exc)

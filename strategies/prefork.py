@@ -144,6 +144,10 @@ class PreforkDispatcher:
         self._host = host
         for _ in range(self.options.workers):
             self._spawn()
+        # Said once, where an operator looks first: state kept in a handler's memory is per worker.
+        logger.info("prefork: %d worker processes serve (pids %s); each has its own memory, so what a handler "
+                    "keeps in memory (a dict, a cache, a counter) is seen by one worker only",
+                    len(self._workers), ", ".join(str(pid) for pid in sorted(self._workers)))
 
     # ---- Spawn ------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import attrs
 
-from sockwork.connection import StageFailed
+from sockwork.connection import ClosedBeforeSpeaking, StageFailed
 from sockwork.hookspecs import hookimpl
 from sockwork.registry import TransportEntry
 from sockwork.validators import boolean, positive_int
@@ -240,7 +240,7 @@ class TLSHandshakeStage:
             except (BlockingIOError, InterruptedError):
                 return "read"
             if not first:
-                raise ConnectionAbortedError("the client closed the connection before the TLS handshake")
+                raise ClosedBeforeSpeaking("the client closed the connection before the TLS handshake")
             if first[0] != _HANDSHAKE_RECORD:
                 raise StageFailed(f"not a TLS client: it sent {first!r}... (plaintext on a TLS port?)")
             sock = self.transport.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)

@@ -203,12 +203,12 @@ def test_a_balancer_outside_trusted_proxies_is_refused(certificates: Path) -> No
         backend.kill()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "passes on its own (8 of 8 runs) since the drain takes the kernel's accept queue and lets mid-stage "
-    "connections finish; in a loaded full run it failed once: a connection whose TCP handshake completes "
-    "between the last accept and the listener's close is reset by the kernel, and HAProxy cannot retry an "
-    "established connection. Closing that window needs the stop to fail HAProxy's health checks first "
-    "(a follow-up)."))
+# Not xfail: it passes (8 of 8 runs on its own, and in full runs since the drain takes the kernel's accept
+# queue and lets mid-stage connections finish), and an xfail that passes hides nothing but noise. Before
+# that it failed once in a loaded full run: a connection whose TCP handshake completes between the last
+# accept and the listener's close is reset by the kernel, and HAProxy cannot retry an established
+# connection. If it fails again, that window is the suspect: closing it needs the stop to fail HAProxy's
+# health checks first (the lame-duck stop of the operations work).
 def test_a_graceful_stop_behind_haproxy_loses_no_request(
     running: tuple[list[Backend], HAProxy], certificates: Path,
 ) -> None:

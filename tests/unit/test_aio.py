@@ -76,7 +76,7 @@ def test_builtin_handlers_by_name_on_every_transport(transport: str, loop: str, 
             make(transport, "lines", short_tmp, loop)
         return
     with serving(make(transport, "lines", short_tmp, loop, handler_options={"max_line": 4})) as server:
-        assert exchange(server, b"a\nbb\nlonger\nend") == b"1: a\n2: bb\n3: long4: er\n5: end"
+        assert exchange(server, b"a\nbb\nlonger\nend") == b"1: a\n2: bb\n"  # a line over max_line: refused
     with serving(make(transport, "discard", short_tmp, loop)) as server:
         assert exchange(server, b"dropped") == b""
 
@@ -397,3 +397,65 @@ def test_tls_with_the_asyncio_dispatcher_is_refused_at_assembly(tmp_path: Path) 
 
     with pytest.raises(ConfigError, match=r"TLS handshake keeps its session in the socket object.*pool, thread"):
         assemble("tls", "echo", "asyncio", transport_options=_loopback(tmp_path))
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_handler_that_blocks_the_event_loop_is_named_in_a_warning(loop: str,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """A blocking call in an async handler holds every other client: one WARNING names the handler and says how
+    long; a second one within 5 s is held back (rate limited); off with ``warn_blocked = false``."""
+    async def sleepy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        time.sleep(1.0)  # the mistake: a blocking call on the event loop
+        writer.write(await reader.read(100))
+
+    server = Server(TCP, aio.stream_handler(sleepy), "asyncio", dispatcher_options={"loop": loop})  # by default
+    with caplog.at_level(logging.INFO, logger="sockwork"), serving(server):
+        assert exchange(server, b"one") == b"one"
+        assert exchange(server, b"two") == b"two"
+    held = [r for r in caplog.records if "held the event loop" in r.getMessage()]
+    assert len(held) == 1, caplog.text
+    assert held[0].levelno == logging.WARNING
+    assert re.search(r"handler 'test_a_handler_that_blocks_the_event_loop_is_named_in_a_warning.<locals>.sleepy' "
+                     r"held the event loop for at least \d+\.\d\d s \(warn_blocked = 0\.5 s\)", held[0].getMessage())
+    caplog.clear()
+    quiet = Server(TCP, aio.stream_handler(sleepy), "asyncio", dispatcher_options={"loop": loop, "warn_blocked": False})
+    with caplog.at_level(logging.INFO, logger="sockwork"), serving(quiet):
+        assert exchange(quiet, b"three") == b"three"
+    assert "held the event loop" not in caplog.text
+
+
+def test_the_access_log_and_on_error_cover_async_handlers(caplog: pytest.LogCaptureFixture) -> None:
+    """access_log gives one line per request under asyncio too (streams and datagrams), and a Server's
+    on_error gets an async handler's exception instead of the log, as for blocking handlers."""
+    async def picky(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = await reader.read(100)
+        if data == b"bad":
+            raise ValueError("bad request")
+        writer.write(data)
+
+    errors: list[tuple[Any, Any, Exception]] = []
+    server = Server(TCP, aio.stream_handler(picky), "asyncio", access_log="text",
+                    on_error=lambda request, address, exc: errors.append((request, address, exc)))
+    with caplog.at_level(logging.INFO, logger="sockwork"), serving(server):
+        assert exchange(server, b"good") == b"good"
+        assert exchange(server, b"bad") == b""
+        wait_until(lambda: server.stats.active == 0)
+    lines = [r.getMessage() for r in caplog.records if r.name == "sockwork.access"]
+    assert len(lines) == 2, caplog.text
+    assert re.fullmatch(r"\('127\.0\.0\.1', \d+\) completed \d+\.\d{3} ms in=4 out=\d+", lines[0]), lines
+    assert re.fullmatch(r"\('127\.0\.0\.1', \d+\) failed \d+\.\d{3} ms in=3 out=\d+", lines[1]), lines
+    [(request, address, exc)] = errors
+    assert isinstance(exc, ValueError) and address[0] == "127.0.0.1" and isinstance(request, socket.socket)
+    assert "error while serving" not in caplog.text  # on_error took it
+    assert (server.stats.completed, server.stats.failed) == (1, 1)
+
+    async def shout(payload: bytes, client_address: Any) -> bytes:
+        return payload.upper()
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="sockwork"), serving(Server(UDP, aio.datagram_handler(shout), "asyncio",
+                                                                          access_log="text")) as udp:
+        assert exchange(udp, b"hi") == b"HI"
+        wait_until(lambda: udp.stats.completed == 1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "sockwork.access"]
+    assert len(lines) == 1 and re.fullmatch(r"\('127\.0\.0\.1', \d+\) completed \d+\.\d{3} ms in=2 out=-", lines[0])

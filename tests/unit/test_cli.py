@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -462,3 +463,80 @@ def test_a_handler_module_that_fails_at_import_is_one_line_like_an_import_error(
     assert err.startswith(f"sockwork: command line: handler.ref: cannot import module {name!r} for handler "
                           f"'{name}:handle': {error}"), err
     assert err.count("\n") == 1, err
+
+
+# ---- Habits from gunicorn and uvicorn (issue 23 item 13) ------------------------------------
+
+def _check(*args: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, Any, str]:
+    """``sockwork check ARGS`` in this process: (status, the printed config or None, stderr)."""
+    from sockwork._cli import main
+
+    try:
+        status = main(["check", *args])
+    except SystemExit as exc:  # argparse's usage errors
+        status = exc.code  # type: ignore[assignment]
+    out, err = capsys.readouterr()
+    return status, json.loads(out) if status == 0 else None, err
+
+
+def test_short_flags_w_and_b_bind(capsys: pytest.CaptureFixture[str]) -> None:
+    """-w is --workers; -b and --bind are --transport (gunicorn's)."""
+    status, config, err = _check("--dispatcher", "pool", "-w", "3", "-b", "tcp://127.0.0.1:0", capsys=capsys)
+    assert status == 0, err
+    assert config["dispatcher"]["options"]["workers"] == 3
+    assert config["transport"]["options"]["address"] == ["127.0.0.1", 0]
+    status, config, err = _check("--bind", "tcp://[::1]:0", capsys=capsys)
+    assert status == 0 and config["transport"]["options"]["address"] == ["::1", 0], err
+
+
+@pytest.mark.parametrize(("args", "hint"), [
+    (["--port", "8000"], "no --port: sockwork takes the address as a URL, --transport tcp://127.0.0.1:8000"),
+    (["--host", "0.0.0.0", "--port=80"], "no --host or --port: sockwork takes the address as a URL, "
+                                         "--transport tcp://0.0.0.0:80 (or -b/--bind)"),
+])
+def test_port_and_host_flags_get_the_url_they_mean(args: list[str], hint: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = _check(*args, capsys=capsys)
+    assert status == 2 and err.splitlines()[-1].startswith(f"sockwork check: error: {hint}"), err
+
+
+def test_a_handler_where_a_config_file_is_expected_gets_did_you_mean(capsys: pytest.CaptureFixture[str]) -> None:
+    from sockwork._cli import main
+
+    status, _, err = _check("app:handle", capsys=capsys)
+    assert status == 2
+    assert err.splitlines()[-1] == ("sockwork check: error: 'app:handle' is not a config file (a .toml or .json "
+                                    "file); did you mean --handler app:handle?")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["app:handle"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "sockwork: error: 'app:handle' is not a command; did you mean 'sockwork serve --handler app:handle'?")
+
+
+@pytest.mark.parametrize(("flag", "name", "meant"), [
+    ("--dispatcher", "threads", "thread"), ("--handler", "ecko", "echo"), ("--transport", "tcpp://h:1", "tcp"),
+])
+def test_a_misspelled_part_name_gets_did_you_mean(flag: str, name: str, meant: str,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = _check(flag, name, capsys=capsys)
+    assert status == 1 and err.rstrip().endswith(f"Did you mean {meant!r}?"), err
+
+
+def test_flags_from_sockwork_environment_variables(monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """SOCKWORK_<FLAG> gives a flag the command line does not; the command line wins; errors name the variable."""
+    monkeypatch.setenv("SOCKWORK_TRANSPORT", "tcp://127.0.0.1:0")
+    monkeypatch.setenv("SOCKWORK_DISPATCHER", "pool")
+    monkeypatch.setenv("SOCKWORK_WORKERS", "3")
+    monkeypatch.setenv("SOCKWORK_LOG_LEVEL", "debug")
+    status, config, err = _check("-w", "5", capsys=capsys)
+    assert status == 0, err
+    assert (config["transport"]["options"]["address"], config["dispatcher"]["name"], config["log_level"]) == (
+        ["127.0.0.1", 0], "pool", "DEBUG")
+    assert config["dispatcher"]["options"]["workers"] == 5  # the flag, not SOCKWORK_WORKERS
+    monkeypatch.setenv("SOCKWORK_WORKERS", "many")
+    status, _, err = _check(capsys=capsys)
+    assert status == 1
+    assert err == ("sockwork: command line (and SOCKWORK_TRANSPORT, SOCKWORK_DISPATCHER, SOCKWORK_WORKERS, "
+                   "SOCKWORK_LOG_LEVEL): dispatcher.options.workers: must be an int >= 1, got 'many'\n")

@@ -130,3 +130,16 @@ def test_builtin_lines_and_discard_handlers() -> None:
         sock.send(b"into the void")
         with pytest.raises(TimeoutError):
             sock.recv(100)
+
+
+@pytest.mark.parametrize("dispatcher", ["inline", "thread", "pool", "fork", "asyncio"])
+def test_lines_answers_and_refuses_alike_on_every_dispatcher(dispatcher: str) -> None:
+    """``lines``: a line per reply, "\\r\\n" read as "\\n", a last line without one answered; a line over
+    ``max_line`` refuses the connection (counted ``refused``) after the lines before it are answered."""
+    server = Server(transport="tcp://127.0.0.1:0", dispatcher=dispatcher, handler="lines",
+                    handler_options={"max_line": 4})
+    with serving(server):
+        assert exchange(server, b"a\r\nbb\n\nend") == b"1: a\n2: bb\n3: \n4: end\n"
+        assert exchange(server, b"a\nfour\nlonger\nnever") == b"1: a\n2: four\n"
+        assert eventually(lambda: server.stats.active == 0)
+    assert (server.stats.completed, server.stats.refused, server.stats.failed) == (1, 1, 0)

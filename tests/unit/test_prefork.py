@@ -331,3 +331,14 @@ def test_a_crash_loop_backs_off_in_the_loop_and_stops_promptly(caplog: pytest.Lo
         server.shutdown()  # heard during a pause: serve_forever returns at once
     replaced = caplog.text.count("exited with status 1; starting a new one")
     assert 2 <= replaced <= 8, replaced
+
+
+def test_requests_are_served_by_the_workers_whose_pids_are_logged_at_start(caplog: pytest.LogCaptureFixture) -> None:
+    """At start-up the supervisor logs which worker pids serve, and that each has its own memory: a handler's
+    in-memory state is per worker (a key set through one is missing in another)."""
+    server = Server(transport=TCP, dispatcher="prefork", dispatcher_options={"workers": 2}, handler=pid_handler)
+    with caplog.at_level(logging.INFO, logger="sockwork"), serving(server):
+        pids = sorted(server.dispatcher.worker_pids)  # type: ignore[attr-defined]
+    [line] = [r.getMessage() for r in caplog.records if "worker processes serve" in r.getMessage()]
+    assert line == (f"prefork: 2 worker processes serve (pids {pids[0]}, {pids[1]}); each has its own memory, "
+                    "so what a handler keeps in memory (a dict, a cache, a counter) is seen by one worker only")

@@ -415,3 +415,21 @@ def test_a_client_that_leaves_mid_request_is_disconnected_not_failed(
     gone = [r for r in caplog.records if "went away mid-request" in r.getMessage()]
     assert [r.levelno for r in gone] == [logging.INFO]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("proxy", [False, True])
+def test_a_health_check_that_closes_without_a_byte_is_counted_and_logged_at_debug(
+        files: dict[str, str], caplog: pytest.LogCaptureFixture, proxy: bool) -> None:
+    """A TCP health check (connect, close, not a byte) on a tls listener, with or without a PROXY header
+    expected: counted disconnected, a DEBUG line, nothing at INFO (HAProxy checks every 2 s)."""
+    options: dict[str, Any] = {"certfile": files["cert"], "keyfile": files["key"]}
+    if proxy:
+        options.update(proxy_protocol="v2", trusted_proxies=["127.0.0.1"])
+    server = Server(transport="tls://127.0.0.1:0", dispatcher="pool", handler="echo", transport_options=options)
+    with caplog.at_level(logging.DEBUG, logger="sockwork"), serving(server):
+        for _ in range(3):
+            socket.create_connection(server.address[:2], timeout=10).close()
+        assert eventually(lambda: server.stats.disconnected == 3)
+    checks = [r for r in caplog.records if "closed the connection before" in r.getMessage()]
+    assert checks and {r.levelno for r in checks} == {logging.DEBUG}, caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO and "went away" in r.getMessage()]

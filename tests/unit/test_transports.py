@@ -93,15 +93,44 @@ def test_accept_returns_none_for_an_aborted_connection_and_raises_for_emfile() -
     transport = TCPTransport(TCPOptions(address=("127.0.0.1", 0)))
     transport.open()
     try:
-        with mock.patch.object(socket.socket, "accept", side_effect=ConnectionAbortedError(errno.ECONNABORTED, "x")):
+        assert transport.accept() is None  # nothing pending: no blocking
+        # The transport accepts through the accept function it made for its listener (see accepter()).
+        aborted = ConnectionAbortedError(errno.ECONNABORTED, "x")
+        with mock.patch.object(transport, "_accept", side_effect=aborted):
             assert transport.accept() is None
-        with mock.patch.object(socket.socket, "accept", side_effect=OSError(errno.EMFILE, "Too many open files")):
+        with mock.patch.object(transport, "_accept", side_effect=OSError(errno.EMFILE, "Too many open files")):
             with pytest.raises(OSError) as info:
                 transport.accept()
             assert info.value.errno == errno.EMFILE
-        assert transport.accept() is None  # nothing pending: no blocking
+        assert transport.accept() is None
     finally:
         transport.close()
+
+
+def test_the_accept_shim_is_in_use_and_accepts_as_socket_accept_does() -> None:
+    """accepter() skips socket.accept()'s enum conversions through the private ``socket.socket._accept``:
+    this fails loudly on a Python without it. What it returns is what accept() returns."""
+    import ssl
+
+    from sockwork.transports._socket import _RAW_ACCEPT, accepter
+
+    assert _RAW_ACCEPT is not None, "socket.socket._accept is gone: accepter() falls back to socket.accept()"
+    for timeout in (None, 2.0):
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            listener.settimeout(timeout)
+            accept = accepter(listener)
+            assert accept != listener.accept
+            with socket.create_connection(listener.getsockname()) as client:
+                conn, address = accept()
+                with conn:
+                    assert address == client.getsockname()
+                    assert (conn.family, conn.type, conn.proto) == (listener.family, listener.type, listener.proto)
+                    assert type(conn) is socket.socket and conn.gettimeout() is None  # blocking, as accept() makes it
+                    client.sendall(b"x")
+                    assert conn.recv(1) == b"x"
+    with socket.socket() as plain, ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).wrap_socket(
+            plain, server_side=True, do_handshake_on_connect=False) as wrapped:
+        assert accepter(wrapped) == wrapped.accept  # a subclass keeps its own accept
 
 
 # ---- Unix socket files ------------------------------------------------------
