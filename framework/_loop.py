@@ -266,8 +266,8 @@ class Loop:
         waiting = self.waiting
         dispatched = taken = 0  # taken: dispatched or closed at once; a round takes at most `limit`
         while taken < limit and not self.stop_requested:
-            if waiting is not None and waiting.waiting >= self.max_waiting and not self._room_for_one_more():
-                break  # the listener is readable: a client waits, and max_waiting is full
+            if waiting is not None and waiting.waiting >= self.max_waiting and (taken or not self._room_for_one_more()):
+                break  # full; on the round's first accept the listener was readable: a client waits, make room
             try:
                 accepted = accept()
             except OSError as exc:

@@ -216,8 +216,7 @@ class Server:
                                f"{type(self.dispatcher).__name__}'s workers accept by themselves: use serve_forever()")
         deadline = deadline_after(timeout)
         self.lifecycle.begin_serving(ServerSideHost(self))
-        loop = self.loop
-        loop.report_turns(True)
+        (loop := self.loop).report_turns(True)  # turns workers take themselves count as dispatched
         try:
             while not loop.stop_requested:
                 before = loop.submitted

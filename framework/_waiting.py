@@ -714,8 +714,7 @@ class WaitingSet:
                 if record.heap_due != due or record.closed:
                     continue  # superseded, or gone
                 if record.due is not None and record.due > due:  # re-armed since: its place is later
-                    put_back.append((record.due, next(self._order), record))
-                    record.heap_due = record.due
+                    self._push(record, record.due)
                     continue
                 if (record.served and record.why == "idle" and id(record.conn.socket) not in dispatched
                         and not record.messages and not record.conn.buffered and not _unread(record.conn.socket)

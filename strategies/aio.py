@@ -238,6 +238,7 @@ class AsyncioDispatcher:
             conn = _Conn(client_address, sock, loop.time())
             conn.task = loop.create_task(self._serve_stream(conn, sock))
             conns.add(conn)
+            self._watch_for_blocking()
 
     def _accept_failed(self, exc: OSError) -> None:
         self._pause_accepting()
@@ -281,9 +282,13 @@ class AsyncioDispatcher:
                 conn = _Conn(client_address, item, loop.time())  # type: ignore[union-attr]
                 conn.task = loop.create_task(self._serve_stream(conn, item))  # type: ignore[union-attr]
             conns.add(conn)
+        self._watch_for_blocking()
+
+    def _watch_for_blocking(self) -> None:
+        """Requests are on the loop: run the held-loop check (unless it runs, or is off)."""
         if not self._beating and self.options.warn_blocked is not None:
             self._beating = True
-            self._heartbeat(loop.time())  # type: ignore[union-attr]  # started
+            self._heartbeat(self._loop.time())  # type: ignore[union-attr]  # started
 
     def _heartbeat(self, due: float) -> None:
         """Runs every half ``warn_blocked`` while requests are on the loop: later than due, the loop was held.
