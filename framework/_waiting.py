@@ -515,11 +515,12 @@ class WaitingSet:
     def _keep(self, record: Waiting, replies: list[bytes]) -> None:
         """The verdict "keep": write the replies, then wait for the next bytes (a worker's thread)."""
         record.batch = None
+        conn = record.conn
+        self._dispatched.pop(id(conn.socket), None)  # the turn is over: no longer busy (what follows is I/O)
         if replies:
             record.replies += b"".join(replies)
             if not self._write_replies(record):
                 return  # gone (ended there)
-        conn = record.conn
         if (self._rearm is not None and not record.replies and not record.messages and not self.draining
                 and not conn.buffered and record.partial_since is None
                 and not (self._wrapped and _tls_pending(conn.socket))):
@@ -528,14 +529,12 @@ class WaitingSet:
             if self._idle_timeout is not None:
                 record.due = time.monotonic() + self._idle_timeout
             record.why = "idle"
-            self._dispatched.pop(id(conn.socket), None)
             self._armed[record.fd] = record
             try:
                 self._rearm(record.fd, _IN_ONESHOT)
             except (OSError, ValueError):  # the socket was shut down under us (force at the drain deadline)
                 self._return(record)
             return
-        self._dispatched.pop(id(conn.socket), None)
         self._return(record)
 
     def _return(self, record: Waiting) -> None:
