@@ -8,6 +8,9 @@ Assemble one from parts, by name or from objects::
         server.serve_forever()
 
 Plugins contribute parts through the hooks in :mod:`sockwork.hookspecs`.
+
+PYTEST_DONT_REWRITE: pytest's marker (sockwork registers a pytest plugin, so pytest would
+otherwise warn when sockwork was imported before it started; this module has no asserts).
 """
 
 # Names are imported when first used (PEP 562), so that `import sockwork.socketserver`
@@ -27,6 +30,7 @@ if typing.TYPE_CHECKING:
     from .assembly import load_config_file as load_config_file
     from .config import ConfigErrors as ConfigErrors
     from .config import DispatcherConfig as DispatcherConfig
+    from .config import FramingConfig as FramingConfig
     from .config import HandlerConfig as HandlerConfig
     from .config import ServerConfig as ServerConfig
     from .config import TransportConfig as TransportConfig
@@ -39,6 +43,7 @@ if typing.TYPE_CHECKING:
     from .errors import ConfigError as ConfigError
     from .errors import FailedElsewhere as FailedElsewhere
     from .errors import OptionError as OptionError
+    from .errors import PartsRefused as PartsRefused
     from .errors import PluginError as PluginError
     from .errors import ServerError as ServerError
     from .errors import UnknownPluginError as UnknownPluginError
@@ -60,10 +65,13 @@ if typing.TYPE_CHECKING:
     from .limits import WorkerExit as WorkerExit
     from .messages import message_handler as message_handler
     from .registry import DispatcherEntry as DispatcherEntry
+    from .registry import FramingEntry as FramingEntry
     from .registry import HandlerEntry as HandlerEntry
+    from .registry import HandlerSamples as HandlerSamples
     from .registry import NoOptions as NoOptions
     from .registry import PluginManager as PluginManager
     from .registry import Registry as Registry
+    from .registry import StageInputs as StageInputs
     from .registry import TransportEntry as TransportEntry
     from .registry import make_plugin_manager as make_plugin_manager
 
@@ -79,6 +87,7 @@ _EXPORTS = {
     "assemble_config": ".assembly",
     "ConfigErrors": ".config",
     "DispatcherConfig": ".config",
+    "FramingConfig": ".config",
     "HandlerConfig": ".config",
     "ServerConfig": ".config",
     "TransportConfig": ".config",
@@ -88,6 +97,7 @@ _EXPORTS = {
     "ConfigError": ".errors",
     "FailedElsewhere": ".errors",
     "OptionError": ".errors",
+    "PartsRefused": ".errors",
     "PluginError": ".errors",
     "ServerError": ".errors",
     "UnknownPluginError": ".errors",
@@ -113,10 +123,13 @@ _EXPORTS = {
     "ServerStats": ".limits",
     "WorkerExit": ".limits",
     "DispatcherEntry": ".registry",
+    "FramingEntry": ".registry",
     "HandlerEntry": ".registry",
+    "HandlerSamples": ".registry",
     "NoOptions": ".registry",
     "PluginManager": ".registry",
     "Registry": ".registry",
+    "StageInputs": ".registry",
     "TransportEntry": ".registry",
     "make_plugin_manager": ".registry",
 }

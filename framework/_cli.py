@@ -15,9 +15,13 @@ config file name (``.toml``/``.json``) is refused as an unknown command.
 With no arguments at all it serves the built-in echo handler on
 tcp://127.0.0.1:9999. SIGINT or SIGTERM stops a server gracefully (stop
 accepting, drain, exit 0); a second signal during the drain exits at once
-with status 1. SIGHUP asks the transport to reload what it read from files
-(the ``tls`` transport: its certificate and key), without dropping a
-connection; a reload that fails is logged and the old files stay in use.
+with status 1 (with ``--lame-duck S``, the first one keeps serving S seconds
+while health checks say draining). SIGHUP reloads: the config file and flags
+are read again and checked, the handler's modules imported afresh; prefork
+starts new workers with it and drains the old ones, other dispatchers apply
+what can change in place and name the rest; a config that does not check is
+refused in one line and the old one keeps serving (sockwork._operations).
+SIGTTIN/SIGTTOU add/remove a prefork worker.
 
 Handler modules are imported with the current directory first on
 ``sys.path``, for the ``sockwork`` script as for ``python -m sockwork``.
@@ -35,21 +39,22 @@ import json
 import logging
 import os
 import re
-import signal
 import sys
 import threading
 import tomllib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
 
 from . import __version__
+from ._operations import fresh_handler_modules, handle_operations, reload_server
 from .assembly import assemble_config, build_server, load_config
 from .config import FOREVER, LOG_LEVELS, ConfigErrors, ServerConfig, read_config_data
 from .errors import ConfigError, PluginError, ServerError
-from .interfaces import capability
-from .registry import KINDS, Registry
+from .hookspecs import hookimpl
+from .registry import KINDS, Kind, Registry
+from .validators import SECRET_SHOWN, is_secret, shown
 
 __all__ = ["main"]
 
@@ -90,6 +95,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         command.add_argument("--handler", metavar="REF",
                              help="a registered handler (address, discard, echo, lines; sockwork plugins lists "
                                   "all) or package.module:attribute (modules in the current directory are found)")
+        command.add_argument("--framing", metavar="NAME",
+                             help="the framing a message handler uses: lines, length, or a plugin's "
+                                  "(sockwork plugins lists them); its options: --option framing.max_message=N")
         command.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                              help="a component option or limit, e.g. dispatcher.workers=8, transport.backlog=4096, "
                                   "limits.idle_timeout=30 "
@@ -99,6 +107,15 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         command.add_argument("--access-log", choices=("text", "json"),
                              help="log one line per request (client, duration, bytes in/out, outcome) on the "
                                   "'sockwork.access' logger, as text or JSON lines (default: off)")
+        command.add_argument("--lame-duck", metavar="SECONDS",
+                             help="on SIGTERM, keep serving that long while health checks say draining, then stop "
+                                  "listening and drain (default: 0, off)")
+        command.add_argument("--pid-file", metavar="PATH",
+                             help="write the server's process id there once serving; removed at exit")
+        command.add_argument("--agent-check", metavar="URL",
+                             help="answer HAProxy's agent check on tcp://HOST:PORT (up, drain, maint)")
+        command.add_argument("--health", metavar="URL",
+                             help="answer HTTP GET /healthz and /readyz on tcp://HOST:PORT")
         command.add_argument("--log-level", metavar="LEVEL",
                              help=f"one of {', '.join(LOG_LEVELS)}, in any case (default: INFO)")
 
@@ -213,9 +230,29 @@ def _run(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             print(f"sockwork: {_one_problem_one_line(exc)}", file=sys.stderr)
             return 1
-        print(json.dumps(config.to_dict(), indent=2))
+        print(json.dumps(_secrets_hidden(config.to_dict(), registry), indent=2))
         return 0
-    return _serve(config, registry, source=_source(args))
+    return _serve(config, registry, source=_source(args), reread=lambda: _config_from(args, registry))
+
+
+def _secrets_hidden(data: dict[str, Any], registry: Registry) -> dict[str, Any]:
+    """A config's plain data with each part's secret options (sockwork.validators.SECRET) shown as ``***``."""
+    parts: tuple[tuple[Kind, str], ...] = (("transport", "name"), ("dispatcher", "name"), ("handler", "ref"),
+                                           ("framing", "name"))
+    for kind, key in parts:
+        table = data.get(kind)
+        if not isinstance(table, dict) or not isinstance(table.get("options"), dict):
+            continue
+        name = table.get(key)
+        if kind == "transport" and isinstance(table.get("url"), str):
+            name = registry.parse_transport_url(table["url"])[0]
+        try:
+            entry = registry.get(kind, name) if isinstance(name, str) else None
+        except ConfigError:
+            entry = None
+        if entry is not None:
+            table["options"] = shown(entry.options, table["options"])
+    return data
 
 
 def _one_problem_one_line(exc: ConfigError, source: str | None = None) -> str:
@@ -231,8 +268,9 @@ def _one_problem_one_line(exc: ConfigError, source: str | None = None) -> str:
 
 def _source(args: argparse.Namespace) -> str:
     """Where the settings came from, as problems are reported: a file, flags, or both (and the environment)."""
-    flags = any((args.transport, args.dispatcher, args.workers, args.handler, args.drain_timeout, args.log_level,
-                 args.access_log, args.option))
+    flags = any((args.transport, args.dispatcher, args.workers, args.handler, args.framing, args.drain_timeout,
+                 args.log_level, args.access_log, args.option, args.lame_duck, args.pid_file, args.agent_check,
+                 args.health))
     source = f"{args.config} with the command line's flags" if args.config and flags else args.config or "command line"
     environment = getattr(args, "environment", [])
     return f"{source} (and {', '.join(environment)})" if environment else source
@@ -247,10 +285,17 @@ def _config_from(args: argparse.Namespace, registry: Registry) -> ServerConfig:
         data["dispatcher"] = _keep_options_if_same(data.get("dispatcher"), "name", args.dispatcher)
     if args.handler:
         data["handler"] = _keep_options_if_same(data.get("handler"), "ref", args.handler)
+    if args.framing:
+        data["framing"] = _keep_options_if_same(data.get("framing", "lines"), "name", args.framing)
     if args.drain_timeout is not None:
         data["drain_timeout"] = args.drain_timeout if args.drain_timeout == FOREVER else _number(args.drain_timeout)
     if args.log_level:
         data["log_level"] = args.log_level
+    if args.lame_duck is not None:
+        data["lame_duck"] = _number(args.lame_duck)
+    for key in ("pid_file", "agent_check", "health"):
+        if getattr(args, key) is not None:
+            data[key] = getattr(args, key)
     if args.access_log:
         data["access_log"] = args.access_log
     if args.workers is not None:
@@ -298,8 +343,8 @@ def _apply_option(data: dict[str, Any], option: str) -> None:
         limits = data.get("limits")
         data["limits"] = {**(limits if isinstance(limits, dict) else {}), name: _value(text)}
         return
-    defaults = {"dispatcher": "thread", "handler": "echo"}  # a missing transport stays missing: an error
-    key = {"transport": "url", "dispatcher": "name", "handler": "ref"}[part]
+    defaults = {"dispatcher": "thread", "handler": "echo", "framing": "lines"}  # a missing transport: an error
+    key = {"transport": "url", "dispatcher": "name", "handler": "ref", "framing": "name"}[part]
     current = data.get(part, defaults.get(part))
     table = _as_table(current, key) if current is not None else {"options": {}}
     table["options"][name] = _value(text)
@@ -319,8 +364,13 @@ def _number(text: str) -> Any:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) else text
 
 
-def _serve(config: ServerConfig, registry: Registry, source: str) -> int:
+def _serve(
+    config: ServerConfig, registry: Registry, source: str, reread: Callable[[], ServerConfig] | None = None,
+) -> int:
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    handler = config.handler.ref if isinstance(config.handler.ref, str) else repr(config.handler.ref)
+    announce = _Announce(handler, config.dispatcher.name)
+    registry.plugin_manager.register(announce, name="sockwork.cli")  # before assembly: the server calls it
     try:
         server = build_server(config, registry)
     except ConfigError as exc:  # found when the parts are built: an inherited descriptor, say
@@ -329,15 +379,25 @@ def _serve(config: ServerConfig, registry: Registry, source: str) -> int:
     except (ServerError, OSError) as exc:
         print(f"sockwork: {exc}", file=sys.stderr)
         return 2
-    with server.handle_signals(), _reload_on_sighup(server):
+    if config.pid_file is not None:
         try:
-            handler = config.handler.ref if isinstance(config.handler.ref, str) else repr(config.handler.ref)
-            print(
-                f"sockwork: serving {handler!r} on {server.url} with dispatcher "
-                f"{config.dispatcher.name!r} (pid {os.getpid()})",
-                flush=True,
-            )
-            server.serve_forever()
+            write_pid_file(config.pid_file, os.getpid())
+        except OSError as exc:
+            print(f"sockwork: pid_file: cannot write {config.pid_file!r}: {exc.strerror or exc}", file=sys.stderr)
+            server.close()
+            return 2
+    reload = None if reread is None else _reloader(server, config, registry, source, reread)
+    with server.handle_signals(), handle_operations(server, reload), _pid_file(config.pid_file):
+        try:
+            try:
+                server.serve_forever()
+            except Exception as exc:
+                if announce.said:
+                    raise
+                # The dispatcher's start() failed: nothing was served. One line, as for any broken part.
+                print(f"sockwork: dispatcher {config.dispatcher.name!r} failed to start: "
+                      f"{type(exc).__name__}: {exc}", file=sys.stderr)
+                return 2
         finally:
             _close_attentively(server)
     logger.info("stopped")
@@ -350,31 +410,64 @@ def _serve(config: ServerConfig, registry: Registry, source: str) -> int:
     return 0
 
 
+class _Announce:
+    """Prints the "serving" line once the server has started (its dispatcher's start() returned)."""
+
+    def __init__(self, handler: str, dispatcher: str) -> None:
+        self.handler, self.dispatcher = handler, dispatcher
+        self.said = False
+
+    @hookimpl(tryfirst=True)
+    def sockwork_server_started(self, server: Any) -> None:
+        side = "".join(f"; {name} on {listener.url}" for name, listener in server.side_listeners.items())
+        print(f"sockwork: serving {self.handler!r} on {server.url} with dispatcher {self.dispatcher!r} "
+              f"(pid {os.getpid()}){side}", flush=True)
+        self.said = True
+
+
+def _reloader(
+    server: Any, config: ServerConfig, registry: Registry, source: str, reread: Callable[[], ServerConfig],
+) -> Callable[[], str]:
+    """SIGHUP's action: read the config again (file and flags), check it with the handler's code imported
+    afresh, apply it (:func:`sockwork._operations.reload_server`); a ConfigError refuses it."""
+    current = [config]
+
+    def reload() -> str:
+        new = reread()
+        with fresh_handler_modules(new.handler.ref):
+            try:
+                parts = assemble_config(new, registry, source=source)
+            except PluginError as exc:
+                raise ConfigError(str(exc)) from None
+        result = reload_server(server, current[0], new, parts)
+        current[0] = new
+        return f"read {source} again: {result}"
+
+    return reload
+
+
 @contextlib.contextmanager
-def _reload_on_sighup(server: Any) -> Iterator[None]:
-    """SIGHUP calls the transport's ``reload()`` (a capability: tls has it), in the main thread."""
-    if not hasattr(signal, "SIGHUP"):
+def _pid_file(path: str | None) -> Iterator[None]:
+    """Remove the pid file ``path`` (written already) after the block, if it still names this process."""
+    if path is None:
         yield
         return
-
-    def reload(signum: int, frame: object) -> None:
-        transport = server.transport
-        method = capability(transport, "reload")
-        name = capability(transport, "name") or type(transport).__name__
-        if method is None:
-            logger.info("SIGHUP: the %s transport has nothing to reload", name)
-            return
-        try:
-            method()
-        except Exception as exc:  # a renewed file that does not load must not stop the server
-            logger.error("SIGHUP: reloading the %s transport failed; still using what was loaded before: %s",
-                         name, exc)
-
-    previous = signal.signal(signal.SIGHUP, reload)
     try:
         yield
     finally:
-        signal.signal(signal.SIGHUP, previous)
+        with contextlib.suppress(OSError):
+            with open(path, encoding="ascii") as file:
+                ours = file.read().strip() == str(os.getpid())
+            if ours:  # a new master (an upgrade) has rewritten it otherwise
+                os.unlink(path)
+
+
+def write_pid_file(path: str, pid: int) -> None:
+    """``pid`` and a newline in ``path``, replaced in one step: a reader never sees half a file."""
+    temporary = f"{path}.{pid}.tmp"
+    with open(temporary, "w", encoding="ascii") as file:
+        file.write(f"{pid}\n")
+    os.replace(temporary, path)
 
 
 def _close_attentively(server: Any) -> None:
@@ -397,11 +490,17 @@ def _plugins(registry: Registry) -> int:
         for entry in registry.entries(kind):
             origin = distributions.get(entry.plugin, "?")
             status = f"  UNAVAILABLE: {entry.unavailable_reason}" if entry.unavailable_reason else ""
+            if (kind, entry.name) in registry.shadowed:
+                status += "  SHADOWS: " + ", ".join(
+                    f"[{lost.plugin}, {distributions.get(lost.plugin, '?')}]"
+                    for lost in registry.shadowed[kind, entry.name])
             print(f"  {entry.name:<12} {entry.description}  [{entry.plugin}, {origin}]{status}")
             if kind == "transport":
                 print(f"      URLs: {', '.join(scheme + '://' for scheme in registry.schemes_of(entry.name))}")
             for field in attrs.fields(entry.options):
                 default = "required" if field.default is attrs.NOTHING else _show_default(field.default)
+                if is_secret(field) and field.default not in (attrs.NOTHING, None):
+                    default = SECRET_SHOWN
                 print(f"      {field.alias} = {default}")
     print("lifecycle hooks:")
     for name, hooks in registry.lifecycle_plugins():

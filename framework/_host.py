@@ -57,6 +57,8 @@ class ServerSideHost:
         server = self.server
         server.loop.close_in_child()
         server.transport.after_fork()
+        for listener in server.side_listeners.values():  # the parent answers its probes
+            listener.close_in_child()
         server.requests.in_child = True  # failures go to the parent's hook, through the dispatcher
 
     def worker_server(
@@ -66,6 +68,8 @@ class ServerSideHost:
         """In a supervisor's worker process: a server of its own on the inherited listener."""
         server, requests = self.server, self.server.requests
         server.loop.close_in_child()  # the parent's loop, inherited: not ours
+        for listener in server.side_listeners.values():  # the parent answers its probes
+            listener.close_in_child()
         parts = Parts(transport=InheritedTransport(server.transport, accept_batch), dispatcher=dispatcher,
                       handler=server.handler, transport_name=server.parts.transport_name,
                       hooks=server.parts.hooks.for_worker())

@@ -1,8 +1,11 @@
 """The lifecycle of a Server: start, serve, shut down, drain, force, tear down; signals.
 
     created ──serve_forever()──► serving ──shutdown()──► stopped (may serve again)
-       │                                                    │
-       └──────────────close()──► stop listening ──► drain (drain_timeout) ──► force ──► torn down
+       │                            │                       │
+       │               first SIGTERM: lame duck (lame_duck s: serving, health says draining)
+       │                            │                       │
+       └──────────────close()──► refuse new connections ──► stop listening ──► drain (drain_timeout)
+                                                                           ──► force ──► torn down
 
 Rule 1: close() never tears down a loop still running: a loop held by an
 inline handler tears itself down when it leaves.
@@ -11,6 +14,13 @@ backlog nobody will accept.
 Rule 3: at the drain deadline the connections still served here are shut
 down (a handler blocked on its client ends); what runs elsewhere is ended by
 ``dispatcher.close()``; what still runs after that is logged, never hidden.
+Rule 4: closing the listener resets nothing the kernel completed: before it
+closes, the transport stops new handshakes (``stop_new_connections``) and the
+ones under way complete and are accepted (``handshakes_pending``), for at most
+HANDSHAKE_GRACE; the backlog is taken last.
+Rule 5: ``phase`` is what health checks report: ``serving``, ``lame duck``
+(still serving, balancers asked to stop sending), ``draining`` (the listener
+is closing or closed), ``stopped``.
 """
 
 from __future__ import annotations
@@ -20,12 +30,14 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, final
 
 from ._loop import Loop
 from ._parts import LifecycleHooks
 from ._requests import Requests
+from ._side_listener import SideListener
 from .deadlines import deadline_after, remaining
 from .interfaces import Dispatcher, ServerHost, Transport, capability
 
@@ -35,6 +47,9 @@ logger = logging.getLogger("sockwork")
 
 LOOP_EXIT_GRACE = 0.25
 """However short the drain timeout, how long close() lets the loop notice the stop."""
+
+HANDSHAKE_GRACE = 1.0
+"""When the listener closes, how long handshakes already under way get to complete and be accepted."""
 
 FORCE_GRACE = 1.0
 """After the drain deadline, how long handlers get to notice their
@@ -52,7 +67,8 @@ class Lifecycle:
 
     def __init__(
         self, server: Any, transport: Transport, dispatcher: Dispatcher, loop: Loop, requests: Requests,
-        hooks: LifecycleHooks, drain_timeout: float | None,
+        hooks: LifecycleHooks, drain_timeout: float | None, lame_duck: float = 0.0,
+        side_listeners: Iterable[SideListener] = (),
     ) -> None:
         self.server = server  # what the lifecycle hooks receive
         self.transport = transport
@@ -61,6 +77,11 @@ class Lifecycle:
         self.requests = requests
         self.hooks = hooks
         self.drain_timeout = drain_timeout
+        self.lame_duck = lame_duck
+        self.phase = "serving"
+        self.side_listeners = tuple(side_listeners)  # answered by this loop, closed at teardown
+        for listener in self.side_listeners:
+            listener.attach(loop)
         self.started = False
         self.closed = False
         self._lock = threading.Lock()
@@ -144,7 +165,10 @@ class Lifecycle:
         left = remaining(deadline)
         if not self._not_serving.wait(None if left is None else max(left, LOOP_EXIT_GRACE)):
             return False  # an inline handler holds the loop; force_stop deals with it
+        if self.phase in ("serving", "lame duck"):
+            self.phase = "draining"
         if self.started and not self.loop.stopped_listening:
+            self._refuse_new_connections(deadline)
             self.loop.take_backlog()  # closing the listener would reset them; the drain serves them
         self.loop.stop_listening()
         if self.transport.kind == "stream":
@@ -153,6 +177,25 @@ class Lifecycle:
         if self.started:
             self.loop.drain_waiting(deadline)  # what waiting clients sent is served; idle ones close
         return not self.started or self.dispatcher.drain(remaining(deadline))
+
+    def _refuse_new_connections(self, deadline: float | None) -> None:
+        """Stop new handshakes; accept those under way as they complete (Rule 4).
+
+        The loop has stopped: the backlog is taken here (with a supervisor, its
+        workers, still serving, take it).
+        """
+        stop_new = capability(self.transport, "stop_new_connections")
+        if stop_new is None or not stop_new():
+            return
+        pending = capability(self.transport, "handshakes_pending")
+        until = time.monotonic() + HANDSHAKE_GRACE
+        if deadline is not None:
+            until = min(until, deadline)
+        while pending is not None:
+            self.loop.take_backlog()
+            if not pending() or time.monotonic() >= until:
+                break
+            time.sleep(0.005)
 
     def force_stop(self) -> None:
         """After the drain deadline: shut down the connections still served in this process.
@@ -179,8 +222,11 @@ class Lifecycle:
             kill()
 
     def _teardown(self) -> None:
+        self.phase = "stopped"
         self.requests.stop()
         self.transport.close()
+        for listener in self.side_listeners:
+            listener.close()
         self.loop.close()
         if self.started:
             self._call_hook(self.hooks.stopped)
@@ -211,17 +257,15 @@ class Lifecycle:
                 finally:
                     os._exit(1)
             stopping = True
-            waiting = self.loop.waiting.waiting if self.loop.waiting is not None else 0
-            running = self._running_now() - waiting
-            logger.info("stopping on %s: %s%s", signal.Signals(signum).name,
-                        f"draining {running} request(s) still running ({_up_to(self.drain_timeout)})"
-                        if running else "no request is running",
-                        f"; {waiting} connection(s) waiting in the loop" if waiting else "")
-            self.shutdown()  # from the serving thread: returns at once, the loop ends next
-            if self.drain_timeout is not None:
-                # An inline handler holds the loop: hold it to the deadline too. A timer
-                # signal rather than a thread: a process about to fork stays single-threaded.
-                signal.setitimer(signal.ITIMER_REAL, max(self.drain_timeout, 0.001))
+            name = signal.Signals(signum).name
+            if self.lame_duck > 0 and self.phase == "serving":
+                self.phase = "lame duck"
+                logger.info("stopping on %s: lame duck for %s (serving; health checks say draining), then "
+                            "draining (%s)", name, format_seconds(self.lame_duck), _up_to(self.drain_timeout))
+                self.loop.call_later(self.lame_duck, lambda: self._stop_serving(name))
+                self.loop.wake()  # the loop's next wait ends with the lame duck
+                return
+            self._stop_serving(name)
 
         def on_deadline(signum: int, frame: Any) -> None:
             self._force_if_loop_held()
@@ -240,6 +284,20 @@ class Lifecycle:
             signal.set_wakeup_fd(previous_fd)
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+
+    def _stop_serving(self, signal_name: str) -> None:
+        """The graceful stop a signal asks for, after any lame duck: leave the loop, then drain."""
+        waiting = self.loop.waiting.waiting if self.loop.waiting is not None else 0
+        running = self._running_now() - waiting
+        logger.info("stopping on %s: %s%s", signal_name,
+                    f"draining {running} request(s) still running ({_up_to(self.drain_timeout)})"
+                    if running else "no request is running",
+                    f"; {waiting} connection(s) waiting in the loop" if waiting else "")
+        self.shutdown()  # from the serving thread: returns at once, the loop ends next
+        if self.drain_timeout is not None:
+            # An inline handler holds the loop: hold it to the deadline too. A timer
+            # signal rather than a thread: a process about to fork stays single-threaded.
+            signal.setitimer(signal.ITIMER_REAL, max(self.drain_timeout, 0.001))
 
     def _running_now(self) -> int:
         """Requests running here and in a supervisor's workers, read without a lock: this runs in a

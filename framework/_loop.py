@@ -129,6 +129,12 @@ class Loop:
         self.release: Callable[[Request], None] = requests.release
         self.turns: TurnPoller | None = None  # for a dispatcher that takes_turns, when connections wait here
         self.take_turn: Callable[[int], None] = _no_turns
+        self._choose_where_requests_wait()
+
+    def _choose_where_requests_wait(self) -> None:
+        """Stream connections wait in a waiting set (if their handler or transport needs one); datagrams
+        go to workers that read them themselves (a dispatcher that takes_turns); else the loop accepts."""
+        transport, dispatcher, requests = self.transport, self.dispatcher, self.requests
         if transport.kind == "stream" and self.accepts:
             waiting = WaitingSet(
                 self._selector, requests, dispatcher, stages=tuple(capability(transport, "stages")),

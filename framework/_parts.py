@@ -119,6 +119,10 @@ class InheritedTransport:
         self.accept_batch: int = accept_batch or capability(transport, "accept_batch")
         self.stages = capability(transport, "stages")
         self.reload = capability(transport, "reload")
+        # The listener stays open in the parent and the other workers: a worker closing its
+        # copy resets nothing, and must not stop the kernel from completing their connections.
+        self.stop_new_connections = None
+        self.handshakes_pending = None
         self.fileno = transport.fileno
         self.accept = transport.accept
         self.close_request = transport.close_request

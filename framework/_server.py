@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, final
 
+from ._health import ListenerAddress, close_all, health_listeners, open_all
 from ._host import ServerSideHost
 from ._lifecycle import Lifecycle
 from ._loop import Loop
@@ -29,7 +30,7 @@ from ._requests import Requests
 from .deadlines import deadline_after, remaining
 from .errors import ConfigError
 from .interfaces import Address, Dispatcher, Request, Transport, capability
-from .limits import Limits, Outcome, ServerStats
+from .limits import Limits, ServerStats
 from .urls import format_address
 from .validators import check_access_log, check_drain_timeout
 
@@ -91,9 +92,11 @@ class Server:
         handler_server: object = None,
         plugin_options: Mapping[str, Mapping[str, Any]] | None = None,
         access_log: str | None = None,
+        lame_duck: float = 0.0, agent_check: ListenerAddress = None, health: ListenerAddress = None,
     ) -> None:
         check_drain_timeout(drain_timeout)
         check_access_log(access_log)
+        self.side_listeners = health_listeners(self, lame_duck, agent_check, health)  # each checked; bound below
         if limits is not None and not isinstance(limits, Limits):
             raise ConfigError(f"'limits' must be a sockwork.Limits, got {limits!r}")
         if parts is None:
@@ -122,9 +125,9 @@ class Server:
             handler_server=self if handler_server is None else handler_server, access_log=access_log,
         )
         self.requests.server = self
-        self._bind()
+        self._bind(lame_duck)
 
-    def _bind(self) -> None:
+    def _bind(self, lame_duck: float) -> None:
         """The end of ``__init__``: open the transport (last: everything before fails without a
         socket open), then the loop and the lifecycle; on failure nothing is left open."""
         try:
@@ -134,14 +137,16 @@ class Server:
             raise
         hooks = self.parts.hooks
         try:
+            open_all(self.side_listeners)
             self.loop = Loop(self.transport, self.dispatcher, self.requests,
                              on_round=hooks.stats_reporter(self, self.limits.stats_interval))
         except BaseException:
+            close_all(self.side_listeners)
             self.transport.close()
             self.dispatcher.close()
             raise
         self.lifecycle = Lifecycle(self, self.transport, self.dispatcher, self.loop, self.requests, hooks,
-                                   self.drain_timeout)
+                                   self.drain_timeout, lame_duck, self.side_listeners.values())
 
     def __repr__(self) -> str:
         return f"<Server {self.url} {type(self.dispatcher).__name__} handler={self.handler!r}>"
@@ -282,15 +287,6 @@ class Server:
         spawning processes while a process-based dispatcher forks its workers.
         """
         return self.lifecycle.serving.wait(timeout)
-
-    def settle(self, request: Request, outcome: Outcome = Outcome.COMPLETED) -> None:
-        """Count ``request`` as ended with ``outcome``: for code that served and closed it itself
-        (a legacy ``process_request`` override). Does nothing for a request already counted."""
-        self.requests.settle(request, outcome)
-
-    def serve_request(self, request: Request, client_address: Address) -> Outcome:
-        """Serve one accepted request here and now, as a dispatcher's worker would (``host.serve``)."""
-        return self.loop.serve(request, client_address)
 
     def __enter__(self) -> Server:
         return self

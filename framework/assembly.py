@@ -28,9 +28,9 @@ import attrs
 from ._parts import LifecycleHooks, Parts
 from ._server import Server
 from .config import ConfigErrors, ServerConfig, TransportConfig, read_config_data, read_config_partially
-from .errors import ConfigError, PluginError, UnknownPluginError
+from .errors import ConfigError, OptionError, PartsRefused, PluginError, UnknownPluginError
 from .interfaces import capability
-from .registry import DispatcherEntry, Entry, HandlerEntry, Kind, Registry
+from .registry import DispatcherEntry, Entry, HandlerEntry, Kind, Registry, with_shadowing
 from .validators import make_options, validate_options
 
 __all__ = [
@@ -43,8 +43,9 @@ REQUIRED_MEMBERS: dict[str, tuple[str, ...]] = {
     "transport": ("kind", "family", "address", "open", "fileno", "accept", "close_request", "release_request",
                   "after_fork", "close"),
     "dispatcher": ("concurrency", "start", "submit", "saturated", "drain", "close"),
+    "framing": ("max_message", "split", "finish", "frame"),
 }
-ROLES = {"transport": "Transport", "dispatcher": "Dispatcher", "handler": "handler factory"}
+ROLES = {"transport": "Transport", "dispatcher": "Dispatcher", "handler": "handler factory", "framing": "Framing"}
 Errors = list[tuple[str, str]]
 
 
@@ -137,6 +138,13 @@ def assemble_config(config: ServerConfig, registry: Registry | None = None, *, s
             handler = _build_handler(registry, handler, _runs_async(built.get("dispatcher")))
         except PluginError as exc:
             raise PluginError(f"handler: {exc}") from None
+    if parts["framing"] is not None:
+        try:
+            handler = _with_framing(handler, _build(registry, "framing", parts["framing"]), config.handler.ref)
+        except PluginError as exc:
+            raise PluginError(f"framing: {exc}") from None
+        except ConfigError as exc:
+            errors.append(("framing", _first_line(exc)))
     if not errors:
         try:
             built["handler"] = check_handler(handler, built["transport"], config.handler.ref,
@@ -152,6 +160,17 @@ def assemble_config(config: ServerConfig, registry: Registry | None = None, *, s
     )
 
 
+def _with_framing(handler: Any, framing: Any, ref: object) -> Any:
+    """The message handler ``handler`` with ``framing`` instead of its own (a config chose it by name)."""
+    from .messages import MessageHandler  # only for a config that names a framing
+
+    if not isinstance(handler, MessageHandler):
+        shown = ref if isinstance(ref, str) else getattr(ref, "__qualname__", ref)
+        raise ConfigError(f"only a message handler (made with sockwork.message_handler) has a framing to choose; "
+                          f"handler {shown!r} is not one")
+    return MessageHandler(handler.fn, framing)
+
+
 def build_server(config: ServerConfig, registry: Registry | None = None) -> Server:
     """Assemble ``config`` (each part resolved once, everything checked), then bind a ready Server."""
     parts = assemble_config(config, registry)
@@ -159,7 +178,8 @@ def build_server(config: ServerConfig, registry: Registry | None = None) -> Serv
     if config.access_log is not None:
         logging.getLogger("sockwork.access").setLevel(logging.INFO)  # asked for: shown whatever log_level says
     return Server(parts=parts, drain_timeout=config.drain_timeout, limits=config.limits,
-                  plugin_options=config.plugins, access_log=config.access_log)
+                  plugin_options=config.plugins, access_log=config.access_log, lame_duck=config.lame_duck,
+                  agent_check=config.agent_check, health=config.health)
 
 
 def _resolve_config(
@@ -193,6 +213,8 @@ def _resolve_config(
             errors.append(("handler.ref", str(exc)))
         if config.handler.options:
             errors.append(("handler.options", "options only apply to a registered handler name"))
+    framing = (_resolve(registry, "framing", config.framing.name, config.framing.options, "framing", errors)
+               if config.framing is not None else None)
     _check_plugin_names(config.plugins, registry, errors)
     if len(errors) > before or transport is None or dispatcher is None or handler is None:
         return None
@@ -202,8 +224,10 @@ def _resolve_config(
         dispatcher=attrs.evolve(config.dispatcher, options=dispatcher.options),
         handler=attrs.evolve(config.handler, options=handler.options) if isinstance(handler, _Resolved)
         else config.handler,
+        framing=None if framing is None or config.framing is None
+        else attrs.evolve(config.framing, options=framing.options),
     )
-    return resolved, {"transport": transport, "dispatcher": dispatcher, "handler": handler}
+    return resolved, {"transport": transport, "dispatcher": dispatcher, "handler": handler, "framing": framing}
 
 
 def _resolve(
@@ -215,7 +239,8 @@ def _resolve(
         errors.append((f"{path}.{name_key}", _first_line(exc)))
         return None
     validated, problems = validate_options(entry.options, options)
-    errors.extend((f"{path}.options" + (f".{field}" if field else ""), problem) for field, problem in problems)
+    errors.extend((f"{path}.options" + (f".{field}" if field else ""), with_shadowing(registry, kind, name, problem))
+                  for field, problem in problems)
     if validated is None:
         return None
     if not (isinstance(entry, DispatcherEntry) and entry.supervisor):
@@ -318,7 +343,13 @@ def _component(
 
 def build_component(registry: Registry, kind: Kind, entry: Entry, options: Mapping[str, Any] | object | None) -> Any:
     """Validate ``options`` for ``entry``, call its factory, check what it returned against the role."""
-    validated = make_options(kind, entry.name, entry.options, options)
+    try:
+        validated = make_options(kind, entry.name, entry.options, options)
+    except OptionError as exc:  # say which one is in use when a plugin's part shadows another (a built-in)
+        problem = with_shadowing(registry, kind, entry.name, exc.problem)
+        if problem == exc.problem:
+            raise
+        raise OptionError(kind, entry.name, exc.field, problem) from None
     inner = (_inner_or_raise(registry, entry, validated)
              if isinstance(entry, DispatcherEntry) and entry.supervisor else None)
     return _build(registry, kind, _Resolved(entry, validated, inner))
@@ -376,7 +407,7 @@ def _missing_members(kind: str, component: object) -> list[str]:
     """The members of ``kind``'s Protocol that ``component`` lacks (methods shown with ``()``)."""
     missing = []
     for name in REQUIRED_MEMBERS[kind]:
-        data = name in ("kind", "family", "address", "concurrency")
+        data = name in ("kind", "family", "address", "concurrency", "max_message")
         present = hasattr(type(component), name) or hasattr(component, name)
         if not present or (not data and not callable(getattr(component, name))):
             missing.append(name if data else f"{name}()")
@@ -493,7 +524,7 @@ def check_handler(
             # socket object (TLS) would stay behind, and the client would get plaintext.
             for stage in capability(transport, "stages"):
                 if capability(stage, "replaces_socket"):
-                    raise ConfigError(
+                    raise PartsRefused(
                         f"the {capability(transport, 'name') or 'given'} transport's {stage.name} keeps its "
                         f"session in the socket object, which dispatcher {dispatcher_name or 'asyncio'!r} "
                         "cannot take over (it serves the bare descriptor on its own event loop): serve it "

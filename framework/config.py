@@ -16,6 +16,9 @@ The file format (TOML shown; JSON has the same shape)::
     handler = "mypackage.handlers:serve"    # or a registered name, or a table: ref + options
     drain_timeout = 10                      # seconds, or "forever"
     log_level = "INFO"
+    lame_duck = 2                           # seconds still serving after SIGTERM, health saying "draining"
+    pid_file = "/run/myapp.pid"             # written once serving, removed at exit
+    agent_check = "tcp://127.0.0.1:8001"    # HAProxy's agent check; health = "tcp://..." for HTTP probes
     limits = { max_connections = 1024, idle_timeout = 60 }   # see Limits
 
     [dispatcher]                             # the table form, instead of the string
@@ -35,11 +38,21 @@ import attrs
 
 from .errors import ConfigError
 from .limits import Limits
-from .validators import check_access_log, check_drain_timeout, field_problem, off_is_none, validate_options
+from .validators import (
+    check_access_log,
+    check_drain_timeout,
+    check_lame_duck,
+    check_listener_url,
+    check_pid_file,
+    field_problem,
+    off_is_none,
+    validate_options,
+)
 
 __all__ = [
     "ConfigErrors",
     "DispatcherConfig",
+    "FramingConfig",
     "HandlerConfig",
     "ServerConfig",
     "TransportConfig",
@@ -113,6 +126,16 @@ class HandlerConfig:
     options: Any = attrs.field(factory=_options_factory)
 
 
+@final
+@attrs.frozen(kw_only=True)
+class FramingConfig:
+    """Which framing a message handler uses (a registered name: ``lines``, ``length``, a plugin's), and its
+    options; None in a ServerConfig keeps the handler's own."""
+
+    name: str = "lines"
+    options: Any = attrs.field(factory=_options_factory)
+
+
 def _check_drain_timeout(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     check_drain_timeout(value, attribute.name)
 
@@ -124,6 +147,18 @@ def _check_log_level(instance: object, attribute: attrs.Attribute[Any], value: o
 
 def _check_access_log(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     check_access_log(value, attribute.name)
+
+
+def _check_lame_duck(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    check_lame_duck(value, attribute.name)
+
+
+def _check_pid_file(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    check_pid_file(value, attribute.name)
+
+
+def _check_listener_url(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    check_listener_url(value, attribute.name)
 
 
 def _upper(value: Any) -> Any:
@@ -147,6 +182,18 @@ class ServerConfig:
     """Connection cap and timeouts (see :class:`~sockwork.Limits`)."""
     access_log: str | None = attrs.field(default=None, converter=off_is_none, validator=_check_access_log)
     """One line per request on the ``sockwork.access`` logger: ``"text"``, ``"json"`` (JSON lines), or None (off)."""
+    lame_duck: float = attrs.field(default=0.0, validator=_check_lame_duck)
+    """Seconds a server stopping on SIGTERM/SIGINT keeps serving while its health checks say it is
+    draining, before it stops listening and drains; 0 (the default): stop listening at once."""
+    pid_file: str | None = attrs.field(default=None, converter=off_is_none, validator=_check_pid_file)
+    """``sockwork serve`` writes its process id there once serving (a new master after an upgrade
+    rewrites it) and removes it at exit; None: no file."""
+    agent_check: str | None = attrs.field(default=None, converter=off_is_none, validator=_check_listener_url)
+    """``tcp://HOST:PORT``: answer HAProxy's agent check there (``up``, ``drain``, ``maint``); None: off."""
+    health: str | None = attrs.field(default=None, converter=off_is_none, validator=_check_listener_url)
+    """``tcp://HOST:PORT``: answer HTTP ``GET /healthz`` and ``GET /readyz`` there; None: off."""
+    framing: FramingConfig | None = None
+    """The framing the (message) handler uses, chosen by name; None: the handler's own."""
     plugins: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     """Options for plugins by plugin name (``[plugins.NAME]`` tables in a file): the Server
     passes them on as ``server.plugin_options``, for lifecycle-hook plugins to read."""
@@ -172,13 +219,20 @@ class ServerConfig:
             "log_level": self.log_level,
             "limits": _options_dict(self.limits),
             "access_log": self.access_log if self.access_log is not None else False,
+            "lame_duck": self.lame_duck,
+            "pid_file": self.pid_file if self.pid_file is not None else False,
+            "agent_check": self.agent_check if self.agent_check is not None else False,
+            "health": self.health if self.health is not None else False,
             "plugins": _plain(self.plugins),
+            **({} if self.framing is None else
+               {"framing": {"name": self.framing.name, "options": _options_dict(self.framing.options)}}),
         }
 
 
 # ---- Loading ------------------------------------------------------------------
 
-_TOP_KEYS = ("transport", "dispatcher", "handler", "drain_timeout", "log_level", "limits", "access_log", "plugins")
+_TOP_KEYS = ("transport", "dispatcher", "handler", "framing", "drain_timeout", "log_level", "limits", "access_log",
+             "lame_duck", "pid_file", "agent_check", "health", "plugins")
 
 
 def read_config_file(path: str | Path) -> ServerConfig:
@@ -236,7 +290,7 @@ def read_config_partially(data: Mapping[str, Any]) -> tuple[ServerConfig | None,
     handler = _read_component(data.get("handler", "echo"), "handler", "ref", errors)
     server_fields: dict[str, Any] = {}
     fields = attrs.fields_dict(ServerConfig)
-    for name in ("drain_timeout", "log_level", "access_log"):
+    for name in ("drain_timeout", "log_level", "access_log", "lame_duck", "pid_file", "agent_check", "health"):
         if name in data:
             value = None if name == "drain_timeout" and data[name] == FOREVER else data[name]
             problem = field_problem(fields[name], value)
@@ -251,6 +305,8 @@ def read_config_partially(data: Mapping[str, Any]) -> tuple[ServerConfig | None,
             server_fields["limits"] = limits
     if "plugins" in data:
         server_fields["plugins"] = _read_plugin_options(data["plugins"], errors)
+    if "framing" in data:
+        server_fields["framing"] = _read_component(data["framing"], "framing", "name", errors)
     if transport is None:
         return None, errors
     return ServerConfig(transport=transport, dispatcher=dispatcher, handler=handler, **server_fields), errors
@@ -295,7 +351,7 @@ def _read_transport(value: Any, errors: list[tuple[str, str]]) -> TransportConfi
 
 
 def _read_component(value: Any, kind: str, key: str, errors: list[tuple[str, str]]) -> Any:
-    config_class = DispatcherConfig if kind == "dispatcher" else HandlerConfig
+    config_class = {"dispatcher": DispatcherConfig, "framing": FramingConfig}.get(kind, HandlerConfig)
     if isinstance(value, str):
         return config_class(**{key: value})
     if not isinstance(value, Mapping):

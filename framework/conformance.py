@@ -20,6 +20,7 @@ asserts that no thread, descriptor or child process is left behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import selectors
 import socket
@@ -32,22 +33,44 @@ from typing import Any
 import attrs
 import pytest
 
-from sockwork import Registry, Server, hookimpl, make_plugin_manager
+from sockwork import (
+    FramingConfig,
+    HandlerConfig,
+    Registry,
+    Server,
+    ServerConfig,
+    TransportConfig,
+    build_server,
+    hookimpl,
+    make_plugin_manager,
+    message_handler,
+)
 from sockwork import aio as aio
 from sockwork.assembly import assemble
-from sockwork.errors import FailedElsewhere
+from sockwork.errors import FailedElsewhere, PartsRefused
 from sockwork.handlers import echo as blocking_echo
 from sockwork.interfaces import ServerHost, capability
+from sockwork.registry import StageInputs
 from sockwork.testing import Clients, HandlerForms, dispatcher_runs_async, recv_until_eof, serving
 
 __all__ = [
+    "test_a_handler_answers_its_samples_under_each_kind_of_dispatcher",
+    "test_a_stage_refuses_what_it_must_and_it_is_counted_refused",
+    "test_a_stage_stalled_mid_input_costs_no_cpu_while_it_waits",
+    "test_a_stage_stalled_mid_input_is_cut_at_its_timeout_and_counted_timed_out",
     "test_close_after_drain_timeout_ends_stuck_connections",
     "test_close_waits_for_requests_in_flight",
     "test_concurrency_is_what_the_dispatcher_promises",
     "test_echo_large",
     "test_echo_small",
+    "test_framing_finish_takes_the_rest_and_empties_the_buffer",
+    "test_framing_refuses_a_message_over_max_message_complete_or_not",
+    "test_framing_round_trips_messages",
+    "test_framing_serves_a_message_handler_chosen_by_name",
+    "test_framing_waits_for_a_message_to_be_complete",
     "test_handle_request_serves_one_or_times_out",
     "test_keep_alive_clients_beyond_the_workers_are_all_served",
+    "test_lifecycle_hooks_are_called_in_order_and_raise_nothing",
     "test_many_clients_each_get_their_own_reply",
     "test_raising_handler_does_not_stop_the_server",
     "test_saturation_stops_accepting_and_freed_capacity_wakes_the_loop",
@@ -285,12 +308,20 @@ def test_saturation_stops_accepting_and_freed_capacity_wakes_the_loop(
     capacity frees up: here the loop does not poll, so a dispatcher that never wakes it hangs."""
     with open_gate() as gate:
         handler = gated_handler(gate).pick(dispatcher_runs_async(sockwork_registry, sockwork_dispatcher_name))
-        parts = assemble(sockwork_transport_name, handler, sockwork_dispatcher_name,
-                         transport_options=sockwork_loopback.options,
-                         registry=sockwork_registry)
+        try:
+            parts = assemble(sockwork_transport_name, handler, sockwork_dispatcher_name,
+                             transport_options=sockwork_loopback.options,
+                             registry=sockwork_registry)
+        except PartsRefused as exc:  # by design: skipped, as sockwork_make_server skips it
+            pytest.skip(f"assembly refuses {sockwork_transport_name} with {sockwork_dispatcher_name}: {exc}")
         if capability(parts.dispatcher, "accepts_itself"):
             _discard(parts)
             pytest.skip("a supervisor's workers accept by themselves: their own dispatchers are tested")
+        if capability(parts.transport, "stages"):
+            _discard(parts)
+            pytest.skip("this transport's stages wake the loop by themselves (a handshake's packets), so a "
+                        "dispatcher that never calls host.wake() would pass here: tested on the transports "
+                        "without stages")
         if parts.dispatcher.concurrency is None or parts.dispatcher.concurrency >= MOST_CLIENTS // 2:
             _discard(parts)
             pytest.skip(f"concurrency {parts.dispatcher.concurrency}: too many blocked requests to test here")
@@ -332,9 +363,23 @@ def attrs_evolve(parts: Any, **changes: Any) -> Any:
 
 
 def start_clients_from(stack: ExitStack, server: Server, first: int, count: int, connect: Clients) -> list[Any]:
-    clients = [stack.enter_context(connect.connect(server)) for _ in range(count)]
-    for i, sock in enumerate(clients, first):
-        sock.send(b"c%d" % i)
+    """Up to ``count`` more clients, numbered from ``first``, each with its request sent.
+
+    A datagram is sent without waiting: a Unix datagram socket whose server is not reading
+    it (its queue holds about ten) would block the sender; then no more clients are added
+    this time, and the caller looks again after letting the loop catch up.
+    """
+    clients: list[Any] = []
+    for i in range(first, first + count):
+        sock = stack.enter_context(connect.connect(server))
+        if getattr(sock, "type", None) == socket.SOCK_DGRAM:
+            try:
+                sock.send(b"c%d" % i, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+        else:
+            sock.send(b"c%d" % i)
+        clients.append(sock)
     return clients
 
 
@@ -525,3 +570,353 @@ def test_keep_alive_clients_beyond_the_workers_are_all_served(sockwork_make_serv
                     assert chunk, f"client {i} was closed in round {turn}"
                     received += chunk
                 assert received == expected
+
+
+# ---- Connection stages: what a transport's stage_inputs say to send ----------------------
+
+STAGE_CPU_BUDGET = 0.1
+"""CPU seconds the whole process may spend while a client stalls inside a stage for STAGE_STALL seconds."""
+
+STAGE_STALL = 1.0
+"""Seconds the CPU test holds a client stalled mid-input."""
+
+STAGE_TIMEOUT = 0.3
+"""The timeout the timeout test gives each stage (set on the stage objects of the server under test)."""
+
+
+@contextmanager
+def staged_server(transport_name: str, registry: Registry, loopback: Any) -> Iterator[tuple[Server, StageInputs]]:
+    """A server on the transport under test (thread dispatcher, echo), serving, with its loopback's stage_inputs;
+    skips the test when there are none (the entry gives none, or a variant's loopback changed the stages)
+    or the transport runs no stage with its loopback options."""
+    inputs = loopback.stage_inputs
+    if inputs is None:
+        pytest.skip(f"transport {transport_name!r} gives no stage_inputs (for these loopback options): "
+                    "its connection stages are not tested")
+    server = Server(transport=transport_name, transport_options=loopback.options, dispatcher="thread",
+                    handler=blocking_echo, registry=registry)
+    try:
+        if not capability(server.transport, "stages"):
+            pytest.skip(f"transport {transport_name!r} runs no connection stage with its loopback options")
+        with serving(server):
+            yield server, inputs
+    finally:
+        server.close()
+
+
+@contextmanager
+def raw_client(server: Server) -> Iterator[socket.socket]:
+    """A plain stream socket connected to ``server``: bytes exactly as the test sends them, no wire format."""
+    sock = socket.socket(server.transport.family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(10)
+        sock.connect(server.address)
+        yield sock
+    finally:
+        sock.close()
+
+
+def _stats_reach(server: Server, field: str, value: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while getattr(server.stats, field) < value and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return bool(getattr(server.stats, field) >= value)
+
+
+STAGE_CALLS_WHILE_STALLED = 3
+"""Most calls of the stages' ``advance()`` the CPU test tolerates while the client stalls (none are needed)."""
+
+
+def count_advances(stages: Any) -> list[int]:
+    """Count calls of each stage's ``advance`` from now on (the count is the list's one item)."""
+    calls = [0]
+    for stage in stages:
+        original = stage.advance
+
+        def counted(conn: Any, _original: Any = original) -> Any:
+            calls[0] += 1
+            return _original(conn)
+
+        with contextlib.suppress(AttributeError, TypeError):  # __slots__ or frozen: its CPU is still measured
+            stage.advance = counted
+    return calls
+
+
+@_conformance
+def test_a_stage_stalled_mid_input_costs_no_cpu_while_it_waits(
+    sockwork_transport_name: str, sockwork_registry: Registry, sockwork_loopback: Any,
+) -> None:
+    """A client that sends the start of what the stages expect and then stalls costs the server no CPU
+    (at most STAGE_CPU_BUDGET seconds over STAGE_STALL, and no call of a stage's ``advance()``): a stage
+    waiting for more bytes is not called again and again (a stage that peeks and asks for "write", or
+    one called while the bytes it peeked at sit unread, spins; on a busy machine a spin may get little
+    CPU, so the calls are counted too)."""
+    with staged_server(sockwork_transport_name, sockwork_registry, sockwork_loopback) as (server, inputs), \
+            raw_client(server) as sock:
+        calls = count_advances(capability(server.transport, "stages"))
+        sock.sendall(inputs.partial)
+        time.sleep(0.2)  # the loop has seen the connection's first bytes and asked its stage
+        called_before = calls[0]
+        started = time.process_time()
+        time.sleep(STAGE_STALL)
+        used = time.process_time() - started
+        called = calls[0] - called_before
+        assert server.stats.completed == 0, "the stages let a partial input through to the handler"
+        assert used <= STAGE_CPU_BUDGET and called <= STAGE_CALLS_WHILE_STALLED, (
+            f"one client stalled mid-input cost {used:.2f} s of CPU and {called} call(s) of advance() in "
+            f"{STAGE_STALL} s: a stage waiting for more bytes must return 'read' having seen everything there "
+            "is (Connection.peek), and is called again only when new bytes arrive")
+
+
+@_conformance
+def test_a_stage_refuses_what_it_must_and_it_is_counted_refused(
+    sockwork_transport_name: str, sockwork_registry: Registry, sockwork_loopback: Any,
+) -> None:
+    """Input the stages refuse (stage_inputs.refused) closes the connection, counted ``refused`` (StageFailed),
+    not ``failed`` (a bug in the stage) and never a handler's turn."""
+    with staged_server(sockwork_transport_name, sockwork_registry, sockwork_loopback) as (server, inputs):
+        if inputs.refused is None:
+            pytest.skip(f"transport {sockwork_transport_name!r} gives no refused stage input")
+        with raw_client(server) as sock:
+            sock.sendall(inputs.refused)
+            with contextlib.suppress(ConnectionResetError):  # closed with the refused bytes unread
+                recv_until_eof(sock)  # whatever a stage says on the way out (a TLS alert), then the end
+        assert _stats_reach(server, "refused", 1), f"refused input was not counted refused: {server.stats}"
+        stats = server.stats
+        assert (stats.completed, stats.failed) == (0, 0), stats
+
+
+@_conformance
+def test_a_stage_stalled_mid_input_is_cut_at_its_timeout_and_counted_timed_out(
+    sockwork_transport_name: str, sockwork_registry: Registry, sockwork_loopback: Any,
+) -> None:
+    """A client stalled mid-input is closed at its stage's timeout (set to STAGE_TIMEOUT here), counted
+    ``timed_out``; it never reaches the handler."""
+    with staged_server(sockwork_transport_name, sockwork_registry, sockwork_loopback) as (server, inputs):
+        for stage in capability(server.transport, "stages"):
+            try:
+                stage.timeout = STAGE_TIMEOUT
+            except (AttributeError, TypeError):
+                pytest.skip(f"stage {stage.name!r} has a timeout the kit cannot shorten")
+        with raw_client(server) as sock:
+            sock.sendall(inputs.partial)
+            sock.settimeout(STAGE_TIMEOUT + 4)
+            try:
+                recv_until_eof(sock)
+            except TimeoutError:
+                pytest.fail(f"a client stalled mid-input was still connected {STAGE_TIMEOUT + 4} s later: "
+                            f"its stage (timeout {STAGE_TIMEOUT} s) did not keep it waiting until cut "
+                            f"({server.stats})", pytrace=False)
+        assert _stats_reach(server, "timed_out", 1), f"the stalled stage was not counted timed_out: {server.stats}"
+        assert server.stats.completed == 0, "the stages let a partial input through to the handler"
+
+
+# ---- Framings: how a stream is cut into messages ------------------------------------------
+
+FRAMING_SAMPLES = (b"hello", b"", b"x" * 1000, b"0123456789" * 10, bytes(range(32, 127)))
+"""Messages every framing must carry: printable ASCII without a newline (which ``lines`` cannot carry), and empty."""
+
+
+def _split_all(framing: Any, buffer: bytearray) -> list[bytes]:
+    """Every message ``split`` gives from ``buffer``, calling it until it gives none (each call that gives
+    messages must have taken their bytes out of the buffer, or this would never end)."""
+    messages: list[bytes] = []
+    for _ in range(len(buffer) + 2):
+        before = len(buffer)
+        batch = framing.split(buffer)
+        if not batch:
+            break
+        assert len(buffer) < before, f"split() gave {len(batch)} message(s) but left their bytes in the buffer"
+        messages.extend(batch)
+    return messages
+
+
+@_conformance
+def test_framing_round_trips_messages(sockwork_make_framing: Callable[..., Any]) -> None:
+    """``frame`` then ``split``: the same messages, in order, and nothing left in the buffer."""
+    framing = sockwork_make_framing()
+    buffer = bytearray(b"".join(framing.frame(message) for message in FRAMING_SAMPLES))
+    assert _split_all(framing, buffer) == list(FRAMING_SAMPLES)
+    assert buffer == b"", f"split() left {bytes(buffer[:40])!r}... of complete messages in the buffer"
+    assert framing.finish(buffer) == []
+
+
+@_conformance
+def test_framing_waits_for_a_message_to_be_complete(sockwork_make_framing: Callable[..., Any]) -> None:
+    """Fed a byte at a time, ``split`` gives each message exactly when its last byte arrives, never before."""
+    framing = sockwork_make_framing()
+    frames = [framing.frame(message) for message in FRAMING_SAMPLES]
+    ends = [sum(len(frame) for frame in frames[:i + 1]) for i in range(len(frames))]
+    stream, buffer, got = b"".join(frames), bytearray(), []
+    for fed in range(1, len(stream) + 1):
+        buffer += stream[fed - 1:fed]
+        got += _split_all(framing, buffer)
+        complete = sum(1 for end in ends if end <= fed)
+        assert got == list(FRAMING_SAMPLES[:complete]), (
+            f"after {fed} bytes split() gave {len(got)} message(s); {complete} were complete")
+    assert buffer == b""
+
+
+@_conformance
+def test_framing_finish_takes_the_rest_and_empties_the_buffer(sockwork_make_framing: Callable[..., Any]) -> None:
+    """At the end of the stream ``finish`` returns the last message or raises ValueError for a truncated one;
+    either way the buffer is empty afterwards (the loop calls it once and closes)."""
+    framing = sockwork_make_framing()
+    assert framing.finish(bytearray()) == []
+    truncated = bytearray(framing.frame(b"hello")[:-1])
+    assert _split_all(framing, truncated) == []
+    try:
+        rest = framing.finish(truncated)
+    except ValueError:
+        rest = []
+    assert isinstance(rest, list) and all(isinstance(message, bytes) for message in rest), rest
+    assert truncated == b"", f"finish() left {bytes(truncated)!r} in the buffer"
+
+
+@_conformance
+def test_framing_refuses_a_message_over_max_message_complete_or_not(
+    sockwork_make_framing: Callable[..., Any], sockwork_framing_name: str, sockwork_registry: Registry,
+) -> None:
+    """With ``max_message = 16``: 16 bytes pass; 100 raise ValueError, sent whole or only begun (a client
+    cannot make the server buffer past the limit by never finishing a message)."""
+    entry = sockwork_registry.get("framing", sockwork_framing_name)
+    if "max_message" not in attrs_fields(entry.options):
+        pytest.skip(f"framing {sockwork_framing_name!r} has no max_message option to test the limit with")
+    framing = sockwork_make_framing(max_message=16)
+    assert framing.max_message == 16
+    assert _split_all(framing, bytearray(framing.frame(b"y" * 16))) == [b"y" * 16]
+    oversized = framing.frame(b"z" * 100)
+    with pytest.raises(ValueError):
+        _split_all(framing, bytearray(oversized))
+    with pytest.raises(ValueError):
+        _split_all(framing, bytearray(oversized[:40]))
+
+
+def attrs_fields(options_class: type) -> dict[str, Any]:
+    return dict(attrs.fields_dict(options_class)) if attrs.has(options_class) else {}
+
+
+@_conformance
+def test_framing_serves_a_message_handler_chosen_by_name(
+    sockwork_framing_name: str, sockwork_registry: Registry, sockwork_make_framing: Callable[..., Any],
+) -> None:
+    """A config that names the framing: the server reads framed messages and frames the replies with it."""
+    @message_handler
+    def shout(message: bytes, conn: Any) -> bytes:
+        return message.upper()
+
+    config = ServerConfig(transport=TransportConfig.from_url("tcp://127.0.0.1:0"), handler=HandlerConfig(ref=shout),
+                          framing=FramingConfig(name=sockwork_framing_name))
+    client_side = sockwork_make_framing()
+    with serving(build_server(config, sockwork_registry)) as server, \
+            socket.create_connection(server.address, timeout=10) as sock:
+        sock.sendall(b"".join(client_side.frame(message) for message in FRAMING_SAMPLES))
+        replies: list[bytes] = []
+        received = bytearray()
+        while len(replies) < len(FRAMING_SAMPLES):
+            chunk = sock.recv(65536)
+            assert chunk, f"the server closed the connection after {len(replies)} replies"
+            received += chunk
+            replies += _split_all(client_side, received)
+    assert replies == [message.upper() for message in FRAMING_SAMPLES]
+
+
+# ---- Handlers: what a named handler's samples say it answers ---------------------------------
+
+def _read_exactly(sock: socket.socket, size: int) -> bytes:
+    received = b""
+    while len(received) < size:
+        chunk = sock.recv(size - len(received))
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+@_conformance
+def test_a_handler_answers_its_samples_under_each_kind_of_dispatcher(
+    sockwork_handler_name: str, sockwork_registry: Registry,
+) -> None:
+    """Each of the entry's samples (HandlerSamples) gets its reply: streams on tcp, datagrams on udp, under a
+    blocking dispatcher (pool) and, for a handler with an async form, under asyncio; a connection per sample."""
+    if sockwork_handler_name == "(a plugin failed to load)":
+        pytest.fail("a plugin failed to load (see the plugin-load-failure tests)", pytrace=False)
+    entry = sockwork_registry.get("handler", sockwork_handler_name)
+    samples = entry.samples
+    if samples is None or not (samples.stream or samples.datagram):
+        pytest.skip(f"handler {sockwork_handler_name!r} gives no samples: it is not tested")
+    dispatchers = ["pool"] + (["asyncio"] if entry.async_factory is not None else [])
+    for dispatcher in dispatchers:
+        for kind, exchanges in (("stream", samples.stream), ("datagram", samples.datagram)):
+            if not exchanges:
+                continue
+            url = "tcp://127.0.0.1:0" if kind == "stream" else "udp://127.0.0.1:0"
+            server = Server(transport=url, dispatcher=dispatcher, handler=sockwork_handler_name,
+                            registry=sockwork_registry)
+            with serving(server):
+                for request, reply in exchanges:
+                    if kind == "stream":
+                        with socket.create_connection(server.address, timeout=10) as sock:
+                            sock.sendall(request)
+                            got = _read_exactly(sock, len(reply))
+                    else:
+                        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                            sock.settimeout(10)
+                            sock.sendto(request, server.address)
+                            got = sock.recv(65536)
+                    assert got == reply, (f"handler {sockwork_handler_name!r} under {dispatcher} answered {request!r} "
+                                          f"on a {kind} with {got!r}; its samples say {reply!r}")
+            stats = server.stats
+            assert stats.failed == 0, f"handler {sockwork_handler_name!r} failed under {dispatcher}: {stats}"
+
+
+# ---- Lifecycle plugins: their hooks, in a server's life ---------------------------------------
+
+LIFECYCLE_ORDER = ("sockwork_server_started", "sockwork_collect_stats", "sockwork_request_failed",
+                   "sockwork_server_stopped")
+
+
+@_conformance
+def test_lifecycle_hooks_are_called_in_order_and_raise_nothing(
+    sockwork_lifecycle_plugin: str, sockwork_registry: Registry,
+) -> None:
+    """A server's life (start, a request, a failing request, its stats read, stop) calls each lifecycle hook
+    the plugin implements, started first and stopped last, and none of its hooks raises (a hook that raises
+    is logged by the server, which goes on: the plugin's work is then silently not done)."""
+    implemented = dict(sockwork_registry.lifecycle_plugins())[sockwork_lifecycle_plugin]
+    calls: list[tuple[str, BaseException | None]] = []
+
+    def before(hook_name: str, hook_impls: Any, kwargs: Any) -> None:
+        pass
+
+    def after(outcome: Any, hook_name: str, hook_impls: Any, kwargs: Any) -> None:
+        if any(impl.plugin_name == sockwork_lifecycle_plugin for impl in hook_impls):
+            calls.append((hook_name, outcome.exception))
+
+    def handle(request: Any, client_address: Any, server: Any) -> None:
+        if request.recv(4) == b"boom":
+            raise RuntimeError("the kit's failing request")
+        request.sendall(b"fine")
+
+    undo = sockwork_registry.plugin_manager.add_hookcall_monitoring(before, after)
+    try:
+        with serving(Server(transport="tcp://127.0.0.1:0", dispatcher="thread", handler=handle,
+                            registry=sockwork_registry)) as server:
+            for payload in (b"fine", b"boom"):
+                with socket.create_connection(server.address, timeout=10) as sock:
+                    sock.sendall(payload)
+                    recv_until_eof(sock)
+            deadline = time.monotonic() + 10
+            while server.stats.failed < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+    finally:
+        undo()
+    raised = [(hook, error) for hook, error in calls if error is not None]
+    assert not raised, f"plugin {sockwork_lifecycle_plugin!r}'s hooks raised: {raised}"
+    called = [hook for hook, _ in calls]
+    assert sorted(set(called)) == sorted(implemented), (
+        f"plugin {sockwork_lifecycle_plugin!r} implements {implemented}, but only {sorted(set(called))} were called")
+    if "sockwork_server_started" in called:
+        assert called[0] == "sockwork_server_started", called
+    if "sockwork_server_stopped" in called:
+        assert called[-1] == "sockwork_server_stopped", called

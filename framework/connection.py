@@ -21,6 +21,7 @@ from .errors import ServerError
 __all__ = ["KEEP_ALIVE", "Connection", "ConnectionStage", "StageFailed", "StageWant"]
 
 _CHUNK = 65536
+_PEEK = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
 
 
 @final
@@ -137,6 +138,31 @@ class Connection:
             del self._buffer[:size]
             return data
         return self._recv(size)
+
+    def peek(self, size: int = _CHUNK) -> bytes:
+        """Up to ``size`` bytes from the front of the stream, left in place for whoever reads next.
+
+        What a connection stage looks at before it decides (a greeting, a header): first
+        the bytes this record holds, then those the kernel holds (``MSG_PEEK``). Never
+        blocks, so it may return fewer than ``size`` bytes: return ``"read"`` from
+        ``advance`` to be called again when more have arrived. Raises
+        ``BlockingIOError`` when nothing has arrived yet (a stage may let it propagate:
+        it means "read"), and ``ConnectionAbortedError`` at the end of the stream (the
+        client left: counted ``disconnected``). A TLS socket cannot peek (``ValueError``):
+        a stage after the handshake consumes with :meth:`recv`.
+        """
+        held = bytes(self._buffer[:size])
+        if len(held) >= size:
+            return held
+        try:
+            more = self.socket.recv(size - len(held), _PEEK)
+        except BlockingIOError:
+            if held:
+                return held
+            raise
+        if not more and not held:
+            raise ConnectionAbortedError("the client closed the connection")
+        return held + more
 
     def _recv(self, size: int) -> bytes:
         try:

@@ -5,7 +5,8 @@ Hierarchy::
     ServerError
     ├── ConfigError (also a ValueError)     bad value given when assembling
     │   ├── UnknownPluginError (also LookupError)   no component by that name
-    │   └── OptionError                     an option a component rejected
+    │   ├── OptionError                     an option a component rejected
+    │   └── PartsRefused                    parts that each work, but not together (tls with asyncio)
     ├── PluginError                         a plugin broke its contract
     ├── FailedElsewhere                     a handler failed in another process (fork)
     └── BindError (also an OSError)         the transport could not bind/listen
@@ -22,6 +23,7 @@ __all__ = [
     "ConfigError",
     "FailedElsewhere",
     "OptionError",
+    "PartsRefused",
     "PluginError",
     "ServerError",
     "UnknownPluginError",
@@ -71,6 +73,12 @@ class OptionError(ConfigError):
         if field is not None:
             where += f" option {field!r}"
         super().__init__(f"{where}: {problem}")
+
+
+class PartsRefused(ConfigError):
+    """Assembly refuses to put together parts that each work, but not with each other, by design: a
+    transport whose stage keeps its session in the socket object (``tls``) with a dispatcher that takes the
+    bare descriptor over (``asyncio``). The conformance kit skips such a pair with this message."""
 
 
 class PluginError(ServerError):

@@ -20,12 +20,13 @@ import attrs
 
 from .connection import KEEP_ALIVE, Connection
 from .hookspecs import hookimpl
-from .messages import MessageHandler, message_handler, send_datagram
-from .registry import HandlerEntry, NoOptions
+from .messages import DEFAULT_MAX_MESSAGE, LengthPrefixed, Lines, MessageHandler, message_handler, send_datagram
+from .registry import FramingEntry, HandlerEntry, HandlerSamples, NoOptions
 from .validators import positive_int
 
 __all__ = [
-    "Connection", "LinesOptions", "datagram_handler", "discard", "echo", "lines", "send_datagram", "stream_handler",
+    "Connection", "FramingOptions", "LinesOptions", "datagram_handler", "discard", "echo", "lines", "send_datagram",
+    "stream_handler",
 ]
 
 _CHUNK = 65536
@@ -164,6 +165,7 @@ def sockwork_add_handlers() -> list[HandlerEntry]:
             "echo", lambda options: echo, NoOptions,
             description="send back whatever arrives (streams and datagrams)",
             async_factory=lambda options: _aio().echo,
+            samples=HandlerSamples(stream=[(b"ping", b"ping")], datagram=[(b"ping", b"ping")]),
         ),
         HandlerEntry(
             "discard", lambda options: discard, NoOptions,
@@ -174,6 +176,7 @@ def sockwork_add_handlers() -> list[HandlerEntry]:
             "lines", lines, LinesOptions,
             description="answer each line with '<n>: <line>' (streams)",
             async_factory=lambda options: _aio().lines(options),
+            samples=HandlerSamples(stream=[(b"hello\n", b"1: hello\n"), (b"a\nb\n", b"1: a\n2: b\n")]),
         ),
     ]
 
@@ -182,3 +185,22 @@ def _aio() -> Any:
     from . import aio  # asyncio is imported only when an async form is asked for
 
     return aio
+
+
+@final
+@attrs.frozen(kw_only=True)
+class FramingOptions:
+    """Options of the built-in framings, ``lines`` and ``length``."""
+
+    max_message: int = attrs.field(default=DEFAULT_MAX_MESSAGE, validator=positive_int)
+    """Longest message accepted, in bytes; a client sending a longer one is refused (counted ``refused``)."""
+
+
+@hookimpl(trylast=True)
+def sockwork_add_framings() -> list[FramingEntry]:
+    return [
+        FramingEntry("lines", lambda options: Lines(options.max_message), FramingOptions,
+                     description="messages end with a newline (a CR before it dropped); replies get one"),
+        FramingEntry("length", lambda options: LengthPrefixed(options.max_message), FramingOptions,
+                     description="a 4-byte big-endian length before each message and each reply"),
+    ]

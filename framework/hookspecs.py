@@ -16,7 +16,7 @@ import pluggy
 if TYPE_CHECKING:
     from ._server import Server
     from .limits import ServerStats
-    from .registry import DispatcherEntry, HandlerEntry, TransportEntry
+    from .registry import DispatcherEntry, FramingEntry, HandlerEntry, TransportEntry
 
 PROJECT = "sockwork"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -45,6 +45,16 @@ def sockwork_add_handlers() -> list[HandlerEntry]:  # type: ignore[empty-body]  
 
 
 # ---- Lifecycle: called by a running Server ---------------------------------
+
+
+@hookspec
+def sockwork_add_framings() -> list[FramingEntry]:  # type: ignore[empty-body]  # a spec: pluggy never runs it
+    """Contribute framings (how a byte stream is cut into messages) by name: ``[FramingEntry(...)]``.
+
+    ``factory(options)`` returns a :class:`sockwork.messages.Framing`. A config selects one for a
+    message handler with ``framing = "NAME"`` (or ``--framing NAME``). Built-ins (``lines``,
+    ``length``) run last, so a plugin can take over a name.
+    """
 
 
 @hookspec

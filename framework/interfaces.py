@@ -65,7 +65,8 @@ class Transport(Protocol):
     end ``serve_forever`` with that error.
 
     Optional capabilities (see :data:`OPTIONAL_CAPABILITIES`): ``name``,
-    ``accept_batch``, ``oversized``, ``stages``, ``reload``.
+    ``accept_batch``, ``oversized``, ``stages``, ``reload``, ``stop_new_connections``,
+    ``handshakes_pending``.
     """
 
     kind: Literal["stream", "datagram"]
@@ -329,6 +330,12 @@ OPTIONAL_CAPABILITIES: dict[str, tuple[object, str]] = {
                    "connection before dispatch (a PROXY header, a TLS handshake)"),
     "reload": (None, "Transport: a method that loads again what the transport read from files (tls: certificate, "
                      "key, client CAs) for new connections, dropping none; SIGHUP under sockwork serve calls it"),
+    "stop_new_connections": (None, "Transport: a method called once before the listener closes for good: the "
+                                   "kernel completes no new connection from then on (tcp: a filter drops SYNs; "
+                                   "unix: the socket file is removed), so the close resets none; returns False "
+                                   "if it could not"),
+    "handshakes_pending": (None, "Transport: a method: how many handshakes are under way on the listener, which the "
+                                 "server accepts as they complete before it closes the listener"),
     # Dispatcher
     "accepts_itself": (False, "Dispatcher: True for a Supervisor, whose workers accept; "
                               "the loop then never listens"),
@@ -345,6 +352,11 @@ OPTIONAL_CAPABILITIES: dict[str, tuple[object, str]] = {
     "keeps_connections_elsewhere": (False, "Dispatcher: True if it serves each request in another process, "
                                            "which serves a KEEP_ALIVE connection to its end (fork): such a "
                                            "connection then holds that worker between requests"),
+    "resize": (None, "Dispatcher: a method resize(delta) -> str: a supervisor starts delta more workers or retires "
+                     "-delta (at least one stays), closing no listener; SIGTTIN/SIGTTOU under sockwork serve call it"),
+    "replace_workers": (None, "Dispatcher: a method replace_workers(new) -> str: a supervisor starts workers with "
+                              "the options of new (one of its own kind, built from a reloaded config, never "
+                              "started) and the server's new handler, then retires the old ones (SIGHUP)"),
     "abort": (None, "Dispatcher: a method that kills its child processes at once, without waiting or locks "
                     "(a second SIGINT/SIGTERM under Server.handle_signals calls it, then the process exits)"),
     # Handler factory

@@ -139,7 +139,8 @@ class LengthPrefixed:
 
 
 FRAMINGS: dict[str, Callable[[int], Framing]] = {"lines": Lines, "length": LengthPrefixed}
-"""Framings by the names ``message_handler(framing=...)`` and config files use."""
+"""The built-in framings by name, for ``message_handler(framing=...)``; a config file chooses any registered
+framing, built-in or a plugin's (the ``sockwork_add_framings`` hook), by name."""
 
 
 MessageFunction = Callable[[bytes, Connection], "bytes | None"]

@@ -29,18 +29,21 @@ __all__ = [
     "BUILTIN_PLUGINS",
     "DispatcherEntry",
     "Entry",
+    "FramingEntry",
     "HandlerEntry",
+    "HandlerSamples",
     "NoOptions",
     "PluginManager",
     "Registry",
+    "StageInputs",
     "TransportEntry",
     "make_plugin_manager",
 ]
 
 logger = logging.getLogger("sockwork")
 
-Kind = Literal["transport", "dispatcher", "handler"]
-KINDS: tuple[Kind, ...] = ("transport", "dispatcher", "handler")
+Kind = Literal["transport", "dispatcher", "handler", "framing"]
+KINDS: tuple[Kind, ...] = ("transport", "dispatcher", "handler", "framing")
 
 BUILTIN_PLUGINS = (
     "sockwork.transports.tcp",
@@ -104,6 +107,23 @@ class Entry:
 
 @final
 @attrs.frozen
+class StageInputs:
+    """What the conformance kit sends to test a transport's connection stages (``TransportEntry.stage_inputs``).
+
+    ``partial``: the start of what the stages accept, too short to complete them (a
+    client stalled mid-greeting): the kit checks that the connection then costs no CPU
+    while it waits and is cut at the stage's timeout (counted ``timed_out``).
+    ``refused``: bytes the stages refuse (:class:`~sockwork.StageFailed`, counted
+    ``refused``); None leaves that test out.
+    """
+
+    partial: bytes = attrs.field(validator=attrs.validators.instance_of(bytes))
+    refused: bytes | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(bytes)))
+
+
+@final
+@attrs.frozen
 class TransportEntry(Entry):
     """A transport: ``factory(options)`` returns an unopened :class:`~sockwork.Transport`.
 
@@ -116,6 +136,9 @@ class TransportEntry(Entry):
     built with ``options``, it returns the socket to talk through (wrapped,
     or with a header sent). Without it, clients speak plain bytes.
 
+    ``stage_inputs`` (a :class:`StageInputs`) says what the conformance kit sends to
+    test the transport's connection stages; without it those tests are skipped.
+
     ``schemes`` are URL schemes that mean this transport besides its name
     (``("tls",)``, ``("proxy+tcp",)``); ``parse_url(url)`` turns such a URL
     into a mapping of options. Without ``parse_url``, a URL is read the
@@ -125,6 +148,7 @@ class TransportEntry(Entry):
 
     loopback_options: Callable[[Path], Any] | None = None
     loopback_client: Callable[[socket.socket, Any], Any] | None = None
+    stage_inputs: StageInputs | None = None
     schemes: tuple[str, ...] = ()
     parse_url: Callable[[str], Mapping[str, Any]] | None = None
 
@@ -146,6 +170,29 @@ class DispatcherEntry(Entry):
     supervisor: bool = False
 
 
+def _exchanges(value: object) -> tuple[tuple[bytes, bytes], ...]:
+    pairs = tuple(tuple(pair) for pair in value) if isinstance(value, (list, tuple)) else value
+    if not isinstance(pairs, tuple) or not all(
+            len(pair) == 2 and all(isinstance(part, bytes) for part in pair) for pair in pairs):
+        raise PluginError(f"handler samples must be (request bytes, reply bytes) pairs, got {value!r}")
+    return pairs
+
+
+@final
+@attrs.frozen
+class HandlerSamples:
+    """What the conformance kit sends a named handler, and the reply it expects (``HandlerEntry.samples``).
+
+    ``stream``: ``(request, reply)`` pairs, each sent on a connection of its own
+    (``reply`` is read by its length); ``datagram``: the same as datagrams. The kit
+    sends them under a blocking dispatcher and, when the entry has an
+    ``async_factory``, under ``asyncio`` too; leave a kind empty to skip it.
+    """
+
+    stream: tuple[tuple[bytes, bytes], ...] = attrs.field(default=(), converter=_exchanges)
+    datagram: tuple[tuple[bytes, bytes], ...] = attrs.field(default=(), converter=_exchanges)
+
+
 @final
 @attrs.frozen
 class HandlerEntry(Entry):
@@ -157,17 +204,28 @@ class HandlerEntry(Entry):
     """
 
     async_factory: Callable[..., Any] | None = None
+    samples: HandlerSamples | None = None
+    """What the conformance kit sends the handler and expects back; without it, its kit test is skipped."""
+
+
+@final
+@attrs.frozen
+class FramingEntry(Entry):
+    """A framing: ``factory(options)`` returns a :class:`sockwork.messages.Framing` (how a stream is cut into
+    messages and replies are put on it). A config chooses it by name for a message handler."""
 
 
 _ENTRY_TYPES: dict[Kind, type[Entry]] = {
     "transport": TransportEntry,
     "dispatcher": DispatcherEntry,
     "handler": HandlerEntry,
+    "framing": FramingEntry,
 }
 _HOOK_NAMES: dict[Kind, str] = {
     "transport": "sockwork_add_transports",
     "dispatcher": "sockwork_add_dispatchers",
     "handler": "sockwork_add_handlers",
+    "framing": "sockwork_add_framings",
 }
 
 
@@ -252,6 +310,8 @@ class Registry:
         # A plain pluggy manager works too; it just cannot say where plugins came from.
         self.plugin_manager = plugin_manager if plugin_manager is not None else make_plugin_manager()
         self.failures: list[tuple[str, Kind, Exception]] = []
+        self.shadowed: dict[tuple[Kind, str], list[Entry]] = {}
+        """Entries that lost their name to another plugin's, by (kind, name): the one in use shadows them."""
         self._entries: dict[Kind, dict[str, Entry]] = {
             kind: self._collect(kind) for kind in KINDS
         }
@@ -280,6 +340,8 @@ class Registry:
                         "%s %r from plugin %r is shadowed by the one from plugin %r",
                         kind, entry.name, impl.plugin_name, found[entry.name].plugin,
                     )
+                    self.shadowed.setdefault((kind, entry.name), []).append(
+                        attrs.evolve(entry, plugin=impl.plugin_name))
                     continue
                 found[entry.name] = attrs.evolve(entry, plugin=impl.plugin_name)
         return found
@@ -312,6 +374,19 @@ class Registry:
                 found.setdefault(impl.plugin_name, []).append(hook)
         return sorted(found.items())
 
+    def shadowing(self, kind: Kind, name: str) -> str | None:
+        """If the ``kind`` called ``name`` shadows another plugin's (a built-in, say), which one is in use and
+        what it shadows, in words for an error or a listing; None when nothing is shadowed."""
+        lost = self.shadowed.get((kind, name))
+        entry = self._entries[kind].get(name)
+        if not lost or entry is None:
+            return None
+        others = ", ".join(
+            "sockwork's built-in" if e.plugin in BUILTIN_PLUGINS
+            else f"plugin {e.plugin!r}'s ({self.distribution_of(e.plugin)})" for e in lost)
+        return (f"in use: {kind} {name!r} from plugin {entry.plugin!r} ({self.distribution_of(entry.plugin)}), "
+                f"shadowing {others}")
+
     def distribution_of(self, plugin: str) -> str:
         """``"distribution version"`` of a plugin, or ``"?"`` when it is not known."""
         return str(getattr(self.plugin_manager, "distributions", {}).get(plugin, "?"))
@@ -327,6 +402,8 @@ class Registry:
     def get(self, kind: Literal["dispatcher"], name: str) -> DispatcherEntry: ...
     @overload
     def get(self, kind: Literal["handler"], name: str) -> HandlerEntry: ...
+    @overload
+    def get(self, kind: Literal["framing"], name: str) -> FramingEntry: ...
     @overload
     def get(self, kind: Kind, name: str) -> Entry: ...
 
@@ -369,3 +446,9 @@ def _checked_entries(kind: Kind, returned: object) -> list[Entry]:
                 raise PluginError(f"supervisor {entry.name!r}: its options class {entry.options.__name__} "
                                   "needs the fields 'inner' and 'inner_options'")
     return entries
+
+
+def with_shadowing(registry: Registry, kind: Kind, name: str, problem: str) -> str:
+    """``problem``, followed by which component is in use when it shadows another of the same name."""
+    shadowing = registry.shadowing(kind, name)
+    return problem if shadowing is None else f"{problem} ({shadowing})"

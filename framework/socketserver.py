@@ -313,7 +313,7 @@ class BaseServer:
         transport = _ClassicTransport(self)
         registry = self.sockwork_registry
         from sockwork._parts import NO_HOOKS, LifecycleHooks, Parts  # start-up cost (see _load_core)
-        from sockwork.limits import Limits  # start-up cost (see _load_core)
+        from sockwork.limits import Limits, Outcome  # start-up cost (see _load_core)
 
         parts = Parts(
             transport=transport,
@@ -332,7 +332,8 @@ class BaseServer:
             service_actions=self.service_actions if overridden else None,
             handler_server=self,
         )
-        self._sockwork_dispatch.settle = core.settle
+        # Counts a request an override served (and closed) itself; one counted already is left alone.
+        self._sockwork_dispatch.settle = lambda request: core.requests.settle(request, Outcome.COMPLETED)
         return core
 
     def _sockwork_make_dispatcher(self):
@@ -660,7 +661,7 @@ class ThreadingMixIn(_MixIn):
 
     def process_request_thread(self, request, client_address):
         """Serve one request as a request thread does: finish, report errors, shut down."""
-        self._sockwork().serve_request(request, client_address)
+        self._sockwork().loop.serve(request, client_address)  # the waiting set's: it serves what it holds
 
     def process_request(self, request, client_address):
         """Start a new thread to process the request.

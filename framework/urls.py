@@ -26,7 +26,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["format_address", "parse_transport_url"]
+__all__ = ["format_address", "parse_listener_url", "parse_transport_url"]
 
 _PATH_SCHEMES = frozenset({"unix", "unix-dgram"})
 _SCHEME = re.compile(r"^[a-z][a-z0-9_.+-]*$")
@@ -90,6 +90,19 @@ def parse_transport_url(url: str) -> tuple[str, dict[str, Any]]:
     if port is None or parts.path not in ("", "/") or parts.query or parts.fragment:
         raise ConfigError(f"transport URL {url!r} {shape}")
     return scheme, {"address": (parts.hostname or "", port)}
+
+
+def parse_listener_url(url: object, what: str) -> tuple[str, int]:
+    """A side listener's ``tcp://HOST:PORT`` (``what`` names it in errors) -> ``(HOST, PORT)``."""
+    problem = f"{what} must be a tcp://HOST:PORT URL with a port in 0..65535 (IPv6: tcp://[::1]:PORT), got {url!r}"
+    if not isinstance(url, str) or not url.lower().startswith("tcp://"):
+        raise ConfigError(problem)
+    try:
+        _, options = parse_transport_url(url)
+    except ConfigError:
+        raise ConfigError(problem) from None
+    host, port = options["address"]
+    return host, port
 
 
 def format_address(transport_name: str, address: Any) -> str:

@@ -19,8 +19,19 @@ from typing import Any
 import attrs
 
 from .errors import ConfigError, OptionError
+from .urls import parse_listener_url
 
-__all__ = ["boolean", "off_is_none", "optional_positive_int", "optional_seconds", "positive_int"]
+__all__ = ["SECRET", "boolean", "is_secret", "off_is_none", "optional_positive_int", "optional_seconds",
+           "positive_int", "secret_field", "shown"]
+
+SECRET = "secret"
+"""The attrs ``metadata`` key that marks an option as a secret: ``attrs.field(metadata={SECRET: True})``.
+
+``sockwork check`` (and ``sockwork plugins``, for a default) shows such an option's
+value as ``***``. :func:`secret_field` sets it, and keeps the value out of the
+options object's ``repr`` too (so out of logs and tracebacks)."""
+
+SECRET_SHOWN = "***"
 
 ACCESS_LOG_FORMATS = ("text", "json")
 
@@ -29,6 +40,26 @@ def off_is_none(value: object) -> object:
     """Config files cannot write None: ``false`` or ``"none"`` mean it."""
     return None if value is False or value == "none" else value
 
+
+
+def secret_field(**kwargs: Any) -> Any:
+    """``attrs.field(**kwargs)`` for a secret option (a password, a token): marked :data:`SECRET`, and shown
+    as ``***`` by ``sockwork check``, ``sockwork plugins`` and the options object's ``repr``."""
+    metadata = {**kwargs.pop("metadata", {}), SECRET: True}
+    return attrs.field(repr=lambda value: SECRET_SHOWN if value is not None else "None", metadata=metadata,
+                       **kwargs)
+
+
+def is_secret(field: attrs.Attribute[Any]) -> bool:
+    """Whether an options class's field is marked :data:`SECRET`."""
+    return bool(field.metadata.get(SECRET))
+
+
+def shown(options_class: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` (a mapping of option names) with every secret option's value replaced by ``***``."""
+    secret = {field.alias for field in attrs.fields(options_class) if is_secret(field)} \
+        if attrs.has(options_class) else set()
+    return {name: SECRET_SHOWN if name in secret and value is not None else value for name, value in values.items()}
 
 
 def boolean(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -68,6 +99,25 @@ def check_access_log(value: object, name: str = "access_log") -> None:
     if value is not None and value not in ACCESS_LOG_FORMATS:
         raise ConfigError(f"'{name}' must be one of {', '.join(ACCESS_LOG_FORMATS)}, or None for none "
                           f"(false in files), got {value!r}")
+
+
+def check_lame_duck(value: object, name: str = "lame_duck") -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ConfigError(f"'{name}' must be a finite number of seconds >= 0 (0: off), got {value!r}")
+
+
+def check_pid_file(value: object, name: str = "pid_file") -> None:
+    if value is not None and (not isinstance(value, str) or not value or "\0" in value):
+        raise ConfigError(f"'{name}' must be a file path, or None for none (false in files), got {value!r}")
+
+
+def check_listener_url(value: object, name: str) -> tuple[str, int] | None:
+    """A side listener's ``tcp://HOST:PORT`` (None: none; a ``(HOST, PORT)`` tuple as it is) as ``(HOST, PORT)``."""
+    if value is None:
+        return None
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int):
+        return value
+    return parse_listener_url(value, f"'{name}'")
 
 
 # ---- Checking values against an options class -----------------------------------------

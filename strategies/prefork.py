@@ -16,7 +16,14 @@ included). The parent only supervises, in the manner of gunicorn's arbiter:
 - recycle: a worker that finished ``max_requests`` requests exits and is
   replaced;
 - drain: SIGTERM to each worker, which stops accepting and drains its own
-  requests; after the deadline, the survivors' process groups are killed.
+  requests; after the deadline, the survivors' process groups are killed;
+- resize (``resize(delta)``, SIGTTIN/SIGTTOU under ``sockwork serve``): more
+  workers are spawned, or the newest ones retire (drain and exit, not
+  replaced); the listener stays open throughout, so no client is refused;
+- reload (``replace_workers(new)``, SIGHUP): a new generation of workers with
+  the new options, inner dispatcher and the server's new handler; the old
+  generation retires once every new worker has reported that it serves (or
+  after READY_WAIT).
 
 Workers report their counters to the parent through a pipe (a fixed-size
 record of the ServerStats fields, at most every 0.2 s and once at the end);
@@ -60,7 +67,8 @@ logger = logging.getLogger("sockwork")
 
 _QUICK_DEATH = 1.0  # seconds: a worker dying sooner than this is a crash loop
 _MAX_RESPAWN_PAUSE = 5.0
-_RESIGNAL = 0.5  # seconds: how often drain() repeats SIGTERM to workers that have not exited
+_RESIGNAL = 0.5  # seconds: how often SIGTERM is repeated to workers told to stop that have not exited
+READY_WAIT = 5.0  # seconds: a reload retires the old workers by then even if a new one has not reported
 REPORT_EVERY = 0.2
 
 
@@ -114,23 +122,45 @@ class PreforkDispatcher:
         # the workers: no fixed number to promise.
         self.concurrency = None
         self._workers: dict[int, _Worker] = {}
+        self._retiring: set[int] = set()  # told to drain and exit (resize, reload): not replaced
+        self._unready: set[int] = set()  # a reload's new workers that have not reported yet
+        self._to_retire: list[int] = []  # a reload's old workers, retired once the new ones serve
         self._stopping = False
         self._respawn_pause = 0.0
         self._retired = ServerStats()  # what workers that have exited served
 
     @functools.cached_property
     def runs_async(self) -> bool:
-        """Whether the workers serve async handlers: the inner dispatcher's answer, asked of one built
-        for the purpose (dispatchers start nothing until ``start``)."""
+        """Whether the workers serve async handlers: the inner dispatcher's answer."""
+        return self._inner_says("runs_async")
+
+    @functools.cached_property
+    def keeps_connections_elsewhere(self) -> bool:
+        """Whether a kept-alive connection stays in another process than the worker's loop (an inner
+        dispatcher such as ``fork`` or procpool serves it to its end there): the inner dispatcher's answer."""
+        return self._inner_says("keeps_connections_elsewhere")
+
+    def _inner_says(self, name: str) -> bool:
+        """A capability of the inner dispatcher, asked of one built for the purpose (dispatchers start
+        nothing until ``start``)."""
         probe = self._make_inner()
         try:
-            return bool(capability(probe, "runs_async"))
+            return bool(capability(probe, name))
         finally:
             probe.close()
 
     @property
     def worker_pids(self) -> frozenset[int]:
         return frozenset(self._workers)
+
+    @property
+    def make_inner(self) -> Callable[[], Dispatcher]:
+        """What builds the dispatcher each worker serves with (a reload takes a new one's)."""
+        return self._make_inner
+
+    def _serving(self) -> list[int]:
+        """Workers not told to retire, oldest first."""
+        return [pid for pid in self._workers if pid not in self._retiring]
 
     @property
     def stats_elsewhere(self) -> ServerStats:
@@ -151,7 +181,7 @@ class PreforkDispatcher:
 
     # ---- Spawn ------------------------------------------------------------------------
 
-    def _spawn(self) -> None:
+    def _spawn(self) -> int:
         reports_r, reports_w = os.pipe()
         parent = os.getpid()
         try:
@@ -169,7 +199,8 @@ class PreforkDispatcher:
             os.setpgid(pid, pid)  # also done in the child: whichever runs first
         worker = self._workers[pid] = _Worker(os.pidfd_open(pid), reports_r)
         self._host.add_reader(worker.pidfd, functools.partial(self._on_exit, pid))
-        self._host.add_reader(reports_r, worker.read_reports)
+        self._host.add_reader(reports_r, functools.partial(self._on_report, pid))
+        return pid
 
     def _work(self, reports: int, parent: int) -> None:
         """In the worker: serve until told to stop, then exit with the reason as status."""
@@ -193,6 +224,69 @@ class PreforkDispatcher:
             flush_stdio()
             os._exit(status)
 
+    def _on_report(self, pid: int) -> None:
+        worker = self._workers.get(pid)
+        if worker is None:
+            return
+        worker.read_reports()
+        if pid in self._unready:  # a reload's new worker serves
+            self._unready.discard(pid)
+            if not self._unready:
+                self._retire_old()
+
+    # ---- Resize and reload (in the parent's loop) -------------------------------------
+
+    def resize(self, delta: int) -> str:
+        """``delta`` workers more (spawned now) or fewer (the newest retire); at least one stays. In words."""
+        if self._stopping:
+            return "not resized: the server is stopping"
+        before = self.options.workers
+        after = max(1, before + delta)
+        if after == before:
+            return f"not resized: {before} worker(s) (at least one stays)"
+        self.options = attrs.evolve(self.options, workers=after)
+        serving = self._serving()
+        for _ in range(after - len(serving)):
+            self._spawn()
+        for pid in reversed(serving[after:] if len(serving) > after else []):
+            self._retire(pid)
+        return f"resized from {before} to {after} worker(s)"
+
+    def replace_workers(self, new: PreforkDispatcher) -> str:
+        """A reload: workers with ``new``'s options and inner dispatcher (``new`` is closed, never
+        started); the old ones retire once all of these serve. In words."""
+        old = self._serving()
+        self.options, self._make_inner = new.options, new.make_inner
+        self.__dict__.pop("runs_async", None)  # asked again of the new inner dispatcher
+        new.close()
+        self._to_retire.extend(old)
+        self._unready = {self._spawn() for _ in range(self.options.workers)}
+        self._host.call_later(READY_WAIT, self._retire_old)  # at the latest
+        return (f"started {self.options.workers} new prefork worker(s) with it (the handler's code imported "
+                f"afresh); {len(old)} old one(s) drain once the new ones serve")
+
+    def _retire_old(self) -> None:
+        old, self._to_retire = self._to_retire, []
+        for pid in old:
+            if pid in self._workers:
+                self._retire(pid)
+
+    def _retire(self, pid: int) -> None:
+        if pid in self._retiring or self._stopping:
+            return
+        if not self._retiring:
+            self._host.call_later(_RESIGNAL, self._resignal)
+        self._retiring.add(pid)
+        _signal(pid, signal.SIGTERM)  # stop accepting, drain, exit
+
+    def _resignal(self) -> None:
+        """A worker still starting up ignores SIGTERM until its own handler is in place: say it again."""
+        alive = [pid for pid in self._retiring if pid in self._workers]
+        if alive and not self._stopping:
+            for pid in alive:
+                _signal(pid, signal.SIGTERM)
+            self._host.call_later(_RESIGNAL, self._resignal)
+
     # ---- Reap and replace -------------------------------------------------------------
 
     def _on_exit(self, pid: int) -> None:
@@ -208,6 +302,15 @@ class PreforkDispatcher:
         started = self._forget(pid, crashed=code not in (WorkerExit.STOPPED, WorkerExit.RECYCLED, WorkerExit.ORPHANED))
         if self._stopping:
             return
+        if pid in self._retiring:
+            self._retiring.discard(pid)
+            if code == WorkerExit.STOPPED:
+                logger.info("prefork worker %d retired: drained and stopped", pid)
+            else:
+                logger.error("prefork worker %d, retiring, ended with status %s", pid, code)
+            return
+        if len(self._serving()) >= self.options.workers:
+            return  # fewer wanted meanwhile (a resize)
         if code == WorkerExit.RECYCLED:
             logger.info("prefork worker %d retired after max_requests=%s; starting a new one",
                         pid, self.options.max_requests)
@@ -231,7 +334,7 @@ class PreforkDispatcher:
         self._spawn()
 
     def _respawn(self) -> None:
-        if not self._stopping:
+        if not self._stopping and len(self._serving()) < self.options.workers:
             self._spawn()
 
     def _forget(self, pid: int, crashed: bool) -> float:
@@ -241,6 +344,7 @@ class PreforkDispatcher:
         running: they count as failed, so ``active`` returns to 0.
         """
         worker = self._workers.pop(pid)
+        self._unready.discard(pid)
         worker.read_reports()  # its final report, written before it exited
         last = worker.last
         if last.active:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 import attrs
 
@@ -12,6 +13,7 @@ from sockwork.hookspecs import hookimpl
 from sockwork.registry import TransportEntry
 from sockwork.validators import boolean, positive_int
 
+from ._handshakes import drop_new_handshakes, half_open
 from ._socket import (
     NODELAY_INHERITED,
     InternetAddress,
@@ -24,7 +26,24 @@ from ._socket import (
     trusted_proxies_field,
 )
 
-__all__ = ["TCPOptions", "TCPTransport"]
+if TYPE_CHECKING:
+    from sockwork.connection import ConnectionStage
+
+__all__ = [
+    "TCPOptions",
+    "TCPStreams",
+    "TCPTransport",
+    "address_field",
+    "ipv6_only_field",
+    "proxy_protocol_field",
+    "trusted_proxies_field",
+]
+
+
+def address_field() -> Any:
+    """An attrs field ``address``: ``(host, port)`` read as ``tcp`` reads it (a list from TOML becomes a
+    tuple; an IPv4 shorthand such as ``"0"`` is refused; port 0 lets the OS pick)."""
+    return attrs.field(converter=to_port_address, validator=check_port_address)
 
 
 @final
@@ -32,7 +51,7 @@ __all__ = ["TCPOptions", "TCPTransport"]
 class TCPOptions:
     """Options of the ``tcp`` transport."""
 
-    address: tuple[str, int] = attrs.field(converter=to_port_address, validator=check_port_address)
+    address: tuple[str, int] = address_field()
     """``(host, port)``. An IPv6 host (``"::1"``) selects IPv6; ``""`` (or ``"0.0.0.0"``)
     means every IPv4 interface; an IPv4 shorthand such as ``"0"`` or ``"127.1"`` is
     refused; port 0 lets the OS pick (read it back from ``server.address``)."""
@@ -59,11 +78,19 @@ class TCPOptions:
 
 
 class TCPStreams(InternetAddress, StreamRequests):
-    """TCP connections, TCP_NODELAY where asked, PROXY stages: what ``tcp`` and ``tls`` share."""
+    """TCP connections with TCP_NODELAY and the PROXY header where asked: ``tcp``, and the base of ``tls``.
 
-    def __init__(self, options: Any) -> None:
+    A public building block for TCP transports of your own: subclass it (set ``name``, add
+    stages, override ``close_request``; ``transports/tls.py`` does all three), or pass
+    ``stages`` to :class:`TCPTransport`. ``options`` has the fields of :class:`TCPOptions`
+    (an attrs class of your own may add more; :func:`address_field` and the other
+    ``*_field`` helpers give the same validation). ``stages`` run on each connection after
+    the PROXY header (when ``proxy_protocol`` asks for one), in order.
+    """
+
+    def __init__(self, options: Any, stages: Iterable[ConnectionStage] = ()) -> None:
         super().__init__(options)
-        self.stages = proxy_stages(options)
+        self.stages: tuple[ConnectionStage, ...] = (*proxy_stages(options), *stages)
         if options.nodelay and not NODELAY_INHERITED:
             self.accept = self._accept_nodelay  # type: ignore[method-assign]  # chosen once, per instance
 
@@ -71,6 +98,14 @@ class TCPStreams(InternetAddress, StreamRequests):
         super().configure(sock)
         if self.options.nodelay:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def stop_new_connections(self) -> bool:
+        """Before the listener closes: the kernel starts no new handshake (see ``_handshakes``)."""
+        return self.socket is not None and drop_new_handshakes(self.socket)
+
+    def handshakes_pending(self) -> int:
+        """Handshakes under way on the listener's port, which complete into the accept queue."""
+        return half_open(self.address[1])
 
     def _accept_nodelay(self) -> tuple[socket.socket, object] | None:
         accepted = StreamRequests.accept(self)
@@ -81,7 +116,12 @@ class TCPStreams(InternetAddress, StreamRequests):
 
 @final
 class TCPTransport(TCPStreams):
-    """Accepts TCP connections; a request is the connected socket."""
+    """Accepts TCP connections; a request is the connected socket.
+
+    ``TCPTransport(options, stages=[...])`` runs connection stages of your own on each
+    connection (after the PROXY header, if any): a plugin's transport factory can be
+    ``lambda options: TCPTransport(options, stages=[Greeting()])`` (docs/plugins.md).
+    """
 
     name = "tcp"
 

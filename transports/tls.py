@@ -32,23 +32,20 @@ from typing import TYPE_CHECKING, Any, Final, Literal, final
 
 import attrs
 
-from sockwork.connection import ClosedBeforeSpeaking, StageFailed
-from sockwork.hookspecs import hookimpl
-from sockwork.registry import TransportEntry
-from sockwork.validators import boolean, positive_int
-
-from ._socket import (
-    StreamRequests,
-    check_port_address,
+# Public pieces only, as a third party's transport would use them (tests/unit/test_tls.py checks).
+from sockwork import ClosedBeforeSpeaking, StageFailed, StageInputs, TransportEntry, hookimpl
+from sockwork.transports.tcp import (
+    TCPStreams,
+    address_field,
     ipv6_only_field,
     proxy_protocol_field,
-    to_port_address,
     trusted_proxies_field,
 )
-from .tcp import TCPStreams
+from sockwork.validators import boolean, positive_int, secret_field
 
 if TYPE_CHECKING:
-    from sockwork.connection import Connection, StageWant
+    from sockwork import Connection
+    from sockwork.connection import StageWant
 
 __all__ = ["ClientLeftTLS", "TLSHandshakeStage", "TLSInfo", "TLSOptions", "TLSTransport", "make_context"]
 
@@ -103,15 +100,15 @@ def _check_timeout(instance: object, attribute: attrs.Attribute[Any], value: obj
 class TLSOptions:
     """Options of the ``tls`` transport. The certificate files are loaded (and checked) when validated."""
 
-    address: tuple[str, int] = attrs.field(converter=to_port_address, validator=check_port_address)
+    address: tuple[str, int] = address_field()
     """``(host, port)``, as for ``tcp``; ``tls://[::]:8443`` listens on IPv6 and IPv4."""
     certfile: str = attrs.field(converter=_to_str_path, validator=_check_file(False))
     """PEM file with the server's certificate, followed by its chain (and the key, if ``keyfile`` is none)."""
     keyfile: str | None = attrs.field(default=None, converter=_to_str_path, validator=_check_file(True))
     """PEM file with the private key; none: the key is in ``certfile``."""
-    password: str | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(str)), repr=False)
-    """The private key's password, if it is encrypted. ``sockwork check`` prints it: keep the file private."""
+    password: str | None = secret_field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(str)))
+    """The private key's password, if it is encrypted (a secret: ``sockwork check`` shows ``***``)."""
     client_ca: str | None = attrs.field(default=None, converter=_to_str_path, validator=_check_file(True))
     """PEM file of the CAs whose client certificates are accepted (with ``verify_client``)."""
     verify_client: Literal["none", "optional", "required"] = attrs.field(
@@ -299,12 +296,11 @@ class TLSTransport(TCPStreams):
     name = "tls"
 
     def __init__(self, options: TLSOptions) -> None:
-        super().__init__(options)
+        super().__init__(options, stages=[TLSHandshakeStage(self, options.handshake_timeout)])  # after PROXY
         # The host name each client asked for (SNI), by its socket, until its handshake is done
         # (the loop's thread only); a socket that never finishes drops its entry when it goes.
         self.server_names: weakref.WeakKeyDictionary[ssl.SSLSocket, str | None] = weakref.WeakKeyDictionary()
         self.context = self._new_context()
-        self.stages = (*self.stages, TLSHandshakeStage(self, options.handshake_timeout))  # after PROXY
 
     def _new_context(self) -> ssl.SSLContext:
         context = make_context(self.options)
@@ -335,7 +331,7 @@ class TLSTransport(TCPStreams):
                 # SSLWantReadError: ours is sent, theirs is not here yet. ValueError: no TLS left on it
                 # (unwrapped already). Other OSErrors: the peer is gone, or the handshake never ended.
                 pass
-        StreamRequests.close_request(self, request)
+        super().close_request(request)
 
 
 def _loopback(directory: Path) -> TLSOptions:
@@ -365,6 +361,8 @@ def sockwork_add_transports() -> list[TransportEntry]:
             description="TCP with TLS (handshake in the loop); a request is an ssl.SSLSocket",
             loopback_options=_loopback,
             loopback_client=_loopback_client,
+            # A TLS record header, then nothing (a stalled handshake); plain HTTP (refused as plaintext).
+            stage_inputs=StageInputs(partial=b"\x16\x03\x01", refused=b"GET / HTTP/1.0\r\n\r\n"),
             schemes=("tls",),  # tls://HOST:PORT, read like tcp:// (address); IPv6 in brackets
         )
     ]

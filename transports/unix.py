@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import socket
-from typing import final
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, final
 
 import attrs
 
@@ -22,6 +23,9 @@ from ._socket import (
     to_path,
     trusted_proxies_field,
 )
+
+if TYPE_CHECKING:
+    from sockwork.connection import ConnectionStage
 
 __all__ = ["UnixDatagramOptions", "UnixDatagramTransport", "UnixOptions", "UnixStreamTransport"]
 
@@ -62,13 +66,24 @@ class UnixDatagramOptions:
 
 @final
 class UnixStreamTransport(UnixAddress, StreamRequests):
-    """Accepts Unix stream connections; a request is the connected socket."""
+    """Accepts Unix stream connections; a request is the connected socket.
+
+    ``UnixStreamTransport(options, stages=[...])`` runs connection stages of your own on each
+    connection, after the PROXY header if any (docs/plugins.md).
+    """
 
     name = "unix"
 
-    def __init__(self, options: UnixOptions) -> None:
+    def __init__(self, options: UnixOptions, stages: Iterable[ConnectionStage] = ()) -> None:
         super().__init__(options)
-        self.stages = proxy_stages(options, unix=True)
+        self.stages: tuple[ConnectionStage, ...] = (*proxy_stages(options, unix=True), *stages)
+
+    def stop_new_connections(self) -> bool:
+        """Before the listener closes: remove the socket file (a new ``connect()`` is refused), if it is ours."""
+        if self.socket is None or self._bound_file is None:
+            return False
+        self.forget_bind()
+        return True
 
 
 @final

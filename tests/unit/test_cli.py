@@ -441,6 +441,50 @@ def test_access_log_as_text_from_the_command_line() -> None:
         stop(process)
 
 
+def test_a_plugin_that_shadows_a_built_in_is_shown_and_named_in_option_errors(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An old third-party ``tls`` transport takes the built-in's name: ``plugins`` says so, and its option errors
+    say which ``tls`` is in use (issue 22: a plugin for the previous release silently shadowed the new built-in)."""
+    import attrs
+
+    from sockwork import TransportEntry, _cli, hookimpl, registry
+    from sockwork.transports.tcp import TCPOptions, TCPTransport
+
+    @attrs.frozen(kw_only=True)
+    class OldTLSOptions:
+        address: tuple[str, int] = ("127.0.0.1", 0)
+
+    class OldTLS:
+        @hookimpl
+        def sockwork_add_transports(self) -> list[TransportEntry]:
+            return [TransportEntry("tls", lambda options: TCPTransport(TCPOptions(address=options.address)),
+                                   OldTLSOptions, description="an old TLS plugin")]
+
+    real = registry.make_plugin_manager
+
+    def with_old_tls(*, entry_points: bool = True) -> registry.PluginManager:
+        pm = real(entry_points=entry_points)
+        pm.register(OldTLS(), name="oldtls")
+        pm.distributions["oldtls"] = "sockwork-oldtls 0.3.0"
+        return pm
+
+    monkeypatch.setattr(registry, "make_plugin_manager", with_old_tls)
+    assert _cli.main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^  tls +an old TLS plugin  \[oldtls, sockwork-oldtls 0\.3\.0\]  "
+                     r"SHADOWS: \[sockwork\.transports\.tls, sockwork [^]]+\]$", out, re.M), out
+    assert _cli.main(["check", "--transport", "tls://127.0.0.1:0", "--option", "transport.certfile=x.pem"]) == 1
+    err = capsys.readouterr().err
+    assert ("transport.options.certfile: unknown option; allowed: address (in use: transport 'tls' from plugin "
+            "'oldtls' (sockwork-oldtls 0.3.0), shadowing sockwork's built-in)") in err, err
+    from sockwork import OptionError, Registry, Server
+
+    with pytest.raises(OptionError, match=r"unknown option; allowed: address \(in use: transport 'tls' from plugin "):
+        Server(transport="tls", transport_options={"certfile": "x.pem"}, handler="echo",
+               registry=Registry(with_old_tls()))
+
+
 @pytest.mark.parametrize(("source", "error"), [
     ("open('no-such-file.txt')\n", "FileNotFoundError: [Errno 2] No such file or directory: 'no-such-file.txt'"),
     ("x = (\n", "SyntaxError: "),
@@ -463,6 +507,82 @@ def test_a_handler_module_that_fails_at_import_is_one_line_like_an_import_error(
     assert err.startswith(f"sockwork: command line: handler.ref: cannot import module {name!r} for handler "
                           f"'{name}:handle': {error}"), err
     assert err.count("\n") == 1, err
+
+
+def _with_plugin(monkeypatch: pytest.MonkeyPatch, plugin: object, name: str) -> None:
+    """Every Registry the CLI makes gets ``plugin`` too, registered as ``name`` (an installed plugin's stand-in)."""
+    from sockwork import registry
+
+    real = registry.make_plugin_manager
+
+    def with_it(*, entry_points: bool = True) -> registry.PluginManager:
+        pm = real(entry_points=entry_points)
+        pm.register(plugin, name=name)
+        pm.distributions[name] = f"sockwork-{name} 1.0"
+        return pm
+
+    monkeypatch.setattr(registry, "make_plugin_manager", with_it)
+
+
+def test_secret_options_are_shown_as_stars_by_check_plugins_and_repr(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An option marked secret (sockwork.validators.secret_field) is never printed: ``***`` instead."""
+    import attrs
+
+    from sockwork import DispatcherEntry, _cli, hookimpl
+    from sockwork.strategies.pool import PoolDispatcher, PoolOptions
+    from sockwork.validators import secret_field
+
+    @attrs.frozen(kw_only=True)
+    class VaultOptions:
+        token: str = secret_field(default="default-token")
+        workers: int = 2
+
+    class Vault:
+        @hookimpl
+        def sockwork_add_dispatchers(self) -> list[DispatcherEntry]:
+            return [DispatcherEntry("vault", lambda options: PoolDispatcher(PoolOptions(workers=options.workers)),
+                                    VaultOptions)]
+
+    _with_plugin(monkeypatch, Vault(), "vault")
+    assert _cli.main(["check", "--transport", "tcp://127.0.0.1:0", "--dispatcher", "vault",
+                      "--option", "dispatcher.token=hunter2"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out)["dispatcher"]["options"] == {"token": "***", "workers": 2}
+    assert _cli.main(["plugins"]) == 0
+    out = capsys.readouterr().out
+    assert "      token = ***\n      workers = 2" in out and "default-token" not in out
+    assert repr(VaultOptions(token="hunter2")) == "VaultOptions(token=***, workers=2)"  # logs, tracebacks
+
+
+def test_a_dispatcher_whose_start_fails_makes_serve_exit_2_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """config.md: a server that cannot start exits 2, one line on stderr, no traceback, no "serving" line."""
+    from sockwork import DispatcherEntry, _cli, hookimpl
+    from sockwork.strategies.pool import PoolDispatcher, PoolOptions
+
+    class FailsToStart:
+        def __init__(self) -> None:
+            self.inner = PoolDispatcher(PoolOptions(workers=1))
+            self.concurrency = 1
+            self.submit, self.saturated, self.drain, self.close = (
+                self.inner.submit, self.inner.saturated, self.inner.drain, self.inner.close)
+
+        def start(self, host: object) -> None:
+            raise RuntimeError("no licence server")
+
+    class Plugin:
+        @hookimpl
+        def sockwork_add_dispatchers(self) -> list[DispatcherEntry]:
+            return [DispatcherEntry("unlicensed", lambda options: FailsToStart())]
+
+    _with_plugin(monkeypatch, Plugin(), "unlicensed")
+    assert _cli.main(["serve", "--transport", "tcp://127.0.0.1:0", "--dispatcher", "unlicensed"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err == ("sockwork: dispatcher 'unlicensed' failed to start: RuntimeError: no licence server\n")
 
 
 # ---- Habits from gunicorn and uvicorn (issue 23 item 13) ------------------------------------

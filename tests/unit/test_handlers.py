@@ -132,6 +132,25 @@ def test_builtin_lines_and_discard_handlers() -> None:
             sock.recv(100)
 
 
+
+def test_connection_peek_shows_the_held_bytes_then_the_kernels_and_consumes_nothing(
+    pair: tuple[Connection, socket.socket],
+) -> None:
+    """Connection.peek: the record's buffer first, then MSG_PEEK; never blocks; the end of the stream is an error."""
+    conn, peer = pair
+    with pytest.raises(BlockingIOError):
+        conn.peek()  # nothing yet: on a blocking socket too, it does not wait
+    peer.sendall(b"LO there")
+    conn._buffer += b"HE"  # what the loop already holds for this connection
+    assert conn.peek(4) == b"HELO"
+    assert conn.peek() == b"HELO there"
+    assert conn.recv(100) == b"HE"  # nothing was consumed: the held bytes come first
+    assert conn.read(8) == b"LO there"
+    peer.close()
+    with pytest.raises(ConnectionAbortedError):
+        conn.peek()
+
+
 @pytest.mark.parametrize("dispatcher", ["inline", "thread", "pool", "fork", "asyncio"])
 def test_lines_answers_and_refuses_alike_on_every_dispatcher(dispatcher: str) -> None:
     """``lines``: a line per reply, "\\r\\n" read as "\\n", a last line without one answered; a line over

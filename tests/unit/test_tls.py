@@ -417,6 +417,48 @@ def test_a_client_that_leaves_mid_request_is_disconnected_not_failed(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+def test_the_tls_transport_is_built_on_public_pieces_only() -> None:
+    """transports/tls.py imports no private module of sockwork and no name outside a module's __all__
+    (issue 22: a third party can write the same transport from the documented building blocks)."""
+    import ast
+    import importlib
+
+    import sockwork.transports.tls as tls
+
+    tree = ast.parse(Path(tls.__file__).read_text())
+    checked = 0
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:  # relative: inside sockwork.transports
+                module = ".".join(["sockwork", "transports"][: 3 - node.level] + ([module] if module else []))
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.Import):
+            module, names = "", []
+            for alias in node.names:
+                assert not alias.name.startswith("sockwork"), f"import {alias.name}: use 'from ... import'"
+            continue
+        else:
+            continue
+        if not module.startswith("sockwork"):
+            continue
+        assert not any(part.startswith("_") for part in module.split(".")), f"tls imports private {module}"
+        public = importlib.import_module(module).__all__
+        for name in names:
+            assert name in public, f"tls imports {module}.{name}, which is not in its __all__"
+            checked += 1
+    assert checked >= 8  # the check saw the imports it is about
+
+
+def test_tls_with_asyncio_is_refused_as_parts_that_do_not_go_together(files: dict[str, str]) -> None:
+    """The refusal is a PartsRefused (a ConfigError), which the conformance kit skips, saying why."""
+    from sockwork import PartsRefused
+
+    with pytest.raises(PartsRefused, match="keeps its session in the socket object"):
+        Server(transport="tls://127.0.0.1:0", dispatcher="asyncio", handler="echo",
+               transport_options={"certfile": files["cert"], "keyfile": files["key"]})
+
+
 @pytest.mark.parametrize("proxy", [False, True])
 def test_a_health_check_that_closes_without_a_byte_is_counted_and_logged_at_debug(
         files: dict[str, str], caplog: pytest.LogCaptureFixture, proxy: bool) -> None:

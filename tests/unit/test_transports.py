@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import socket
 import stat
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import pytest
 
-from sockwork import BindError, Server
+from sockwork import BindError, Server, StageFailed
 from sockwork.handlers import echo
-from sockwork.testing import exchange, serving
+from sockwork.testing import eventually, exchange, recv_until_eof, serving
 from sockwork.transports import TCPOptions, TCPTransport, UDPOptions, UDPTransport
 
 pytestmark = pytest.mark.timeout(10)
@@ -332,3 +334,52 @@ def test_the_legacy_module_keeps_the_standard_reading_of_a_shorthand_host() -> N
         assert server.server_address[0] == "0.0.0.0"
     finally:
         server.server_close()
+
+
+class _Greeting:
+    """A stage of a plugin's own: the client must send b"HI" first (consumed)."""
+
+    name = "greeting"
+    timeout = 5.0
+
+    def advance(self, conn: Any) -> str:
+        head = conn.peek(2)
+        if not b"HI".startswith(head):
+            raise StageFailed(f"expected HI, got {head!r}")
+        if len(head) < 2:
+            return "read"
+        conn.recv(2)
+        return "done"
+
+
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+def test_stages_of_your_own_on_tcp_and_unix(kind: str, short_tmp: Path) -> None:
+    """TCPTransport(options, stages=[...]) and UnixStreamTransport(options, stages=[...]) run a plugin's stage
+    (after the PROXY header, which stays first), then the handler sees the rest."""
+    from sockwork.transports.tcp import TCPOptions, TCPTransport
+    from sockwork.transports.unix import UnixOptions, UnixStreamTransport
+
+    if kind == "tcp":
+        transport: Any = TCPTransport(TCPOptions(address=("127.0.0.1", 0)), stages=[_Greeting()])
+        proxied = TCPTransport(TCPOptions(address=("127.0.0.1", 0), proxy_protocol="v1",
+                                          trusted_proxies=["127.0.0.1"]), stages=[_Greeting()])
+    else:
+        transport = UnixStreamTransport(UnixOptions(path=str(short_tmp / "s.sock")), stages=[_Greeting()])
+        proxied = UnixStreamTransport(UnixOptions(path=str(short_tmp / "p.sock"), proxy_protocol="v1"),
+                                      stages=[_Greeting()])
+    assert [stage.name for stage in proxied.stages] == ["PROXY header", "greeting"]
+    with serving(Server(transport=transport, handler="echo")) as server:
+        family = socket.AF_INET if kind == "tcp" else socket.AF_UNIX
+        with socket.socket(family) as sock:
+            sock.settimeout(10)
+            sock.connect(server.address)
+            sock.sendall(b"HIhello")
+            sock.shutdown(socket.SHUT_WR)
+            assert recv_until_eof(sock) == b"hello"
+        with socket.socket(family) as sock:
+            sock.settimeout(10)
+            sock.connect(server.address)
+            sock.sendall(b"NO")
+            with contextlib.suppress(ConnectionResetError):  # closed with the refused bytes unread: a reset
+                assert recv_until_eof(sock) == b""  # refused by the stage
+        assert eventually(lambda: server.stats.refused == 1)
