@@ -438,20 +438,25 @@ def test_many_pipelined_messages_are_all_answered(dispatcher: str) -> None:
         assert recv_exactly(sock, len(expected)) == expected
 
 
-def test_drain_serves_queued_readable_connections() -> None:
-    """A busy pool at shutdown: connections whose request arrived are answered, none closed as idle."""
-    started = threading.Event()
-
+def slow_echo(started: threading.Event, seconds: float) -> Any:
+    """A keep-alive echo that takes ``seconds`` per request and sets ``started`` at the first."""
     @stream_handler
     def slow(conn: Connection) -> object:
         data = conn.recv()
         if not data:
             return None
         started.set()
-        time.sleep(0.3)
+        time.sleep(seconds)
         conn.write(data)
         return KEEP_ALIVE
 
+    return slow
+
+
+def test_drain_serves_queued_readable_connections() -> None:
+    """A busy pool at shutdown: connections whose request arrived are answered, none closed as idle."""
+    started = threading.Event()
+    slow = slow_echo(started, 0.3)
     server = Server(transport=TCP, dispatcher="pool", dispatcher_options={"workers": 1, "queue_size": 1},
                     handler=slow, drain_timeout=10)
     socks = [socket.create_connection(server.address, timeout=10) for _ in range(4)]
@@ -535,18 +540,7 @@ def test_inline_drain_stops_serving_queued_clients_at_the_deadline() -> None:
     by the deadline (+ 1 s), not after serving all ten one by one; every client is answered or closed,
     and counted."""
     started = threading.Event()
-
-    @stream_handler
-    def slow(conn: Connection) -> object:
-        data = conn.recv()
-        if not data:
-            return None
-        started.set()
-        time.sleep(0.4)
-        conn.write(data)
-        return KEEP_ALIVE
-
-    server = Server(transport=TCP, dispatcher="inline", handler=slow, drain_timeout=1.0)
+    server = Server(transport=TCP, dispatcher="inline", handler=slow_echo(started, 0.4), drain_timeout=1.0)
     socks = [socket.create_connection(server.address, timeout=10) for _ in range(10)]
     try:
         with serving(server):
