@@ -317,6 +317,11 @@ def test_saturation_stops_accepting_and_freed_capacity_wakes_the_loop(
         if capability(parts.dispatcher, "accepts_itself"):
             _discard(parts)
             pytest.skip("a supervisor's workers accept by themselves: their own dispatchers are tested")
+        if capability(parts.transport, "stages"):
+            _discard(parts)
+            pytest.skip("this transport's stages wake the loop by themselves (a handshake's packets), so a "
+                        "dispatcher that never calls host.wake() would pass here: tested on the transports "
+                        "without stages")
         if parts.dispatcher.concurrency is None or parts.dispatcher.concurrency >= MOST_CLIENTS // 2:
             _discard(parts)
             pytest.skip(f"concurrency {parts.dispatcher.concurrency}: too many blocked requests to test here")
@@ -358,9 +363,23 @@ def attrs_evolve(parts: Any, **changes: Any) -> Any:
 
 
 def start_clients_from(stack: ExitStack, server: Server, first: int, count: int, connect: Clients) -> list[Any]:
-    clients = [stack.enter_context(connect.connect(server)) for _ in range(count)]
-    for i, sock in enumerate(clients, first):
-        sock.send(b"c%d" % i)
+    """Up to ``count`` more clients, numbered from ``first``, each with its request sent.
+
+    A datagram is sent without waiting: a Unix datagram socket whose server is not reading
+    it (its queue holds about ten) would block the sender; then no more clients are added
+    this time, and the caller looks again after letting the loop catch up.
+    """
+    clients: list[Any] = []
+    for i in range(first, first + count):
+        sock = stack.enter_context(connect.connect(server))
+        if getattr(sock, "type", None) == socket.SOCK_DGRAM:
+            try:
+                sock.send(b"c%d" % i, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+        else:
+            sock.send(b"c%d" % i)
+        clients.append(sock)
     return clients
 
 
@@ -660,7 +679,8 @@ def test_a_stage_refuses_what_it_must_and_it_is_counted_refused(
             pytest.skip(f"transport {sockwork_transport_name!r} gives no refused stage input")
         with raw_client(server) as sock:
             sock.sendall(inputs.refused)
-            recv_until_eof(sock)  # whatever a stage says on the way out (a TLS alert), then the end
+            with contextlib.suppress(ConnectionResetError):  # closed with the refused bytes unread
+                recv_until_eof(sock)  # whatever a stage says on the way out (a TLS alert), then the end
         assert _stats_reach(server, "refused", 1), f"refused input was not counted refused: {server.stats}"
         stats = server.stats
         assert (stats.completed, stats.failed) == (0, 0), stats

@@ -131,11 +131,21 @@ class PreforkDispatcher:
 
     @functools.cached_property
     def runs_async(self) -> bool:
-        """Whether the workers serve async handlers: the inner dispatcher's answer, asked of one built
-        for the purpose (dispatchers start nothing until ``start``)."""
+        """Whether the workers serve async handlers: the inner dispatcher's answer."""
+        return self._inner_says("runs_async")
+
+    @functools.cached_property
+    def keeps_connections_elsewhere(self) -> bool:
+        """Whether a kept-alive connection stays in another process than the worker's loop (an inner
+        dispatcher such as ``fork`` or procpool serves it to its end there): the inner dispatcher's answer."""
+        return self._inner_says("keeps_connections_elsewhere")
+
+    def _inner_says(self, name: str) -> bool:
+        """A capability of the inner dispatcher, asked of one built for the purpose (dispatchers start
+        nothing until ``start``)."""
         probe = self._make_inner()
         try:
-            return bool(capability(probe, "runs_async"))
+            return bool(capability(probe, name))
         finally:
             probe.close()
 

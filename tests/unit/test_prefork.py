@@ -342,3 +342,17 @@ def test_requests_are_served_by_the_workers_whose_pids_are_logged_at_start(caplo
     [line] = [r.getMessage() for r in caplog.records if "worker processes serve" in r.getMessage()]
     assert line == (f"prefork: 2 worker processes serve (pids {pids[0]}, {pids[1]}); each has its own memory, "
                     "so what a handler keeps in memory (a dict, a cache, a counter) is seen by one worker only")
+
+
+@pytest.mark.parametrize(("inner", "elsewhere"), [("pool", False), ("fork", True)])
+def test_prefork_answers_keeps_connections_elsewhere_for_its_inner_dispatcher(inner: str, elsewhere: bool) -> None:
+    """Inside prefork, a dispatcher that serves a kept-alive connection in a process of its own (fork, procpool)
+    still does: prefork says so, as it does for runs_async (the kit's keep-alive test reads it)."""
+    from sockwork.interfaces import capability
+    from sockwork.strategies.prefork import PreforkDispatcher, PreforkOptions
+
+    dispatcher = PreforkDispatcher(PreforkOptions(inner=inner))
+    try:
+        assert capability(dispatcher, "keeps_connections_elsewhere") is elsewhere
+    finally:
+        dispatcher.close()

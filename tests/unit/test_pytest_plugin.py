@@ -288,3 +288,29 @@ def test_your_dispatcher_is_tested_inside_every_supervisor(tmp_path: Path, broke
     else:
         assert result.returncode == 0, result.stdout + result.stderr
         assert "2 passed" in result.stdout, (result.stdout, ids)
+
+
+REFUSING_PLUGIN = """
+    from sockwork import ConfigError, DispatcherEntry, hookimpl
+
+
+    def refuse(options):
+        raise ConfigError("this dispatcher needs a licence file")
+
+
+    @hookimpl
+    def sockwork_add_dispatchers():
+        return [DispatcherEntry("oldpool", refuse)]
+"""
+
+
+def test_a_failed_assembly_leaks_nothing_of_the_kits(tmp_path: Path) -> None:
+    """The fd transport's loopback socket, opened before a server is built, is closed when assembly fails:
+    the test fails for its own reason, with no "left behind" error at teardown."""
+    project, env = old_plugin_project(tmp_path)
+    (Path(env["PYTHONPATH"]) / "old_plugin" / "__init__.py").write_text(textwrap.dedent(REFUSING_PLUGIN))
+    result = run_in(project, env, "-q", "-k", "test_echo_small and defaults-fd-oldpool")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "this dispatcher needs a licence file" in result.stdout
+    assert "1 failed" in result.stdout, result.stdout
+    assert "ERROR at teardown" not in result.stdout and "left behind:" not in result.stdout, result.stdout

@@ -1,4 +1,5 @@
-"""sockwork's pytest plugin is opt-in: this line loads the conformance kit's fixtures."""
+"""The conformance kit's fixtures: a project that declares sockwork entry points (this one) gets them without
+the pytest_plugins line below, which is kept so that the suite also runs with pytest's plugin autoloading off."""
 
 from __future__ import annotations
 
