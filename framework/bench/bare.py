@@ -37,9 +37,9 @@ ONESHOT = select.EPOLLIN | select.EPOLLONESHOT if hasattr(select, "EPOLLONESHOT"
 def bare_unsupported(implementation: str, spec: dict[str, Any]) -> str | None:
     """Why a bare row cannot serve ``spec``, or None."""
     if not hasattr(select, "epoll"):
-        return f"{implementation} needs epoll (Linux)"
+        return "needs epoll (Linux)"
     if spec["kind"] not in ("tcp", "unix", "udp") or spec["protocol"] != "echo" or spec.get("tls"):
-        return f"{implementation} serves the echo protocol over plain TCP, Unix or UDP only"
+        return "serves only the echo protocol, over plain TCP, Unix or UDP"
     return None
 
 
