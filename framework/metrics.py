@@ -91,7 +91,7 @@ def metrics_endpoint(server: Server, address: ListenerAddress, observer: Observe
 class MetricsEndpoint:
     """``GET /metrics`` of one server, on a side listener of its own (see :mod:`sockwork._side_listener`)."""
 
-    def __init__(self, server: Server, address: tuple[str, int]) -> None:
+    def __init__(self, server: Server, address: tuple[str, int] | int) -> None:
         require_prometheus()
         from prometheus_client import CollectorRegistry, ProcessCollector  # optional extra, checked above
 

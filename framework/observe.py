@@ -18,6 +18,9 @@ from __future__ import annotations
 import bisect
 import contextlib
 import os
+import select
+import socket
+import struct
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -258,6 +261,39 @@ class TurnMetrics:
         with self._lock:
             alive = list(self._cells)
         return max(0, sum(cells.started - cells.ended for cells in alive))
+
+
+# ---- Helpers for the core (only called with metrics on) ------------------------------------
+
+_TCP_INFO = getattr(socket, "TCP_INFO", None)
+_LAST_DATA_RECV = struct.Struct("I")  # tcp_info.tcpi_last_data_recv: ms since the last data arrived (Linux)
+_LAST_DATA_RECV_AT = 52
+
+
+def arrived(sock: socket.socket) -> float | None:
+    """When the bytes a worker is about to read arrived (``time.perf_counter()`` scale), as far as the kernel
+    tells (TCP on Linux, to the millisecond); None elsewhere. A worker that took a readable connection from
+    the turn poller itself (leader/followers) measures its queueing delay with it."""
+    if _TCP_INFO is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _LAST_DATA_RECV_AT + _LAST_DATA_RECV.size)
+    except OSError:
+        return None
+    if len(info) < _LAST_DATA_RECV_AT + _LAST_DATA_RECV.size:
+        return None
+    (ms,) = _LAST_DATA_RECV.unpack_from(info, _LAST_DATA_RECV_AT)
+    return time.perf_counter() - float(ms) / 1000
+
+
+def readable(fds: list[int]) -> int:
+    """How many of ``fds`` have bytes to read now (a scrape's look at connections armed in the turn poller)."""
+    if not fds:
+        return 0
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return sum(1 for _, event in poller.poll(0) if event & select.POLLIN)
 
 
 # ---- Readings ---------------------------------------------------------------------------
