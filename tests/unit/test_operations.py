@@ -597,3 +597,31 @@ def test_the_signal_commands_name_the_server_by_its_pid_file_and_say_what_came_o
                                                      "file is stale\n")
     finally:
         end(process)
+
+
+def test_under_systemd_the_server_says_ready_and_an_upgrade_hands_the_unit_to_the_new_master(
+    tmp_path: Path, short_tmp: Path,
+) -> None:
+    """With NOTIFY_SOCKET set: READY=1 once serving; after SIGUSR2 the old master sends MAINPID=<new>."""
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(short_tmp / "notify"))
+    notify.settimeout(20)
+    config = write_app(tmp_path, "v1", "pool", extra='pid_file = "server.pid"\n')
+    env = {**os.environ, "NOTIFY_SOCKET": str(short_tmp / "notify")}
+    process = subprocess.Popen([sys.executable, "-m", "sockwork", "serve", config.name], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    new_pid = None
+    try:
+        assert notify.recv(100) == b"READY=1"
+        process.send_signal(signal.SIGUSR2)
+        said = notify.recv(100)
+        assert said.startswith(b"MAINPID="), said
+        new_pid = int(said.split(b"=")[1])
+        assert process.wait(20) == 0
+        assert (tmp_path / "server.pid").read_text() == f"{new_pid}\n"
+    finally:
+        notify.close()
+        if new_pid is not None:
+            os.kill(new_pid, signal.SIGTERM)
+            wait_for(lambda: gone(new_pid))
+        end(process)
