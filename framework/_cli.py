@@ -39,8 +39,10 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 import threading
+import time
 import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -49,6 +51,7 @@ import attrs
 
 from . import __version__
 from ._operations import fresh_handler_modules, handle_operations, reload_server
+from ._upgrade import Handover, Upgrade, take_handover, write_pid_file
 from .assembly import assemble_config, build_server, load_config
 from .config import FOREVER, LOG_LEVELS, ConfigErrors, ServerConfig, read_config_data
 from .errors import ConfigError, PluginError, ServerError
@@ -59,7 +62,7 @@ from .validators import SECRET_SHOWN, is_secret, shown
 __all__ = ["main"]
 
 DEFAULT_TRANSPORT = "tcp://127.0.0.1:9999"
-COMMANDS = ("serve", "check", "plugins", "bench")
+COMMANDS = ("serve", "check", "plugins", "bench", "reload", "upgrade", "resize", "stop")
 ENVIRONMENT = {  # SOCKWORK_<NAME>: the flag (its dest) it stands for, when the command line does not give it
     "SOCKWORK_CONFIG": "config", "SOCKWORK_TRANSPORT": "transport", "SOCKWORK_DISPATCHER": "dispatcher",
     "SOCKWORK_WORKERS": "workers", "SOCKWORK_HANDLER": "handler", "SOCKWORK_DRAIN_TIMEOUT": "drain_timeout",
@@ -126,8 +129,24 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "check", help="validate a config (a file, flags, or both) and print it resolved, without binding")
     config_flags(own["check"])
     own["plugins"] = commands.add_parser("plugins", help="list registered transports, dispatchers and handlers")
+    _signal_commands(commands, own)
     commands.add_parser("bench", help="benchmark the dispatchers against socketserver (see sockwork bench --help)")
     return parser, own
+
+
+def _signal_commands(commands: Any, own: dict[str, argparse.ArgumentParser]) -> None:
+    """``reload``, ``upgrade``, ``resize``, ``stop``: a signal to the server a pid file names."""
+    for name, help_text in (("reload", "SIGHUP: the server reads its config again (prefork: new workers)"),
+                            ("upgrade", "SIGUSR2: a new master takes over the listener; waits for the old to leave"),
+                            ("resize", "SIGTTIN/SIGTTOU: N prefork workers more (+N) or fewer (-N)"),
+                            ("stop", "SIGTERM: a graceful stop; waits for the server to exit")):
+        own[name] = commands.add_parser(name, help=help_text)
+        if name == "resize":
+            own[name].add_argument("change", metavar="+N|-N", help="how many workers more (+N) or fewer (-N)")
+        own[name].add_argument("pid_file", metavar="PIDFILE", help="the server's pid file (pid_file, --pid-file)")
+        if name in ("upgrade", "stop"):
+            own[name].add_argument("--timeout", metavar="SECONDS", type=float, default=60.0,
+                                   help="how long to wait for the outcome (default: 60)")
 
 
 def _looks_like_a_config_file(word: str) -> bool:
@@ -213,6 +232,8 @@ def _current_directory_first() -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.command in ("reload", "upgrade", "resize", "stop"):
+        return _signal_command(args)
     if args.command == "plugins":
         return _plugins(Registry())
     registry = Registry()
@@ -233,6 +254,98 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(_secrets_hidden(config.to_dict(), registry), indent=2))
         return 0
     return _serve(config, registry, source=_source(args), reread=lambda: _config_from(args, registry))
+
+
+def _signal_command(args: argparse.Namespace) -> int:
+    """``sockwork reload|upgrade|resize ±N|stop PIDFILE``: signal the server named by its pid file; one line."""
+    command = args.command if args.command != "resize" else f"resize {args.change}"
+    try:
+        pid = read_pid_file(args.pid_file)
+        if args.command == "resize":
+            return _say(command, *send_resize(pid, args.change))
+        if args.command == "reload":
+            os.kill(pid, signal.SIGHUP)
+            return _say(command, f"sent SIGHUP to {pid}; the server logs what it applied", 0)
+        if args.command == "stop":
+            os.kill(pid, signal.SIGTERM)
+            ended = wait_until(lambda: not _alive(pid), args.timeout)
+            return _say(command, f"{pid} stopped" if ended else f"sent SIGTERM to {pid}; still running after "
+                                 f"{args.timeout:g} s (draining?)", 0 if ended else 1)
+        os.kill(pid, signal.SIGUSR2)
+        replaced = wait_until(lambda: _pid_or_none(args.pid_file) not in (pid, None) and not _alive(pid),
+                              args.timeout)
+        if replaced:
+            return _say(command, f"{pid} -> {_pid_or_none(args.pid_file)}: the new master serves, the old one "
+                                 "drained and exited", 0)
+        return _say(command, f"sent SIGUSR2 to {pid}; no new master took over within {args.timeout:g} s "
+                             "(the server's log says why)", 1)
+    except (OSError, ValueError) as exc:
+        return _say(command, str(exc) if isinstance(exc, ValueError) else f"{exc.strerror or exc}", 2)
+
+
+def _say(command: str, result: str, status: int) -> int:
+    print(f"sockwork {command}: {result}", file=sys.stdout if status == 0 else sys.stderr, flush=True)
+    return status
+
+
+def read_pid_file(path: str) -> int:
+    """The live process a pid file names; ValueError (in words) for a missing, malformed or stale file."""
+    try:
+        with open(path, encoding="ascii") as file:
+            text = file.read().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read pid file {path!r}: {exc.strerror or exc}") from None
+    if not text.isdigit():
+        raise ValueError(f"pid file {path!r} does not hold a process id: {text[:40]!r}")
+    pid = int(text)
+    if not _alive(pid):
+        raise ValueError(f"no process {pid} (from {path!r}): the pid file is stale")
+    return pid
+
+
+def send_resize(pid: int, change: str) -> tuple[str, int]:
+    """``+N``: N × SIGTTIN, ``-N``: N × SIGTTOU, 0.2 s apart (a signal sent again before the first was
+    handled would count once)."""
+    if not re.fullmatch(r"[+-][1-9][0-9]*", change):
+        raise ValueError(f"write the change as +N or -N (N >= 1), got {change!r}")
+    signum = signal.SIGTTIN if change[0] == "+" else signal.SIGTTOU
+    for index in range(int(change[1:])):
+        if index:
+            time.sleep(0.2)
+        os.kill(pid, signum)
+    return f"sent {signum.name} to {pid} {change[1:]} time(s); the server logs each resize", 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:  # a zombie has exited
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _pid_or_none(path: str) -> int | None:
+    try:
+        with open(path, encoding="ascii") as file:
+            text = file.read().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def wait_until(predicate: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def _secrets_hidden(data: dict[str, Any], registry: Registry) -> dict[str, Any]:
@@ -369,10 +482,11 @@ def _serve(
 ) -> int:
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     handler = config.handler.ref if isinstance(config.handler.ref, str) else repr(config.handler.ref)
-    announce = _Announce(handler, config.dispatcher.name)
+    handover = take_handover()  # an upgrade in place: the old master's sockets, and how to tell it we serve
+    announce = _Announce(handler, config.dispatcher.name, handover)
     registry.plugin_manager.register(announce, name="sockwork.cli")  # before assembly: the server calls it
     try:
-        server = build_server(config, registry)
+        server = build_server(config, registry, handover=handover)
     except ConfigError as exc:  # found when the parts are built: an inherited descriptor, say
         print(f"sockwork: {_one_problem_one_line(exc, source)}", file=sys.stderr)
         return 2
@@ -387,7 +501,8 @@ def _serve(
             server.close()
             return 2
     reload = None if reread is None else _reloader(server, config, registry, source, reread)
-    with server.handle_signals(), handle_operations(server, reload), _pid_file(config.pid_file):
+    upgrade = Upgrade(server, config.pid_file)
+    with server.handle_signals(), handle_operations(server, reload, upgrade.start), _pid_file(config.pid_file):
         try:
             try:
                 server.serve_forever()
@@ -413,8 +528,8 @@ def _serve(
 class _Announce:
     """Prints the "serving" line once the server has started (its dispatcher's start() returned)."""
 
-    def __init__(self, handler: str, dispatcher: str) -> None:
-        self.handler, self.dispatcher = handler, dispatcher
+    def __init__(self, handler: str, dispatcher: str, handover: Handover | None = None) -> None:
+        self.handler, self.dispatcher, self.handover = handler, dispatcher, handover
         self.said = False
 
     @hookimpl(tryfirst=True)
@@ -423,6 +538,8 @@ class _Announce:
         print(f"sockwork: serving {self.handler!r} on {server.url} with dispatcher {self.dispatcher!r} "
               f"(pid {os.getpid()}){side}", flush=True)
         self.said = True
+        if self.handover is not None:
+            self.handover.serving()  # the old master hands over, drains and exits
 
 
 def _reloader(
@@ -460,14 +577,6 @@ def _pid_file(path: str | None) -> Iterator[None]:
                 ours = file.read().strip() == str(os.getpid())
             if ours:  # a new master (an upgrade) has rewritten it otherwise
                 os.unlink(path)
-
-
-def write_pid_file(path: str, pid: int) -> None:
-    """``pid`` and a newline in ``path``, replaced in one step: a reader never sees half a file."""
-    temporary = f"{path}.{pid}.tmp"
-    with open(temporary, "w", encoding="ascii") as file:
-        file.write(f"{pid}\n")
-    os.replace(temporary, path)
 
 
 def _close_attentively(server: Any) -> None:

@@ -30,8 +30,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ListenerAddress", "agent_answer", "close_all", "health_listeners", "open_all"]
 
-ListenerAddress = str | tuple[str, int] | None
-"""A side listener's address: ``"tcp://HOST:PORT"``, ``(HOST, PORT)``, or None for none."""
+ListenerAddress = str | tuple[str, int] | int | None
+"""A side listener's address: ``"tcp://HOST:PORT"``, ``(HOST, PORT)``, the descriptor of a bound listening
+socket (an upgrade in place hands them over), or None for none."""
 
 
 def agent_answer(server: Server) -> bytes:

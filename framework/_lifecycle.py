@@ -79,6 +79,7 @@ class Lifecycle:
         self.drain_timeout = drain_timeout
         self.lame_duck = lame_duck
         self.phase = "serving"
+        self.handed_over = False  # an upgrade: the listener lives on in the new master
         self.side_listeners = tuple(side_listeners)  # answered by this loop, closed at teardown
         for listener in self.side_listeners:
             listener.attach(loop)
@@ -168,15 +169,29 @@ class Lifecycle:
         if self.phase in ("serving", "lame duck"):
             self.phase = "draining"
         if self.started and not self.loop.stopped_listening:
-            self._refuse_new_connections(deadline)
+            if not self.handed_over:  # (handed over, the socket stays open: nothing to reset)
+                self._refuse_new_connections(deadline)
             self.loop.take_backlog()  # closing the listener would reset them; the drain serves them
         self.loop.stop_listening()
-        if self.transport.kind == "stream":
+        if self.handed_over:
+            self.transport.after_fork()  # only this process's copy: the new master serves the socket (and its file)
+        elif self.transport.kind == "stream":
             # (A datagram socket is also the reply channel of running requests.)
             self.transport.close()
         if self.started:
             self.loop.drain_waiting(deadline)  # what waiting clients sent is served; idle ones close
         return not self.started or self.dispatcher.drain(remaining(deadline))
+
+    def hand_over(self) -> None:
+        """An upgrade's new master serves the listener: stop as on a signal, without touching the socket.
+
+        Our side listeners close at once (the new master answers on the same ports); the drain then
+        closes only this process's copy of the listener, so nothing the kernel queued is reset.
+        """
+        self.handed_over = True
+        for listener in self.side_listeners:
+            listener.close()
+        self._stop_serving("SIGUSR2")
 
     def _refuse_new_connections(self, deadline: float | None) -> None:
         """Stop new handshakes; accept those under way as they complete (Rule 4).

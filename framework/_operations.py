@@ -5,6 +5,7 @@
                  └── applied: prefork starts new workers with it, then drains the old ones;
                      elsewhere what can change in place does, the rest is named as needing a restart
     SIGTTIN/SIGTTOU ──► a supervisor (prefork): one worker more / fewer (the one removed drains first)
+    SIGUSR2 ──► an upgrade in place (sockwork._upgrade)
 
 Rule 1: an action runs in the server's loop (a timer the signal handler sets), never inside the
 signal handler, and logs exactly one line: what was asked, and what came of it.
@@ -45,9 +46,12 @@ _NEEDS_RESTART = frozenset({"transport", "pid_file", "agent_check", "health"})
 
 
 @contextlib.contextmanager
-def handle_operations(server: Server, reload: Callable[[], str] | None = None) -> Iterator[None]:
+def handle_operations(
+    server: Server, reload: Callable[[], str] | None = None, upgrade: Callable[[], str] | None = None,
+) -> Iterator[None]:
     """Within the block: SIGHUP calls ``reload()`` (without one: :func:`reload_transport`), SIGTTIN and
-    SIGTTOU resize a supervisor by one worker. Main thread only; previous handlers restored after.
+    SIGTTOU resize a supervisor by one worker, SIGUSR2 calls ``upgrade()`` (without one: not handled).
+    Main thread only; previous handlers restored after.
 
     Each action runs in the server's loop and logs one line, ``SIGHUP: <result>``; a ``reload()`` that
     raises :class:`~sockwork.ConfigError` is refused (ERROR, the old config keeps serving).
@@ -57,6 +61,8 @@ def handle_operations(server: Server, reload: Callable[[], str] | None = None) -
         signal.SIGTTIN: lambda: resize(server, +1),
         signal.SIGTTOU: lambda: resize(server, -1),
     }
+    if upgrade is not None:
+        actions[signal.SIGUSR2] = upgrade
 
     def run(signum: int) -> None:
         name = signal.Signals(signum).name

@@ -123,6 +123,7 @@ class InheritedTransport:
         # copy resets nothing, and must not stop the kernel from completing their connections.
         self.stop_new_connections = None
         self.handshakes_pending = None
+        self.adopt = None  # opened by the parent already
         self.fileno = transport.fileno
         self.accept = transport.accept
         self.close_request = transport.close_request

@@ -10,6 +10,7 @@ a slow or silent probe never blocks the loop.
 The whole API::
 
     listener = SideListener("health", ("127.0.0.1", 0), answer, reads_request=True)
+                                     # (or the descriptor of a bound listening socket, taken over)
     listener.open()                  # binds now (a BindError names the listener); .address has the real port
     listener.attach(host)            # host: anything with add_reader, remove_reader, call_later (a Loop,
                                      # a DispatcherHost), whose thread then answers
@@ -76,7 +77,7 @@ class SideListener:
     """A TCP listener whose connections each get one answer (see the module's docstring)."""
 
     def __init__(
-        self, name: str, address: tuple[str, int], answer: Callable[[bytes], bytes], *, reads_request: bool,
+        self, name: str, address: tuple[str, int] | int, answer: Callable[[bytes], bytes], *, reads_request: bool,
     ) -> None:
         self.name = name
         self._requested = address
@@ -96,12 +97,21 @@ class SideListener:
         host, port = self._socket.getsockname()[:2]
         return host, port
 
+    def fileno(self) -> int:
+        if self._socket is None:
+            raise RuntimeError(f"the {self.name} listener is not open")
+        return self._socket.fileno()
+
     @property
     def url(self) -> str:
         host, port = self.address
         return f"tcp://[{host}]:{port}" if ":" in host else f"tcp://{host}:{port}"
 
     def open(self) -> None:
+        if isinstance(self._requested, int):  # inherited, bound and listening (an upgrade in place)
+            self._socket = socket.socket(fileno=self._requested)
+            self._socket.setblocking(False)
+            return
         host, port = self._requested
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)

@@ -27,6 +27,7 @@ import attrs
 
 from ._parts import LifecycleHooks, Parts
 from ._server import Server
+from ._upgrade import Handover
 from .config import ConfigErrors, ServerConfig, TransportConfig, read_config_data, read_config_partially
 from .errors import ConfigError, OptionError, PartsRefused, PluginError, UnknownPluginError
 from .interfaces import capability
@@ -171,15 +172,29 @@ def _with_framing(handler: Any, framing: Any, ref: object) -> Any:
     return MessageHandler(handler.fn, framing)
 
 
-def build_server(config: ServerConfig, registry: Registry | None = None) -> Server:
-    """Assemble ``config`` (each part resolved once, everything checked), then bind a ready Server."""
+def build_server(config: ServerConfig, registry: Registry | None = None, *, handover: Handover | None = None) -> Server:
+    """Assemble ``config`` (each part resolved once, everything checked), then bind a ready Server.
+
+    With ``handover`` (an upgrade in place, ``sockwork._upgrade``), the transport and the side listeners
+    take over the old master's sockets instead of binding.
+    """
     parts = assemble_config(config, registry)
     logging.getLogger("sockwork").setLevel(config.log_level)
     if config.access_log is not None:
         logging.getLogger("sockwork.access").setLevel(logging.INFO)  # asked for: shown whatever log_level says
+    agent_check: str | int | None = config.agent_check
+    health: str | int | None = config.health
+    if handover is not None:
+        adopt = capability(parts.transport, "adopt")
+        if adopt is None:
+            raise ConfigError(f"the {config.transport.name or 'configured'} transport cannot take over an "
+                              "inherited listener; an upgrade in place needs one that can (tcp, tls, udp, unix)")
+        adopt(handover.listener_fd)
+        agent_check = handover.side_listener("agent check", config.agent_check)
+        health = handover.side_listener("health", config.health)
     return Server(parts=parts, drain_timeout=config.drain_timeout, limits=config.limits,
                   plugin_options=config.plugins, access_log=config.access_log, lame_duck=config.lame_duck,
-                  agent_check=config.agent_check, health=config.health)
+                  agent_check=agent_check, health=health)
 
 
 def _resolve_config(

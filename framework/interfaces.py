@@ -298,6 +298,9 @@ OPTIONAL_CAPABILITIES: dict[str, tuple[object, str]] = {
                    "connection before dispatch (a PROXY header, a TLS handshake)"),
     "reload": (None, "Transport: a method that loads again what the transport read from files (tls: certificate, "
                      "key, client CAs) for new connections, dropping none; SIGHUP under sockwork serve calls it"),
+    "adopt": (None, "Transport: a method adopt(fd): open() then takes over fd, a bound (stream: listening) socket "
+                    "of the configured address inherited from the master an upgrade in place (SIGUSR2) replaces, "
+                    "instead of binding"),
     "stop_new_connections": (None, "Transport: a method called once before the listener closes for good: the "
                                    "kernel completes no new connection from then on (tcp: a filter drops SYNs; "
                                    "unix: the socket file is removed), so the close resets none; returns False "

@@ -111,12 +111,14 @@ def check_pid_file(value: object, name: str = "pid_file") -> None:
         raise ConfigError(f"'{name}' must be a file path, or None for none (false in files), got {value!r}")
 
 
-def check_listener_url(value: object, name: str) -> tuple[str, int] | None:
+def check_listener_url(value: object, name: str) -> tuple[str, int] | int | None:
     """A side listener's ``tcp://HOST:PORT`` (None: none; a ``(HOST, PORT)`` tuple as it is) as ``(HOST, PORT)``."""
     if value is None:
         return None
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int):
         return value
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value  # a descriptor: a bound listening socket inherited from an upgraded master
     return parse_listener_url(value, f"'{name}'")
 
 

@@ -244,9 +244,46 @@ class SocketTransport:
             raise RuntimeError(f"{self.name} transport is not open")
         return self.socket.fileno()
 
+    _adopt_fd: int | None = None
+
+    def adopt(self, fd: int) -> None:
+        """Make ``open()`` take over ``fd`` instead of binding: a bound (for streams, listening) socket of the
+        configured address, inherited from the server this process replaces (an upgrade in place)."""
+        self._adopt_fd = fd
+
+    def _take_over(self, fd: int) -> None:
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            raise BindError(exc.errno, f"inherited descriptor {fd} is not a usable socket: "
+                                       f"{exc.strerror or exc}") from None
+        family, wanted = self.resolve()
+        problem = None
+        if sock.type != self.socket_type or sock.family != family:
+            problem = f"it is a {sock.family.name} {sock.type.name} socket, not the {self.name} transport's"
+        elif not _same_address(sock.getsockname(), wanted):
+            problem = f"it is bound to {sock.getsockname()!r}, the config asks for {self.describe()}"
+        if problem is not None:
+            sock.detach()  # not ours: the old server's
+            raise BindError(0, f"cannot take over the inherited listener (descriptor {fd}): {problem}; an upgrade "
+                               "keeps the listening socket, so a changed address takes a restart")
+        if self.kind == "stream":
+            sock.setblocking(False)  # accepted connections stay blocking
+        self.family = family
+        self.socket = sock
+        self._address = sock.getsockname()
+        self.took_over(sock)
+
+    def took_over(self, sock: socket.socket) -> None:
+        """After ``open()`` took over an inherited socket: take on what binding would have left (a socket file)."""
+
     def open(self) -> None:
         if self.socket is not None:
             raise RuntimeError(f"{self.name} transport is already open")
+        if self._adopt_fd is not None:
+            fd, self._adopt_fd = self._adopt_fd, None
+            self._take_over(fd)
+            return
         family, bind_address = self.resolve()
         sock = socket.socket(family, self.socket_type)
         try:
@@ -381,6 +418,19 @@ class DatagramRequests(SocketTransport):
         pass  # the child answers on this very socket
 
 
+def _same_address(bound: Any, wanted: Any) -> bool:
+    """Whether an inherited socket's address is the configured one (port 0 and wildcard hosts match any)."""
+    if not isinstance(bound, tuple):
+        return bool(bound == wanted)
+    host, port = wanted[0], wanted[1]
+    if port not in (0, bound[1]):
+        return False
+    try:
+        return host in ("", "0.0.0.0", "::") or ipaddress.ip_address(host) == ipaddress.ip_address(bound[0])
+    except ValueError:
+        return True  # a host name: whatever it resolved to when the old server bound it
+
+
 # ---- How the address is bound ------------------------------------------------
 
 class InternetAddress(SocketTransport):
@@ -478,6 +528,12 @@ class UnixAddress(SocketTransport):
             probe.close()
         raise BindError(errno.EADDRINUSE, f"couldn't bind {self.name} transport to {path!r}: "
                         "another server is listening there")
+
+    def took_over(self, sock: socket.socket) -> None:
+        path = self.options.path
+        if not path.startswith("\0"):
+            info = os.stat(path)
+            self._bound_file = (info.st_dev, info.st_ino)  # ours now: removed when this server stops for good
 
     def forget_bind(self) -> None:
         bound, self._bound_file = self._bound_file, None

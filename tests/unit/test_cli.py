@@ -277,8 +277,8 @@ def test_an_unknown_command_says_so_with_the_commands() -> None:
     result = run_cli("frobnicate")
     assert result.returncode == 2
     assert result.stderr.startswith("usage: sockwork ")
-    assert ("sockwork: error: unknown command 'frobnicate'; commands: serve, check, plugins, bench. "
-            "A config file's name ends in .toml or .json.") in result.stderr
+    assert ("sockwork: error: unknown command 'frobnicate'; commands: serve, check, plugins, bench, reload, upgrade, "
+            "resize, stop. A config file's name ends in .toml or .json.") in result.stderr
     assert "did you mean 'check'?" in run_cli("chek").stderr
 
 

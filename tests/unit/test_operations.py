@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import re
 import select
 import signal
@@ -548,3 +549,124 @@ def test_fresh_handler_modules_imports_afresh_and_puts_the_old_ones_back_on_fail
     finally:
         for name in [name for name in sys.modules if name.startswith("fresh_pkg")]:
             del sys.modules[name]
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for a reaper that is not this test counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_sigusr2_upgrades_in_place_under_load_and_the_old_master_leaves_by_itself(tmp_path: Path) -> None:
+    """SIGUSR2: a new master (new code) takes over the listener and the agent port, rewrites the pid file;
+    the old one drains and exits 0 by itself; 0 failed requests throughout."""
+    config = write_app(tmp_path, "v1", "prefork", extra='pid_file = "server.pid"\nagent_check = "tcp://127.0.0.1:0"\n')
+    process, port, log = serve_app(tmp_path, config)
+    load = new_pid = None
+    try:
+        load = Load(port)
+        wait_for(lambda: load.replies.get(b"v1", 0) >= 200)
+        write_app(tmp_path, "v2", "prefork", extra='pid_file = "server.pid"\nagent_check = "tcp://127.0.0.1:0"\n')
+        process.send_signal(signal.SIGUSR2)
+        line = process.stdout.readline()  # type: ignore[union-attr]  # the new master's, on the same stdout
+        started = re.search(r" on tcp://127\.0\.0\.1:(\d+) .*\(pid (\d+)\); agent check on tcp://127\.0\.0\.1:(\d+)",
+                            line)
+        assert started and int(started.group(1)) == port, line
+        new_pid = int(started.group(2))
+        assert process.wait(20) == 0  # the old master left by itself
+        assert (tmp_path / "server.pid").read_text() == f"{new_pid}\n"
+        wait_for(lambda: load.replies.get(b"v2", 0) >= 200)
+        assert agent(int(started.group(3))).startswith(b"up")
+        load.finish()
+        assert load.failures == []
+        assert logged(log, f"SIGUSR2: upgraded: the new master (pid {new_pid}) serves; this one "
+                           f"(pid {process.pid}) drains and exits")
+    finally:
+        if load is not None:
+            load.finish()
+        if new_pid is not None:
+            os.kill(new_pid, signal.SIGTERM)
+            wait_for(lambda: gone(new_pid))
+        end(process)
+    assert not (tmp_path / "server.pid").exists()  # removed by the new master, whose pid it held
+
+
+def test_an_upgrade_whose_new_master_fails_leaves_the_old_one_serving(tmp_path: Path) -> None:
+    """A new master that cannot start (its config no longer checks) exits; the old one logs why and serves on."""
+    config = write_app(tmp_path, "v1", "pool", extra='pid_file = "server.pid"\n')
+    process, port, log = serve_app(tmp_path, config)
+    try:
+        config.write_text(config.read_text() + "unknown_setting = 1\n")
+        process.send_signal(signal.SIGUSR2)
+        wait_for(lambda: logged(log, "SIGUSR2: upgrade failed: the new master (pid "))
+        assert logged(log, "exited with status 2 before serving; still serving")
+        assert logged(log, "dispatcher.unknown_setting: unknown key")  # the new master's own reason, same stderr
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(b"x\n")
+            assert conn.recv(100) == b"v1 x\n"
+        assert (tmp_path / "server.pid").read_text() == f"{process.pid}\n"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+    finally:
+        end(process)
+
+
+def test_a_transport_refuses_to_take_over_a_socket_of_another_address() -> None:
+    """adopt(fd) with a socket bound elsewhere fails at open(), naming both addresses; the socket is left alone."""
+    from sockwork.transports import TCPOptions, TCPTransport
+
+    with socket.create_server(("127.0.0.1", 0)) as other:
+        transport = TCPTransport(TCPOptions(address=("127.0.0.1", 1)))
+        transport.adopt(other.fileno())
+        with pytest.raises(BindError, match=r"cannot take over the inherited listener \(descriptor \d+\): it is bound "
+                                            r"to \('127\.0\.0\.1', \d+\), the config asks for 127\.0\.0\.1:1"):
+            transport.open()
+        assert other.fileno() >= 0  # still open, still the test's
+        same = TCPTransport(TCPOptions(address=("127.0.0.1", 0)))
+        duplicate = os.dup(other.fileno())
+        same.adopt(duplicate)
+        same.open()
+        try:
+            assert same.address == other.getsockname()
+        finally:
+            same.close()
+
+
+def sockwork_command(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sockwork", *args], capture_output=True, text=True, timeout=60,
+                          cwd=cwd)
+
+
+def test_the_signal_commands_name_the_server_by_its_pid_file_and_say_what_came_of_it(tmp_path: Path) -> None:
+    """sockwork reload/resize/stop PIDFILE: one line each with the result; bad input is one line, status 2."""
+    config = write_app(tmp_path, "v1", "pool", extra='pid_file = "server.pid"\n')
+    process, _, log = serve_app(tmp_path, config)
+    try:
+        pid = process.pid
+        done = sockwork_command("reload", "server.pid", cwd=tmp_path)
+        assert (done.returncode, done.stdout) == (0, f"sockwork reload: sent SIGHUP to {pid}; the server logs "
+                                                     "what it applied\n")
+        wait_for(lambda: logged(log, "SIGHUP: read server.toml again: no setting changed"))
+        done = sockwork_command("resize", "+1", "server.pid", cwd=tmp_path)
+        assert (done.returncode, done.stdout) == (0, f"sockwork resize +1: sent SIGTTIN to {pid} 1 time(s); the "
+                                                     "server logs each resize\n")
+        wait_for(lambda: logged(log, "SIGTTIN: not resized: the PoolDispatcher cannot change"))
+        for args, message in (
+            (("resize", "2", "server.pid"), "sockwork resize 2: write the change as +N or -N (N >= 1), got '2'\n"),
+            (("reload", "missing.pid"), "sockwork reload: cannot read pid file 'missing.pid': No such file or "
+                                        "directory\n"),
+        ):
+            done = sockwork_command(*args, cwd=tmp_path)
+            assert (done.returncode, done.stderr) == (2, message)
+        done = sockwork_command("stop", "server.pid", cwd=tmp_path)
+        assert (done.returncode, done.stdout) == (0, f"sockwork stop: {pid} stopped\n")
+        assert process.wait(5) == 0
+        (tmp_path / "stale.pid").write_text(f"{pid}\n")
+        done = sockwork_command("stop", "stale.pid", cwd=tmp_path)
+        assert (done.returncode, done.stderr) == (2, f"sockwork stop: no process {pid} (from 'stale.pid'): the pid "
+                                                     "file is stale\n")
+    finally:
+        end(process)
