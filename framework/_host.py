@@ -26,15 +26,20 @@ class ServerSideHost:
     the forked child's duties (ProcessDispatcherHost) and a worker's own server (SupervisorHost)."""
 
     __slots__ = (
-        "add_reader", "call_later", "finished", "handler", "limits", "log_access", "on_error", "release",
-        "remove_reader", "serve", "server", "take_error", "wake",
+        "add_reader", "admit", "at_capacity", "call_later", "finished", "handler", "limits", "log_access",
+        "on_error", "release", "remove_reader", "serve", "server", "take_error", "take_turn", "turns", "wake",
     )
 
     def __init__(self, server: Server) -> None:
         requests, loop = server.requests, server.loop
         self.server = server
-        self.serve = requests.serve
-        self.release = requests.release
+        self.serve = loop.serve  # the waiting set's, which serves the connections it holds
+        self.release = loop.release
+        self.turns = loop.turns  # for a dispatcher that takes_turns (leader/followers), else None
+        self.take_turn = loop.take_turn
+        # For a dispatcher that took the listener: count (and cap) what it accepts; stop at the cap.
+        self.admit = loop.admit
+        self.at_capacity = requests.at_capacity
         self.finished = requests.finished
         self.take_error = requests.take_error
         self.wake = loop.wake

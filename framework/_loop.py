@@ -29,6 +29,7 @@ first served; only a full waiting set (or the connection cap) does.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import heapq
 import logging
@@ -41,8 +42,9 @@ from typing import final
 
 from ._ratelimit import RateLimitedLog
 from ._requests import Requests
-from ._waiting import Waiting, WaitingSet
+from ._waiting import EPOLLIN, TurnPoller, Waiting, WaitingSet
 from .interfaces import ACCEPT_CAPACITY_ERRNOS, ACCEPT_FATAL_ERRNOS, Address, Dispatcher, Request, Transport, capability
+from .limits import Outcome
 
 __all__ = ["ACCEPT_CAPACITY_ERRNOS", "ACCEPT_FATAL_ERRNOS", "Loop"]
 
@@ -64,6 +66,7 @@ LOG_EVERY = 5.0
 
 _LISTENER = "listener"
 _WAKE = "wake"
+_TURNS = "turns"
 
 
 @final
@@ -91,6 +94,12 @@ class Loop:
         self.batch: int = capability(transport, "accept_batch")
         # A supervisor's workers accept by themselves: this loop only watches them.
         self.accepts = not capability(dispatcher, "accepts_itself")
+        # An event-loop dispatcher may take the listener and accept on its own loop (asyncio).
+        take_listener = capability(dispatcher, "take_listener")
+        self._listener_taken = bool(self.accepts and take_listener is not None and take_listener(transport))
+        self._listens = self.accepts and not self._listener_taken  # this loop accepts from the listener
+        self._report_turns = False  # handle_request() waits: count what workers take themselves, wake
+        self._no_room = 0.0  # max_waiting full and no idle connection to close: accept again from then on
         self._on_round = on_round  # runs after each round; returns the longest next wait
         self._timers: list[tuple[float, int, Callable[[], None]]] = []  # (when, order, callback): a heap
         self._timer_order = 0
@@ -115,20 +124,45 @@ class Loop:
         requests.wake = self.wake
         self.waiting: WaitingSet | None = None
         self.max_waiting: int | float = 0  # inf: no cap
+        # What dispatchers call as host.serve / host.release: the waiting set owns the connections it holds.
+        self.serve: Callable[[Request, Address], Outcome] = requests.serve
+        self.release: Callable[[Request], None] = requests.release
+        self.turns: TurnPoller | None = None  # for a dispatcher that takes_turns, when connections wait here
+        self.take_turn: Callable[[int], None] = _no_turns
+        self._choose_where_requests_wait()
+
+    def _choose_where_requests_wait(self) -> None:
+        """Stream connections wait in a waiting set (if their handler or transport needs one); datagrams
+        go to workers that read them themselves (a dispatcher that takes_turns); else the loop accepts."""
+        transport, dispatcher, requests = self.transport, self.dispatcher, self.requests
         if transport.kind == "stream" and self.accepts:
             waiting = WaitingSet(
                 self._selector, requests, dispatcher, stages=tuple(capability(transport, "stages")),
-                speaks_first=capability(requests.handler, "sockwork_speaks_first"),
-                framing=getattr(requests.handler, "sockwork_framing", None),
+                handler=requests.handler,
                 idle_timeout=requests.limits.idle_timeout, message_timeout=requests.limits.message_timeout,
-                wake=self.wake, submit=self.submit,
+                wake=self.wake, submit=self.submit, on_turn=self._turn_taken, stopping=self._stop_was_requested,
             )
             if waiting.needed:
                 self.waiting = waiting
                 self.max_waiting = requests.limits.waiting_capacity()
-                requests.give_back = waiting.give_back
-                requests.forget = waiting.forget
-                requests.close_later = waiting.close_later
+                self.serve = waiting.serve
+                self.release = waiting.release
+                if waiting.workers_take_turns:
+                    self.turns = waiting.turns  # the dispatcher's workers wait on it (host.turns)
+                    self.take_turn = waiting.take_turn
+                else:
+                    self._selector.register(waiting.turns.fileno(), selectors.EVENT_READ, _TURNS)
+            else:
+                waiting.close()
+        elif transport.kind == "datagram" and self.accepts and capability(dispatcher, "takes_turns") \
+                and TurnPoller.workers_can_rearm():
+            # The dispatcher's workers read datagrams themselves (leader/followers): the socket is
+            # armed one-shot in a turn poller; the worker that gets it reads one datagram, re-arms
+            # it for the next worker, and serves its datagram. The loop never reads one.
+            self.turns = TurnPoller()
+            self.take_turn = self._datagram_turn
+            self._listens = False
+            self.turns.add(self._listener_fd, EPOLLIN)
 
     @property
     def wakeup_fd(self) -> int:
@@ -183,11 +217,14 @@ class Loop:
         else:
             waiting.take_returned()
             waiting.dispatch_ready()
-            saturated = waiting.waiting >= self.max_waiting or self.requests.saturated
+            at_cap = waiting.waiting >= self.max_waiting
+            if self._no_room and (not at_cap or time.monotonic() >= self._no_room):
+                self._no_room = 0.0  # room again, or time to look for an idle connection to close again
+            saturated = (at_cap and bool(self._no_room)) or self.requests.saturated
             next_due = waiting.expire()
             if next_due is not None:
                 timeout = _shorter(timeout, next_due)
-        listening = self.accepts and not (paused or saturated)
+        listening = self._listens and not (paused or saturated)
         if listening != self._listening:
             self._set_listening(listening)
         if paused:
@@ -201,11 +238,13 @@ class Loop:
         if self._timers:
             timeout = _shorter(timeout, max(0.0, self._timers[0][0] - time.monotonic()))
         dispatched = None
-        for key, mask in self._selector.select(timeout):
+        for key, _ in self._selector.select(timeout):
             what = key.data
-            if type(what) is Waiting:
+            if what is _TURNS:
+                waiting.on_turns_ready()  # type: ignore[union-attr]  # registered only with a waiting set
+            elif type(what) is Waiting:
                 if what.events:  # not closed by an earlier event of this round
-                    waiting.on_event(what, mask)  # type: ignore[union-attr]  # records exist only with a waiting set
+                    waiting.on_stage_event(what)  # type: ignore[union-attr]  # records exist only with a waiting set
             elif what is _LISTENER:
                 dispatched = self._accept_batch(limit)
             elif what is _WAKE:
@@ -233,6 +272,8 @@ class Loop:
         waiting = self.waiting
         dispatched = taken = 0  # taken: dispatched or closed at once; a round takes at most `limit`
         while taken < limit and not self.stop_requested:
+            if waiting is not None and waiting.waiting >= self.max_waiting and (taken or not self._room_for_one_more()):
+                break  # full; on the round's first accept the listener was readable: a client waits, make room
             try:
                 accepted = accept()
             except OSError as exc:
@@ -250,7 +291,7 @@ class Loop:
                 continue  # closed at once (over_limit = "close")
             if waiting is not None:
                 waiting.add(request, client_address, requests.handler_server)
-                if waiting.waiting >= self.max_waiting or requests.saturated:
+                if requests.saturated:
                     break
                 continue
             if not self.submit(request, client_address):
@@ -261,6 +302,36 @@ class Loop:
         if dispatched or (taken and waiting is not None):
             self._backoff = BACKOFF_MIN
         return dispatched
+
+    def _stop_was_requested(self) -> bool:
+        return self.stop_requested
+
+    def _turn_taken(self) -> None:
+        # A worker took a turn itself (leader/followers) while handle_request() waits for one.
+        self.submitted += 1
+        self.wake()
+
+    def report_turns(self, on: bool) -> None:
+        """Count turns workers take themselves as dispatched, and wake the loop for each (handle_request)."""
+        self._report_turns = on
+        if self.waiting is not None:
+            self.waiting.report_turns = on
+
+    def admit(self, request: Request) -> bool:
+        """``host.admit``: a dispatcher that took the listener accepted ``request`` (its thread)."""
+        if not self.requests.admit(request):
+            return False
+        if self._report_turns:
+            self._turn_taken()
+        return True
+
+    def _room_for_one_more(self) -> bool:
+        """``max_waiting`` is full: make room by closing the longest-idle keep-alive connection, if any;
+        else stop accepting, and look again after SATURATED_RECHECK (one may have become idle by then)."""
+        if self.waiting is not None and self.waiting.make_room():
+            return True
+        self._no_room = time.monotonic() + SATURATED_RECHECK
+        return False
 
     def submit(self, request: Request, client_address: Address) -> bool:
         """Hand one admitted request to the dispatcher; False if it raised (the request was ended)."""
@@ -300,9 +371,28 @@ class Loop:
 
     # ---- Ending ----------------------------------------------------------------------
 
+    def _datagram_turn(self, fd: int) -> None:
+        """A worker got the datagram socket from the turn poller: read one datagram, re-arm, serve it."""
+        try:
+            accepted = self.transport.accept()
+        except OSError as exc:  # an ICMP error reported on the socket, say: the next datagram is fine
+            self._log_accept_failure(logging.WARNING, "reading a datagram on %s failed: %s",
+                                     self.transport.address, exc)
+            accepted = None
+        finally:
+            if not self.stopped_listening:
+                with contextlib.suppress(OSError, ValueError):  # closed at shutdown meanwhile
+                    self.turns.arm(fd, EPOLLIN)  # type: ignore[union-attr]  # set with this method
+        if accepted is not None and self.admit(accepted[0]):
+            self.requests.serve(*accepted)
+
     def stop_listening(self) -> None:
         self._set_listening(False)
+        if self._listener_taken and not self.stopped_listening:
+            self.dispatcher.stop_accepting()  # type: ignore[attr-defined]  # take_listener's pair
         self.stopped_listening = True
+        if self.take_turn == self._datagram_turn:
+            self.turns.remove(self._listener_fd)  # type: ignore[union-attr]  # set with _datagram_turn
 
     def take_backlog(self) -> int:
         """At shutdown, before the listener closes: accept what the kernel has queued; return how many.
@@ -342,6 +432,7 @@ class Loop:
         if waiting is None:
             return
         waiting.draining = True
+        waiting.drain_deadline = deadline
         waiting.take_returned()
         idle = waiting.close_idle(fresh_since=None)
         while not self._closed and waiting.unsettled():
@@ -350,7 +441,8 @@ class Loop:
                 break
             idle += waiting.close_idle(fresh_since=now - DRAIN_GRACE)
             self.run_once(_shorter(SATURATED_RECHECK, max(0.0, (deadline or math.inf) - now)), 0)
-        abandoned = waiting.abandon_ready()
+        abandoned, idle_at_deadline = waiting.abandon_ready()
+        idle += idle_at_deadline + waiting.returned_idle_at_drain
         waiting.stop_taking_returns()
         if idle:
             logger.info("closed %d idle connection(s) at shutdown", idle)
@@ -360,6 +452,10 @@ class Loop:
 
     def close(self) -> None:
         self._closed = True
+        if self.waiting is not None:
+            self.waiting.close()
+        elif self.turns is not None:
+            self.turns.close()
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
@@ -367,6 +463,10 @@ class Loop:
     def close_in_child(self) -> None:
         """In a forked child: drop the parent's loop (its selector and wake-up channel)."""
         self.close()
+
+
+def _no_turns(fd: int) -> None:
+    raise RuntimeError("no connections wait in this server's loop: host.turns is None")
 
 
 def _shorter(timeout: float | None, other: float) -> float:

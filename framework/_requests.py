@@ -22,16 +22,13 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, final
+from typing import Any, final
 
 from ._parts import LifecycleHooks
 from ._ratelimit import RateLimitedLog
 from .connection import KEEP_ALIVE, Connection, StageFailed
-from .interfaces import Address, Request, Transport
+from .interfaces import Address, Request, Transport, capability
 from .limits import Counters, Deadlines, Limits, Outcome, ServerStats
-
-if TYPE_CHECKING:
-    from ._waiting import Waiting
 
 __all__ = ["DISCONNECT_ERRORS", "Requests"]
 
@@ -70,20 +67,12 @@ class Requests:
         self.counters = Counters(wake_below=cap)
         self.cap = cap
         self._idle_timeout = limits.idle_timeout if stream else None
-        self._deadlines = Deadlines(limits.request_timeout) if stream and limits.request_timeout else None
-        self._guard_connections = self._idle_timeout is not None or self._deadlines is not None
-        self._takes_connection = bool(getattr(handler, "sockwork_takes_connection", False))
-        self._answer: Callable[[list[bytes], Connection], list[bytes]] | None = getattr(
-            handler, "sockwork_answer", None)  # a message handler's turn
+        self.deadlines = Deadlines(limits.request_timeout) if stream and limits.request_timeout else None
+        self._guard_connections = self._idle_timeout is not None or self.deadlines is not None
+        self._takes_connection = bool(capability(handler, "sockwork_takes_connection"))
+        self._answer: Callable[[list[bytes], Connection], list[bytes]] | None = capability(
+            handler, "sockwork_answer")  # a message handler's turn
         self.in_flight: dict[int, Request] = {}
-        # Connections the loop holds between turns (see _waiting): the record of each, by its socket.
-        self.connections: dict[int, Waiting] = {}
-        # The loop's: takes a connection back after a KEEP_ALIVE turn; False once it takes none (draining).
-        self.give_back: Callable[[Waiting, list[bytes] | None], bool] = _refuse
-        # The loop's, for records its selector still maps between turns: drop one now (loop thread),
-        # or have the loop close one a worker ended (so its descriptor number is not reused under it).
-        self.forget: Callable[[Waiting], None] = _ignore
-        self.close_later: Callable[[Waiting], bool] = _refuse_close
         # Accepted, not yet started: whoever pops a request from here first (a worker's
         # serve(), or force() at the drain deadline) owns it; dict.pop is atomic.
         self._unstarted: dict[int, Request] = {}
@@ -109,12 +98,9 @@ class Requests:
     def end(self, request: Request) -> None:
         """Close a request the dispatcher failed to take, unless it was served already."""
         self._unstarted.pop(id(request), None)
-        record = self.connections.pop(id(request), None)
-        if record is not None:
-            self.forget(record)
         if self.in_flight.pop(id(request), None) is not None:
             self.transport.close_request(request)
-            self.finished(Outcome.FAILED)
+            self.finished(Outcome.FAILED, turns=0)
 
     def submit_failed(self, request: Request, client_address: Address, exc: Exception) -> bool:
         """The dispatcher raised taking ``request``: end it (counted failed) and say so once.
@@ -140,23 +126,38 @@ class Requests:
         """A held connection goes to a worker (again): until one starts it, force() may close it."""
         self._unstarted[id(request)] = request
 
+    def start(self, request: Request) -> bool:
+        """A worker starts a request the loop handed over; False if force() closed it already."""
+        key = id(request)
+        if self._unstarted.pop(key, None) is None and key in self._abandoned:
+            # Closed and counted unanswered at the drain deadline by force(); a worker
+            # picked it up only now.
+            self._abandoned.discard(key)
+            return False
+        return True
+
     def replace(self, old: Request, new: Request) -> None:
         """A connection stage replaced the socket (TLS wraps it): track the new one."""
-        for table in (self.in_flight, self.connections):
-            if id(old) in table:
-                table[id(new)] = table.pop(id(old))
+        self.in_flight.pop(id(old), None)
         self.in_flight[id(new)] = new
 
-    def close_waiting(self, request: Request, outcome: Outcome) -> None:
-        """End a connection the loop holds: close it and count it once."""
+    def close_held(self, request: socket.socket, peer: Address, outcome: Outcome, since: float, *,
+                   turns: int, idle_closed: bool = False, close: bool = True) -> None:
+        """End a connection the waiting set held (any thread: its owner's): close it and count it once.
+
+        ``close=False``: shut it down only; the caller closes it later (it keeps the descriptor's number).
+        """
         key = id(request)
-        record = self.connections.pop(key, None)
         self._unstarted.pop(key, None)
-        if self.access_log is not None and record is not None:
-            _log_access(self.access_log, request, record.conn.peer, outcome, time.perf_counter() - record.since)
+        if self.access_log is not None:
+            _log_access(self.access_log, request, peer, outcome, time.perf_counter() - since)
         if self.in_flight.pop(key, None) is not None:
-            self.transport.close_request(request)
-            self.finished(outcome)
+            if close:
+                self.transport.close_request(request)
+            else:
+                with contextlib.suppress(OSError):
+                    request.shutdown(socket.SHUT_RDWR)
+            self.finished(outcome, turns=turns, idle_closed=idle_closed)
 
     def stats(self, oversized: int, elsewhere: ServerStats | None) -> ServerStats:
         own = self.counters.snapshot(oversized=oversized)
@@ -167,133 +168,118 @@ class Requests:
         """At the connection cap (with ``over_limit = "wait"``)."""
         return self.cap is not None and self.counters.active >= self.cap
 
+    def at_capacity(self) -> bool:
+        """``saturated``, as a method (what a dispatcher that accepts by itself asks)."""
+        return self.cap is not None and self.counters.active >= self.cap
+
     # ---- The dispatcher's side (DispatcherHost) -----------------------------
 
     def serve(self, request: Request, client_address: Address) -> Outcome:
-        """Run the handler on one request, report, close and count it; never raises an Exception."""
-        key = id(request)
-        if self._unstarted.pop(key, None) is None and key in self._abandoned:
-            # Closed and counted unanswered at the drain deadline by force(); a worker
-            # picked it up only now.
-            self._abandoned.discard(key)
+        """Run the handler on one request, report, close and count it; never raises an Exception.
+
+        (A connection the waiting set holds is served by its owner, ``WaitingSet.serve``.)
+        """
+        if not self.start(request):
             return Outcome.FAILED
-        record = self.connections.get(key)  # a connection the loop held until now
         token = None
-        if record is not None:
-            # The loop set the socket's mode once: a timeout for handlers that read it,
-            # non-blocking where the loop itself reads (message turns do no I/O).
-            if self._deadlines is not None and record.batch is None:
-                token = self._deadlines.add(request)
-        elif self._guard_connections and not isinstance(request, tuple):
+        if self._guard_connections and not isinstance(request, tuple):
             if self._idle_timeout is not None:
                 request.settimeout(self._idle_timeout)
-            if self._deadlines is not None:
-                token = self._deadlines.add(request)
+            if self.deadlines is not None:
+                token = self.deadlines.add(request)
         outcome = Outcome.FAILED  # until the handler returns; a BaseException leaves it so
         began = time.perf_counter() if self.access_log is not None else 0.0
-        kept: list[bytes] | None = None  # the connection stays open: these replies (message handlers) to send
+        kept = False  # the handler returned KEEP_ALIVE: the connection is served to its end here
         try:
-            if record is not None and record.batch is not None:
-                kept = self._answer(record.batch, record.conn)  # type: ignore[misc]  # batch => a message handler
-            elif self.handler(
-                record.conn if record is not None and self._takes_connection else request,
-                client_address, self.handler_server,
-            ) is KEEP_ALIVE and not isinstance(request, tuple):
-                kept = []
+            kept = self.handler(request, client_address, self.handler_server) is KEEP_ALIVE and not isinstance(
+                request, tuple)
             outcome = Outcome.COMPLETED
         except Exception as exc:
-            outcome = self._handler_failed(request, client_address, exc, token)
+            outcome = self.handler_failed(request, client_address, exc, token)
         except BaseException as exc:
             if self.on_error is None:  # SystemExit in a thread is otherwise silent
                 logger.error("handler serving %s raised %r; passing it on", client_label(client_address), exc)
-            kept = None
+            kept = False
             raise
         finally:
-            if token is not None and self._deadlines.remove(token) and outcome is not Outcome.TIMED_OUT:  # type: ignore[union-attr]  # token => _deadlines
-                self._log_deadline(client_address)  # the handler ended quietly on the shut-down connection
-                outcome = Outcome.TIMED_OUT
-            if kept is None or outcome is not Outcome.COMPLETED:
-                self._end_served(request, client_address, outcome, began, record)
-        if kept is None or outcome is not Outcome.COMPLETED:
+            if token is not None:
+                outcome = self.end_deadline(token, outcome, client_address)
+            if not kept or outcome is not Outcome.COMPLETED:
+                self._end_served(request, client_address, outcome, began)
+        if not kept or outcome is not Outcome.COMPLETED:
             return outcome
-        if record is not None and not self.in_child and self.give_back(record, kept):
-            return outcome  # waiting in the loop again; counted (and logged) when it ends
+        idle_closed = False
         try:
-            outcome = self._keep_here(request, client_address, record, kept)
+            outcome, idle_closed = self.keep_here(request, Connection(request, client_address, self.handler_server),
+                                                  [], [])
         finally:
-            self._end_served(request, client_address, outcome, began, record)
+            self._end_served(request, client_address, outcome, began, idle_closed=idle_closed)
         return outcome
 
-    def _end_served(self, request: Request, client_address: Address, outcome: Outcome, began: float,
-                    record: Waiting | None) -> None:
+    def end_deadline(self, token: int, outcome: Outcome, client_address: Address) -> Outcome:
+        """A turn under ``request_timeout`` is over: its outcome, ``timed_out`` if the deadline cut it."""
+        if self.deadlines.remove(token) and outcome is not Outcome.TIMED_OUT:  # type: ignore[union-attr]  # token => deadlines
+            self._log_deadline(client_address)  # the handler ended quietly on the shut-down connection
+            return Outcome.TIMED_OUT
+        return outcome
+
+    def _end_served(self, request: Request, client_address: Address, outcome: Outcome, began: float, *,
+                    idle_closed: bool = False) -> None:
         """Close a served request and count it (and log it: one access line per connection)."""
         if self.access_log is not None:
-            _log_access(self.access_log, request, client_address, outcome,
-                        time.perf_counter() - (began if record is None else record.since))
+            _log_access(self.access_log, request, client_address, outcome, time.perf_counter() - began)
         # Always end it: a dispatcher may serve a request rebuilt in another
         # process, which this process never tracked.
-        key = id(request)
-        self.in_flight.pop(key, None)
-        self.connections.pop(key, None)
-        if record is not None and not self.in_child and self.close_later(record):
-            with contextlib.suppress(OSError):  # the client hears the end now; the loop closes it
-                request.shutdown(socket.SHUT_WR)
-        else:
-            self.transport.close_request(request)
-        self.finished(outcome)
+        self.in_flight.pop(id(request), None)
+        self.transport.close_request(request)
+        self.finished(outcome, idle_closed=idle_closed)
 
-    def _keep_here(self, request: socket.socket, client_address: Address, record: Waiting | None,
-                   replies: list[bytes]) -> Outcome:
-        """Keep-alive without the loop (a forked child; a dispatcher that moved the socket; shutdown).
+    def keep_here(self, request: socket.socket, conn: Connection, replies: list[bytes],
+                  messages: list[bytes]) -> tuple[Outcome, bool]:
+        """Keep-alive without the loop (a forked child; a dispatcher that moved the socket).
 
         The connection is served to its end right here, as a classic handler
         would: wait (under ``idle_timeout``) for the next bytes, take another turn.
+        The caller closes and counts it: returns its outcome, and whether it was
+        closed idle between requests (``completed``: every request was served).
         """
-        if record is not None and not self.in_child:
-            # The loop took no more (the end of a shutdown): the turn is answered; the
-            # connection ends, after what is left of its replies.
-            if replies:
-                with contextlib.suppress(OSError):
-                    request.sendall(b"".join(replies))
-            return Outcome.COMPLETED
-        conn = record.conn if record is not None else Connection(request, client_address, self.handler_server)
+        client_address = conn.peer
         try:
             request.settimeout(self._idle_timeout)  # a message connection was non-blocking, for the loop
-            if record is not None and record.messages and self._answer is not None:
-                messages, record.messages = record.messages, []  # framed by the loop before the fork
-                replies = [*replies, *self._answer(messages, conn)]
+            if messages and self._answer is not None:
+                replies = [*replies, *self._answer(messages, conn)]  # framed by the loop before the fork
+                messages.clear()
             if replies:
                 request.sendall(b"".join(replies))
             while True:
                 if not conn.buffered and not _wait_readable(request, self._idle_timeout):
                     logger.info("closing the connection of %s: idle for more than %ss",
                                 client_label(client_address), self._idle_timeout)
-                    return Outcome.TIMED_OUT
+                    return Outcome.COMPLETED, True
                 # A message handler, given the Connection, serves the rest of the stream itself.
                 target = conn if self._takes_connection else request
                 if self.handler(target, client_address, self.handler_server) is not KEEP_ALIVE:
-                    return Outcome.COMPLETED
+                    return Outcome.COMPLETED, False
         except Exception as exc:
-            return self._handler_failed(request, client_address, exc, None)
+            return self.handler_failed(request, client_address, exc, None), False
 
     def release(self, request: Request) -> None:
         """Drop this process's handle on a request now served in another process."""
         key = id(request)
         self.in_flight.pop(key, None)
         self._unstarted.pop(key, None)
-        record = self.connections.pop(key, None)
-        if record is not None:
-            self.forget(record)  # before its descriptor is closed here: the loop's selector maps it
         self.transport.release_request(request)
 
-    def finished(self, outcome: Outcome, error: BaseException | None = None, client_address: Address = None) -> None:
+    def finished(self, outcome: Outcome, error: BaseException | None = None, client_address: Address = None, *,
+                 turns: int = 1, idle_closed: bool = False) -> None:
         """Count a finished request (wake the loop if that frees a slot under the cap).
 
         ``error``: a failure that happened in another process, for the hook.
+        ``turns``: handler turns it took (0: none ran); ``idle_closed``: closed idle between requests.
         """
         if error is not None:
             self._call_failure_hook(client_address, error)
-        if self.counters.finish(outcome):
+        if self.counters.finish(outcome, turns, idle_closed):
             self.wake()
 
     def take_error(self) -> BaseException | None:
@@ -309,7 +295,7 @@ class Requests:
 
     # ---- Failures -------------------------------------------------------------
 
-    def _handler_failed(self, request: Request, client_address: Address, exc: Exception, token: int | None) -> Outcome:
+    def handler_failed(self, request: Request, client_address: Address, exc: Exception, token: int | None) -> Outcome:
         # A socket timeout says exactly "timed out"; a handler's own TimeoutError
         # (a database's, say) is a failure like any other.
         # (Or EAGAIN on a blocking socket: the kernel's timeout, which the loop sets on
@@ -321,7 +307,7 @@ class Requests:
             logger.info("closing the connection of %s: idle for more than %ss", client_label(client_address),
                         self._idle_timeout)
             return Outcome.TIMED_OUT
-        if token is not None and isinstance(exc, OSError) and token in self._deadlines.expired:  # type: ignore[union-attr]  # token => _deadlines
+        if token is not None and isinstance(exc, OSError) and token in self.deadlines.expired:  # type: ignore[union-attr]  # token => deadlines
             self._log_deadline(client_address)
             return Outcome.TIMED_OUT
         if isinstance(exc, StageFailed):  # a message handler's client broke its framing: its fault
@@ -378,7 +364,7 @@ class Requests:
                 continue
             self.in_flight.pop(key, None)
             self.transport.close_request(request)
-            self.finished(Outcome.FAILED)
+            self.finished(Outcome.FAILED, turns=0)
             closed += 1
         if closed:
             logger.warning("%d accepted request(s) never started before the drain deadline; "
@@ -390,8 +376,8 @@ class Requests:
         return len(connections)
 
     def stop(self) -> None:
-        if self._deadlines is not None:
-            self._deadlines.stop()
+        if self.deadlines is not None:
+            self.deadlines.stop()
 
 
 access_logger = logging.getLogger("sockwork.access")
@@ -440,18 +426,6 @@ def client_label(client_address: Address) -> str:
 
 
 def _nothing() -> None:
-    pass
-
-
-def _refuse(record: Waiting, replies: list[bytes] | None) -> bool:
-    return False
-
-
-def _refuse_close(record: Waiting) -> bool:
-    return False
-
-
-def _ignore(record: Waiting) -> None:
     pass
 
 

@@ -221,8 +221,8 @@ class Server:
                                f"{type(self.dispatcher).__name__}'s workers accept by themselves: use serve_forever()")
         deadline = deadline_after(timeout)
         self.lifecycle.begin_serving(ServerSideHost(self))
+        (loop := self.loop).report_turns(True)  # turns workers take themselves count as dispatched
         try:
-            loop = self.loop
             while not loop.stop_requested:
                 before = loop.submitted
                 dispatched = loop.run_once(remaining(deadline), 1)
@@ -234,6 +234,7 @@ class Server:
                     return False
             return False
         finally:
+            loop.report_turns(False)
             self.lifecycle.end_serving()
 
     def shutdown(self) -> None:

@@ -127,6 +127,8 @@ def discard(request: Any, client_address: Any, server: Any) -> object:
 
 
 echo.sockwork_speaks_first = discard.sockwork_speaks_first = "client"  # type: ignore[attr-defined]
+# On a stream they get the loop's Connection, whose recv/sendall turn the kernel's timeout into TimeoutError.
+echo.sockwork_takes_connection = discard.sockwork_takes_connection = True  # type: ignore[attr-defined]
 
 
 @final

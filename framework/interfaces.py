@@ -96,6 +96,24 @@ class Transport(Protocol):
     def close(self) -> None: ...
 
 
+class TurnSource(Protocol):
+    """Where connections wait between turns (``host.turns``), for a dispatcher that ``takes_turns``.
+
+    Its workers call ``poll(timeout, 1)`` (epoll's: a list of ``(fd, events)``; -1 waits for ever)
+    and give each ``fd`` to ``host.take_turn(fd)``, which serves that connection's turn in the
+    calling thread and re-arms it (leader/followers: no hand-off, no lock). ``watch(fd)`` adds a
+    descriptor of the dispatcher's own (level-triggered, such as an eventfd that wakes its workers
+    for ``submit``ted work or to stop); ``remove(fd)`` drops it. Any fd ``poll`` returns that the
+    dispatcher did not watch itself is a turn.
+    """
+
+    poll: Callable[[float, int], list[tuple[int, int]]]
+
+    def watch(self, fd: int) -> None: ...
+
+    def remove(self, fd: int) -> None: ...
+
+
 class LoopHost(Protocol):
     """The server's loop, as every host role offers it.
 
@@ -148,6 +166,20 @@ class DispatcherHost(LoopHost, Protocol):
     def handler(self) -> HandlerFactory:
         """The server's handler: a dispatcher that ``runs_async`` awaits it its own way
         (:class:`sockwork.aio.AsyncHandler`) instead of calling ``serve``."""
+
+    @property
+    def turns(self) -> TurnSource | None:
+        """For a dispatcher that ``takes_turns``: the poller where connections wait between turns, or None."""
+
+    def take_turn(self, fd: int) -> None:
+        """Serve the turn of the connection whose ``fd`` ``turns.poll`` gave this thread, and re-arm it."""
+
+    def admit(self, request: Request) -> bool:
+        """For a dispatcher that took the listener (``take_listener``): count a connection it accepted;
+        False if it was closed at once (over a ``max_connections`` cap with ``over_limit = "close"``)."""
+
+    def at_capacity(self) -> bool:
+        """For a dispatcher that took the listener: at the ``max_connections`` cap, stop accepting."""
 
     @property
     def on_error(self) -> Callable[[Request, Address, Exception], object] | None:
@@ -311,6 +343,13 @@ OPTIONAL_CAPABILITIES: dict[str, tuple[object, str]] = {
     "accepts_itself": (False, "Dispatcher: True for a Supervisor, whose workers accept; "
                               "the loop then never listens"),
     "stats_elsewhere": (None, "Dispatcher: counters of requests served in other processes (a ServerStats)"),
+    "takes_turns": (False, "Dispatcher: True if its workers wait on host.turns themselves (leader/followers) and "
+                           "serve a waiting connection's turn with host.take_turn(fd), with no hand-off from the "
+                           "loop; host.turns is None when no connection waits in the loop (then submit() as usual)"),
+    "take_listener": (None, "Dispatcher: a method take_listener(transport) -> bool, called once at assembly: True "
+                            "if it accepts from that transport itself, on its own event loop (asyncio); the "
+                            "server's loop then never listens, and calls its stop_accepting() at shutdown, before "
+                            "the listener closes. Each connection it accepts goes through host.admit(request)"),
     "runs_async": (False, "Dispatcher: True if it serves async handlers (sockwork_async) on an event loop instead "
                           "of blocking ones (asyncio); a supervisor answers for its inner dispatcher"),
     "keeps_connections_elsewhere": (False, "Dispatcher: True if it serves each request in another process, "

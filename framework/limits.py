@@ -171,6 +171,13 @@ class ServerStats:
     """Connections closed before dispatch for the client's fault (a failed stage, an oversized message)."""
     oversized: int = 0
     """Datagrams larger than ``max_packet_size``, dropped (never truncated)."""
+    turns: int = 0
+    """Handler turns served: one per request, one per request of a kept-alive connection (``KEEP_ALIVE``),
+    one per message handler turn; counted when the connection ends. (Not an outcome: a connection counts once
+    in ``completed`` whatever its number of turns.)"""
+    idle_closed: int = 0
+    """Connections closed while idle between requests, every request they sent served: by ``idle_timeout``,
+    or to make room when ``max_waiting`` is full. Counted ``completed`` too (their requests were served)."""
 
     @property
     def finished(self) -> int:
@@ -188,14 +195,14 @@ class Counters:
     """The live counters behind :class:`ServerStats` (internal)."""
 
     __slots__ = (
-        "_lock", "accepted", "active", "completed", "disconnected", "failed", "refused", "rejected", "timed_out",
-        "wake_below",
+        "_lock", "accepted", "active", "completed", "disconnected", "failed", "idle_closed", "refused", "rejected",
+        "timed_out", "turns", "wake_below",
     )
 
     def __init__(self, wake_below: int | None) -> None:
         self._lock = threading.Lock()
         self.accepted = self.active = self.completed = self.failed = self.rejected = self.timed_out = 0
-        self.disconnected = self.refused = 0
+        self.disconnected = self.refused = self.turns = self.idle_closed = 0
         self.wake_below = wake_below  # the connection cap: crossing it downwards wakes the loop
 
     def accept(self) -> int:
@@ -209,10 +216,12 @@ class Counters:
             self.active -= 1
             self.rejected += 1
 
-    def finish(self, outcome: Outcome) -> bool:
-        """Count a finished request; True if that freed a slot under the cap."""
+    def finish(self, outcome: Outcome, turns: int = 1, idle_closed: bool = False) -> bool:
+        """Count a finished request (and its turns); True if that freed a slot under the cap."""
         with self._lock:
             self.active -= 1
+            self.turns += turns
+            self.idle_closed += idle_closed
             if outcome is Outcome.COMPLETED:
                 self.completed += 1
             elif outcome is Outcome.TIMED_OUT:
@@ -235,7 +244,7 @@ class Counters:
             return ServerStats(
                 accepted=self.accepted, active=self.active, completed=self.completed, failed=self.failed,
                 rejected=self.rejected, timed_out=self.timed_out, disconnected=self.disconnected,
-                refused=self.refused, oversized=oversized,
+                refused=self.refused, oversized=oversized, turns=self.turns, idle_closed=self.idle_closed,
             )
 
 

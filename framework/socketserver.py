@@ -671,7 +671,7 @@ class ThreadingMixIn(_MixIn):
 
     def process_request_thread(self, request, client_address):
         """Serve one request as a request thread does: finish, report errors, shut down."""
-        self._sockwork().requests.serve(request, client_address)
+        self._sockwork().loop.serve(request, client_address)  # the waiting set's: it serves what it holds
 
     def process_request(self, request, client_address):
         """Start a new thread to process the request.

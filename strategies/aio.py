@@ -50,7 +50,7 @@ from sockwork.aio import AsyncHandler, as_async_handler
 from sockwork.connection import StageFailed
 from sockwork.handlers import send_datagram
 from sockwork.hookspecs import hookimpl
-from sockwork.interfaces import DispatcherHost
+from sockwork.interfaces import ACCEPT_FATAL_ERRNOS, DispatcherHost, Transport, capability
 from sockwork.limits import Outcome, auto_waiting_capacity
 from sockwork.slots import Slots
 from sockwork.validators import off_is_none, optional_positive_int, optional_seconds
@@ -71,6 +71,12 @@ STREAM_LIMIT = 1 << 16
 """The StreamReader's buffer limit (asyncio's default): readline() and kin fail beyond it."""
 _LOG_EVERY = 5.0
 _CLIENT_GONE = (*DISCONNECT_ERRORS, asyncio.IncompleteReadError)
+ACCEPT_BATCH = 64
+"""Most connections the event loop accepts per readiness of the listener."""
+ACCEPT_PAUSE = 0.1
+"""Seconds the event loop stops accepting after a failed accept (out of descriptors, say)."""
+STOP_ACCEPTING_WAIT = 2.0
+"""Seconds the server's thread waits for the event loop to stop accepting at shutdown."""
 
 
 def _check_loop(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -123,9 +129,21 @@ class AsyncioDispatcher:
         self._draining = False
         self._drained = threading.Event()
         self._log_gone = RateLimitedLog(logger, _LOG_EVERY)
+        self._log_accept = RateLimitedLog(logger, _LOG_EVERY)
+        self._listener: Transport | None = None  # taken from the server: accepted here, on the event loop
+        self._accepting = False  # the listener is watched by the event loop now
+        self._stopped_accepting = threading.Event()
         self._log_refused = RateLimitedLog(logger, _LOG_EVERY)
         self._log_blocked = RateLimitedLog(logger, _LOG_EVERY)
         self._beating = False  # the held-loop check runs (only while there are requests on the loop)
+
+    def take_listener(self, transport: Transport) -> bool:
+        """Accept this stream transport's connections on the event loop itself (no stages to run first):
+        no hand-off from the server's loop per connection."""
+        if transport.kind != "stream" or capability(transport, "stages"):
+            return False
+        self._listener = transport
+        return True
 
     # ---- Starting ------------------------------------------------------------------
 
@@ -147,6 +165,8 @@ class AsyncioDispatcher:
         loop.set_exception_handler(_log_loop_error)
         self._thread = threading.Thread(target=self._run, args=(loop,), name="sockwork-asyncio", daemon=True)
         self._thread.start()
+        if self._listener is not None:
+            loop.call_soon_threadsafe(self._resume_accepting)
 
     def _run(self, loop: asyncio.AbstractEventLoop) -> None:
         asyncio.set_event_loop(loop)
@@ -182,6 +202,72 @@ class AsyncioDispatcher:
     def saturated(self) -> bool:
         return self._slots.full()
 
+    # ---- Accepting on the event loop (take_listener) ------------------------------------------
+
+    def _resume_accepting(self) -> None:
+        if self._listener is not None and not self._accepting and not self._stopped_accepting.is_set():
+            self._loop.add_reader(self._listener.fileno(), self._accept)  # type: ignore[union-attr]  # started
+            self._accepting = True
+
+    def _pause_accepting(self) -> None:
+        if self._accepting:
+            self._loop.remove_reader(self._listener.fileno())  # type: ignore[union-attr]  # accepting
+            self._accepting = False
+
+    def _accept(self) -> None:
+        """The listener is readable: accept a batch, each connection admitted, counted and served here."""
+        transport, host, loop, conns = self._listener, self._host, self._loop, self._conns
+        assert transport is not None and loop is not None
+        for _ in range(ACCEPT_BATCH):
+            if self._slots.full() or host.at_capacity():
+                self._pause_accepting()  # resumed in _end when a handler finishes
+                return
+            try:
+                accepted = transport.accept()
+            except OSError as exc:
+                self._accept_failed(exc)
+                return
+            if accepted is None:
+                return
+            request, client_address = accepted
+            if not host.admit(request):
+                continue  # closed at once: over a max_connections cap with over_limit = "close"
+            self._slots.take()
+            sock = socket.socket(request.family, request.type, request.proto, request.detach())
+            host.release(request)
+            conn = _Conn(client_address, sock, loop.time())
+            conn.task = loop.create_task(self._serve_stream(conn, sock))
+            conns.add(conn)
+            self._watch_for_blocking()
+
+    def _accept_failed(self, exc: OSError) -> None:
+        self._pause_accepting()
+        if exc.errno in ACCEPT_FATAL_ERRNOS:
+            logger.error("accepting on %s failed: %s; the listener cannot recover, no longer accepting",
+                         self._listener.address if self._listener is not None else "?", exc)
+            return
+        self._log_accept(logging.ERROR, "accepting failed: %s; pausing accept for %.0f ms", exc, ACCEPT_PAUSE * 1000)
+        self._loop.call_later(ACCEPT_PAUSE, self._resume_accepting)  # type: ignore[union-attr]  # started
+
+    def stop_accepting(self) -> None:
+        """From the server's thread, before the listener closes: stop watching it, after taking what the
+        kernel queued (those are served, not reset); returns once the event loop did so."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None or not thread.is_alive():
+            self._stopped_accepting.set()
+            return
+        loop.call_soon_threadsafe(self._take_backlog_and_stop)
+        if not self._stopped_accepting.wait(STOP_ACCEPTING_WAIT):
+            logger.warning("the asyncio dispatcher's event loop did not stop accepting within %ss", STOP_ACCEPTING_WAIT)
+
+    def _take_backlog_and_stop(self) -> None:
+        try:
+            if self._accepting:
+                self._accept()  # what the kernel completed already: served, not reset by the close
+        finally:
+            self._pause_accepting()
+            self._stopped_accepting.set()
+
     # ---- In the event loop's thread -----------------------------------------------------
 
     def _take_incoming(self) -> None:
@@ -196,9 +282,13 @@ class AsyncioDispatcher:
                 conn = _Conn(client_address, item, loop.time())  # type: ignore[union-attr]
                 conn.task = loop.create_task(self._serve_stream(conn, item))  # type: ignore[union-attr]
             conns.add(conn)
+        self._watch_for_blocking()
+
+    def _watch_for_blocking(self) -> None:
+        """Requests are on the loop: run the held-loop check (unless it runs, or is off)."""
         if not self._beating and self.options.warn_blocked is not None:
             self._beating = True
-            self._heartbeat(loop.time())  # type: ignore[union-attr]  # started
+            self._heartbeat(self._loop.time())  # type: ignore[union-attr]  # started
 
     def _heartbeat(self, due: float) -> None:
         """Runs every half ``warn_blocked`` while requests are on the loop: later than due, the loop was held.
@@ -307,6 +397,9 @@ class AsyncioDispatcher:
             self._slots.give_back()  # wakes the server's loop when this frees room
             if self._draining and not self._slots.taken:
                 self._drained.set()
+            if self._listener is not None and not self._accepting and not self._stopped_accepting.is_set() \
+                    and not self._slots.full() and not self._host.at_capacity():
+                self._resume_accepting()
 
     def _sweep(self) -> None:
         """Cancel the handlers of connections idle or running past their timeouts; runs every ``_sweep_every``."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import collections
+import functools
 import math
-import queue
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, final
 
 import attrs
@@ -13,6 +15,7 @@ from sockwork.deadlines import deadline_after, join_all, remaining
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import DispatcherHost
 from sockwork.slots import Slots
+from sockwork.turns import TurnWorkers
 from sockwork.validators import boolean, off_is_none, optional_positive_int
 
 if TYPE_CHECKING:
@@ -39,7 +42,9 @@ class ThreadOptions:
     """Most requests served at once; at the limit the server stops accepting
     until a thread finishes. None (in files: false) means no limit, as in socketserver."""
     daemon: bool = attrs.field(default=False, validator=boolean)
-    """Daemon threads do not keep the interpreter alive at exit."""
+    """Daemon threads do not keep the interpreter alive at exit. (Where connections
+    wait in the loop, the threads that wait on its poller are always daemon threads,
+    as ``pool``'s workers are: one of them waits there for as long as the server runs.)"""
     block_on_close: bool = attrs.field(default=True, validator=boolean)
     """Whether closing the server waits for running threads (up to the drain
     timeout). False: close returns at once and running requests finish on
@@ -61,7 +66,16 @@ class ThreadDispatcher:
     way ``concurrent.futures`` reuses idle workers), so keep-alive turns do
     not start a thread each. ``drain`` ends the idle ones and joins every
     thread it started.
+
+    Where connections wait in the server's loop (``host.turns``), threads are
+    leaders/followers instead (``sockwork.turns``): a thread that finished
+    waits on the turn poller itself for ``idle_linger`` seconds and serves the
+    next turn it gets, with no hand-off from the loop; one thread always waits
+    there, and a thread that takes a turn while none other waits starts one
+    (up to ``max_threads``), so a blocking handler never holds up the rest.
     """
+
+    takes_turns = True
 
     def __init__(self, options: ThreadOptions | None = None) -> None:
         self.options = options or ThreadOptions()
@@ -70,35 +84,86 @@ class ThreadDispatcher:
         self._daemon = self.options.daemon
         self._block_on_close = self.options.block_on_close
         self._linger = self.options.idle_linger
-        # Work for idle threads; one token in _idle per idle thread not yet promised work.
-        self._work: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
-        self._idle = threading.Semaphore(0)
+        # Leader/followers (host.turns) only for threads that linger: with idle_linger = 0 every
+        # request gets a thread of its own, as socketserver did (the legacy module's default).
+        self.takes_turns = self._linger > 0
+        # Idle threads, each parked on a lock of its own: submit() pops one (deque.pop is atomic, so
+        # one submit and one thread's own timeout never both take it), hands it the request, releases it.
+        self._idle: collections.deque[_Parked] = collections.deque()
         self._stopping = False
         # Every thread started and maybe not yet joined; dead ones are pruned
         # when the list doubles, so appending stays O(1) on average.
         self._threads: list[threading.Thread] = []
         self._prune_at = 64
+        self._turn_workers: TurnWorkers | None = None
+        self._alive = 0  # leader/followers threads alive (changed under _starting)
+        self._starting = threading.Lock()  # taken to start or end a thread, never per request
 
     def start(self, host: DispatcherHost) -> None:
         self._serve = host.serve
         self._slots.wake_with(host.wake)
+        if host.turns is not None and self.takes_turns:
+            self._turn_workers = TurnWorkers(host.turns, host.take_turn)
+            self._another_waits()
 
     def submit(self, request: Any, client_address: Any) -> None:
         self._slots.take()
-        if self._idle.acquire(blocking=False):  # an idle thread takes it
-            self._work.put((request, client_address))
+        if self._turn_workers is not None and not self._stopping:
+            self._turn_workers.post((request, client_address))
+            self._another_waits()
             return
-        thread = threading.Thread(target=self._run, args=(request, client_address), daemon=self._daemon)
         try:
-            thread.start()
+            parked = self._idle.pop()  # the most recently idle thread: its caches are warm
+        except IndexError:
+            pass
+        else:
+            parked.item = (request, client_address)
+            parked.lock.release()
+            return
+        try:
+            self._start_thread(functools.partial(self._run, request, client_address))
         except BaseException:
             self._slots.give_back()
             raise
+
+    def _start_thread(self, target: Callable[[], object], *, daemon: bool | None = None) -> None:
+        thread = threading.Thread(target=target, daemon=self._daemon if daemon is None else daemon)
+        thread.start()
         threads = self._threads
         threads.append(thread)
         if len(threads) >= self._prune_at:
             self._threads = threads = [t for t in threads if t.is_alive()]
             self._prune_at = 2 * len(threads) + 64
+
+    # ---- Leader/followers (connections wait in the loop) ----------------------------------
+
+    def _another_waits(self) -> None:
+        """Make sure a thread waits on the turn poller (called after a thread took an event, and on submit)."""
+        workers = self._turn_workers
+        if workers is None or workers.polling or workers.stopping or self._alive >= self._slots.limit:
+            return
+        with self._starting:
+            if workers.polling or workers.stopping or self._alive >= self._slots.limit:
+                return
+            self._alive += 1
+            try:
+                self._start_thread(self._lead, daemon=True)  # one always waits: it must not hold the exit
+            except BaseException:
+                self._alive -= 1
+                raise
+
+    def _lead(self) -> None:
+        try:
+            self._turn_workers.run(self._serve_posted, idle=self._linger, on_taken=self._another_waits)  # type: ignore[union-attr]  # set before any _lead
+        finally:
+            with self._starting:
+                self._alive -= 1
+
+    def _serve_posted(self, item: tuple[Any, Any]) -> None:
+        try:
+            self._serve(*item)
+        finally:
+            self._slots.give_back()
 
     def _run(self, request: Any, client_address: Any) -> None:
         item: tuple[Any, Any] | None = (request, client_address)
@@ -113,13 +178,16 @@ class ThreadDispatcher:
         """The next request for this thread, or None when it should end."""
         if self._linger <= 0 or self._stopping:
             return None
-        self._idle.release()
-        try:
-            return self._work.get(timeout=self._linger)
-        except queue.Empty:
-            if self._idle.acquire(blocking=False):
-                return None  # took our token back: nobody was promised to us
-            return self._work.get()  # a submit took our token: its request is on its way
+        parked = _Parked()
+        self._idle.append(parked)
+        if not parked.lock.acquire(timeout=self._linger):
+            try:
+                self._idle.remove(parked)
+                return None  # nobody took it: this thread ends
+            except ValueError:
+                parked.lock.acquire()  # a submit took it just now: its request is on its way
+        item, parked.item = parked.item, None
+        return item
 
     def saturated(self) -> bool:
         return self._slots.full()
@@ -131,6 +199,8 @@ class ThreadDispatcher:
 
     def drain(self, timeout: float | None) -> bool:
         self._stopping = True
+        if self._turn_workers is not None:
+            self._turn_workers.stop()
         self._end_idle()
         if not self._block_on_close:
             return True  # by request: running threads finish on their own
@@ -143,11 +213,27 @@ class ThreadDispatcher:
             self._end_idle()  # one that went idle just as the drain began
 
     def _end_idle(self) -> None:
-        while self._idle.acquire(blocking=False):
-            self._work.put(None)  # an idle thread ends now instead of lingering
+        while True:
+            try:
+                parked = self._idle.pop()
+            except IndexError:
+                return
+            parked.lock.release()  # with no item: an idle thread ends now instead of lingering
 
     def close(self) -> None:
-        pass  # threads cannot be stopped from outside; the Server logs any still running
+        pass  # threads cannot be stopped from outside; the last to stop closes the turn workers' descriptors
+
+
+@final
+class _Parked:
+    """An idle thread's place: it waits on ``lock`` (taken) until a submit sets ``item`` and releases it."""
+
+    __slots__ = ("item", "lock")
+
+    def __init__(self) -> None:
+        self.item: tuple[Any, Any] | None = None
+        self.lock = threading.Lock()
+        self.lock.acquire()
 
 
 @hookimpl(trylast=True)

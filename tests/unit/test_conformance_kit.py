@@ -191,8 +191,6 @@ def run_stage_test(test: Any, stage: Any, tmp: Path) -> None:
     test(sockwork_transport_name="helo", sockwork_registry=registry, sockwork_loopback=loopback_of(entry, tmp))
 
 
-@pytest.mark.xfail(strict=True, reason="loop side pending, issue 22: a stage that peeked and asked 'read' is "
-                                       "called again at once while its bytes sit unread")
 def test_the_documented_stage_costs_no_cpu_while_a_client_stalls(short_tmp: Path) -> None:
     """plugins.md's Hello stage, a client stalled mid-greeting: at most 0.1 s of CPU over 1 s."""
     run_stage_test(conformance.test_a_stage_stalled_mid_input_costs_no_cpu_while_it_waits, documented_hello()(),

@@ -52,7 +52,7 @@ def test_connection_cap_stops_accepting_until_a_slot_frees() -> None:
             gate_w.sendall(b"x" * 4)
             assert [sock.recv(10) for sock in clients] == [b"c0", b"c1", b"c2", b"c3"]
             wait_until(lambda: server.stats.completed == 4)
-            assert server.stats == ServerStats(accepted=4, active=0, completed=4)
+            assert server.stats == ServerStats(accepted=4, active=0, completed=4, turns=4)
     finally:
         gate_r.close()
         gate_w.close()

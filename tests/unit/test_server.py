@@ -219,7 +219,9 @@ def test_out_of_descriptors_backs_off_logs_once_and_recovers(caplog: pytest.LogC
 
 def test_dispatcher_refusing_work_closes_the_request(caplog: pytest.LogCaptureFixture) -> None:
     """If submit() fails, the accepted client is closed (not left hanging) and it is logged."""
-    server = Server(transport=TCP, dispatcher="thread", handler=echo)
+    # idle_linger=0: a thread per request, handed over by the loop through submit() (with lingering
+    # threads, turns are taken from the poller by the threads themselves: no submit to fail).
+    server = Server(transport=TCP, dispatcher="thread", dispatcher_options={"idle_linger": 0}, handler=echo)
     real_submit = server.dispatcher.submit
     failures = [RuntimeError("can't start new thread")]
 

@@ -170,11 +170,7 @@ _PART = re.compile(r"transport|dispatcher|handler|stage|part")
 
 # Reads in files the lead is rewriting (issue 18), to go through capability() there; an entry
 # that is no longer found fails the test, so the list only shrinks.
-CAPABILITY_READS_TO_FIX = {
-    ("framework/_requests.py", "sockwork_takes_connection"),
-    ("framework/_requests.py", "sockwork_answer"),
-    ("framework/_loop.py", "sockwork_framing"),
-}
+CAPABILITY_READS_TO_FIX: set[tuple[str, str]] = set()
 
 
 def capability_reads() -> Iterator[tuple[str, int, str, str]]:
@@ -236,9 +232,6 @@ def test_every_optional_member_is_in_design_md_and_plugins_md() -> None:
 
 # Lines in files the lead is rewriting (issue 18); shrink as they land.
 PRIVATE_READS_TO_FIX = {
-    ("framework/_waiting.py", "conn._buffer"),
-    ("framework/_waiting.py", "record.conn._buffer"),
-    ("framework/_waiting.py", "getattr(selector, '_selector', None)"),
     ("strategies/aio.py", "getattr(conn.reader, '_waiter', None)"),
 }
 
@@ -285,7 +278,7 @@ def test_no_private_member_of_another_object_is_read() -> None:
     assert not stale, f"fixed: remove {sorted(stale)} from PRIVATE_READS_TO_FIX"
     exceptions = [f"{path.relative_to(ROOT)}:{number}" for _, path in package_files()
                   for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-                  if re.search(r"noqa:[^#]*SLF001", line) and str(path.relative_to(ROOT)) != "framework/_waiting.py"]
+                  if re.search(r"noqa:[^#]*SLF001", line)]
     assert exceptions == []
 
 
@@ -295,10 +288,7 @@ MAX_FUNCTION_LINES = 60
 
 # Files others are rewriting, whose long functions are theirs to shorten: the lead's hot path
 # (issue 18). (The benchmark package, issue 24, passes already.) Remove a file once it passes.
-LONG_FUNCTIONS_ALLOWED_IN = {
-    "framework/_loop.py", "framework/_requests.py", "framework/_waiting.py", "framework/connection.py",
-    "strategies/aio.py", "strategies/pool.py", "strategies/thread.py", "strategies/inline.py",
-}
+LONG_FUNCTIONS_ALLOWED_IN: set[str] = set()
 
 
 def test_no_function_is_longer_than_sixty_lines() -> None:

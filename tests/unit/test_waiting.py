@@ -66,11 +66,16 @@ def test_idle_connections_in_the_loop_are_closed_and_counted(caplog: pytest.LogC
     with caplog.at_level(logging.INFO, logger="sockwork"), serving(server), client(server) as silent:
         assert silent.recv(10) == b""  # closed by the server
         assert eventually(lambda: server.stats.timed_out == 1)
-        with client(server) as talker:  # between keep-alive turns too
+        with client(server) as talker:  # between keep-alive turns too: served, then idle
             talker.sendall(b"one")
             assert talker.recv(10) == b"one"
+            talker.sendall(b"two")
+            assert talker.recv(10) == b"two"
             assert talker.recv(10) == b""
-        assert eventually(lambda: server.stats.timed_out == 2)
+        # Issue 23 H: its requests were served: completed (not timed_out), closed idle, two turns.
+        assert eventually(lambda: server.stats.completed == 1)
+        stats = server.stats
+        assert (stats.timed_out, stats.idle_closed, stats.turns) == (1, 1, 2)
     assert "idle for more than 0.2s" in caplog.text
 
 
@@ -321,6 +326,48 @@ def test_failed_stage_is_refused_at_info(staged: Server, caplog: pytest.LogCaptu
     assert record.levelno == logging.INFO and "HELO greeting failed: expected HELO" in record.getMessage()
 
 
+class CountingHello(Hello):
+    """Hello, counting its calls, with a longer timeout."""
+
+    timeout = 5.0
+    calls = 0
+
+    def advance(self, conn: Connection) -> str:
+        CountingHello.calls += 1
+        return super().advance(conn)
+
+
+def test_a_stage_that_peeks_at_a_partial_greeting_is_not_called_again_until_more_bytes_come() -> None:
+    """Issue 22: a stage that peeked at 2 of 4 bytes and asked to "read" again is called only when
+    more bytes arrive (no busy loop while they sit unread: a one-packet denial of service)."""
+    from sockwork.assembly import assemble
+
+    CountingHello.calls = 0
+    parts = assemble(TCP, "echo", "pool")
+    parts.transport.stages = (CountingHello(),)  # type: ignore[attr-defined]
+    server = Server(parts=parts)
+    with serving(server), client(server) as sock:
+        sock.sendall(b"HE")
+        time.sleep(0.5)  # the loop would call it about 100,000 times in this half second if it spun
+        assert CountingHello.calls <= 3
+        sock.sendall(b"LOdata")
+        assert sock.recv(100) == b"data"
+
+
+def test_a_client_that_leaves_mid_stage_with_bytes_unread_is_closed_at_once() -> None:
+    """A client that sent part of a greeting and closed: disconnected at once, not at the stage's timeout."""
+    from sockwork.assembly import assemble
+
+    parts = assemble(TCP, "echo", "pool")
+    parts.transport.stages = (CountingHello(),)  # type: ignore[attr-defined]
+    server = Server(parts=parts)
+    with serving(server):
+        with client(server) as sock:
+            sock.sendall(b"HE")
+            time.sleep(0.1)
+        assert eventually(lambda: server.stats.disconnected == 1, timeout=2)
+
+
 def test_stalled_stage_times_out(staged: Server) -> None:
     with client(staged) as sock:
         sock.sendall(b"HE")
@@ -391,17 +438,25 @@ def test_many_pipelined_messages_are_all_answered(dispatcher: str) -> None:
         assert recv_exactly(sock, len(expected)) == expected
 
 
-def test_drain_serves_queued_readable_connections() -> None:
-    """A busy pool at shutdown: connections whose request arrived are answered, none closed as idle."""
+def slow_echo(started: threading.Event, seconds: float) -> Any:
+    """A keep-alive echo that takes ``seconds`` per request and sets ``started`` at the first."""
     @stream_handler
     def slow(conn: Connection) -> object:
         data = conn.recv()
         if not data:
             return None
-        time.sleep(0.3)
+        started.set()
+        time.sleep(seconds)
         conn.write(data)
         return KEEP_ALIVE
 
+    return slow
+
+
+def test_drain_serves_queued_readable_connections() -> None:
+    """A busy pool at shutdown: connections whose request arrived are answered, none closed as idle."""
+    started = threading.Event()
+    slow = slow_echo(started, 0.3)
     server = Server(transport=TCP, dispatcher="pool", dispatcher_options={"workers": 1, "queue_size": 1},
                     handler=slow, drain_timeout=10)
     socks = [socket.create_connection(server.address, timeout=10) for _ in range(4)]
@@ -409,7 +464,7 @@ def test_drain_serves_queued_readable_connections() -> None:
         with serving(server):
             for i, sock in enumerate(socks):
                 sock.sendall(b"req%d" % i)
-            assert eventually(lambda: server.loop.waiting is not None and len(server.loop.waiting.ready) >= 1)
+            assert started.wait(10)  # the one worker is busy: the other requests wait for it
         assert [sock.recv(10) for sock in socks] == [b"req%d" % i for i in range(4)]
         assert server.stats.active == 0 and server.stats.failed == 0
     finally:
@@ -452,3 +507,122 @@ def test_a_failing_message_handler_leaves_no_record_behind() -> None:
                 assert sock.recv(10) == b""
         assert eventually(lambda: server.stats.failed == 10)
         assert eventually(lambda: server.loop.waiting is not None and server.loop.waiting.held == 0)
+
+
+# ---- Issue 23 B: a classic handler that waits for the client in the loop --------------------------
+
+@pytest.mark.parametrize("dispatcher", ["pool", "thread"])
+def test_classic_handler_waiting_for_the_client_times_out_instead_of_reading_a_partial_line(dispatcher: str) -> None:
+    """A classic handler opted in with sockwork_speaks_first = "client": at idle_timeout its readline
+    raises (counted timed_out); it never gets a partial line as if it were complete."""
+    import socketserver
+
+    lines: list[bytes] = []
+
+    class LineHandler(socketserver.StreamRequestHandler):
+        sockwork_speaks_first = "client"
+
+        def handle(self) -> None:
+            lines.append(self.rfile.readline())
+
+    server = Server(transport=TCP, dispatcher=dispatcher, handler=LineHandler, limits=Limits(idle_timeout=0.3))
+    with serving(server), client(server) as sock:
+        sock.sendall(b"abc")  # no newline: the rest of the line never comes
+        assert eventually(lambda: server.stats.timed_out + server.stats.completed == 1, timeout=5)
+        assert lines == []
+        assert server.stats.timed_out == 1
+
+
+# ---- Issue 23 A: the drain deadline holds with inline and clients queued --------------------------
+
+def test_inline_drain_stops_serving_queued_clients_at_the_deadline() -> None:
+    """Ten clients with a request each and a 0.4 s handler on inline, drain_timeout 1 s: close() returns
+    by the deadline (+ 1 s), not after serving all ten one by one; every client is answered or closed,
+    and counted."""
+    started = threading.Event()
+    server = Server(transport=TCP, dispatcher="inline", handler=slow_echo(started, 0.4), drain_timeout=1.0)
+    socks = [socket.create_connection(server.address, timeout=10) for _ in range(10)]
+    try:
+        with serving(server):
+            for i, sock in enumerate(socks):
+                sock.sendall(b"req%d" % i)
+            assert started.wait(10)
+            began = time.monotonic()
+            server.shutdown()
+            server.close()
+            assert time.monotonic() - began < 1.0 + 1.0
+        replies = [sock.recv(10) for sock in socks]
+        answered = [r for r in replies if r]
+        assert 1 <= len(answered) < 10
+        stats = server.stats
+        assert stats.active == 0
+        assert stats.completed == len(answered) and stats.failed == 10 - len(answered)
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+# ---- Issue 23 G: a full max_waiting makes room by closing the longest-idle keep-alive connection ----
+
+def test_a_full_waiting_set_closes_the_longest_idle_keep_alive_connection_for_a_new_client() -> None:
+    """max_waiting=3, all three served and idle between requests: a fourth client is served at once;
+    the connection idle longest is closed (completed, idle_closed), the others stay."""
+    server = Server(transport=TCP, dispatcher="pool", handler="echo", limits=Limits(max_waiting=3))
+    with serving(server), ExitStack() as stack:
+        kept = []
+        for i in range(3):
+            sock = stack.enter_context(client(server))
+            sock.sendall(b"hi %d" % i)
+            assert sock.recv(10) == b"hi %d" % i
+            kept.append(sock)
+            time.sleep(0.05)  # the first one is idle longest
+        late = stack.enter_context(client(server))
+        late.sendall(b"late")
+        assert late.recv(10) == b"late"
+        assert kept[0].recv(10) == b""  # closed to make room
+        kept[1].sendall(b"still")
+        assert kept[1].recv(10) == b"still"
+        assert eventually(lambda: server.stats.idle_closed == 1)
+        assert server.stats.timed_out == 0
+
+
+def test_a_full_waiting_set_of_silent_clients_still_stops_accepting() -> None:
+    """Clients that never sent a request are not closed to make room (only served, idle ones are)."""
+    server = Server(transport=TCP, dispatcher="pool", handler="echo", limits=Limits(max_waiting=2))
+    with serving(server), ExitStack() as stack:
+        for _ in range(2):
+            stack.enter_context(client(server))
+        assert eventually(lambda: server.stats.accepted == 2)
+        late = stack.enter_context(client(server))
+        late.sendall(b"late")
+        time.sleep(0.3)
+        assert server.stats.accepted == 2 and server.stats.idle_closed == 0
+
+
+# ---- Issue 23 C: a message client that never reads its replies costs bounded memory ----------------
+
+def test_a_message_client_that_never_reads_its_replies_costs_bounded_memory() -> None:
+    """64 KiB of 2-byte lines, replies never read: the server stops reading it, holding at most
+    REPLIES_HIGH_WATER (plus one turn) of replies and one small read of unanswered messages."""
+    from sockwork._waiting import MESSAGE_READ, REPLIES_HIGH_WATER
+
+    server = Server(transport=TCP, dispatcher="pool", handler="lines")
+    with serving(server), client(server) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        sent, blocked_since, give_up = 0, None, time.monotonic() + 10
+        while time.monotonic() < give_up:  # until the server has stopped reading for 0.3 s
+            try:
+                sent += sock.send(b"a\n" * 4096)
+                blocked_since = None
+            except BlockingIOError:
+                blocked_since = blocked_since or time.monotonic()
+                if time.monotonic() - blocked_since > 0.3:
+                    break
+                time.sleep(0.01)
+        assert sent > 0
+        waiting = server.loop.waiting
+        assert waiting is not None
+        [record] = list(waiting._held.values())
+        held = len(record.replies) + sum(len(m) + 40 for m in record.messages) + len(record.conn._buffer)
+        assert held <= REPLIES_HIGH_WATER + 32 * 64 + MESSAGE_READ * 21
