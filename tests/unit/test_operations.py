@@ -625,3 +625,38 @@ def test_under_systemd_the_server_says_ready_and_an_upgrade_hands_the_unit_to_th
             os.kill(new_pid, signal.SIGTERM)
             wait_for(lambda: gone(new_pid))
         end(process)
+
+
+def caught(pid: int) -> int:
+    """The signals process ``pid`` has handlers for (SigCgt in /proc/PID/status), as a bit mask."""
+    with open(f"/proc/{pid}/status") as status:
+        return int(next(line for line in status if line.startswith("SigCgt:")).split()[1], 16)
+
+
+def test_prefork_workers_ignore_the_supervisors_operations_signals(tmp_path: Path) -> None:
+    """SIGHUP, SIGUSR2, SIGTTIN and SIGTTOU sent to a worker itself (a signal to the whole group) end nothing:
+    a worker ignores every signal its supervisor handles (sockwork.forking.prepare_child)."""
+    config = write_app(tmp_path, "v1", "prefork")
+    process, port, log = serve_app(tmp_path, config)
+    try:
+        wait_for(lambda: logged(log, "prefork: 2 worker processes serve (pids "))
+        line = next(line for line in list(log) if "worker processes serve (pids " in line)
+        workers = [int(pid) for pid in re.search(r"\(pids ([\d, ]+)\)", line).group(1).split(", ")]  # type: ignore[union-attr]
+        operations = (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU)
+        for pid in workers:  # each worker has set its handlers (the kernel's mask of caught signals says so)
+            wait_for(lambda pid=pid: all(caught(pid) >> (signum - 1) & 1 for signum in operations))
+        for pid in workers:
+            for signum in operations:
+                os.kill(pid, signum)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(b"x\n")
+            assert conn.recv(100) == b"v1 x\n"
+        assert all(not gone(pid) for pid in workers)
+        assert not logged(log, "starting a new one"), log  # no worker died
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(b"x\n")
+            assert conn.recv(100) == b"v1 x\n"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+    finally:
+        end(process)
