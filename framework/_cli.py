@@ -52,7 +52,7 @@ import attrs
 
 from . import __version__
 from ._operations import fresh_handler_modules, handle_operations, reload_server
-from ._upgrade import Handover, Upgrade, take_handover, write_pid_file
+from ._upgrade import Handover, Upgrade, notify_systemd, take_handover, write_pid_file
 from .assembly import assemble_config, build_server, load_config
 from .config import FOREVER, LOG_FORMATS, LOG_LEVELS, ConfigErrors, ServerConfig, read_config_data
 from .errors import ConfigError, PluginError, ServerError
@@ -590,7 +590,9 @@ class _Announce:
               f"(pid {os.getpid()}){side}", flush=True)
         self.said = True
         if self.handover is not None:
-            self.handover.serving()  # the old master hands over, drains and exits
+            self.handover.serving()  # the old master hands over (MAINPID= to systemd), drains and exits
+        else:
+            notify_systemd("READY=1")  # Type=notify units: started
 
 
 def _reloader(

@@ -42,7 +42,7 @@ from typing import final
 
 from ._ratelimit import RateLimitedLog
 from ._requests import Requests
-from ._waiting import EPOLLIN, TurnPoller, Waiting, WaitingSet
+from ._waiting import EPOLLIN, EPOLLIN_ONESHOT, TurnPoller, Waiting, WaitingSet
 from .interfaces import ACCEPT_CAPACITY_ERRNOS, ACCEPT_FATAL_ERRNOS, Address, Dispatcher, Request, Transport, capability
 from .limits import Outcome
 
@@ -382,8 +382,8 @@ class Loop:
         finally:
             if not self.stopped_listening:
                 with contextlib.suppress(OSError, ValueError):  # closed at shutdown meanwhile
-                    self.turns.arm(fd, EPOLLIN)  # type: ignore[union-attr]  # set with this method
-        if accepted is not None and self.admit(accepted[0]):
+                    self.turns.modify(fd, EPOLLIN_ONESHOT)  # type: ignore[union-attr]  # set with this method
+        if accepted is not None and (self.admit if self._report_turns else self.requests.admit)(accepted[0]):
             self.requests.serve(*accepted)
 
     def stop_listening(self) -> None:

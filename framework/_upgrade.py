@@ -13,6 +13,9 @@ until the old one has drained, and the old one never filters or unlinks it.
 Rule 2: the old master keeps serving until the new one says it serves; any failure before that
 (a config that does not load, a bind error, a crash, silence) leaves it serving and logged.
 Rule 3: the new master writes the pid file; if it fails, the old one writes its own pid back.
+Rule 4: under systemd (``NOTIFY_SOCKET``), a first master says ``READY=1`` once it serves, and an old
+master hands the unit over with ``MAINPID=<new>`` (it is the main process, so the default
+``NotifyAccess=main`` accepts it) before it drains.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from .validators import check_listener_url
 if TYPE_CHECKING:
     from ._server import Server
 
-__all__ = ["Handover", "Upgrade", "take_handover", "write_pid_file"]
+__all__ = ["Handover", "Upgrade", "notify_systemd", "take_handover", "write_pid_file"]
 
 logger = logging.getLogger("sockwork")
 
@@ -135,6 +138,7 @@ class Upgrade:
         self._successor = child  # never waited for: it outlives this process
         self._stop_watching_ready()
         self._stop_watching_exit()
+        notify_systemd(f"MAINPID={child.pid}")
         logger.info("SIGUSR2: upgraded: the new master (pid %d) serves; this one (pid %d) drains and exits",
                     child.pid, os.getpid())
         self.server.lifecycle.hand_over()
@@ -181,3 +185,19 @@ def write_pid_file(path: str, pid: int) -> None:
     with open(temporary, "w", encoding="ascii") as file:
         file.write(f"{pid}\n")
     os.replace(temporary, path)
+
+
+def notify_systemd(*states: str) -> bool:
+    """sd_notify(3): send ``states`` (``READY=1``, ``MAINPID=N``) to the service manager that ``NOTIFY_SOCKET``
+    names; False, and nothing sent, outside such a service or if it cannot be reached."""
+    path = os.environ.get("NOTIFY_SOCKET", "")
+    if not path.startswith(("/", "@")):
+        return False
+    address = "\0" + path[1:] if path.startswith("@") else path  # "@": an abstract socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall("\n".join(states).encode())
+    except OSError:
+        return False
+    return True

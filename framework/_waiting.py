@@ -86,7 +86,8 @@ EPOLLIN: Final = getattr(select, "EPOLLIN", 1)
 _IN: Final = EPOLLIN
 _OUT: Final = getattr(select, "EPOLLOUT", 4)
 _ONESHOT: Final = getattr(select, "EPOLLONESHOT", 0)
-_IN_ONESHOT: Final = _IN | _ONESHOT
+EPOLLIN_ONESHOT: Final = _IN | _ONESHOT
+_IN_ONESHOT: Final = EPOLLIN_ONESHOT
 _IN_OR_HANGUP: Final = _IN | getattr(select, "EPOLLHUP", 0) | getattr(select, "EPOLLERR", 0)
 
 

@@ -95,6 +95,11 @@ class _ClassicTransport:
 
     accept_batch = 1  # the classic listening socket blocks: one accept per readiness
     kind: _typing.Literal["stream", "datagram"]
+    # The datagram fast path reads without blocking (the socket itself stays blocking, as handlers
+    # expect): the datagrams already waiting are taken in one round of the loop, up to this many.
+    # With 8 datagrams outstanding a round serves several: one selector wait and one round of the
+    # loop's bookkeeping fewer per datagram (callgrind: 158k -> 146k instructions per datagram).
+    datagram_batch = 16
     _listener = None  # the listening socket _accept_on was made for (the fast path)
 
     def __init__(self, server):
@@ -108,6 +113,8 @@ class _ClassicTransport:
         if cls.verify_request is BaseServer.verify_request:
             if cls.get_request is UDPServer.get_request:
                 self.accept = self._receive_datagram  # type: ignore[method-assign]  # the fast path, per instance
+                if _DONTWAIT and cls.service_actions in _DEFAULT_SERVICE_ACTIONS:
+                    self.accept_batch = self.datagram_batch  # an overridden service_actions runs per request
             elif cls.get_request is TCPServer.get_request:
                 self.accept = self._accept_connection  # type: ignore[method-assign]  # the fast path, per instance
         if cls.close_request is UDPServer.close_request and cls.shutdown_request is UDPServer.shutdown_request:
@@ -131,8 +138,8 @@ class _ClassicTransport:
     def _receive_datagram(self):
         server = self._server
         try:
-            data, client_address = server.socket.recvfrom(server.max_packet_size)
-        except OSError as exc:
+            data, client_address = server.socket.recvfrom(server.max_packet_size, _DONTWAIT)
+        except OSError as exc:  # BlockingIOError included: nothing (more) waiting
             if exc.errno in _ACCEPT_CAPACITY_ERRNOS:
                 raise
             return None
@@ -221,6 +228,9 @@ class _ClassicDispatch:
 def _accepter():
     """sockwork.transports' accept without socket.accept()'s enum conversions (loaded by _load_core)."""
     return sys.modules["sockwork.transports._socket"].accepter
+
+
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)  # 0 where it is missing: a plain recvfrom, one per round
 
 
 def _nothing(request):

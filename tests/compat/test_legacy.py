@@ -407,3 +407,48 @@ def test_importing_the_drop_in_loads_only_what_a_legacy_server_needs() -> None:
     at_import, at_construction = result.stdout.splitlines()
     assert at_import == "[]"
     assert at_construction == "['attrs', 'pluggy']"  # the options classes; the built-ins' hook markers
+
+
+class _Reply(ours.BaseRequestHandler):
+    def handle(self) -> None:
+        data, sock = self.request
+        sock.sendto(b"re " + data, self.client_address)
+
+
+def test_datagrams_waiting_in_the_socket_are_taken_in_one_round_each_answered_once() -> None:
+    """The UDP fast path reads without blocking, up to 16 datagrams a round of the loop: a burst sent
+    before the server serves is answered, every datagram exactly once; the socket itself stays blocking."""
+    with ours.ThreadingUDPServer(("127.0.0.1", 0), _Reply) as server, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(10)
+        sent = [b"%02d" % n for n in range(40)]
+        for data in sent:
+            client.sendto(data, server.server_address)
+        with running(server):
+            replies = sorted(client.recv(100) for _ in sent)
+        assert replies == [b"re " + data for data in sent]
+        assert server._sockwork().loop.batch == 16
+        assert server.socket.gettimeout() is None  # blocking, as handlers that reply with it expect
+        client.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            client.recv(100)  # and nothing twice
+
+
+def test_a_class_that_changes_the_datagram_path_is_served_one_datagram_a_round() -> None:
+    """An overridden get_request or service_actions (called once per round, as socketserver calls it
+    once per request) keeps one datagram per round of the loop."""
+    class OwnGetRequest(ours.UDPServer):
+        def get_request(self) -> tuple[object, object]:
+            return super().get_request()
+
+    class OwnServiceActions(ours.UDPServer):
+        def service_actions(self) -> None:
+            pass
+
+    for cls in (OwnGetRequest, OwnServiceActions):
+        with cls(("127.0.0.1", 0), _Reply) as server, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(10)
+            with running(server, poll_interval=0.05):
+                client.sendto(b"x", server.server_address)
+                assert client.recv(100) == b"re x"
+            assert server._sockwork().loop.batch == 1, cls

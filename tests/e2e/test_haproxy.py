@@ -7,11 +7,17 @@ its own, started and stopped by PID. Checks: a client through HAProxy is
 seen with its own address (the ``address`` handler), a server whose
 ``trusted_proxies`` does not cover HAProxy refuses the connection, and
 stopping one server gracefully (SIGTERM) while clients keep going loses no
-request: HAProxy retries the refused connections on the other.
+request: HAProxy retries the refused connections on the other. The
+operations test (docs/production.md, "Deploying without downtime") runs two
+prefork servers with an agent check through reloads, a resize, an upgrade
+in place and a graceful stop under a bounded load of 20,000 requests or
+more, and counts every failed request.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
 import signal
@@ -26,6 +32,7 @@ from pathlib import Path
 
 import pytest
 import trustme
+from operations_load import Load
 
 HAPROXY = shutil.which("haproxy") or next(
     (p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy") if Path(p).exists()), None)
@@ -264,3 +271,127 @@ def test_a_graceful_stop_behind_haproxy_loses_no_request(
         assert "lame duck for 1 s" in backends[0].log.read_text()
         assert re.search(r"Server sockwork/s0 enters drain state", haproxy.log.read_text()), haproxy.log.read_text()
     assert backends[1].stop() == 0
+
+
+OPS_HANDLER = '''from sockwork import message_handler
+
+VERSION = b"{version}"
+
+
+@message_handler
+def handle(line, conn):
+    return VERSION + b" " + line
+'''
+
+
+def sockwork_command(directory: Path, *args: str) -> str:
+    """``sockwork reload|upgrade|resize|stop ...``: it must succeed; its one line."""
+    done = subprocess.run([sys.executable, "-m", "sockwork", *args], capture_output=True, text=True, timeout=90,
+                          cwd=directory)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+class OpsBackend:
+    """``sockwork serve`` with prefork, PROXY v2, a pid file, a lame duck and an agent check, in tmp."""
+
+    def __init__(self, directory: Path, name: str) -> None:
+        self.directory, self.name = directory, name
+        config = directory / f"{name}.toml"
+        config.write_text(
+            'handler = "opsapp:handle"\nlame_duck = 1\nagent_check = "tcp://127.0.0.1:0"\n'
+            f'pid_file = "{name}.pid"\n'
+            '[dispatcher]\nname = "prefork"\noptions = { workers = 2, inner = "pool" }\n'
+            '[transport]\nurl = "tcp://127.0.0.1:0"\n'
+            'options = { proxy_protocol = "v2", trusted_proxies = ["127.0.0.1"] }\n')
+        self.log = directory / f"{name}.log"
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "sockwork", "serve", config.name], cwd=directory,
+                                            stdout=log, stderr=log, text=True)  # stdout: the serving line
+        deadline = time.monotonic() + 20
+        while not (started := re.search(r"serving 'opsapp:handle' on tcp://127\.0\.0\.1:(\d+) .*; agent check on "
+                                        r"tcp://127\.0\.0\.1:(\d+)", self.log.read_text())):
+            assert time.monotonic() < deadline and self.process.poll() is None, self.log.read_text()
+            time.sleep(0.05)
+        self.port, self.agent_port = int(started.group(1)), int(started.group(2))
+
+    def command(self, *args: str) -> str:
+        return sockwork_command(self.directory, *args[:-1], args[-1].replace("PIDFILE", f"{self.name}.pid"))
+
+    def pid(self) -> int | None:
+        text = (self.directory / f"{self.name}.pid").read_text().strip() if (
+            self.directory / f"{self.name}.pid").exists() else ""
+        return int(text) if text.isdigit() else None
+
+    def kill(self) -> None:
+        """Whatever is left (a failed test): the master named by the pid file, then the one this test started."""
+        pid = self.pid()
+        if pid is not None and pid != self.process.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+def test_reloads_an_upgrade_a_resize_and_a_graceful_stop_behind_haproxy_lose_no_request(sockwork_tmp: Path) -> None:
+    """Two prefork servers behind HAProxy (agent check, PROXY v2) under a bounded load of at least 20,000
+    requests over new and keep-alive connections: 3 reloads with new handler code, a resize up and down, an
+    upgrade in place and a graceful stop of one server: 0 failed requests (a request on a reused keep-alive
+    connection the server closed is retried once, as HTTP clients do). Driven by the sockwork commands."""
+    (sockwork_tmp / "opsapp.py").write_text(OPS_HANDLER.format(version="v1"))
+    backends: list[OpsBackend] = []
+    haproxy = load = None
+    try:
+        backends = [OpsBackend(sockwork_tmp, "one"), OpsBackend(sockwork_tmp, "two")]
+        haproxy = HAProxy(sockwork_tmp, backends)  # type: ignore[arg-type]  # the same port, agent_port
+        load = Load(haproxy.port, clients=6, most=100_000, seconds=80)  # stopped below, at 20,000 or more
+
+        def reached(version: bytes, count: int) -> None:
+            deadline = time.monotonic() + 30
+            while load.replies.get(version, 0) < count:  # type: ignore[union-attr]
+                assert not load.failures and time.monotonic() < deadline, (load.failures[:3], load.replies)  # type: ignore[union-attr]
+                time.sleep(0.02)
+
+        def logged(backend: OpsBackend, text: str) -> None:
+            deadline = time.monotonic() + 20
+            while text not in backend.log.read_text():
+                assert time.monotonic() < deadline, backend.log.read_text()
+                time.sleep(0.02)
+
+        reached(b"v1", 500)
+        for version in ("v2", "v3"):  # reloads 1 and 2, with a resize between them
+            (sockwork_tmp / "opsapp.py").write_text(OPS_HANDLER.format(version=version))
+            for backend in backends:
+                assert backend.command("reload", "PIDFILE").startswith("sockwork reload: sent SIGHUP")
+            reached(version.encode(), 500)
+            if version == "v2":
+                backends[0].command("resize", "+1", "PIDFILE")
+                logged(backends[0], "SIGTTIN: resized from 2 to 3 worker(s)")
+                backends[0].command("resize", "-1", "PIDFILE")
+                logged(backends[0], "SIGTTOU: resized from 3 to 2 worker(s)")
+        (sockwork_tmp / "opsapp.py").write_text(OPS_HANDLER.format(version="v4"))
+        old = backends[0].pid()
+        assert "the new master serves, the old one drained and exited" in backends[0].command("upgrade", "PIDFILE")
+        assert backends[0].pid() != old and backends[0].process.wait(10) == 0  # the old master left by itself
+        reached(b"v4", 500)  # backend one's new master; backend two still serves v3
+        (sockwork_tmp / "opsapp.py").write_text(OPS_HANDLER.format(version="v5"))
+        for backend in backends:  # reload 3
+            backend.command("reload", "PIDFILE")
+        reached(b"v5", 500)
+        stopped_at = load.answered
+        assert backends[0].command("stop", "PIDFILE").endswith(" stopped\n")  # lame duck: the agent says drain
+        assert "Server sockwork/s0 enters drain state" in haproxy.log.read_text()
+        while load.answered < max(stopped_at + 1000, 20_000) and not load.failures and not load.stop.is_set():
+            time.sleep(0.05)
+        load.finish()
+        assert load.failures == [], (load.failures[:5], load.replies)
+        assert load.answered >= 20_000, load.replies
+        assert backends[1].command("stop", "PIDFILE").endswith(" stopped\n")
+    finally:
+        if load is not None:
+            load.finish()
+        if haproxy is not None:
+            haproxy.stop()
+        for backend in backends:
+            backend.kill()

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from operations_load import Load
 
 from sockwork import Server
 from sockwork._side_listener import MAX_HEAD, SideListener, http_answer, http_response
@@ -361,80 +362,6 @@ def write_app(directory: Path, version: str, dispatcher: str, extra: str = "") -
     return config
 
 
-class Load:
-    """Bounded load: new connections and keep-alive ones (a request on a reused connection the server
-    closed is retried once, as HTTP clients do); every other failure is counted."""
-
-    def __init__(self, port: int, clients: int = 4, most: int = 20_000, seconds: float = 25.0) -> None:
-        self.port, self.most, self.until = port, most, time.monotonic() + seconds
-        self.replies: dict[bytes, int] = {}
-        self.failures: list[str] = []
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._client, args=(i % 2 == 0,)) for i in range(clients)]
-        for thread in self.threads:
-            thread.start()
-
-    @property
-    def answered(self) -> int:
-        return sum(self.replies.values())
-
-    def _done(self) -> bool:
-        return self.stop.is_set() or self.answered >= self.most or time.monotonic() > self.until
-
-    def _client(self, keep_alive: bool) -> None:
-        conn: socket.socket | None = None
-        while not self._done():
-            try:
-                if conn is None:
-                    conn = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-                    fresh = True
-                else:
-                    fresh = False
-                reply = self._ask(conn)
-                if reply is None and not fresh:  # the server closed a kept-alive connection: retry once
-                    conn.close()
-                    conn = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-                    reply = self._ask(conn)
-                if reply is None:
-                    raise ConnectionError("closed without a reply")
-                with self.lock:
-                    version = reply.split()[0]
-                    self.replies[version] = self.replies.get(version, 0) + 1
-                if not keep_alive:
-                    conn.close()
-                    conn = None
-            except OSError as exc:
-                with self.lock:
-                    self.failures.append(repr(exc))
-                if conn is not None:
-                    conn.close()
-                conn = None
-        if conn is not None:
-            conn.close()
-
-    def _ask(self, conn: socket.socket) -> bytes | None:
-        try:
-            conn.sendall(b"ping\n")
-        except (BrokenPipeError, ConnectionResetError):
-            return None
-        data = b""
-        while not data.endswith(b"\n"):
-            try:
-                chunk = conn.recv(100)
-            except ConnectionResetError:
-                return None
-            if not chunk:
-                return None
-            data += chunk
-        return data
-
-    def finish(self) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(30)
-
-
 def wait_for(predicate: object, seconds: float = 15.0) -> None:
     deadline = time.monotonic() + seconds
     while not predicate():  # type: ignore[operator]
@@ -668,5 +595,68 @@ def test_the_signal_commands_name_the_server_by_its_pid_file_and_say_what_came_o
         done = sockwork_command("stop", "stale.pid", cwd=tmp_path)
         assert (done.returncode, done.stderr) == (2, f"sockwork stop: no process {pid} (from 'stale.pid'): the pid "
                                                      "file is stale\n")
+    finally:
+        end(process)
+
+
+def test_under_systemd_the_server_says_ready_and_an_upgrade_hands_the_unit_to_the_new_master(
+    tmp_path: Path, short_tmp: Path,
+) -> None:
+    """With NOTIFY_SOCKET set: READY=1 once serving; after SIGUSR2 the old master sends MAINPID=<new>."""
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(short_tmp / "notify"))
+    notify.settimeout(20)
+    config = write_app(tmp_path, "v1", "pool", extra='pid_file = "server.pid"\n')
+    env = {**os.environ, "NOTIFY_SOCKET": str(short_tmp / "notify")}
+    process = subprocess.Popen([sys.executable, "-m", "sockwork", "serve", config.name], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    new_pid = None
+    try:
+        assert notify.recv(100) == b"READY=1"
+        process.send_signal(signal.SIGUSR2)
+        said = notify.recv(100)
+        assert said.startswith(b"MAINPID="), said
+        new_pid = int(said.split(b"=")[1])
+        assert process.wait(20) == 0
+        assert (tmp_path / "server.pid").read_text() == f"{new_pid}\n"
+    finally:
+        notify.close()
+        if new_pid is not None:
+            os.kill(new_pid, signal.SIGTERM)
+            wait_for(lambda: gone(new_pid))
+        end(process)
+
+
+def caught(pid: int) -> int:
+    """The signals process ``pid`` has handlers for (SigCgt in /proc/PID/status), as a bit mask."""
+    with open(f"/proc/{pid}/status") as status:
+        return int(next(line for line in status if line.startswith("SigCgt:")).split()[1], 16)
+
+
+def test_prefork_workers_ignore_the_supervisors_operations_signals(tmp_path: Path) -> None:
+    """SIGHUP, SIGUSR2, SIGTTIN and SIGTTOU sent to a worker itself (a signal to the whole group) end nothing:
+    a worker ignores every signal its supervisor handles (sockwork.forking.prepare_child)."""
+    config = write_app(tmp_path, "v1", "prefork")
+    process, port, log = serve_app(tmp_path, config)
+    try:
+        wait_for(lambda: logged(log, "prefork: 2 worker processes serve (pids "))
+        line = next(line for line in list(log) if "worker processes serve (pids " in line)
+        workers = [int(pid) for pid in re.search(r"\(pids ([\d, ]+)\)", line).group(1).split(", ")]  # type: ignore[union-attr]
+        operations = (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU)
+        for pid in workers:  # each worker has set its handlers (the kernel's mask of caught signals says so)
+            wait_for(lambda pid=pid: all(caught(pid) >> (signum - 1) & 1 for signum in operations))
+        for pid in workers:
+            for signum in operations:
+                os.kill(pid, signum)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(b"x\n")
+            assert conn.recv(100) == b"v1 x\n"
+        assert all(not gone(pid) for pid in workers)
+        assert not logged(log, "starting a new one"), log  # no worker died
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(b"x\n")
+            assert conn.recv(100) == b"v1 x\n"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
     finally:
         end(process)
