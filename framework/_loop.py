@@ -213,7 +213,8 @@ class Loop:
             self._paused_until = 0.0  # over: the common round reads no clock again
         waiting = self.waiting
         if waiting is None:
-            saturated = self.dispatcher.saturated() or self.requests.saturated
+            # (Not asked of a dispatcher that took the listener: it counts in its own thread.)
+            saturated = self._listens and (self.dispatcher.saturated() or self.requests.saturated)
         else:
             waiting.take_returned()
             waiting.dispatch_ready()
@@ -441,9 +442,9 @@ class Loop:
                 break
             idle += waiting.close_idle(fresh_since=now - DRAIN_GRACE)
             self.run_once(_shorter(SATURATED_RECHECK, max(0.0, (deadline or math.inf) - now)), 0)
-        abandoned, idle_at_deadline = waiting.abandon_ready()
+        waiting.stop_taking_returns()  # first: what a worker returns from here on it ends itself
+        abandoned, idle_at_deadline = waiting.abandon_ready()  # then: nothing can land in ready after it
         idle += idle_at_deadline + waiting.returned_idle_at_drain
-        waiting.stop_taking_returns()
         if idle:
             logger.info("closed %d idle connection(s) at shutdown", idle)
         if abandoned:

@@ -141,10 +141,17 @@ class Requests:
             return False
         return True
 
+    def hold(self, request: Request) -> None:
+        """The waiting set took an admitted connection: until it hands it over (``redispatch``), it is
+        not "accepted, never started" for force() at the drain deadline."""
+        self._unstarted.pop(id(request), None)
+
     def replace(self, old: Request, new: Request) -> None:
         """A connection stage replaced the socket (TLS wraps it): track the new one."""
         self.in_flight.pop(id(old), None)
         self.in_flight[id(new)] = new
+        if self._unstarted.pop(id(old), None) is not None:
+            self._unstarted[id(new)] = new
 
     def close_held(self, request: socket.socket, peer: Address, outcome: Outcome, since: float, *,
                    turns: int, idle_closed: bool = False, close: bool = True) -> None:

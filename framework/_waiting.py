@@ -266,8 +266,9 @@ class WaitingSet:
 
     @property
     def waiting(self) -> int:
-        """Connections held here without a worker: watched, or readable and queued for one."""
-        return len(self._held) - len(self._dispatched)
+        """Connections held here without a worker (watched, or readable and queued for one), and the
+        descriptors of ended ones the loop still keeps (see _close): what max_waiting bounds."""
+        return len(self._held) - len(self._dispatched) + len(self._graveyard)
 
     def census(self) -> tuple[int, int, int]:
         """For metrics: connections held here without a worker as (waiting for bytes or for their replies
@@ -305,6 +306,7 @@ class WaitingSet:
             self._set_handler_timeout(sock)  # only the handler does I/O on it: set once, not per turn
         record = Waiting(Connection(sock, client_address, server))
         self._held[id(record)] = record
+        self._requests.hold(sock)  # the waiting set owns it: not "never started" (redispatch puts it back)
         self._next_stage(record)
 
     def _set_handler_timeout(self, sock: socket.socket) -> None:
@@ -546,6 +548,11 @@ class WaitingSet:
         record.batch = None
         conn = record.conn
         self._dispatched.pop(id(conn.socket), None)  # the turn is over: no longer busy (what follows is I/O)
+        if conn.socket.fileno() < 0:
+            # Its handler closed the socket (and said KEEP_ALIVE): its number may be a new connection's
+            # already, so neither the armed table nor the poller may be touched under it.
+            self._end(record, Outcome.COMPLETED, None)
+            return
         if replies:
             record.replies += b"".join(replies)
             if not self._write_replies(record):
@@ -562,6 +569,8 @@ class WaitingSet:
             try:
                 self._rearm(record.fd, _IN_ONESHOT)
             except (OSError, ValueError):  # the socket was shut down under us (force at the drain deadline)
+                if self._armed.get(record.fd) is record:
+                    del self._armed[record.fd]
                 self._return(record)
             return
         self._return(record)
@@ -698,15 +707,18 @@ class WaitingSet:
         later (a worker re-armed it; it is with a worker now) is pushed back,
         not re-pushed on every turn.
         """
-        timers = self._timers
-        if not timers:
+        timers, graveyard = self._timers, self._graveyard
+        if not timers and not graveyard:
             return None
         now = time.monotonic()
+        while graveyard and graveyard[0][0] <= now:
+            graveyard.popleft()[1].close()
+        next_grave = graveyard[0][0] - now if graveyard else None
         dispatched = self._dispatched
         while timers:
             due, _, record = timers[0]
             if due > now:
-                return due - now
+                return due - now if next_grave is None else min(due - now, next_grave)
             heapq.heappop(timers)
             if record.heap_due != due or record.closed:
                 continue  # superseded by an earlier entry, or gone
@@ -719,8 +731,7 @@ class WaitingSet:
                 self._expired(record)
             else:  # a worker has it (leader/followers): look again after its turn
                 self._push(record, now + (self._idle_timeout or 1.0))
-        self._empty_graveyard(now)
-        return None
+        return next_grave
 
     def make_room(self) -> bool:
         """``max_waiting`` is full and a new client waits: close the longest-idle keep-alive connection.
@@ -768,11 +779,6 @@ class WaitingSet:
         if taken is not None:  # another record under that number (cannot happen while ours is open): put back
             self._armed[record.fd] = taken
         return False
-
-    def _empty_graveyard(self, now: float) -> None:
-        graveyard = self._graveyard
-        while graveyard and graveyard[0][0] <= now:
-            graveyard.popleft()[1].close()
 
     def _compact_timers(self) -> None:
         """Drop the entries of closed records once they outnumber the live ones (memory bounded by ``held``)."""

@@ -120,8 +120,12 @@ class TurnWorkers:
         waiting, me = self._waiting, threading.get_ident()
         while True:
             waiting.add(me)
-            events = poll(idle, 1)
-            waiting.discard(me)
+            try:
+                events = poll(idle, 1)
+            except (OSError, ValueError):  # the server closed its poller: it is gone, and so is this thread
+                return
+            finally:
+                waiting.discard(me)
             if not events:
                 if waiting:
                     return  # idle for `idle` seconds, and another thread waits

@@ -370,6 +370,8 @@ class AsyncioDispatcher:
         the error for the hook, if any. Called inside the ``except`` block, as ``on_error`` expects."""
         who = client_label(conn.address)
         if isinstance(exc, asyncio.CancelledError) and conn.reason is not None:
+            if conn.reason == "idle at the drain":
+                return Outcome.COMPLETED, None  # it waited for a request that never came: nothing lost
             if conn.reason == "idle":
                 logger.info("closing the connection of %s: idle for more than %ss", who, self._idle_timeout)
             elif conn.reason == "request":
@@ -422,7 +424,7 @@ class AsyncioDispatcher:
                 # Waiting on the client: the same read still pending as at the last look
                 # (asyncio's StreamReader keeps it as ``_waiter``), or the same bytes still
                 # unsent because the client does not read. Nothing to count per request.
-                waiter = getattr(conn.reader, "_waiter", None)
+                waiter, _ = stream_reader_state(conn.reader)
                 unsent = conn.transport.get_write_buffer_size()
                 if (waiter is not None and waiter is conn.waiter) or (unsent and unsent == conn.unsent):
                     if now - conn.quiet_since >= idle:
@@ -436,9 +438,21 @@ class AsyncioDispatcher:
             if conn.reason is None:
                 conn.cancel(reason)
 
+    def _close_idle(self) -> None:
+        """At the start of the drain: end the handlers that wait for a next request with nothing read
+        (a pending read, an empty buffer), as the server's loop closes its idle connections: nothing is
+        lost, and the drain does not wait its whole timeout for clients that will not speak."""
+        for conn in list(self._conns):
+            if conn.reason is None and conn.sock is not None and conn.reader is not None:
+                waiter, buffered = stream_reader_state(conn.reader)
+                if waiter is not None and not buffered:
+                    conn.cancel("idle at the drain")
+
     # ---- Stopping --------------------------------------------------------------------------
 
     def drain(self, timeout: float | None) -> bool:
+        if not self._draining and self._loop is not None and self._thread is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._close_idle)
         self._draining = True
         if not self._slots.taken:
             return True
@@ -505,6 +519,13 @@ class _Sender:
 
     def sendto(self, data: bytes, client_address: Any) -> None:
         send_datagram(self._sock, data, client_address)
+
+
+def stream_reader_state(reader: asyncio.StreamReader | None) -> tuple[object, int]:
+    """The one shim over asyncio's private API (``StreamReader._waiter`` and ``._buffer``, in CPython
+    3.4 to 3.13; tests/unit/test_aio.py's loud test fails if a new Python drops them): the read pending
+    on ``reader`` (None if none), and how many bytes it holds that the handler has not read."""
+    return getattr(reader, "_waiter", None), len(getattr(reader, "_buffer", b""))
 
 
 def _new_loop(kind: str) -> asyncio.AbstractEventLoop:

@@ -459,3 +459,44 @@ def test_the_access_log_and_on_error_cover_async_handlers(caplog: pytest.LogCapt
         wait_until(lambda: udp.stats.completed == 1)
     lines = [r.getMessage() for r in caplog.records if r.name == "sockwork.access"]
     assert len(lines) == 1 and re.fullmatch(r"127\.0\.0\.1:\d+ completed \d+\.\d{3} ms in=2 out=-", lines[0])
+
+
+def test_the_stream_reader_shim_sees_a_pending_read_and_buffered_bytes() -> None:
+    """The shim over asyncio's private StreamReader members (the idle check, the drain's idle close):
+    fails loudly on a Python that drops them, instead of every connection looking busy."""
+    from sockwork.strategies.aio import stream_reader_state
+
+    async def look() -> None:
+        reader = asyncio.StreamReader()
+        assert stream_reader_state(reader) == (None, 0)
+        reading = asyncio.ensure_future(reader.readline())
+        await asyncio.sleep(0)
+        waiter, buffered = stream_reader_state(reader)
+        assert waiter is not None and buffered == 0
+        reader.feed_data(b"partial")
+        await asyncio.sleep(0)
+        assert stream_reader_state(reader)[1] == len(b"partial")
+        reader.feed_data(b" line\n")
+        assert await reading == b"partial line\n"
+        assert stream_reader_state(reader) == (None, 0)
+
+    asyncio.run(look())
+
+
+def test_the_drain_closes_connections_idle_between_requests_at_once() -> None:
+    """Idle keep-alive clients (a handler waiting for its next line, nothing read) are closed when the
+    drain begins and counted completed, as the server's loop does: close() does not wait its whole
+    drain_timeout for them (it once took 10 s and counted them failed)."""
+    server = Server(transport="tcp://127.0.0.1:0", dispatcher="asyncio", handler="lines", drain_timeout=10)
+    with ExitStack() as stack:
+        with serving(server):
+            socks = [stack.enter_context(client(server)) for _ in range(20)]
+            for sock in socks:
+                sock.sendall(b"x\n")
+                assert sock.recv(100) == b"1: x\n"
+            began = time.monotonic()
+            server.close()
+            assert time.monotonic() - began < 3
+        assert all(recv_until_eof(sock) == b"" for sock in socks)
+    stats = server.stats
+    assert (stats.completed, stats.failed, stats.active) == (20, 0, 0)

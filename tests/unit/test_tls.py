@@ -475,3 +475,22 @@ def test_a_health_check_that_closes_without_a_byte_is_counted_and_logged_at_debu
     checks = [r for r in caplog.records if "closed the connection before" in r.getMessage()]
     assert checks and {r.levelno for r in checks} == {logging.DEBUG}, caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.INFO and "went away" in r.getMessage()]
+
+
+def test_tls_connections_leave_nothing_in_the_request_tables(files: dict[str, str]) -> None:
+    """Review of issue 18: the stage that wraps the socket moves every table entry to the new socket;
+    after 10 TLS connections ended, nothing of theirs is left (force() would count it "never started")."""
+    from sockwork import Server
+    from sockwork.testing import eventually, serving
+
+    server = Server(transport="tls", transport_options={"address": ("127.0.0.1", 0), "certfile": files["cert"],
+                                                        "keyfile": files["key"]}, dispatcher="pool", handler="echo")
+    context = client_context(files)
+    with serving(server):
+        for i in range(10):
+            with socket.create_connection(server.address[:2], timeout=10) as raw, \
+                    context.wrap_socket(raw, server_hostname="localhost") as sock:
+                sock.sendall(b"hi %d" % i)
+                assert sock.recv(10) == b"hi %d" % i
+        assert eventually(lambda: server.stats.completed == 10)
+        assert not server.requests._unstarted and not server.requests.in_flight

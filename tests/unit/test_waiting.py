@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import struct
 import threading
@@ -626,3 +627,91 @@ def test_a_message_client_that_never_reads_its_replies_costs_bounded_memory() ->
         [record] = list(waiting._held.values())
         held = len(record.replies) + sum(len(m) + 40 for m in record.messages) + len(record.conn._buffer)
         assert held <= REPLIES_HIGH_WATER + 32 * 64 + MESSAGE_READ * 21
+
+
+# ---- The review of issue 18: what the loop ends under leader/followers, and what a drain cuts ----------
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+@pytest.mark.parametrize("dispatcher", ["pool", "thread"])
+def test_connections_the_loop_closes_give_their_descriptor_back_while_others_keep_timers(dispatcher: str) -> None:
+    """Idle-closed connections (ended by the loop while workers poll) are closed within GRAVE_SECONDS, even
+    while another connection keeps a deadline pending all along (their descriptors once stayed open)."""
+    from sockwork._waiting import GRAVE_SECONDS
+
+    server = Server(transport=TCP, dispatcher=dispatcher, handler="echo", limits=Limits(idle_timeout=0.3))
+    with serving(server), client(server) as busy:
+        before = _open_descriptors()
+        idle = []
+        for i in range(20):
+            sock = socket.create_connection(server.address, timeout=10)
+            sock.sendall(b"once %d" % i)
+            assert sock.recv(10) == b"once %d" % i
+            idle.append(sock)
+        give_up = time.monotonic() + 0.3 + GRAVE_SECONDS + 3
+        while time.monotonic() < give_up and server.stats.idle_closed < 20:
+            busy.sendall(b"x")  # a deadline pending all the time
+            assert busy.recv(1) == b"x"
+            time.sleep(0.05)
+        for sock in idle:
+            assert sock.recv(10) == b""
+            sock.close()
+        while time.monotonic() < give_up and _open_descriptors() > before:
+            busy.sendall(b"x")
+            assert busy.recv(1) == b"x"
+            time.sleep(0.05)
+        assert _open_descriptors() <= before
+
+
+@pytest.mark.parametrize("dispatcher", ["pool", "thread"])
+def test_a_turn_running_at_the_drain_deadline_is_shut_down_not_counted_as_never_started(
+        dispatcher: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A handler blocked reading its client at the drain deadline: its connection is shut down (it ends
+    at once, no thread left behind), and it is not reported as accepted and never started."""
+    started = threading.Event()
+
+    @stream_handler
+    def reads_twice(conn: Connection) -> object:
+        if not conn.recv():
+            return None
+        started.set()
+        conn.recv()  # the client sends nothing more
+        return None
+
+    server = Server(transport=TCP, dispatcher=dispatcher, handler=reads_twice, drain_timeout=0.2)
+    with caplog.at_level(logging.INFO, logger="sockwork"), client(server) as sock:
+        with serving(server):
+            sock.sendall(b"first")
+            assert started.wait(10)
+        assert "never started" not in caplog.text
+        stats = server.stats
+        assert stats.active == 0 and stats.accepted == 1 and stats.finished == 1
+
+
+@pytest.mark.parametrize("dispatcher", ["pool", "thread"])
+def test_a_handler_that_closes_its_socket_and_says_keep_alive_hangs_no_one(dispatcher: str) -> None:
+    """KEEP_ALIVE from a handler that closed its own socket: the record ends there; the next connection,
+    which may have its number already, is served (it once found its armed entry overwritten)."""
+    @stream_handler
+    def closes(conn: Connection) -> object:
+        data = conn.recv(100)
+        conn.write(data)
+        conn.socket.close()
+        return KEEP_ALIVE
+
+    server = Server(transport=TCP, dispatcher=dispatcher, handler=closes)
+    with serving(server):
+        def clients() -> None:
+            for i in range(50):
+                assert exchange(server, b"hi %d" % i) == b"hi %d" % i
+
+        threads = [threading.Thread(target=clients) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert eventually(lambda: server.stats.completed == 200)
+        assert server.stats.failed == 0
