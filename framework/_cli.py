@@ -6,6 +6,7 @@
                      (each flag but --option also as SOCKWORK_<FLAG>, e.g. SOCKWORK_WORKERS)
     sockwork check [CONFIG] [the same flags]
     sockwork plugins
+    sockwork top URL [--json]           (a running server's /metrics, live; see sockwork._top)
     sockwork bench [--quick] ...        (see sockwork.bench)
     sockwork --version
 
@@ -53,7 +54,7 @@ from . import __version__
 from ._operations import fresh_handler_modules, handle_operations, reload_server
 from ._upgrade import Handover, Upgrade, notify_systemd, take_handover, write_pid_file
 from .assembly import assemble_config, build_server, load_config
-from .config import FOREVER, LOG_LEVELS, ConfigErrors, ServerConfig, read_config_data
+from .config import FOREVER, LOG_FORMATS, LOG_LEVELS, ConfigErrors, ServerConfig, read_config_data
 from .errors import ConfigError, PluginError, ServerError
 from .hookspecs import hookimpl
 from .registry import KINDS, Kind, Registry
@@ -62,11 +63,12 @@ from .validators import SECRET_SHOWN, is_secret, shown
 __all__ = ["main"]
 
 DEFAULT_TRANSPORT = "tcp://127.0.0.1:9999"
-COMMANDS = ("serve", "check", "plugins", "bench", "reload", "upgrade", "resize", "stop")
+COMMANDS = ("serve", "check", "plugins", "top", "bench", "reload", "upgrade", "resize", "stop")
 ENVIRONMENT = {  # SOCKWORK_<NAME>: the flag (its dest) it stands for, when the command line does not give it
     "SOCKWORK_CONFIG": "config", "SOCKWORK_TRANSPORT": "transport", "SOCKWORK_DISPATCHER": "dispatcher",
     "SOCKWORK_WORKERS": "workers", "SOCKWORK_HANDLER": "handler", "SOCKWORK_DRAIN_TIMEOUT": "drain_timeout",
-    "SOCKWORK_ACCESS_LOG": "access_log", "SOCKWORK_LOG_LEVEL": "log_level",
+    "SOCKWORK_ACCESS_LOG": "access_log", "SOCKWORK_LOG_LEVEL": "log_level", "SOCKWORK_LOG_FORMAT": "log_format",
+    "SOCKWORK_METRICS": "metrics",
 }
 ENVIRONMENT_HELP = "SOCKWORK_CONFIG, SOCKWORK_TRANSPORT, ... SOCKWORK_LOG_LEVEL (the flag's name in capitals)"
 _HANDLER_REF = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")  # app:handle, a handler where a file was expected
@@ -121,6 +123,7 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                              help="answer HTTP GET /healthz and /readyz on tcp://HOST:PORT")
         command.add_argument("--log-level", metavar="LEVEL",
                              help=f"one of {', '.join(LOG_LEVELS)}, in any case (default: INFO)")
+        _observability_flags(command)
 
     own: dict[str, argparse.ArgumentParser] = {}
     own["serve"] = commands.add_parser("serve", help="run a server (the default command)")
@@ -129,9 +132,29 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
         "check", help="validate a config (a file, flags, or both) and print it resolved, without binding")
     config_flags(own["check"])
     own["plugins"] = commands.add_parser("plugins", help="list registered transports, dispatchers and handlers")
+    own["top"] = _top_parser(commands)
     _signal_commands(commands, own)
     commands.add_parser("bench", help="benchmark the dispatchers against socketserver (see sockwork bench --help)")
     return parser, own
+
+
+def _observability_flags(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--log-format", choices=LOG_FORMATS,
+                         help="text, or json: every log line one JSON object (default: text)")
+    command.add_argument("--metrics", metavar="URL",
+                         help="serve Prometheus' /metrics at tcp://HOST:PORT from the server's process "
+                              "(needs pip install 'sockwork[prometheus]')")
+
+
+def _top_parser(commands: Any) -> argparse.ArgumentParser:
+    top: argparse.ArgumentParser = commands.add_parser(
+        "top", help="a live view of a running server, read from its metrics endpoint (--metrics)")
+    top.add_argument("url", metavar="URL", help="the server's metrics endpoint, e.g. http://127.0.0.1:9100/metrics "
+                                                "(or tcp://127.0.0.1:9100, as given to --metrics)")
+    top.add_argument("--json", action="store_true", help="print one snapshot as JSON and exit")
+    top.add_argument("--interval", type=float, default=1.0, metavar="SECONDS", help="refresh period (default: 1)")
+    top.add_argument("--count", type=int, default=None, metavar="N", help="stop after N refreshes (default: never)")
+    return top
 
 
 def _signal_commands(commands: Any, own: dict[str, argparse.ArgumentParser]) -> None:
@@ -236,6 +259,10 @@ def _run(args: argparse.Namespace) -> int:
         return _signal_command(args)
     if args.command == "plugins":
         return _plugins(Registry())
+    if args.command == "top":
+        from ._top import main as top  # loaded only for `sockwork top`
+
+        return top(args.url, as_json=args.json, interval=args.interval, count=args.count)
     registry = Registry()
     try:
         config = _config_from(args, registry)
@@ -411,6 +438,10 @@ def _config_from(args: argparse.Namespace, registry: Registry) -> ServerConfig:
             data[key] = getattr(args, key)
     if args.access_log:
         data["access_log"] = args.access_log
+    if args.log_format:
+        data["log_format"] = args.log_format
+    if args.metrics:
+        data["metrics"] = args.metrics
     if args.workers is not None:
         _apply_workers(data, args.workers, args.option, registry)
     for option in args.option:
@@ -480,7 +511,7 @@ def _number(text: str) -> Any:
 def _serve(
     config: ServerConfig, registry: Registry, source: str, reread: Callable[[], ServerConfig] | None = None,
 ) -> int:
-    logging.basicConfig(level=config.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _configure_logging(config)
     handler = config.handler.ref if isinstance(config.handler.ref, str) else repr(config.handler.ref)
     handover = take_handover()  # an upgrade in place: the old master's sockets, and how to tell it we serve
     announce = _Announce(handler, config.dispatcher.name, handover)
@@ -523,6 +554,26 @@ def _serve(
         sys.stdout.flush()
         os._exit(0)
     return 0
+
+
+def _configure_logging(config: ServerConfig) -> None:
+    """Log lines on stderr: text (``time logger LEVEL message``) or JSON lines; the JSON access log bare.
+
+    With ``access_log = "json"`` the access lines are one JSON object each
+    whatever ``log_format`` says (docs/config.md lists their keys).
+    """
+    from .logs import JsonFormatter  # only `sockwork serve` configures logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if config.log_format == "json"
+                         else logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=config.log_level, handlers=[handler])
+    if config.access_log == "json" and config.log_format != "json":
+        access = logging.StreamHandler()
+        access.setFormatter(JsonFormatter())
+        access_logger = logging.getLogger("sockwork.access")
+        access_logger.addHandler(access)
+        access_logger.propagate = False
 
 
 class _Announce:

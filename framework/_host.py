@@ -11,11 +11,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, final
 
 from ._parts import InheritedTransport, Parts
-from ._requests import _log_access
-from .interfaces import Dispatcher
+from ._requests import Requests, traffic
+from .interfaces import Address, Dispatcher, Request
+from .limits import Outcome
 
 if TYPE_CHECKING:
     from ._server import Server
+    from .observe import Observer
 
 __all__ = ["ServerSideHost"]
 
@@ -27,7 +29,8 @@ class ServerSideHost:
 
     __slots__ = (
         "add_reader", "admit", "at_capacity", "call_later", "finished", "handler", "limits", "log_access",
-        "on_error", "release", "remove_reader", "serve", "server", "take_error", "take_turn", "turns", "wake",
+        "observer", "on_error", "release", "remove_reader", "serve", "server", "take_error", "take_turn", "turns",
+        "wake",
     )
 
     def __init__(self, server: Server) -> None:
@@ -49,8 +52,10 @@ class ServerSideHost:
         self.limits = server.limits
         self.handler = server.handler
         self.on_error = requests.on_error
-        style = requests.access_log
-        self.log_access = None if style is None else functools.partial(_log_access, style)
+        self.observer = server.observer
+        # A request's end, for the access log and the metrics' bytes histograms; None while both are off.
+        watched = requests.access_log is not None or server.observer is not None
+        self.log_access = functools.partial(_ended, requests) if watched else None
 
     def after_fork(self) -> None:
         """In a forked child that serves one request: drop the parent's loop and listener."""
@@ -76,4 +81,17 @@ class ServerSideHost:
         return type(server)(parts=parts, drain_timeout=server.drain_timeout, limits=server.limits,
                             on_error=requests.on_error, handler_server=requests.handler_server,
                             service_actions=service_actions, plugin_options=server.plugin_options,
-                            access_log=requests.access_log)
+                            access_log=requests.access_log, observer=_fresh(server.observer))
+
+
+def _ended(requests: Requests, request: Request, client_address: Address, outcome: Outcome, seconds: float) -> None:
+    """``host.log_access``: the access line and the bytes for the metrics, read from the still open socket."""
+    requests.connection_ended(client_address, outcome, seconds, traffic(request))
+
+
+def _fresh(observer: Observer | None) -> Observer | None:
+    """A worker's observer: the built-in one afresh (the parent measured nothing: it serves no request, and a
+    copy would count what the parent had); another (a plugin's) is the worker's copy of the parent's."""
+    from .observe import TurnMetrics  # metrics are optional: loaded when they are on
+
+    return TurnMetrics() if isinstance(observer, TurnMetrics) else observer

@@ -41,8 +41,9 @@ logger = logging.getLogger("sockwork")
 _WITH_NEW_WORKERS = frozenset({"handler", "framing", "dispatcher", "limits", "access_log", "plugins"})
 """Settings a reload applies by starting new workers (a supervisor); elsewhere they need a restart."""
 
-_NEEDS_RESTART = frozenset({"transport", "pid_file", "agent_check", "health"})
-"""Settings bound to sockets or files the running server holds: a restart or an upgrade applies them."""
+_NEEDS_RESTART = frozenset({"transport", "pid_file", "agent_check", "health", "metrics", "log_format"})
+"""Settings bound to sockets or files the running server holds, or set up once at start (log_format): a restart or
+an upgrade applies them."""
 
 
 @contextlib.contextmanager

@@ -14,7 +14,6 @@ that fail.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import selectors
@@ -22,13 +21,17 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
 from ._parts import LifecycleHooks
 from ._ratelimit import RateLimitedLog
 from .connection import KEEP_ALIVE, Connection, StageFailed
 from .interfaces import Address, Request, Transport, capability
 from .limits import Counters, Deadlines, Limits, Outcome, ServerStats
+from .logs import log_access
+
+if TYPE_CHECKING:
+    from .observe import Observer
 
 __all__ = ["DISCONNECT_ERRORS", "Requests"]
 
@@ -51,7 +54,7 @@ class Requests:
     def __init__(
         self, transport: Transport, handler: Callable[..., object], *, limits: Limits, hooks: LifecycleHooks,
         handler_server: Any, on_error: Callable[[Request, Address, Exception], object] | None,
-        access_log: str | None = None,
+        access_log: str | None = None, observer: Observer | None = None,
     ) -> None:
         self.transport = transport
         self.handler = handler
@@ -83,6 +86,8 @@ class Requests:
         self.wake: Callable[[], None] = _nothing  # the loop's, once there is one
         self._log_disconnect = RateLimitedLog(logger, LOG_EVERY)
         self.access_log = access_log
+        self.observer = observer  # metrics (sockwork.observe); None: off, one `is None` check per turn
+        self._ends_watched = access_log is not None or observer is not None
 
     # ---- The loop's side ---------------------------------------------------
 
@@ -149,8 +154,8 @@ class Requests:
         """
         key = id(request)
         self._unstarted.pop(key, None)
-        if self.access_log is not None:
-            _log_access(self.access_log, request, peer, outcome, time.perf_counter() - since)
+        if self._ends_watched:
+            self.connection_ended(peer, outcome, time.perf_counter() - since, traffic(request))
         if self.in_flight.pop(key, None) is not None:
             if close:
                 self.transport.close_request(request)
@@ -188,7 +193,10 @@ class Requests:
             if self.deadlines is not None:
                 token = self.deadlines.add(request)
         outcome = Outcome.FAILED  # until the handler returns; a BaseException leaves it so
-        began = time.perf_counter() if self.access_log is not None else 0.0
+        began = time.perf_counter() if self._ends_watched else 0.0
+        observer = self.observer
+        if observer is not None:
+            turn_began = observer.begin_turn(None)
         kept = False  # the handler returned KEEP_ALIVE: the connection is served to its end here
         try:
             kept = self.handler(request, client_address, self.handler_server) is KEEP_ALIVE and not isinstance(
@@ -202,6 +210,8 @@ class Requests:
             kept = False
             raise
         finally:
+            if observer is not None:
+                observer.end_turn(turn_began)
             if token is not None:
                 outcome = self.end_deadline(token, outcome, client_address)
             if not kept or outcome is not Outcome.COMPLETED:
@@ -226,8 +236,8 @@ class Requests:
     def _end_served(self, request: Request, client_address: Address, outcome: Outcome, began: float, *,
                     idle_closed: bool = False) -> None:
         """Close a served request and count it (and log it: one access line per connection)."""
-        if self.access_log is not None:
-            _log_access(self.access_log, request, client_address, outcome, time.perf_counter() - began)
+        if self._ends_watched:
+            self.connection_ended(client_address, outcome, time.perf_counter() - began, traffic(request))
         # Always end it: a dispatcher may serve a request rebuilt in another
         # process, which this process never tracked.
         self.in_flight.pop(id(request), None)
@@ -269,6 +279,14 @@ class Requests:
         self.in_flight.pop(key, None)
         self._unstarted.pop(key, None)
         self.transport.release_request(request)
+
+    def connection_ended(self, client_address: Address, outcome: Outcome, seconds: float,
+                         traffic: tuple[int | None, int | None]) -> None:
+        """A connection (or datagram) ended: its access line, its bytes for the metrics (``host.log_access``)."""
+        if self.access_log is not None:
+            log_access(self.access_log, client_address, outcome, seconds, traffic)
+        if self.observer is not None:
+            self.observer.observe_connection(*traffic)
 
     def finished(self, outcome: Outcome, error: BaseException | None = None, client_address: Address = None, *,
                  turns: int = 1, idle_closed: bool = False) -> None:
@@ -380,8 +398,6 @@ class Requests:
             self.deadlines.stop()
 
 
-access_logger = logging.getLogger("sockwork.access")
-
 _TCP_INFO = getattr(socket, "TCP_INFO", None)
 _TCP_BYTES = struct.Struct("QQ")  # tcp_info.tcpi_bytes_acked, tcpi_bytes_received (Linux >= 4.6)
 _TCP_BYTES_AT = 120
@@ -389,7 +405,7 @@ _FIN_RECEIVED = frozenset({6, 8, 9, 11})  # TIME_WAIT, CLOSE_WAIT, LAST_ACK, CLO
 _FIN_SENT_AND_ACKED = frozenset({5, 6})  # FIN_WAIT2, TIME_WAIT
 
 
-def _traffic(request: Request) -> tuple[int | None, int | None]:
+def traffic(request: Request) -> tuple[int | None, int | None]:
     """(bytes in, bytes out) of a request, where the kernel can tell; None where it cannot."""
     if isinstance(request, tuple):  # a datagram: its payload; replies are the handler's own sends
         return len(request[0]), None
@@ -404,20 +420,6 @@ def _traffic(request: Request) -> tuple[int | None, int | None]:
     acked, received = _TCP_BYTES.unpack_from(info, _TCP_BYTES_AT)
     state = info[0]  # a FIN takes one byte of sequence space: not data
     return received - (state in _FIN_RECEIVED), acked - (state in _FIN_SENT_AND_ACKED)
-
-
-def _log_access(style: str, request: Request, client_address: Address, outcome: Outcome, seconds: float) -> None:
-    """One line for one request: client, duration, bytes in/out (TCP: as the kernel counted them), outcome."""
-    bytes_in, bytes_out = _traffic(request)
-    if style == "json":
-        access_logger.info(json.dumps({
-            "client": client_label(client_address), "duration_ms": round(seconds * 1000, 3),
-            "bytes_in": bytes_in, "bytes_out": bytes_out, "outcome": outcome.name.lower(),
-        }))
-    else:
-        access_logger.info("%s %s %.3f ms in=%s out=%s", client_label(client_address), outcome.name.lower(),
-                           seconds * 1000, "-" if bytes_in is None else bytes_in,
-                           "-" if bytes_out is None else bytes_out)
 
 
 def client_label(client_address: Address) -> str:

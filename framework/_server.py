@@ -31,6 +31,7 @@ from .deadlines import deadline_after, remaining
 from .errors import ConfigError
 from .interfaces import Address, Dispatcher, Request, Transport, capability
 from .limits import Limits, ServerStats
+from .metrics import Observer, metrics_endpoint
 from .urls import format_address
 from .validators import check_access_log, check_drain_timeout
 
@@ -66,7 +67,7 @@ class Server:
     this Server). ``plugin_options`` (``server.plugin_options``) maps a plugin's
     name to its options, for lifecycle-hook plugins to read (a config file's
     ``[plugins.NAME]`` tables). ``access_log`` (``"text"`` or ``"json"``) logs one
-    line per request on the ``sockwork.access`` logger.
+    line per request on the ``sockwork.access`` logger. ``metrics``, ``observer``: see :mod:`sockwork.metrics`.
 
     Resource handling: ``close()`` (or leaving a ``with`` block) stops
     accepting, lets running requests finish for up to ``drain_timeout``
@@ -93,10 +94,12 @@ class Server:
         plugin_options: Mapping[str, Mapping[str, Any]] | None = None,
         access_log: str | None = None,
         lame_duck: float = 0.0, agent_check: ListenerAddress = None, health: ListenerAddress = None,
+        metrics: ListenerAddress = None, observer: Observer | None = None,
     ) -> None:
         check_drain_timeout(drain_timeout)
         check_access_log(access_log)
         self.side_listeners = health_listeners(self, lame_duck, agent_check, health)  # each checked; bound below
+        self.metrics, self.observer = metrics_endpoint(self, metrics, observer)  # checked (the extra); bound below
         if limits is not None and not isinstance(limits, Limits):
             raise ConfigError(f"'limits' must be a sockwork.Limits, got {limits!r}")
         if parts is None:
@@ -120,10 +123,9 @@ class Server:
         self.plugin_options: Mapping[str, Mapping[str, Any]] = dict(plugin_options or {})
         self.drain_timeout = drain_timeout
         self._service_actions = service_actions
-        self.requests = Requests(
-            self.transport, self.handler, limits=limits, hooks=parts.hooks, on_error=on_error,
-            handler_server=self if handler_server is None else handler_server, access_log=access_log,
-        )
+        self.requests = Requests(self.transport, self.handler, limits=limits, hooks=parts.hooks, on_error=on_error,
+                                 handler_server=self if handler_server is None else handler_server,
+                                 access_log=access_log, observer=self.observer)
         self.requests.server = self
         self._bind(lame_duck)
 

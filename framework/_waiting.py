@@ -49,6 +49,7 @@ from ._ratelimit import RateLimitedLog
 from .connection import KEEP_ALIVE, ClosedBeforeSpeaking, Connection, StageFailed
 from .interfaces import capability
 from .limits import Outcome
+from .observe import arrived, readable
 
 if TYPE_CHECKING:
     from ._requests import Requests
@@ -69,6 +70,10 @@ REPLIES_HIGH_WATER = 256 * 1024
 
 TURN_MESSAGES = 32
 """Most messages one turn of a message handler answers; the rest wait for the next turn."""
+
+QUEUE_WAIT_SAMPLE = 16
+"""Metrics: a turn a worker takes from the turn poller itself has its queueing delay measured (from the
+kernel's arrival time of its bytes, one getsockopt) on a connection's first turn and every 16th after."""
 
 POLL_BATCH = 256
 """Most turn-poller events the loop takes in one round."""
@@ -95,7 +100,8 @@ class Waiting:
     """The owner's record of one connection (internal)."""
 
     __slots__ = ("batch", "closed", "conn", "due", "eof", "events", "fd", "heap_due", "lowat", "messages",
-                 "partial_since", "polled", "replies", "served", "since", "stage", "wait_began", "why")
+                 "partial_since", "polled", "ready_since", "replies", "served", "since", "stage", "stage_began",
+                 "wait_began", "why")
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -116,6 +122,8 @@ class Waiting:
         self.eof = False  # the client has finished sending
         self.since = time.perf_counter()  # accepted at (the access log's duration)
         self.wait_began = time.monotonic()  # when it began waiting for its first request (after its stages)
+        self.stage_began = self.since  # metrics: when its current stage began
+        self.ready_since: float | None = None  # metrics: when the loop found it readable (its queueing delay)
 
 
 class TurnPoller:
@@ -199,6 +207,7 @@ class WaitingSet:
         submit: Callable[[Any, Any], bool], on_turn: Callable[[], None], stopping: Callable[[], bool],
     ) -> None:
         self._stopping = stopping  # the loop's: a stop was asked for (hand out no more in this round)
+        self._observer = requests.observer  # metrics; None when off
         self._on_turn = on_turn  # the loop's, while report_turns: a worker took a turn (handle_request waits)
         self.report_turns = False
         self._submit_to_dispatcher = submit  # the loop's: one place handles a dispatcher that raises
@@ -259,6 +268,14 @@ class WaitingSet:
     def waiting(self) -> int:
         """Connections held here without a worker: watched, or readable and queued for one."""
         return len(self._held) - len(self._dispatched)
+
+    def census(self) -> tuple[int, int, int]:
+        """For metrics: connections held here without a worker as (waiting for bytes or for their replies
+        to drain, readable and queued, in a stage)."""
+        stages = len(self._stages)
+        in_stage = sum(1 for record in list(self._held.values()) if record.stage < stages and not record.closed)
+        ready = len(self.ready) + readable(list(self._armed))  # leader/followers: readable, no worker free yet
+        return max(0, self.waiting - ready - in_stage), ready, in_stage
 
     def unsettled(self) -> bool:
         """Whether anything still waits here: a record held (a worker's return not yet taken included).
@@ -330,6 +347,8 @@ class WaitingSet:
                 self._requests.replace(before, record.conn.socket)
                 record.fd = record.conn.socket.fileno()
             if want == "done":
+                if self._observer is not None:
+                    record.stage_began = self._observer.stage_done(stage.name, record.stage_began)
                 record.stage += 1
                 continue
             unread = _unread(record.conn.socket) if want != "write" else 0
@@ -434,6 +453,8 @@ class WaitingSet:
 
     def _to_worker(self, record: Waiting) -> None:
         record.due, record.why = None, "ready"  # it has work: no deadline until its turn is over
+        if self._observer is not None:
+            record.ready_since = time.perf_counter()
         if self.ready or self._dispatcher.saturated() or (self.draining and self._past_drain_deadline()):
             self.ready.append(record)  # first come, first served when a worker frees up
         else:
@@ -489,6 +510,11 @@ class WaitingSet:
         token = deadlines.add(sock) if deadlines is not None and record.batch is None else None
         kept: list[bytes] | None = None  # the verdict: the connection stays open, with these replies to send
         outcome = Outcome.FAILED  # until the handler returns; a BaseException leaves it so
+        observer = self._observer
+        if observer is not None:  # taken from the poller by a worker: its bytes' arrival, as the kernel saw it,
+            # for a connection's first turn and every 16th (a getsockopt per turn would cost 5 % of the CPU)
+            turn_began = observer.begin_turn(record.ready_since if handed_over else
+                                             arrived(sock) if record.served % QUEUE_WAIT_SAMPLE == 1 else None)
         try:
             if record.batch is not None:
                 kept = self._answer(record.batch, conn)  # type: ignore[misc]  # batch => a message handler
@@ -502,6 +528,8 @@ class WaitingSet:
             self._end(record, Outcome.FAILED, None)
             raise
         finally:
+            if observer is not None:
+                observer.end_turn(turn_began)
             if token is not None:
                 outcome = requests.end_deadline(token, outcome, conn.peer)
         if kept is None or outcome is not Outcome.COMPLETED:

@@ -152,6 +152,13 @@ def assemble_config(config: ServerConfig, registry: Registry | None = None, *, s
                                              built["dispatcher"], config.dispatcher.name)
         except ConfigError as exc:
             errors.append(("handler", str(exc)))
+    if config.metrics is not None:
+        from .metrics import require_prometheus  # metrics are optional: loaded when asked for
+
+        try:
+            require_prometheus()
+        except ConfigError as exc:
+            errors.append(("metrics", str(exc).removeprefix("metrics: ")))
     if errors:
         raise ConfigErrors(errors, source)
     return Parts(
@@ -184,6 +191,7 @@ def build_server(config: ServerConfig, registry: Registry | None = None, *, hand
         logging.getLogger("sockwork.access").setLevel(logging.INFO)  # asked for: shown whatever log_level says
     agent_check: str | int | None = config.agent_check
     health: str | int | None = config.health
+    metrics: str | int | None = config.metrics
     if handover is not None:
         adopt = capability(parts.transport, "adopt")
         if adopt is None:
@@ -192,9 +200,10 @@ def build_server(config: ServerConfig, registry: Registry | None = None, *, hand
         adopt(handover.listener_fd)
         agent_check = handover.side_listener("agent check", config.agent_check)
         health = handover.side_listener("health", config.health)
+        metrics = handover.side_listener("metrics", config.metrics)
     return Server(parts=parts, drain_timeout=config.drain_timeout, limits=config.limits,
                   plugin_options=config.plugins, access_log=config.access_log, lame_duck=config.lame_duck,
-                  agent_check=agent_check, health=health)
+                  agent_check=agent_check, health=health, metrics=metrics)
 
 
 def _resolve_config(

@@ -161,6 +161,14 @@ def _check_listener_url(instance: object, attribute: attrs.Attribute[Any], value
     check_listener_url(value, attribute.name)
 
 
+LOG_FORMATS = ("text", "json")
+
+
+def _check_log_format(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value not in LOG_FORMATS:
+        raise ValueError(f"'{attribute.name}' must be one of {', '.join(LOG_FORMATS)}, got {value!r}")
+
+
 def _upper(value: Any) -> Any:
     return value.upper() if isinstance(value, str) else value
 
@@ -194,6 +202,12 @@ class ServerConfig:
     """``tcp://HOST:PORT``: answer HTTP ``GET /healthz`` and ``GET /readyz`` there; None: off."""
     framing: FramingConfig | None = None
     """The framing the (message) handler uses, chosen by name; None: the handler's own."""
+    log_format: str = attrs.field(default="text", validator=_check_log_format)
+    """How ``sockwork serve`` writes its log lines: ``"text"``, or ``"json"`` (one JSON object per line,
+    see :class:`sockwork.logs.JsonFormatter`). A library user configures logging themselves."""
+    metrics: str | None = attrs.field(default=None, converter=off_is_none, validator=_check_listener_url)
+    """``tcp://HOST:PORT``: serve Prometheus' ``GET /metrics`` there, from the server's process
+    (needs ``pip install 'sockwork[prometheus]'``); None: off."""
     plugins: dict[str, dict[str, Any]] = attrs.field(factory=dict)
     """Options for plugins by plugin name (``[plugins.NAME]`` tables in a file): the Server
     passes them on as ``server.plugin_options``, for lifecycle-hook plugins to read."""
@@ -223,6 +237,8 @@ class ServerConfig:
             "pid_file": self.pid_file if self.pid_file is not None else False,
             "agent_check": self.agent_check if self.agent_check is not None else False,
             "health": self.health if self.health is not None else False,
+            "log_format": self.log_format,
+            "metrics": self.metrics if self.metrics is not None else False,
             "plugins": _plain(self.plugins),
             **({} if self.framing is None else
                {"framing": {"name": self.framing.name, "options": _options_dict(self.framing.options)}}),
@@ -232,7 +248,7 @@ class ServerConfig:
 # ---- Loading ------------------------------------------------------------------
 
 _TOP_KEYS = ("transport", "dispatcher", "handler", "framing", "drain_timeout", "log_level", "limits", "access_log",
-             "lame_duck", "pid_file", "agent_check", "health", "plugins")
+             "log_format", "lame_duck", "pid_file", "agent_check", "health", "metrics", "plugins")
 
 
 def read_config_file(path: str | Path) -> ServerConfig:
@@ -290,7 +306,8 @@ def read_config_partially(data: Mapping[str, Any]) -> tuple[ServerConfig | None,
     handler = _read_component(data.get("handler", "echo"), "handler", "ref", errors)
     server_fields: dict[str, Any] = {}
     fields = attrs.fields_dict(ServerConfig)
-    for name in ("drain_timeout", "log_level", "access_log", "lame_duck", "pid_file", "agent_check", "health"):
+    for name in ("drain_timeout", "log_level", "access_log", "log_format", "lame_duck", "pid_file", "agent_check",
+                 "health", "metrics"):
         if name in data:
             value = None if name == "drain_timeout" and data[name] == FOREVER else data[name]
             problem = field_problem(fields[name], value)

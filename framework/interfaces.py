@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 if TYPE_CHECKING:
     from ._server import Server
     from .limits import Limits, Outcome, ServerStats
+    from .observe import Observer
 
 __all__ = [
     "ACCEPT_CAPACITY_ERRNOS",
@@ -188,9 +189,16 @@ class DispatcherHost(LoopHost, Protocol):
 
     @property
     def log_access(self) -> Callable[[Request, Address, Outcome, float], None] | None:
-        """Writes one access-log line ``(request, client_address, outcome, seconds)`` when the server's
-        ``access_log`` is on (None when it is off), for a dispatcher that runs handlers without ``serve``;
-        call it before the request's socket closes (the kernel's byte counts are read from it)."""
+        """Writes one access-log line ``(request, client_address, outcome, seconds)`` and gives the request's
+        bytes to the metrics, when the server's ``access_log`` or ``metrics`` is on (None when both are off),
+        for a dispatcher that runs handlers without ``serve``; call it before the request's socket closes
+        (the kernel's byte counts are read from it)."""
+
+    @property
+    def observer(self) -> Observer | None:
+        """The server's :class:`sockwork.observe.Observer` (None while metrics are off), for a dispatcher that
+        runs handlers without ``serve``: ``began = observer.begin_turn(None)`` as a handler starts,
+        ``observer.end_turn(began)`` when it ends."""
 
 
 class ProcessDispatcherHost(DispatcherHost, Protocol):
@@ -350,6 +358,8 @@ OPTIONAL_CAPABILITIES: dict[str, tuple[object, str]] = {
                             "if it accepts from that transport itself, on its own event loop (asyncio); the "
                             "server's loop then never listens, and calls its stop_accepting() at shutdown, before "
                             "the listener closes. Each connection it accepts goes through host.admit(request)"),
+    "worker_readings": (None, "Dispatcher: a supervisor's figures per worker slot (sockwork.observe.WorkerReading "
+                              "objects, from its workers' reports), for the metrics endpoint; None: this process's"),
     "runs_async": (False, "Dispatcher: True if it serves async handlers (sockwork_async) on an event loop instead "
                           "of blocking ones (asyncio); a supervisor answers for its inner dispatcher"),
     "keeps_connections_elsewhere": (False, "Dispatcher: True if it serves each request in another process, "

@@ -161,6 +161,7 @@ class AsyncioDispatcher:
         self._slots.wake_with(host.wake)
         self._on_error = host.on_error
         self._log_access = host.log_access
+        self._observer = host.observer  # metrics; None when off
         self._loop = loop = _new_loop(self.options.loop)
         loop.set_exception_handler(_log_loop_error)
         self._thread = threading.Thread(target=self._run, args=(loop,), name="sockwork-asyncio", daemon=True)
@@ -314,6 +315,7 @@ class AsyncioDispatcher:
         outcome, error = Outcome.FAILED, None
         transport: asyncio.Transport | None = None
         log_access = self._log_access  # None once written: one line per request, while the socket is open
+        began = self._observer.begin_turn(None) if self._observer is not None else 0.0
         try:
             reader = asyncio.StreamReader(STREAM_LIMIT, loop)
             protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
@@ -338,11 +340,14 @@ class AsyncioDispatcher:
             else:
                 transport.abort()  # cut off (a timeout, the drain deadline) or gone: nothing to wait for
         finally:
+            if self._observer is not None:
+                self._observer.end_turn(began)
             self._end(conn, outcome, error)
 
     async def _serve_datagram(self, conn: _Conn, request: tuple[bytes, socket.socket]) -> None:
         outcome, error = Outcome.FAILED, None
         payload, sock = request
+        began = self._observer.begin_turn(None) if self._observer is not None else 0.0
         try:
             if self._handler.datagram_sends:
                 reply = await self._handler.datagram(payload, conn.address, _Sender(sock))  # type: ignore[misc]
@@ -354,6 +359,8 @@ class AsyncioDispatcher:
         except BaseException as exc:
             outcome, error = self._outcome_of(conn, exc, request)
         finally:
+            if self._observer is not None:
+                self._observer.end_turn(began)
             if self._log_access is not None:
                 self._log_access(request, conn.address, outcome, self._loop.time() - conn.started)  # type: ignore[union-attr]
             self._end(conn, outcome, error)

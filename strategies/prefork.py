@@ -25,11 +25,16 @@ included). The parent only supervises, in the manner of gunicorn's arbiter:
   generation retires once every new worker has reported that it serves (or
   after READY_WAIT).
 
-Workers report their counters to the parent through a pipe (a fixed-size
-record of the ServerStats fields, at most every 0.2 s and once at the end);
-a worker that crashed has the requests it reported as running counted as
-failed, so ``active`` returns to 0. Workers check ``os.getppid()`` every
-report interval and drain and stop when the parent is gone.
+Workers report to the parent through a pipe, one JSON line per report (a
+``sockwork.observe.Snapshot``: the counters and, with metrics on, the gauges
+and histograms; at most every 0.2 s and once at the end). The parent keeps
+them per worker *slot* (0..N-1; a replacement takes the slot of the worker it
+replaces): a slot's figures are its current worker's last report plus what its
+earlier workers reported last, so nothing a recycled or crashed worker counted
+is lost, and the metrics endpoint shows one series per slot. A worker that
+crashed has the requests it reported as running counted as failed, so
+``active`` returns to 0. Workers check ``os.getppid()`` every report interval
+and drain and stop when the parent is gone.
 
 This is how a Python server uses several cores despite the GIL.
 """
@@ -38,11 +43,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
+import json
 import logging
 import os
 import select
 import signal
-import struct
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, final
@@ -55,6 +61,7 @@ from sockwork.forking import flush_stdio, fork
 from sockwork.hookspecs import hookimpl
 from sockwork.interfaces import Dispatcher, SupervisorHost, capability
 from sockwork.limits import ServerStats, WorkerExit
+from sockwork.observe import Snapshot, WorkerReading, snapshot
 from sockwork.registry import DispatcherEntry, Registry, make_plugin_manager
 from sockwork.validators import off_is_none, optional_positive_int, positive_int
 
@@ -127,7 +134,7 @@ class PreforkDispatcher:
         self._to_retire: list[int] = []  # a reload's old workers, retired once the new ones serve
         self._stopping = False
         self._respawn_pause = 0.0
-        self._retired = ServerStats()  # what workers that have exited served
+        self._slots: dict[int, _Slot] = {}  # what the workers of each slot reported, the exited ones' included
 
     @functools.cached_property
     def runs_async(self) -> bool:
@@ -165,10 +172,23 @@ class PreforkDispatcher:
     @property
     def stats_elsewhere(self) -> ServerStats:
         """The workers' counters, as last reported (every 0.2 s and when they exit)."""
-        total = self._retired
+        total = ServerStats()
+        for slot in list(self._slots.values()):
+            total += slot.retired.stats
         for worker in list(self._workers.values()):
-            total += worker.last
+            total += worker.last.stats
         return total
+
+    @property
+    def worker_readings(self) -> list[WorkerReading]:
+        """Per worker slot: its current pid, and its figures with those of the workers it replaced."""
+        current = {worker.slot: (pid, worker) for pid, worker in list(self._workers.items())}
+        readings = []
+        for number, slot in sorted(self._slots.items()):
+            pid, worker = current.get(number, (None, None))
+            figures = slot.retired if worker is None else slot.retired + worker.last
+            readings.append(WorkerReading(number, pid, figures, dict(slot.exits)))
+        return readings
 
     def start(self, host: SupervisorHost) -> None:
         self._host = host
@@ -197,7 +217,10 @@ class PreforkDispatcher:
         os.set_blocking(reports_r, False)
         with contextlib.suppress(OSError):  # the child has exec'd or exited already
             os.setpgid(pid, pid)  # also done in the child: whichever runs first
-        worker = self._workers[pid] = _Worker(os.pidfd_open(pid), reports_r)
+        taken = {worker.slot for worker in self._workers.values()}
+        number = next(n for n in itertools.count() if n not in taken)  # the lowest free: a replacement's own
+        self._slots.setdefault(number, _Slot())
+        worker = self._workers[pid] = _Worker(os.pidfd_open(pid), reports_r, number)
         self._host.add_reader(worker.pidfd, functools.partial(self._on_exit, pid))
         self._host.add_reader(reports_r, functools.partial(self._on_report, pid))
         return pid
@@ -299,7 +322,8 @@ class PreforkDispatcher:
             self._forget(pid, crashed=True)
             return
         code = os.waitstatus_to_exitcode(status)
-        started = self._forget(pid, crashed=code not in (WorkerExit.STOPPED, WorkerExit.RECYCLED, WorkerExit.ORPHANED))
+        started = self._forget(pid, crashed=code not in (WorkerExit.STOPPED, WorkerExit.RECYCLED, WorkerExit.ORPHANED),
+                               reason=_EXIT_REASONS.get(code))
         if self._stopping:
             return
         if pid in self._retiring:
@@ -337,8 +361,8 @@ class PreforkDispatcher:
         if not self._stopping and len(self._serving()) < self.options.workers:
             self._spawn()
 
-    def _forget(self, pid: int, crashed: bool) -> float:
-        """Stop watching an exited worker, keeping its final counters; return when it started.
+    def _forget(self, pid: int, crashed: bool, reason: str | None = None) -> float:
+        """Stop watching an exited worker, keeping its final figures in its slot; return when it started.
 
         A worker that crashed could not finish the requests it reported as
         running: they count as failed, so ``active`` returns to 0.
@@ -346,13 +370,16 @@ class PreforkDispatcher:
         worker = self._workers.pop(pid)
         self._unready.discard(pid)
         worker.read_reports()  # its final report, written before it exited
-        last = worker.last
+        last = worker.last.stats
         if last.active:
             if crashed:
                 logger.error("prefork worker %d ended with %d request(s) running; counted as failed",
                              pid, last.active)
             last = attrs.evolve(last, active=0, failed=last.failed + last.active)
-        self._retired += last
+        slot = self._slots[worker.slot]
+        slot.retired += Snapshot(last, {}, worker.last.histograms)  # (gauges are a live worker's: none kept)
+        reason = reason or ("crashed" if crashed else "stopped")
+        slot.exits[reason] = slot.exits.get(reason, 0) + 1
         for fd in (worker.pidfd, worker.reports):
             self._host.remove_reader(fd)
             os.close(fd)
@@ -372,6 +399,7 @@ class PreforkDispatcher:
             for pid in self._workers:
                 _signal(pid, signal.SIGTERM)  # stop accepting, drain, exit
         deadline = deadline_after(timeout)
+        signalled = time.monotonic()
         while self._workers:
             left = remaining(deadline)
             if left == 0:
@@ -379,8 +407,15 @@ class PreforkDispatcher:
             poller = select.poll()
             for worker in self._workers.values():
                 poller.register(worker.pidfd, select.POLLIN)
-            ready = poller.poll(_RESIGNAL * 1000 if left is None else min(left, _RESIGNAL) * 1000)
-            if not ready:
+                poller.register(worker.reports, select.POLLIN)  # read while they drain: a full pipe would block them
+            reports = {worker.reports: worker for worker in self._workers.values()}
+            polled = poller.poll(_RESIGNAL * 1000 if left is None else min(left, _RESIGNAL) * 1000)
+            for fd, _ in polled:
+                if fd in reports:
+                    reports[fd].read_reports()
+            ready = [(fd, event) for fd, event in polled if fd not in reports]
+            if time.monotonic() - signalled >= _RESIGNAL:
+                signalled = time.monotonic()
                 # A worker still starting up ignores SIGTERM until its own handler is in
                 # place (see sockwork.forking): say it again until it is heard.
                 for pid in self._workers:
@@ -391,7 +426,8 @@ class PreforkDispatcher:
                     _, status = os.waitpid(pid, 0)
                 except ChildProcessError:  # reaped by abort() on a second signal
                     status = 0
-                self._forget(pid, crashed=os.waitstatus_to_exitcode(status) != WorkerExit.STOPPED)
+                code = os.waitstatus_to_exitcode(status)
+                self._forget(pid, crashed=code != WorkerExit.STOPPED, reason=_EXIT_REASONS.get(code))
         return True
 
     def close(self) -> None:
@@ -418,7 +454,7 @@ class PreforkDispatcher:
 
 def run_worker(
     host: SupervisorHost, dispatcher: Dispatcher, max_requests: int | None = None,
-    report: Callable[[ServerStats], None] | None = None, report_every: float = 0.2, *,
+    report: Callable[[Snapshot], None] | None = None, report_every: float = 0.2, *,
     parent: int | None = None,
 ) -> WorkerExit:
     """In a supervisor's worker (forked with :func:`sockwork.forking.fork`): serve with ``dispatcher``.
@@ -426,9 +462,10 @@ def run_worker(
     Serves until SIGTERM (then stops accepting and drains, as ``close()``
     does), until ``max_requests`` requests have finished, or until the
     parent process is gone (``parent``: its pid, read before the fork, so that a
-    parent that died before this call is noticed too). ``report`` gets the
-    counters at most every ``report_every`` seconds and once at the end.
-    Returns why it ended.
+    parent that died before this call is noticed too). ``report`` gets a
+    :class:`sockwork.observe.Snapshot` (the counters; with metrics on, also the
+    gauges and histograms) at most every ``report_every`` seconds and once at
+    the end. Returns why it ended.
     """
     if parent is None:
         parent = os.getppid()
@@ -446,7 +483,7 @@ def run_worker(
             return
         next_check = now + report_every
         if report is not None:
-            report(worker.stats)
+            report(snapshot(worker, gauges=worker.observer is not None))
         if os.getppid() != parent:
             reason = WorkerExit.ORPHANED
             logger.warning("prefork worker %d: the parent process %d is gone; draining and stopping",
@@ -463,7 +500,7 @@ def run_worker(
         signal.set_wakeup_fd(-1)
         worker.close()
         if report is not None:
-            report(worker.stats)
+            report(snapshot(worker, gauges=False))
     return reason
 
 
@@ -478,39 +515,53 @@ def _builtin_inner(options: PreforkOptions) -> Callable[[], Dispatcher]:
     return inner_dispatcher_factory(registry, registry.get("dispatcher", "prefork"), options)
 
 
-_FIELDS = [field.name for field in attrs.fields(ServerStats)]
-_REPORT = struct.Struct(f"{len(_FIELDS)}q")  # the ServerStats fields, in order
+_EXIT_REASONS: dict[int, str] = {
+    WorkerExit.STOPPED: "stopped", WorkerExit.RECYCLED: "recycled", WorkerExit.ORPHANED: "orphaned",
+}
+
+
+class _Slot:
+    """What the exited workers of one slot reported last (counters and histograms), and how they ended."""
+
+    __slots__ = ("exits", "retired")
+
+    def __init__(self) -> None:
+        self.retired = Snapshot(ServerStats())
+        self.exits: dict[str, int] = {}
 
 
 class _Worker:
-    __slots__ = ("_partial", "last", "pidfd", "reports", "started")
+    __slots__ = ("_partial", "last", "pidfd", "reports", "slot", "started")
 
-    def __init__(self, pidfd: int, reports: int) -> None:
+    def __init__(self, pidfd: int, reports: int, slot: int) -> None:
         self.pidfd = pidfd
-        self.reports = reports  # a pipe the worker writes its counters to
+        self.reports = reports  # a pipe the worker writes its reports to, a JSON line each
+        self.slot = slot
         self.started = time.monotonic()
-        self.last = ServerStats()
+        self.last = Snapshot(ServerStats())
         self._partial = b""
 
     def read_reports(self) -> None:
+        """Take what the pipe holds; keep the last whole report."""
         data = self._partial
         while True:
             try:
-                chunk = os.read(self.reports, 4096)
+                chunk = os.read(self.reports, 65536)
             except BlockingIOError:
                 break
             if not chunk:
                 break
             data += chunk
-        whole = len(data) - len(data) % _REPORT.size
+        whole, _, self._partial = data.rpartition(b"\n")
         if whole:
-            self.last = ServerStats(**dict(zip(_FIELDS, _REPORT.unpack(data[whole - _REPORT.size:whole]), strict=True)))
-        self._partial = data[whole:]
+            self.last = Snapshot.from_dict(json.loads(whole.rpartition(b"\n")[2]))
 
 
-def _send_report(fd: int, stats: ServerStats) -> None:
+def _send_report(fd: int, report: Snapshot) -> None:
+    # One line, written whole: the parent keeps the last complete one. A blocking write: the parent
+    # reads reports in its loop and while it drains, so a full pipe only slows the worker for a moment.
     with contextlib.suppress(OSError):  # the parent is gone or not listening: nothing to report to
-        os.write(fd, _REPORT.pack(*attrs.astuple(stats)))  # 64 bytes: one atomic pipe write
+        os.write(fd, json.dumps(report.to_dict(), separators=(",", ":")).encode() + b"\n")
 
 
 @hookimpl(trylast=True)

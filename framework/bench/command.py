@@ -79,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="short runs: a few minutes with every workload")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated, of: " + ", ".join(WORKLOADS))
     parser.add_argument("--implementations", default=",".join(IMPLEMENTATIONS),
-                        help="comma-separated: stdlib, legacy, a sockwork dispatcher, asyncio-streams, "
+                        help="comma-separated: stdlib, legacy, a sockwork dispatcher (DISPATCHER+metrics: with the "
+                             "metrics endpoint on), asyncio-streams, "
                              "uvloop-streams, bare-threads, bare-lf; stdlib is always added first (default: all of "
                              + ", ".join(IMPLEMENTATIONS) + ")")
     parser.add_argument("--rounds", type=int, help="runs per implementation, interleaved (default 3; quick 1)")

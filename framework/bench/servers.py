@@ -124,8 +124,10 @@ def _sockwork_server(dispatcher: str, spec: dict[str, Any], path: str) -> Served
     if spec.get("tls"):
         url, options = "tls://127.0.0.1:0", tls.files(os.path.dirname(path))
     limits = Limits(idle_timeout=None) if spec["limits"] == "off" else Limits()
+    # "pool+metrics": the dispatcher with the metrics endpoint on (what measuring costs, docs/production.md).
+    dispatcher, _, extra = dispatcher.partition("+")
     server = Server(transport=url, transport_options=options, dispatcher=dispatcher, handler=spec["handler"],
-                    limits=limits)
+                    limits=limits, metrics="tcp://127.0.0.1:0" if extra == "metrics" else None)
     return server.address, server.shutdown, server.serve_forever, server.close
 
 

@@ -442,8 +442,8 @@ def test_the_access_log_and_on_error_cover_async_handlers(caplog: pytest.LogCapt
         wait_until(lambda: server.stats.active == 0)
     lines = [r.getMessage() for r in caplog.records if r.name == "sockwork.access"]
     assert len(lines) == 2, caplog.text
-    assert re.fullmatch(r"\('127\.0\.0\.1', \d+\) completed \d+\.\d{3} ms in=4 out=\d+", lines[0]), lines
-    assert re.fullmatch(r"\('127\.0\.0\.1', \d+\) failed \d+\.\d{3} ms in=3 out=\d+", lines[1]), lines
+    assert re.fullmatch(r"127\.0\.0\.1:\d+ completed \d+\.\d{3} ms in=4 out=\d+", lines[0]), lines
+    assert re.fullmatch(r"127\.0\.0\.1:\d+ failed \d+\.\d{3} ms in=3 out=\d+", lines[1]), lines
     [(request, address, exc)] = errors
     assert isinstance(exc, ValueError) and address[0] == "127.0.0.1" and isinstance(request, socket.socket)
     assert "error while serving" not in caplog.text  # on_error took it
@@ -458,4 +458,4 @@ def test_the_access_log_and_on_error_cover_async_handlers(caplog: pytest.LogCapt
         assert exchange(udp, b"hi") == b"HI"
         wait_until(lambda: udp.stats.completed == 1)
     lines = [r.getMessage() for r in caplog.records if r.name == "sockwork.access"]
-    assert len(lines) == 1 and re.fullmatch(r"\('127\.0\.0\.1', \d+\) completed \d+\.\d{3} ms in=2 out=-", lines[0])
+    assert len(lines) == 1 and re.fullmatch(r"127\.0\.0\.1:\d+ completed \d+\.\d{3} ms in=2 out=-", lines[0])

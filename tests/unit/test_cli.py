@@ -277,8 +277,8 @@ def test_an_unknown_command_says_so_with_the_commands() -> None:
     result = run_cli("frobnicate")
     assert result.returncode == 2
     assert result.stderr.startswith("usage: sockwork ")
-    assert ("sockwork: error: unknown command 'frobnicate'; commands: serve, check, plugins, bench, reload, upgrade, "
-            "resize, stop. A config file's name ends in .toml or .json.") in result.stderr
+    assert ("sockwork: error: unknown command 'frobnicate'; commands: serve, check, plugins, top, bench, reload, "
+            "upgrade, resize, stop. A config file's name ends in .toml or .json.") in result.stderr
     assert "did you mean 'check'?" in run_cli("chek").stderr
 
 
@@ -433,7 +433,7 @@ def test_access_log_as_text_from_the_command_line() -> None:
             conn.shutdown(socket.SHUT_WR)
             assert conn.recv(100) == b"twelve bytes"
         line = process.stderr.readline()  # type: ignore[union-attr]
-        assert re.search(r"sockwork\.access INFO \('127\.0\.0\.1', \d+\) completed [\d.]+ ms in=12 out=(0|12)$",
+        assert re.search(r"sockwork\.access INFO 127\.0\.0\.1:\d+ completed [\d.]+ ms in=12 out=(0|12)$",
                          line.rstrip()), line
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
