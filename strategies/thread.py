@@ -112,14 +112,15 @@ class ThreadDispatcher:
             self._turn_workers.post((request, client_address))
             self._another_waits()
             return
-        try:
-            parked = self._idle.pop()  # the most recently idle thread: its caches are warm
-        except IndexError:
-            pass
-        else:
-            parked.item = (request, client_address)
-            parked.lock.release()
-            return
+        if self._idle:  # none idle (always so with idle_linger 0, the legacy module's): raise nothing per request
+            try:
+                parked = self._idle.pop()  # the most recently idle thread: its caches are warm
+            except IndexError:
+                pass  # its own timeout took it back just now
+            else:
+                parked.item = (request, client_address)
+                parked.lock.release()
+                return
         try:
             self._start_thread(functools.partial(self._run, request, client_address))
         except BaseException:

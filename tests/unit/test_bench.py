@@ -43,7 +43,8 @@ def test_quick_benchmark_runs_and_reports(tmp_path: Path) -> None:
     assert [(r["workload"], r["implementation"]) for r in rows] == [
         (w, i) for w in ("short", "udp") for i in ("stdlib", "legacy", "pool", "prefork")]
     for row in rows:
-        assert row["requests"] > 0 and row["cpu_us_per_request"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0, row
+        # CPU time comes in clock ticks (10 ms): a 0.2 s window of a light row may see none.
+        assert row["requests"] > 0 and row["cpu_us_per_request"] >= 0 and row["p99_ms"] >= row["p50_ms"] > 0, row
         assert row["clients"] == 8, row
         if row["implementation"] == "stdlib" and row["workload"] == "short":
             continue  # its backlog of 5 drops SYNs: a client retrying for 1 s gets no reply in a 0.2 s window
