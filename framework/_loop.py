@@ -99,6 +99,7 @@ class Loop:
         self._listener_taken = bool(self.accepts and take_listener is not None and take_listener(transport))
         self._listens = self.accepts and not self._listener_taken  # this loop accepts from the listener
         self._report_turns = False  # handle_request() waits: count what workers take themselves, wake
+        self._asked_at = 0  # `submitted` when handle_request last looked
         self._no_room = 0.0  # max_waiting full and no idle connection to close: accept again from then on
         self._on_round = on_round  # runs after each round; returns the longest next wait
         self._timers: list[tuple[float, int, Callable[[], None]]] = []  # (when, order, callback): a heap
@@ -322,9 +323,17 @@ class Loop:
         """``host.admit``: a dispatcher that took the listener accepted ``request`` (its thread)."""
         if not self.requests.admit(request):
             return False
+        self.submitted += 1  # for handle_request, even between its calls (a lost update still shows a change)
         if self._report_turns:
-            self._turn_taken()
+            self.wake()
         return True
+
+    def dispatched_since_asked(self) -> bool:
+        """For handle_request: whether a request was dispatched since the last time it asked."""
+        if self.submitted > self._asked_at:
+            self._asked_at = self.submitted
+            return True
+        return False
 
     def _room_for_one_more(self) -> bool:
         """``max_waiting`` is full: make room by closing the longest-idle keep-alive connection, if any;
@@ -384,7 +393,7 @@ class Loop:
             if not self.stopped_listening:
                 with contextlib.suppress(OSError, ValueError):  # closed at shutdown meanwhile
                     self.turns.modify(fd, EPOLLIN_ONESHOT)  # type: ignore[union-attr]  # set with this method
-        if accepted is not None and (self.admit if self._report_turns else self.requests.admit)(accepted[0]):
+        if accepted is not None and self.admit(accepted[0]):
             self.requests.serve(*accepted)
 
     def stop_listening(self) -> None:

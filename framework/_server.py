@@ -226,9 +226,10 @@ class Server:
         (loop := self.loop).report_turns(True)  # turns workers take themselves count as dispatched
         try:
             while not loop.stop_requested:
-                before = loop.submitted
+                if loop.dispatched_since_asked():  # (asyncio may take one while no call waits)
+                    return True
                 dispatched = loop.run_once(remaining(deadline), 1)
-                if loop.submitted > before:
+                if loop.dispatched_since_asked():
                     return True
                 if dispatched is not None and loop.waiting is None:
                     return False  # the pending request vanished (aborted, refused)

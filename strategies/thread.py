@@ -80,9 +80,11 @@ class ThreadDispatcher:
     def __init__(self, options: ThreadOptions | None = None) -> None:
         self.options = options or ThreadOptions()
         self.concurrency = self.options.max_threads
-        self._slots = Slots(self.options.max_threads)
+        # Counted only against a limit: with none (the legacy ThreadingMixIn) a request costs no count.
+        self._slots = Slots(self.options.max_threads) if self.options.max_threads is not None else None
         self._daemon = self.options.daemon
         self._block_on_close = self.options.block_on_close
+        self._thread_limit: float = math.inf if self.options.max_threads is None else self.options.max_threads
         self._linger = self.options.idle_linger
         # Leader/followers (host.turns) only for threads that linger: with idle_linger = 0 every
         # request gets a thread of its own, as socketserver did (the legacy module's default).
@@ -101,13 +103,15 @@ class ThreadDispatcher:
 
     def start(self, host: DispatcherHost) -> None:
         self._serve = host.serve
-        self._slots.wake_with(host.wake)
+        if self._slots is not None:
+            self._slots.wake_with(host.wake)
         if host.turns is not None and self.takes_turns:
             self._turn_workers = TurnWorkers(host.turns, host.take_turn)
             self._another_waits()
 
     def submit(self, request: Any, client_address: Any) -> None:
-        self._slots.take()
+        if self._slots is not None:
+            self._slots.take()
         if self._turn_workers is not None and not self._stopping:
             self._turn_workers.post((request, client_address))
             self._another_waits()
@@ -124,7 +128,8 @@ class ThreadDispatcher:
         try:
             self._start_thread(functools.partial(self._run, request, client_address))
         except BaseException:
-            self._slots.give_back()
+            if self._slots is not None:
+                self._slots.give_back()
             raise
 
     def _start_thread(self, target: Callable[[], object], *, daemon: bool | None = None) -> None:
@@ -141,10 +146,10 @@ class ThreadDispatcher:
     def _another_waits(self) -> None:
         """Make sure a thread waits on the turn poller (called after a thread took an event, and on submit)."""
         workers = self._turn_workers
-        if workers is None or workers.polling or workers.stopping or self._alive >= self._slots.limit:
+        if workers is None or workers.polling or workers.stopping or self._alive >= self._thread_limit:
             return
         with self._starting:
-            if workers.polling or workers.stopping or self._alive >= self._slots.limit:
+            if workers.polling or workers.stopping or self._alive >= self._thread_limit:
                 return
             self._alive += 1
             try:
@@ -164,7 +169,8 @@ class ThreadDispatcher:
         try:
             self._serve(*item)
         finally:
-            self._slots.give_back()
+            if self._slots is not None:
+                self._slots.give_back()
 
     def _run(self, request: Any, client_address: Any) -> None:
         item: tuple[Any, Any] | None = (request, client_address)
@@ -172,7 +178,8 @@ class ThreadDispatcher:
             try:
                 self._serve(*item)
             finally:
-                self._slots.give_back()
+                if self._slots is not None:
+                    self._slots.give_back()
             item = self._next()
 
     def _next(self) -> tuple[Any, Any] | None:
@@ -191,7 +198,8 @@ class ThreadDispatcher:
         return item
 
     def saturated(self) -> bool:
-        return self._slots.full()
+        return self._slots is not None and self._slots.full()
+
 
     @property
     def threads(self) -> list[threading.Thread]:

@@ -635,6 +635,7 @@ def _open_descriptors() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
 @pytest.mark.parametrize("dispatcher", ["pool", "thread"])
 def test_connections_the_loop_closes_give_their_descriptor_back_while_others_keep_timers(dispatcher: str) -> None:
@@ -644,6 +645,8 @@ def test_connections_the_loop_closes_give_their_descriptor_back_while_others_kee
 
     server = Server(transport=TCP, dispatcher=dispatcher, handler="echo", limits=Limits(idle_timeout=0.3))
     with serving(server), client(server) as busy:
+        busy.sendall(b"x")
+        assert busy.recv(1) == b"x"  # accepted: its server side is open before the count
         before = _open_descriptors()
         idle = []
         for i in range(20):
