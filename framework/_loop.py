@@ -29,7 +29,6 @@ first served; only a full waiting set (or the connection cap) does.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import heapq
 import logging
@@ -42,7 +41,7 @@ from typing import final
 
 from ._ratelimit import RateLimitedLog
 from ._requests import Requests
-from ._waiting import EPOLLIN, EPOLLIN_ONESHOT, TurnPoller, Waiting, WaitingSet
+from ._waiting import TurnPoller, Waiting, WaitingSet
 from .interfaces import ACCEPT_CAPACITY_ERRNOS, ACCEPT_FATAL_ERRNOS, Address, Dispatcher, Request, Transport, capability
 from .limits import Outcome
 
@@ -133,8 +132,8 @@ class Loop:
         self._choose_where_requests_wait()
 
     def _choose_where_requests_wait(self) -> None:
-        """Stream connections wait in a waiting set (if their handler or transport needs one); datagrams
-        go to workers that read them themselves (a dispatcher that takes_turns); else the loop accepts."""
+        """Stream connections wait in a waiting set, if their handler or transport needs one; else (and
+        datagrams) the loop accepts and hands each to the dispatcher."""
         transport, dispatcher, requests = self.transport, self.dispatcher, self.requests
         if transport.kind == "stream" and self.accepts:
             waiting = WaitingSet(
@@ -155,15 +154,6 @@ class Loop:
                     self._selector.register(waiting.turns.fileno(), selectors.EVENT_READ, _TURNS)
             else:
                 waiting.close()
-        elif transport.kind == "datagram" and self.accepts and capability(dispatcher, "takes_turns") \
-                and TurnPoller.workers_can_rearm():
-            # The dispatcher's workers read datagrams themselves (leader/followers): the socket is
-            # armed one-shot in a turn poller; the worker that gets it reads one datagram, re-arms
-            # it for the next worker, and serves its datagram. The loop never reads one.
-            self.turns = TurnPoller()
-            self.take_turn = self._datagram_turn
-            self._listens = False
-            self.turns.add(self._listener_fd, EPOLLIN)
 
     @property
     def wakeup_fd(self) -> int:
@@ -381,28 +371,11 @@ class Loop:
 
     # ---- Ending ----------------------------------------------------------------------
 
-    def _datagram_turn(self, fd: int) -> None:
-        """A worker got the datagram socket from the turn poller: read one datagram, re-arm, serve it."""
-        try:
-            accepted = self.transport.accept()
-        except OSError as exc:  # an ICMP error reported on the socket, say: the next datagram is fine
-            self._log_accept_failure(logging.WARNING, "reading a datagram on %s failed: %s",
-                                     self.transport.address, exc)
-            accepted = None
-        finally:
-            if not self.stopped_listening:
-                with contextlib.suppress(OSError, ValueError):  # closed at shutdown meanwhile
-                    self.turns.modify(fd, EPOLLIN_ONESHOT)  # type: ignore[union-attr]  # set with this method
-        if accepted is not None and self.admit(accepted[0]):
-            self.requests.serve(*accepted)
-
     def stop_listening(self) -> None:
         self._set_listening(False)
         if self._listener_taken and not self.stopped_listening:
             self.dispatcher.stop_accepting()  # type: ignore[attr-defined]  # take_listener's pair
         self.stopped_listening = True
-        if self.take_turn == self._datagram_turn:
-            self.turns.remove(self._listener_fd)  # type: ignore[union-attr]  # set with _datagram_turn
 
     def take_backlog(self) -> int:
         """At shutdown, before the listener closes: accept what the kernel has queued; return how many.
@@ -464,8 +437,6 @@ class Loop:
         self._closed = True
         if self.waiting is not None:
             self.waiting.close()
-        elif self.turns is not None:
-            self.turns.close()
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()

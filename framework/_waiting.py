@@ -86,12 +86,10 @@ GRAVE_SECONDS = 1.0
 
 _READ: Final = selectors.EVENT_READ
 _WRITE: Final = selectors.EVENT_WRITE
-EPOLLIN: Final = getattr(select, "EPOLLIN", 1)
-_IN: Final = EPOLLIN
+_IN: Final = getattr(select, "EPOLLIN", 1)
 _OUT: Final = getattr(select, "EPOLLOUT", 4)
 _ONESHOT: Final = getattr(select, "EPOLLONESHOT", 0)
-EPOLLIN_ONESHOT: Final = _IN | _ONESHOT
-_IN_ONESHOT: Final = EPOLLIN_ONESHOT
+_IN_ONESHOT: Final = _IN | _ONESHOT
 _IN_OR_HANGUP: Final = _IN | getattr(select, "EPOLLHUP", 0) | getattr(select, "EPOLLERR", 0)
 
 
@@ -557,7 +555,7 @@ class WaitingSet:
             record.replies += b"".join(replies)
             if not self._write_replies(record):
                 return  # gone (ended there)
-        if (self._rearm is not None and not record.replies and not record.messages and not self.draining
+        if (self._rearm is not None and self._framing is None and not record.replies and not self.draining
                 and not conn.buffered and record.partial_since is None
                 and not (self._wrapped and _tls_pending(conn.socket))):
             # The common keep-alive case: the worker re-arms it, no lock, no wake-up. The

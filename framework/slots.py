@@ -28,9 +28,10 @@ class Slots:
     No lock: ``take()`` and ``full()`` are called from the loop's thread only
     (``submit``, ``saturated``), and are the only ones to change the count;
     ``give_back()`` (any thread) appends to a deque, which the next ``take()``
-    or ``full()`` folds into the count. ``full()`` raises its flag *before*
-    folding, so a slot given back after the fold sees the flag and wakes the
-    loop: a wake-up is never lost.
+    or ``full()`` folds into the count. At the limit, ``full()`` raises its
+    flag and folds again, so a slot given back after that fold sees the flag
+    and wakes the loop: a wake-up is never lost, and none is sent while there
+    is room.
     """
 
     __slots__ = ("_given_back", "_taken", "_wake", "_watching", "limit")
@@ -64,8 +65,11 @@ class Slots:
 
     def full(self) -> bool:
         """Whether every slot is taken (the loop's thread)."""
-        self._watching = True  # first: a slot given back from here on wakes the loop
         self._fold()
+        if self._taken < self.limit:
+            return False  # (no flag raised: give_back() wakes no one while there is room)
+        self._watching = True  # first: a slot given back from here on wakes the loop
+        self._fold()  # then: one given back before the flag went up is counted here
         if self._taken < self.limit:
             self._watching = False
             return False

@@ -28,7 +28,10 @@ logger = logging.getLogger("sockwork")
 
 
 def _default_workers() -> int:
-    return min(32, 4 * (os.cpu_count() or 1))
+    # Measured (docs/performance.md, issue 18): on 2 CPUs, 4 leader/follower workers cost the least per
+    # keep-alive request, pinned and free (8 cost 6-33 % more, 16 up to 57 %); more only help handlers
+    # that wait (a database, a file): raise `workers` for those.
+    return max(4, min(32, 2 * (os.cpu_count() or 1)))
 
 
 @final
@@ -38,7 +41,8 @@ class PoolOptions:
 
     workers: int = attrs.field(factory=_default_workers, validator=positive_int)
     """Worker threads, started with the server: the most requests served at
-    once. Default: 4 per CPU, at most 32."""
+    once. Default: 2 per CPU, at least 4, at most 32 (measured; raise it for
+    handlers that wait on I/O: each waiting handler holds its worker)."""
     queue_size: int = attrs.field(default=64, validator=positive_int)
     """Requests the loop hands over (classic handlers, at accept) that may wait
     for a free worker. When they are all taken the server stops accepting (new
