@@ -246,7 +246,7 @@ class WaitingSet:
         self._returned: collections.deque[Waiting] = collections.deque()  # from workers, for the loop
         self.draining = False
         self.drain_deadline: float | None = None  # set with draining: after it, nothing more is handed out
-        self.returned_idle_at_drain = 0  # connections whose turn ended while draining, closed idle
+        self.returned_idle_at_drain = 0  # connections found idle by the loop while draining, closed (for the log)
         self._taking_returns = True
         self._log_timeout = RateLimitedLog(logger, LOG_EVERY)
         self._log_refused = RateLimitedLog(logger, LOG_EVERY)
@@ -673,7 +673,8 @@ class WaitingSet:
             self._arm(record, _OUT)
             return
         if self.draining and not record.messages and not record.conn.buffered and not record.replies:
-            self._close(record, Outcome.COMPLETED, None)
+            self._close(record, Outcome.COMPLETED, None)  # idle between messages as the drain runs
+            self.returned_idle_at_drain += 1
             return
         events = _OUT if record.replies else 0
         if len(record.replies) <= REPLIES_HIGH_WATER and not record.messages:
