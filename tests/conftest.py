@@ -167,6 +167,7 @@ FORKS_FROM_TEST_THREADS = (
     "test_a_crash_loop_backs_off", "test_a_handlers_exit_status_never_fakes", "test_a_stop_right_after_the_spawn",
     "test_workers_call_only_the_failure_hook", "test_a_failure_in_a_forked_child_reaches_the_hook",
     "test_forking_mixin_process_request_called_explicitly", "test_prefork_with_asyncio_inside_uses_every_worker",
+    "test_prefork_one_scrape_shows_every_worker_and_loses_nothing_of_a_killed_one",
 )
 _FORK_WARNING = r"ignore:This process \(pid=\d+\) is multi-threaded:DeprecationWarning"
 
