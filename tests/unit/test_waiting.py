@@ -407,6 +407,25 @@ def test_hundreds_of_silent_and_trickling_clients_do_not_delay_others() -> None:
 
 # ---- Found by review: each once broke the loop --------------------------------------------------
 
+def exchange_from_four_threads(server: Server, each: int) -> None:
+    """Four client threads, ``each`` connections apiece, one exchange per connection, all answered."""
+    errors: list[BaseException] = []
+
+    def clients() -> None:
+        try:
+            for i in range(each):
+                assert exchange(server, b"hi %d" % i) == b"hi %d" % i
+        except BaseException as exc:  # reported in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=clients) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+
 def test_a_handler_that_closes_its_own_socket_does_not_break_the_loop() -> None:
     @stream_handler
     def hello(conn: Connection) -> None:
@@ -415,15 +434,7 @@ def test_a_handler_that_closes_its_own_socket_does_not_break_the_loop() -> None:
 
     server = Server(transport=TCP, dispatcher="pool", handler=hello)
     with serving(server):
-        def clients() -> None:
-            for i in range(20):
-                assert exchange(server, b"hi %d" % i) == b"hi %d" % i
-
-        threads = [threading.Thread(target=clients) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        exchange_from_four_threads(server, 20)
         assert eventually(lambda: server.stats.completed == 80)
         assert eventually(lambda: server.loop.waiting is not None and server.loop.waiting.held == 0)
 
@@ -707,14 +718,6 @@ def test_a_handler_that_closes_its_socket_and_says_keep_alive_hangs_no_one(dispa
 
     server = Server(transport=TCP, dispatcher=dispatcher, handler=closes)
     with serving(server):
-        def clients() -> None:
-            for i in range(50):
-                assert exchange(server, b"hi %d" % i) == b"hi %d" % i
-
-        threads = [threading.Thread(target=clients) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        exchange_from_four_threads(server, 50)
         assert eventually(lambda: server.stats.completed == 200)
         assert server.stats.failed == 0
